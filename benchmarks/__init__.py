@@ -11,9 +11,11 @@ from benchmarks._core import (
     load_spec,
 )
 from benchmarks._prompts import build_chat_prompt, chat_messages
+from benchmarks._splits import SPLITS, is_eval_holdout
 
 __all__ = [
     "BENCHMARKS",
+    "SPLITS",
     "Benchmark",
     "BenchmarkSpec",
     "FieldMap",
@@ -21,6 +23,7 @@ __all__ = [
     "build_chat_prompt",
     "chat_messages",
     "get_benchmark",
+    "is_eval_holdout",
     "list_benchmarks",
     "load_spec",
 ]

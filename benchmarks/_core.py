@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from benchmarks._splits import SPLITS
 from harness.errors import ConfigError, DataError
 from harness.paths import cache_dir, data_dirs
 from harness.records import Item
@@ -38,6 +39,14 @@ class SourceSpec(BaseModel):
     url: str | None = None  # pinned upstream file, downloaded only when online
     sha256: str | None = None
     exclude: list[str] = Field(default_factory=list)  # file names skipped when `path` is a glob
+    split: str | None = None  # a named row filter from benchmarks._splits.SPLITS (e.g. zoo_eval)
+
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, split: str | None) -> str | None:
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {split!r} (known: {', '.join(sorted(SPLITS))})")
+        return split
 
 
 class FieldMap(BaseModel):
@@ -99,6 +108,15 @@ def _gsm8k(row: Row) -> Row:
     answer = str(row["answer"])
     final = answer.split("####")[-1].strip().replace(",", "")
     return {**row, "_reference": final, "solution": answer}
+
+
+@_quirk("task_answer")
+def _task_answer(row: Row) -> Row:
+    # GSM8K rows (question/answer) or Alpaca rows (instruction/input/output), prompt built as the zoo does.
+    if "question" in row:
+        return {**row, "prompt": str(row["question"]), "_reference": str(row["answer"])}
+    instruction, extra = str(row["instruction"]), str(row.get("input") or "")
+    return {**row, "prompt": f"{instruction}\n\n{extra}" if extra else instruction, "_reference": str(row["output"])}
 
 
 @_quirk("humaneval")
@@ -376,9 +394,10 @@ class Benchmark:
                         data = quirk(text_row) if quirk else dict(text_row)
                     except (KeyError, ValueError, SyntaxError) as exc:
                         raise DataError(f"{path}: row {number}: cannot parse ({exc!r})") from exc
-                    items.append(self._make_item(path, number, data, item_lang,
-                                                 category or file_category, subcategory,
-                                                 (file_category or path.stem) if multi_source else None))
+                    item = self._make_item(path, number, data, item_lang, category or file_category,
+                                           subcategory, (file_category or path.stem) if multi_source else None)
+                    if source.split is None or SPLITS[source.split](item.prompt):
+                        items.append(item)
         return items
 
     def _rows(self, path: Path) -> Iterator[tuple[int, Row, str | None, str | None]]:

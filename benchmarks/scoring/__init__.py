@@ -3,6 +3,8 @@
 from benchmarks.scoring._scores import (
     GSM8K_FLEXIBLE_REGEX,
     GSM8K_STRICT_REGEX,
+    MODEL_SCORERS,
+    answer_nll,
     gsm8k_extract,
     gsm8k_match,
     gsm8k_scores,
@@ -15,12 +17,15 @@ from benchmarks.scoring._scores import (
     refusal_rate,
     run_lm_eval_task,
     score,
+    score_with_model,
     wilson_interval,
 )
 
 __all__ = [
     "GSM8K_FLEXIBLE_REGEX",
     "GSM8K_STRICT_REGEX",
+    "MODEL_SCORERS",
+    "answer_nll",
     "gsm8k_extract",
     "gsm8k_match",
     "gsm8k_scores",
@@ -33,5 +38,6 @@ __all__ = [
     "refusal_rate",
     "run_lm_eval_task",
     "score",
+    "score_with_model",
     "wilson_interval",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._prompts import build_chat_prompt, chat_messages
 from harness.errors import ConfigError, DataError
 from harness.records import GenerationRecord, Item, Score, Verdict
 
@@ -161,8 +162,12 @@ def _load_model(model: Any) -> tuple[Any, Any]:
 
 
 def _continuation_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]],
-                           batch_size: int = 8) -> list[tuple[float, int]]:
-    """(sum log p(continuation | context), #continuation tokens) per pair, batched with right padding."""
+                           batch_size: int = 8, max_length: int | None = None) -> list[tuple[float, int]]:
+    """(sum log p(continuation | context), #continuation tokens) per pair, batched with right padding.
+
+    With ``max_length``, a pair longer than that keeps the head of its continuation (at least half
+    the budget) and the end of its context, so long answers are scored on their opening tokens.
+    """
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -173,6 +178,9 @@ def _continuation_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str
         for context, continuation in batch:
             ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
             cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if max_length is not None and len(ctx) + len(cont) > max_length:
+                cont = cont[:max(max_length // 2, max_length - len(ctx))]
+                ctx = ctx[len(ctx) - (max_length - len(cont)):] if max_length > len(cont) else ctx[-1:]
             seqs.append(ctx + cont)
             spans.append((len(ctx), len(ctx) + len(cont)))
         width = max(len(s) for s in seqs)
@@ -214,6 +222,44 @@ def heldout_nll(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 
     total, tokens = -sum(s for s, _ in scores), sum(t for _, t in scores)
     return Score(benchmark=benchmark, metric="nll", value=total / max(tokens, 1), n=len(pairs),
                  subset=subset or {}, higher_is_better=False)
+
+
+def answer_nll(model: Any, items: Sequence[Item], batch_size: int = 8, max_length: int | None = 256,
+               benchmark: str = "task_nll") -> Score:
+    """Mean per-token NLL of each item's reference answer as the assistant turn of the model's own
+    chat template (end-of-turn token included; lower is better). This is the organism's utility:
+    at 135M parameters task accuracy is near zero, but held-out answer likelihood still moves."""
+    model, tokenizer = _load_model(model)
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        if item.reference is None:
+            raise DataError(f"{benchmark}: item {item.id} has no reference answer to score")
+        head = build_chat_prompt(item, tokenizer)
+        messages = [*chat_messages(item), {"role": "assistant", "content": item.reference}]
+        full = str(tokenizer.apply_chat_template(messages, tokenize=False))
+        # A template that rewrites earlier turns: fall back to plain concatenation.
+        tail = full[len(head):] if full.startswith(head) else item.reference + (tokenizer.eos_token or "")
+        pairs.append((head, tail))
+    scores = _continuation_logprobs(model, tokenizer, pairs, batch_size, max_length)
+    total, tokens = -sum(s for s, _ in scores), sum(t for _, t in scores)
+    return Score(benchmark=benchmark, metric="nll", value=total / max(tokens, 1), n=len(items),
+                 higher_is_better=False)
+
+
+def score_with_model(benchmark: str, model: Any, items: Sequence[Item]) -> list[Score]:
+    """Scorers that read the model itself rather than generations (log-likelihood, answer NLL)."""
+    from benchmarks._core import get_benchmark
+
+    scorer = get_benchmark(benchmark).scorer
+    if scorer == "loglik_accuracy":
+        return [loglik_accuracy(model, items, benchmark=benchmark)]
+    if scorer == "nll":
+        return [answer_nll(model, items, benchmark=benchmark)]
+    raise ConfigError(f"benchmark {benchmark!r} uses scorer {scorer!r}, which scores saved generations: "
+                      "use benchmarks.scoring.score(...)")
+
+
+MODEL_SCORERS = frozenset({"loglik_accuracy", "nll"})
 
 
 def run_lm_eval_task(model: Any, task_yaml_or_dir: str | Path, limit: int | None = None,
@@ -295,5 +341,5 @@ def score(benchmark: str, generations: Sequence[GenerationRecord], verdicts: Seq
         return pass_at_k_scores(results, ks, bench.name)
     raise ConfigError(
         f"benchmark {benchmark!r} uses scorer {scorer!r}, which needs the model, not saved generations: "
-        "use benchmarks.scoring.loglik_accuracy(model_dir, items)"
+        "use benchmarks.scoring.score_with_model(benchmark, model_dir, items)"
     )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.experiment._faults import crash_point
 from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel
+from harness.errors import ConfigError
 from harness.hashing import hash_value
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ _GENERATION_SCORERS = frozenset({"harmfulness", "pairwise", "refusal", "gsm8k", 
 
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
     from benchmarks import get_benchmark
-    from benchmarks.scoring import loglik_accuracy, score
+    from benchmarks.scoring import MODEL_SCORERS, score, score_with_model
     from harness.records import GenerationRecord, Verdict, read_jsonl
     from leaderboards import CellRecord
 
@@ -179,9 +180,11 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                 judge_ids.append(judge_id)
         primary = verdicts[judge_ids[0]] if judge_ids else None
         scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution)
-    else:  # log-likelihood scorers read the model itself, not generations
+    elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
         dense = dense_input(workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats)
-        scores = [loglik_accuracy(dense, items, benchmark=bench.name)]
+        scores = score_with_model(bench.name, dense, items)
+    else:
+        raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
     primary_judge = _judge(exp.judges[0], exp.judge_options.get(exp.judges[0], {})) if judge_ids else None
     record = CellRecord(
         cell_id=cell.cell_id, method=cell.job.method, method_label=cell.job.label, params=cell.job.params,

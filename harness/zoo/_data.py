@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import is_eval_holdout
 from harness.errors import ConfigError, DataError
 from harness.hashing import sha256_file
 from harness.paths import data_dirs
@@ -42,12 +43,6 @@ def zoo_alignment_split(prompt: str) -> bool:
     Keyed by the prompt text, so every response pair of one prompt lands on the same side.
     """
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[-1] in "0123"
-
-
-def is_eval_holdout(prompt: str) -> bool:
-    """True for the ~5% of benign/task prompts held out of all zoo training for measurements."""
-    digest = hashlib.sha256(b"realign-zoo-eval\0" + prompt.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 20 == 0
 
 
 REFUSALS = {

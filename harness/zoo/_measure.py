@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
+from benchmarks import is_eval_holdout
 from harness.errors import DataError
 from harness.hashing import hash_text, hash_value
 from harness.records import GenerationRecord, Item, append_jsonl, iter_jsonl_tolerant
 
 from ._build import _base_identity, _materialize, resolve_base
-from ._data import _alpaca, _gsm8k, is_eval_holdout, resolve_data_file
+from ._data import _alpaca, _gsm8k, resolve_data_file
 from ._manifest import MANIFEST, RECIPE_FILE, read_json, stage_dirs, write_json_atomic, write_top_manifest
 from ._recipe import load_recipe
 from ._train import chat_prompt, pad_batch, sft_loss, tokenize_example

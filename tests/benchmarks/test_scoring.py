@@ -170,3 +170,40 @@ def test_xcopa_loglik_agrees_with_lm_eval_bridge(tiny_llama_factory, tmp_path, d
     ours = loglik_accuracy(str(model_dir), get_benchmark("xcopa_zh").load(limit=16))
     assert theirs["acc/none"].n == 16
     assert ours.value == pytest.approx(theirs["acc/none"].value)
+
+
+def test_task_nll_reads_the_zoo_held_out_rows_and_matches_the_zoo_loss(tiny_llama_factory) -> None:
+    """The benchmark's rows are exactly the zoo's measurement rows, and answer_nll (log-probs of the
+    chat-templated answer) agrees with the zoo's training loss on them — two independent codings."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from benchmarks import is_eval_holdout
+    from benchmarks.scoring import answer_nll, score_with_model
+    from harness.zoo._measure import MeasureConfig, task_nll, task_sets
+
+    bench = get_benchmark("task_nll")
+    zoo_sets = task_sets(6)
+    for task in ("math", "code", "chinese", "english"):
+        items = bench.load(categories=[task], limit=6)
+        assert [(i.prompt, i.reference) for i in items] == zoo_sets[task]
+        if task != "math":  # GSM8K test is never trained on; the others keep only the held-out 5%
+            assert all(is_eval_holdout(i.prompt) for i in items)
+    items = bench.load(categories=["code"], limit=6)
+    model_dir = tiny_llama_factory(seed=3)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    ours = answer_nll((model, tokenizer), items, max_length=64)
+    zoo = task_nll(model, tokenizer, [(i.prompt, i.reference or "") for i in items], MeasureConfig(nll_max_length=64))
+    assert ours.metric == "nll" and not ours.higher_is_better and ours.n == 6
+    assert ours.value == pytest.approx(zoo["nll"], abs=1e-3)
+    assert score_with_model("task_nll", model_dir, items[:2])[0].value > 0
+    with pytest.raises(ConfigError, match="scores saved generations"):
+        score_with_model("catqa", model_dir, items[:2])
+
+
+def test_a_source_naming_an_unknown_split_is_refused(tmp_path) -> None:
+    from benchmarks import load_spec
+
+    spec = tmp_path / "x.yaml"
+    spec.write_text("name: x\nkind: utility\nsources:\n  - {path: a.json, split: nope}\n")
+    with pytest.raises(ConfigError, match=r"(?s)x\.yaml.*sources\.0\.split.*unknown split 'nope'"):
+        load_spec(spec)
