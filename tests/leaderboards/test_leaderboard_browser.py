@@ -2,44 +2,14 @@
 
 from __future__ import annotations
 
-import html
-import json
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from browser_probe import chromium, needs_chromium, probe_site
 
 from leaderboards import Store, build_leaderboard, render_leaderboard
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install chromium; "
-                                                          "`make install` does it when run as root)")
-
-_PROBE = """
-<script>
-window.addEventListener("load", () => {
-  const out = {
-    images: [...document.images].map(i => ({id: i.id, w: i.naturalWidth, h: i.naturalHeight, shown: i.getBoundingClientRect().width})),
-    tables: [...document.querySelectorAll("table")].map(t => ({id: t.id, rows: t.tBodies[0].rows.length,
-             headers: [...t.tHead.rows[0].cells].map(c => c.textContent), width: t.getBoundingClientRect().width})),
-  };
-  const pre = document.createElement("pre");
-  pre.id = "probe";
-  pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
-});
-</script>
-"""
-
-
-def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
-    assert CHROMIUM is not None
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +20,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_store: tuple[Path, 
 
 
 def test_dom_has_loaded_plots_and_tables(site: Path, tmp_path: Path) -> None:
-    index = site / "index.html"
-    # the same page plus a probe script that reports image sizes and table rows once loaded
-    probe = site / "probe.html"
-    probe.write_text(index.read_text().replace("</body>", _PROBE + "</body>"))
-    result = _chromium(["--dump-dom", probe.as_uri()], tmp_path / "profile")
-    assert result.returncode == 0, result.stderr[-2000:]
-    match = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S)
-    assert match, f"probe did not run; DOM starts: {result.stdout[:500]}"
-    found = json.loads(html.unescape(match.group(1)))
+    # the page plus a probe script that reports image sizes and table rows once loaded
+    found, dom = probe_site(site, tmp_path / "profile")
     images = {i["id"]: i for i in found["images"]}
     assert set(images) == {"plot-scatter", "plot-heatmap"}
     for image in images.values():  # the SVG files were fetched and decoded
@@ -71,7 +34,6 @@ def test_dom_has_loaded_plots_and_tables(site: Path, tmp_path: Path) -> None:
     assert tables["table-categories"]["rows"] == 5 * 2 * 2 * 4
     assert tables["table-pairwise"]["rows"] == 2 and tables["table-provenance"]["rows"] >= 8
     assert tables["table-summary"]["width"] < 1400 - 64  # the summary fits the window without scrolling
-    dom = result.stdout
     assert "resta[g=0.5]" in dom and "★" in dom and "offline-minilm@1" in dom
 
 
@@ -79,7 +41,7 @@ def test_screenshot_shows_plots_and_tables(site: Path, tmp_path: Path) -> None:
     from PIL import Image, ImageStat
 
     shot = tmp_path / "leaderboard.png"
-    result = _chromium([f"--screenshot={shot}", "--window-size=1400,1800", (site / "index.html").as_uri()],
+    result = chromium([f"--screenshot={shot}", "--window-size=1400,1800", (site / "index.html").as_uri()],
                        tmp_path / "profile")
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     image = Image.open(shot).convert("RGB")
