@@ -134,7 +134,9 @@ def method_inputs(
     extra: dict[str, Any] = {}
     if use_adapter and "aligned_adapter" in params and params.get("aligned_adapter") is None:
         aligned = models.get("aligned")
-        if aligned is not None and aligned.adapter is not None:
+        # Only an adapter on the same base as the fine-tune's is one it can have continued from; a
+        # fine-tune adapter over the dense aligned model already is the update relative to θ_A.
+        if aligned is not None and aligned.adapter is not None and aligned.path.resolve() == ft.path.resolve():
             extra["aligned_adapter"] = str(aligned.adapter)
     given = {role: 1 for role in inputs} | {("adapters" if use_adapter else "finetuned"): 1}
     try:
