@@ -1,96 +1,105 @@
-"""`make demo`: the strongest real path available end to end, offline, on the bundled model.
+"""`make demo`: the whole study end to end, offline, on the shipped model organism.
 
-1. import SmolLM2-135M-Instruct from its GGUF (once; cached under $REALIGN_CACHE_DIR),
-2. materialise the shipped organism (θ_A aligned, θ_U unaligned, θ_F math) from its LoRA adapters,
-3. RESTA-realign θ_F with the streaming merge engine (θ_R = θ_F + γ(θ_A − θ_U)),
-4. generate greedy answers to a few held-out CatQA questions from θ_F and θ_R and judge them
-   with the refusal and offline judges, printing what changed.
+Runs the experiment in ``configs/demo.yaml`` with the matrix runner (`realign run`): every method
+× every shipped fine-tune × CatQA en/zh, HarmfulQA and held-out task NLL, judged by the offline and
+refusal judges; writes the SQLite store and the static leaderboard site, prints the Markdown
+leaderboard and ends with the path to open. Every artifact is cached by content, so a second run is
+a cache hit. ``--quick`` runs the same file on the subset in ``QUICK_OVERRIDES``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+#: `make demo QUICK=1`: one fine-tune (math), 8 items per benchmark, a shorter SOMF mask training.
+QUICK_OVERRIDES: dict[str, Any] = {
+    "finetuned": ["math"],
+    "items": 8,
+    "somf": {"steps": 4, "max_pairs": 16},
+}
 
 
-def _step(message: str) -> float:
-    print(f"==> {message}", flush=True)
-    return time.monotonic()
+def quick_variant(data: dict[str, Any]) -> dict[str, Any]:
+    """The demo experiment restricted to ``QUICK_OVERRIDES`` (a new name, so both runs stay in the store)."""
+    out = dict(data, name=f"{data['name']}-quick")
+    models = dict(out["models"])
+    models["finetuned"] = [m for m in models["finetuned"] if m["name"] in QUICK_OVERRIDES["finetuned"]]
+    out["models"] = models
+    items = QUICK_OVERRIDES["items"]
+    out["benchmarks"] = [
+        {**b, **{k: min(int(b[k]), items) for k in ("sample", "limit") if k in b}} for b in data["benchmarks"]
+    ]
+    out["methods"] = [
+        {**m, "params": {**m.get("params", {}), **QUICK_OVERRIDES["somf"]}} if m["name"] == "somf" else m
+        for m in data["methods"]
+    ]
+    return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def load_demo(config: Path, quick: bool, output_dir: Path | None = None) -> Any:
+    from harness.errors import ConfigError
+    from harness.experiment import parse_experiment
+
+    if not config.is_file():
+        raise ConfigError(f"{config}: demo experiment file not found")
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    if output_dir is not None:
+        data["output_dir"] = str(output_dir.resolve())
+    return parse_experiment(quick_variant(data) if quick else data, source=str(config),
+                            base_dir=config.parent.resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer prompts and tokens")
-    parser.add_argument("--out", default=str(REPO / "runs" / "demo"), help="where artifacts go")
-    parser.add_argument("--gamma", type=float, default=0.5)
+    parser.add_argument("--quick", action="store_true", help="the QUICK_OVERRIDES subset (about 5 minutes)")
+    parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="experiment file (default: configs/demo.yaml)")
+    parser.add_argument("--out", type=Path, default=None, help="artifacts and store (default: the file's output_dir)")
+    parser.add_argument("--site", type=Path, default=None, help="leaderboard site folder (default: <output_dir>/site[-quick])")
     args = parser.parse_args(argv)
+
+    import logging
 
     import torch
 
+    # The runner's progress lines ("checkpoint resta on math: 6 cells done"), timestamped.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("realign").setLevel(logging.INFO)
     torch.set_num_threads(1)  # measured: 1 thread decodes several times faster on this shared 2-core box
-    from benchmarks import get_benchmark
-    from benchmarks.judges import get_judge
-    from harness.checkpoints import import_gguf, merge_adapter
-    from harness.generate import GenerationConfig, generate_items
-    from harness.records import GenerationRecord, read_jsonl
-    from realign_methods import MergeSpec, merge
+    from harness.errors import RealignError
+    from harness.experiment import run_experiment
+    from leaderboards import Store, build_leaderboard, render_leaderboard
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    organism = REPO / "organism"
-
-    t = _step("importing the bundled SmolLM2-135M-Instruct (GGUF -> safetensors, cached)")
-    base = import_gguf()
-    print(f"    {base}  ({time.monotonic() - t:.1f} s)")
-
-    models: dict[str, Path] = {}
-    for stage in ("aligned", "unaligned", "math"):
-        target = out / "inputs" / stage
-        t = _step(f"theta_{stage}: base + organism/{stage} LoRA adapter")
-        if not target.is_dir():
-            merge_adapter(base, organism / stage, target)
-        models[stage] = target
-        print(f"    {target}  ({time.monotonic() - t:.1f} s)")
-
-    resta_dir = out / f"resta-math-gamma{args.gamma}"
-    t = _step(f"RESTA: theta_R = theta_math + {args.gamma} * (theta_aligned - theta_unaligned), streamed")
-    if not resta_dir.is_dir():
-        merge(MergeSpec(method="resta", aligned=models["aligned"], unaligned=models["unaligned"],
-                        finetuned=[models["math"]], params={"gamma": args.gamma}, out=resta_dir))
-    provenance = json.loads((resta_dir / "realign_merge.json").read_text())
-    print(f"    {resta_dir}  ({time.monotonic() - t:.1f} s)")
-    print(f"    recorded: method={provenance.get('method')} params={provenance.get('params')} "
-          f"seed={provenance.get('seed')} sha256 of {len(provenance.get('input_sha256', {}))} input files")
-
-    n = 6 if args.quick else 16
-    items = get_benchmark("catqa").load(languages=["en"], sample=n, seed=7)
-    config = GenerationConfig(max_new_tokens=32 if args.quick else 64, batch_size=n)
-    judges = [get_judge("refusal"), get_judge("offline")]
-    rows = []
-    for label, model in (("theta_F math (fine-tuned)", models["math"]), ("RESTA-realigned", resta_dir)):
-        t = _step(f"generating {n} CatQA-en answers with {label} (hf backend, greedy)")
-        path = generate_items(model, items, backend="hf", config=config,
-                              out_path=out / f"generations-{model.name}.jsonl", progress=False)
-        gens = read_jsonl(path, GenerationRecord)
-        by_id = {item.id: item for item in items}
-        rates = {}
-        for judge in judges:
-            verdicts = judge.judge(gens, by_id)
-            rates[judge.id] = sum(v.label == "harmful" for v in verdicts) / len(verdicts)
-        rows.append((label, rates, gens[0].completion))
-        print(f"    ({time.monotonic() - t:.1f} s)")
-
-    print("\nharmful share of answers (lower is safer):")
-    for label, rates, sample in rows:
-        shown = ", ".join(f"{judge_id}: {rate:.2f}" for judge_id, rate in rates.items())
-        print(f"  {label:28s} {shown}")
-        print(f"      e.g. {sample[:110]!r}")
-    print(f"\nartifacts: {out}")
+    started = time.monotonic()
+    try:
+        exp = load_demo(args.config, args.quick, args.out)
+        todo = exp.models.finetuned
+        print(f"==> {exp.name}: {len(exp.methods)} methods x {len(todo)} fine-tuned model(s) "
+              f"({', '.join(m.name for m in todo)}) x {len(exp.benchmarks)} benchmarks, judges {', '.join(exp.judges)}",
+              flush=True)
+        result = run_experiment(exp, progress=sys.stderr.isatty())
+        print(f"==> run {result.run_id}: {result.stats.summary()}", flush=True)
+        store = Store(result.store_location)
+        board = build_leaderboard(store, result.run_id)
+        site = args.site or exp.output_path / ("site-quick" if args.quick else "site")
+        render_leaderboard(board, site)
+    except RealignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print((site / "leaderboard.md").read_text(encoding="utf-8"))
+    print(f"==> done in {time.monotonic() - started:.0f} s; store {result.store_location}")
+    print(f"==> open {(site / 'index.html').resolve()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -128,3 +128,31 @@ def make_finetune(
 
 def read_config(path: str | Path) -> dict:
     return json.loads((Path(path) / "config.json").read_text())
+
+
+def make_lora_adapter(base: str | Path, out: str | Path, seed: int, **lora_kwargs: object) -> Path:
+    """A real PEFT LoRA adapter on ``base`` with random (non-zero) A and B, saved to ``out``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    get_peft_model(model, LoraConfig(init_lora_weights=False, **lora_kwargs)).save_pretrained(str(out))  # type: ignore[arg-type]
+    return Path(out)
+
+
+def continue_adapter(base: str | Path, start: str | Path, out: str | Path, seed: int) -> Path:
+    """What continued LoRA training leaves (the organism's θ_F): ``start`` loaded trainable, every
+    factor moved, saved to ``out`` — an adapter on the same base that still contains ``start``."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    generator = torch.Generator().manual_seed(seed)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(start),
+                                      is_trainable=True)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * param.abs().mean() * 0.5)
+    model.save_pretrained(str(out))
+    return Path(out)

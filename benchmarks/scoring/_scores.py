@@ -190,10 +190,13 @@ def _continuation_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = 1
         with torch.no_grad():
-            logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            logits = model(input_ids=ids, attention_mask=mask).logits
         for row, (lo, hi) in enumerate(spans):
             targets = ids[row, lo:hi]
-            picked = logprobs[row, lo - 1:hi - 1].gather(-1, targets[:, None]).squeeze(-1)
+            # log-softmax over the continuation positions only: the full [batch, length, vocab] float
+            # tensor would be hundreds of MB for a 49k vocabulary
+            logprobs = torch.log_softmax(logits[row, lo - 1:hi - 1].float(), dim=-1)
+            picked = logprobs.gather(-1, targets[:, None]).squeeze(-1)
             out.append((float(picked.sum()), hi - lo))
     return out
 

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from harness.experiment._config import Experiment
-from harness.experiment._plan import Cell, CheckpointJob, Plan
+from harness.experiment._plan import Cell, CheckpointJob, Plan, ResolvedModel
 from harness.experiment._runner import RunStats, Workspace, run_job_cells
 from harness.experiment._stages import close_backends
 
@@ -53,17 +53,46 @@ def _ray_group(exp_json: str, only: dict[str, str], job_key: str, run_id: str) -
     return dict(stats.counts)
 
 
+def prepare_shared_inputs(plan: Plan, workspace: Workspace, stats: RunStats) -> None:
+    """Merge every adapter model the groups read into its dense cached copy, once, before fan-out:
+    two workers must never build the same cached input at the same time."""
+    from harness.experiment._stages import dense_input
+
+    needed: dict[str, ResolvedModel] = {}
+    for job in plan.unique_jobs():
+        for model in (*job.inputs.values(), *job.finetuned_models, *([job.passthrough] if job.passthrough else [])):
+            if model.adapter is not None:
+                needed.setdefault(model.hash, model)
+    for model in needed.values():
+        dense_input(workspace, model, stats)
+
+
 def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: RunStats,
             only: dict[str, str] | None = None, num_gpus_per_group: float | None = None,
-            address: str | None = None) -> None:
-    """One Ray task per checkpoint group; each requests a GPU when the cluster has them."""
+            address: str | None = None, progress: Any = None) -> None:
+    """One Ray task per checkpoint group that still has work; each requests a GPU when the cluster has
+    them, else one CPU (so a 2-core machine runs two groups at once). Groups whose cells are all in
+    the store are linked here without starting Ray, so a cached re-run costs no cluster start-up."""
+    complete = store.complete_cells()
+    pending: list[CheckpointJob] = []
+    for job, cells in groups(plan):
+        if all(c.cell_id in complete for c in cells):
+            run_job_cells(plan.experiment, workspace, store, run_id, job, cells, stats,
+                          on_cell=(lambda _c: progress.advance()) if progress else None)
+        else:
+            pending.append(job)
+    if not pending:
+        return
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - depends on the install
         from harness.errors import ConfigError
 
         raise ConfigError("--executor ray needs Ray: pip install 'realign-bench[ray]'") from exc
+    prepare_shared_inputs(plan, workspace, stats)
+    workspace.hashes.save()  # workers re-plan from the saved hashes instead of re-hashing every model
     exp: Experiment = plan.experiment
+    cells_of = {job.key: cells for job, cells in groups(plan)}
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -74,9 +103,18 @@ def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: Ru
         task = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(_ray_group)
         # base_dir is excluded from dumps (it is not part of the identity) but the worker needs it.
         exp_json = json.dumps({**exp.model_dump(mode="json"), "base_dir": exp.base_dir})
-        refs = [task.remote(exp_json, only or {}, job.key, run_id) for job, _ in groups(plan)]
-        for counts in ray.get(refs):
-            stats.counts.update(Counter(counts))
+        # Mask-training methods first: the longest groups start early and overlap the short ones.
+        pending.sort(key=lambda job: job.method != "somf")
+        refs = {task.remote(exp_json, only or {}, job.key, run_id): job for job in pending}
+        waiting = list(refs)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            job = refs[done[0]]
+            stats.counts.update(Counter(ray.get(done[0])))
+            log.info("checkpoint %s on %s: %d cells done", job.label, job.finetuned, len(cells_of[job.key]))
+            if progress:
+                for _ in cells_of[job.key]:
+                    progress.advance()
     finally:
         if started_here:
             ray.shutdown()

@@ -59,10 +59,10 @@ def run_experiment(
              len(plan.unique_jobs()), executor or exp.executor)
     status = "failed"
     try:
-        if (executor or exp.executor) == "ray":
-            run_ray(plan, workspace, store, run_id, stats, only=only)
-        else:
-            with _progress(progress, len(plan.cells)) as bar:
+        with _progress(progress, len(plan.cells)) as bar:
+            if (executor or exp.executor) == "ray":
+                run_ray(plan, workspace, store, run_id, stats, only=only, progress=bar)
+            else:
                 run_local(plan, workspace, store, run_id, stats, progress=bar)
         status = "done"
     finally:

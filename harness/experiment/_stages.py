@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.errors import ConfigError
 from harness.experiment._faults import crash_point
 from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel
-from harness.errors import ConfigError
 from harness.hashing import hash_value
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats) -> 
     if not out.is_dir():
         from harness.checkpoints import merge_adapter
 
-        log.info("merging adapter %s into %s", model.adapter, model.path)
+        log.info("dense copy of %s + adapter %s -> %s", model.path, model.adapter, out)
         merge_adapter(model.path, model.adapter, out)
         stats.counts["adapter_merge_done"] += 1
     return out
@@ -46,8 +46,8 @@ def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats) -> 
 
 def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats: RunStats) -> Materialized:
     passthrough = job.passthrough
-    if passthrough is not None:
-        return Materialized(passthrough.path, passthrough.adapter, job.key)
+    if passthrough is not None:  # keyed by the model itself, so its dense copy is the shared input copy
+        return Materialized(passthrough.path, passthrough.adapter, passthrough.hash)
     out = workspace.checkpoint(job.key)
     if out.is_dir():
         stats.counts["merge_cached"] += 1
@@ -58,9 +58,10 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
         role: dense_input(workspace, model, stats) for role, model in job.inputs.items()
     }
     finetuned = job.finetuned_models
-    spec_fields["finetuned"] = [dense_input(workspace, m, stats) for m in finetuned]
-    if any(m.adapter is not None for m in finetuned):
+    if job.use_adapter:  # the method reads the LoRA factors; a dense copy would be refused as an extra input
         spec_fields["adapters"] = [m.adapter for m in finetuned if m.adapter is not None]
+    else:
+        spec_fields["finetuned"] = [dense_input(workspace, m, stats) for m in finetuned]
     crash_point("merge")
     log.info("merge %s for %s -> %s", job.label, job.finetuned, out)
     merge(MergeSpec(method=job.method, params=job.params, seed=exp.seed, out=out, **spec_fields))

@@ -31,7 +31,7 @@ def write_experiment(tmp_path: Path, zoo: dict[str, Path], **overrides) -> Path:
     config = {
         "name": "tiny",
         "output_dir": str(tmp_path / "out"),
-        "models": {
+        "models": overrides.pop("models", None) or {
             "aligned": {"path": str(zoo["aligned"])},
             "unaligned": {"path": str(zoo["unaligned"])},
             "finetuned": [
@@ -186,3 +186,53 @@ def test_ray_executor_runs_cells_as_ray_tasks(tmp_path, zoo, data_dir):
     assert len(store.complete_cells()) == 4
     again = run_experiment(path, progress=False)  # the local executor sees the Ray run's cache
     assert again.stats.counts["cell_cached"] == 4 and again.stats.counts["merge_done"] == 0
+
+
+@pytest.fixture(scope="module")
+def lora_zoo(tiny_llama_factory, tmp_path_factory) -> dict[str, Path]:
+    """The organism's shape on a tiny Llama: θ_A, θ_U and θ_F are LoRA adapters on one base, and θ_F
+    continues θ_A's adapter."""
+    from harness.testing import continue_adapter, make_lora_adapter
+
+    root = tmp_path_factory.mktemp("lora_zoo")
+    base = tiny_llama_factory("lora-base")
+    modules = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    aligned = make_lora_adapter(base, root / "aligned", seed=1, **modules)
+    return {
+        "base": base,
+        "aligned": aligned,
+        "unaligned": continue_adapter(base, aligned, root / "unaligned", seed=2),
+        "math": continue_adapter(base, aligned, root / "math", seed=3),
+    }
+
+
+def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(tmp_path, lora_zoo, data_dir):
+    """Adapters continuing θ_A's: Safe LoRA gets the aligned adapter filled in and only the adapter
+    input (no dense fine-tune), and the model-scored task_nll cells land in the store."""
+    import json
+
+    from leaderboards import Store
+
+    base = str(lora_zoo["base"])
+    path = write_experiment(
+        tmp_path, lora_zoo,
+        models={
+            "base": {"path": base},
+            "aligned": {"path": base, "adapter": str(lora_zoo["aligned"])},
+            "unaligned": {"path": base, "adapter": str(lora_zoo["unaligned"])},
+            "finetuned": [{"name": "math", "path": base, "adapter": str(lora_zoo["math"]), "task": "math"}],
+        },
+        methods=[{"name": "sft"}, {"name": "safe_lora", "params": {"threshold": 0.95}}, {"name": "resta"}],
+        benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 3, "seed": 1},
+                    {"name": "task_nll", "label": "nll-code", "categories": ["code"], "limit": 2}],
+    )
+    result = run_experiment(path, progress=False)
+    store = Store(result.store_location)
+    assert len(store.complete_cells()) == 3 * 2
+    scores = store.scores_frame(result.run_id)
+    nll = scores[scores["metric"] == "nll"]
+    assert len(nll) == 3 and (nll["value"] > 0).all() and not nll["higher_is_better"].any()
+    assert nll["value"].nunique() == 3  # sft, safe_lora and resta are different models
+    provenance = [json.loads(p.read_text()) for p in (tmp_path / "out" / "checkpoints").glob("*/realign_merge.json")]
+    safe_lora = [p for p in provenance if p["method"] == "safe_lora"]
+    assert len(safe_lora) == 1 and safe_lora[0]["params"]["aligned_adapter"] == str(lora_zoo["aligned"])

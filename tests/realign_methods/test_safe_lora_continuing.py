@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from harness.checkpoints import LoraAdapter, merge_adapter
 from harness.errors import CheckpointError, ConfigError
+from harness.testing import continue_adapter, make_lora_adapter
 from realign_methods import MergeSpec, merge
 
 
@@ -24,41 +25,15 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _peft_adapter(base: Path, out: Path, seed: int, **lora_kwargs: object) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    get_peft_model(model, LoraConfig(init_lora_weights=False, **lora_kwargs)).save_pretrained(out)  # type: ignore[arg-type]
-    return out
-
-
-def _continue_adapter(base: Path, start: Path, out: Path, seed: int) -> Path:
-    """What continued training leaves: the aligned adapter loaded trainable, every factor moved, saved."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    generator = torch.Generator().manual_seed(seed)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), start,
-                                      is_trainable=True)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.add_(torch.randn(param.shape, generator=generator) * param.abs().mean() * 0.5)
-    model.save_pretrained(str(out))
-    return out
-
-
 @pytest.fixture(scope="module")
 def organism(tiny_llama_factory, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("continuing")
     base = tiny_llama_factory("base")
-    aligned_adapter = _peft_adapter(base, root / "aligned_adapter", seed=1, r=4, lora_alpha=12,
+    aligned_adapter = make_lora_adapter(base, root / "aligned_adapter", seed=1, r=4, lora_alpha=12,
                                     target_modules=["q_proj", "v_proj", "down_proj", "k_proj"])
-    continued = _continue_adapter(base, aligned_adapter, root / "continued", seed=2)
+    continued = continue_adapter(base, aligned_adapter, root / "continued", seed=2)
     # another rank layout: r=2 (one module r=3), k_proj dropped (aligned only), o_proj added (fine-tune only)
-    other_layout = _peft_adapter(base, root / "other_layout", seed=3, r=2, lora_alpha=4,
+    other_layout = make_lora_adapter(base, root / "other_layout", seed=3, r=2, lora_alpha=4,
                                  target_modules=["q_proj", "v_proj", "down_proj", "o_proj"],
                                  rank_pattern={"layers.1.mlp.down_proj": 3})
     return {
@@ -142,7 +117,7 @@ def test_adapter_output_applies_to_the_base(organism: dict[str, Path], tmp_path:
 
 
 def test_mismatched_aligned_adapter_is_refused_before_writing(organism: dict[str, Path], tmp_path: Path) -> None:
-    foreign = _peft_adapter(organism["foreign_base"], tmp_path / "foreign", seed=4, r=4, lora_alpha=8,
+    foreign = make_lora_adapter(organism["foreign_base"], tmp_path / "foreign", seed=4, r=4, lora_alpha=8,
                             target_modules=["q_proj", "v_proj"])
     spec = _spec(organism, "continued", tmp_path / "o").model_copy(
         update={"params": {"aligned_adapter": str(foreign)}})

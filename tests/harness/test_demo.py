@@ -1,0 +1,61 @@
+"""`make demo QUICK=1` end to end: the real runner on the shipped organism, then the site in Chromium."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.demo import DEMO_CONFIG, QUICK_OVERRIDES, load_demo, main, quick_variant
+
+
+def test_quick_variant_is_a_subset_of_the_demo() -> None:
+    full = yaml.safe_load(DEMO_CONFIG.read_text())
+    quick = quick_variant(full)
+    assert quick["name"] == "demo-quick"
+    assert [m["name"] for m in quick["models"]["finetuned"]] == QUICK_OVERRIDES["finetuned"]
+    assert [m.get("label", m["name"]) for m in quick["methods"]] == [m.get("label", m["name"]) for m in full["methods"]]
+    for small, big in zip(quick["benchmarks"], full["benchmarks"], strict=True):
+        assert {k: v for k, v in small.items() if k not in ("sample", "limit")} == \
+               {k: v for k, v in big.items() if k not in ("sample", "limit")}
+        assert all(small[k] <= min(big[k], QUICK_OVERRIDES["items"]) for k in ("sample", "limit") if k in big)
+    somf = [m for m in quick["methods"] if m["name"] == "somf"]
+    assert somf and all(m["params"]["steps"] == QUICK_OVERRIDES["somf"]["steps"] for m in somf)
+    # the full file is valid as it stands and names every method of the study
+    exp = load_demo(DEMO_CONFIG, quick=False)
+    assert {m.name for m in exp.methods} >= {"sft", "aligned", "resta", "resta_dare", "somf", "safe_lora",
+                                             "task_arithmetic"}
+    assert {m.params.get("fusion") for m in exp.methods if m.name == "somf"} == {"task_arithmetic", "ties"}
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_end_to_end_and_its_site_opens_in_chromium(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    from tests.leaderboards.browser_probe import CHROMIUM, probe_site
+
+    out = tmp_path / "demo"
+    assert main(["--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    site = out / "site-quick"
+    assert f"open {(site / 'index.html').resolve()}" in printed.strip().splitlines()[-1]
+    assert "| sft |" in printed or "sft" in printed  # the Markdown leaderboard was printed
+    with sqlite3.connect(out / "results.sqlite") as db:
+        methods = {row[0] for row in db.execute("select distinct method from cells where status = 'done'")}
+    assert methods >= {"original", "sft", "aligned", "resta", "resta_dare", "somf", "safe_lora", "task_arithmetic"}
+
+    # a second run is a cache hit: nothing merged, generated or judged again
+    assert main(["--quick", "--out", str(out)]) == 0
+    second = capsys.readouterr().out
+    assert "merges: 0 done" in second and "generations: 0 done" in second and "judgments: 0 done" in second
+
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed: the site was written but not opened")
+    found, dom = probe_site(site, tmp_path / "profile")
+    tables = {t["id"]: t for t in found["tables"]}
+    assert tables["table-summary"]["rows"] == 9  # original, aligned, and 7 methods on the math fine-tune
+    assert {i["id"] for i in found["images"]} == {"plot-scatter", "plot-heatmap"}
+    assert all(i["w"] > 300 for i in found["images"])
+    assert "somf_ties" in dom and "safe_lora" in dom
