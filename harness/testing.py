@@ -89,7 +89,8 @@ def make_tiny_llama(
         pad_token_id=0,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(dtype)
+    model = LlamaForCausalLM(config)
+    torch.nn.Module.to(model, dtype)  # in place; transformers wraps .to in a decorator mypy cannot follow
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model.save_pretrained(path, max_shard_size=max_shard_size)
     if tokenizer is not None:
