@@ -226,6 +226,10 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     recovered, retained = [], []
     for _, row in summary.iterrows():
         ft = row["finetuned"]
+        if row["method"] == "original":  # the pre-alignment baseline belongs to no fine-tune: nothing to recover
+            recovered.append(math.nan)
+            retained.append(math.nan)
+            continue
         h_ft = _reference(summary, ft, "sft", "harmfulness_mean")
         h_al = _reference(summary, ft, "aligned", "harmfulness_mean")
         recovered.append(safety_recovered(h_ft, float(row["harmfulness_mean"]), h_al))

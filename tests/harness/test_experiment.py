@@ -210,13 +210,15 @@ def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(t
     """Adapters continuing θ_A's: Safe LoRA gets the aligned adapter filled in and only the adapter
     input (no dense fine-tune), and the model-scored task_nll cells land in the store."""
     import json
+    import math
 
-    from leaderboards import Store
+    from leaderboards import Store, build_leaderboard
 
     base = str(lora_zoo["base"])
     path = write_experiment(
         tmp_path, lora_zoo,
         models={
+            "original": {"path": base},
             "base": {"path": base},
             "aligned": {"path": base, "adapter": str(lora_zoo["aligned"])},
             "unaligned": {"path": base, "adapter": str(lora_zoo["unaligned"])},
@@ -228,11 +230,16 @@ def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(t
     )
     result = run_experiment(path, progress=False)
     store = Store(result.store_location)
-    assert len(store.complete_cells()) == 3 * 2
+    assert len(store.complete_cells()) == 4 * 2  # original, sft, safe_lora, resta
+    summary = build_leaderboard(store, result.run_id).summary.set_index("method")
+    # the pre-alignment baseline belongs to no fine-tune: recovered/retained are undefined, not 0 or 100
+    assert math.isnan(summary.loc["original", "safety_recovered"])
+    assert math.isnan(summary.loc["original", "utility_retained"])
+    assert summary.loc["sft", "utility_retained"] == pytest.approx(1.0)
     scores = store.scores_frame(result.run_id)
     nll = scores[scores["metric"] == "nll"]
-    assert len(nll) == 3 and (nll["value"] > 0).all() and not nll["higher_is_better"].any()
-    assert nll["value"].nunique() == 3  # sft, safe_lora and resta are different models
+    assert len(nll) == 4 and (nll["value"] > 0).all() and not nll["higher_is_better"].any()
+    assert nll["value"].nunique() == 4  # four different models
     provenance = [json.loads(p.read_text()) for p in (tmp_path / "out" / "checkpoints").glob("*/realign_merge.json")]
     safe_lora = [p for p in provenance if p["method"] == "safe_lora"]
     assert len(safe_lora) == 1 and safe_lora[0]["params"]["aligned_adapter"] == str(lora_zoo["aligned"])
