@@ -20,11 +20,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
-#: `make demo QUICK=1`: one fine-tune (math), 8 items per benchmark, a shorter SOMF mask training.
+#: `make demo QUICK=1`: one fine-tune (math), 6 items per benchmark, a token SOMF mask training.
 QUICK_OVERRIDES: dict[str, Any] = {
     "finetuned": ["math"],
-    "items": 8,
-    "somf": {"steps": 4, "max_pairs": 16},
+    "items": 6,
+    "somf": {"steps": 2, "max_pairs": 8},
 }
 
 
@@ -56,6 +56,12 @@ def load_demo(config: Path, quick: bool, output_dir: Path | None = None) -> Any:
         data["output_dir"] = str(output_dir.resolve())
     return parse_experiment(quick_variant(data) if quick else data, source=str(config),
                             base_dir=config.parent.resolve())
+
+
+def summary_markdown(markdown: str) -> str:
+    """The leaderboard's title, notes and summary table: the part worth printing to a terminal."""
+    sections = markdown.split("\n## ")
+    return "\n## ".join(sections[:2]).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print()
-    print((site / "leaderboard.md").read_text(encoding="utf-8"))
+    print(summary_markdown((site / "leaderboard.md").read_text(encoding="utf-8")))
+    print(f"(every table — by language, category, judge, utility, provenance — in {site / 'leaderboard.md'})")
     print(f"==> done in {time.monotonic() - started:.0f} s; store {result.store_location}")
     print(f"==> open {(site / 'index.html').resolve()}")
     return 0

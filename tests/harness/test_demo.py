@@ -30,6 +30,45 @@ def test_quick_variant_is_a_subset_of_the_demo() -> None:
     assert {m.params.get("fusion") for m in exp.methods if m.name == "somf"} == {"task_arithmetic", "ties"}
 
 
+def test_demo_on_a_tiny_organism_prints_the_summary_and_its_site_opens_in_chromium(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_llama_factory, data_dir: Path
+) -> None:
+    """The fast version of the path below: the same entry point on tiny random Llamas (dummy generations)."""
+    from harness.testing import make_finetune
+    from tests.leaderboards.browser_probe import CHROMIUM, probe_site
+
+    base = tiny_llama_factory("demo-base")
+    config = {
+        "name": "tiny-demo",
+        "output_dir": str(tmp_path / "out"),
+        "models": {
+            "aligned": {"path": str(base)},
+            "unaligned": {"path": str(make_finetune(base, tmp_path / "unaligned", seed=1))},
+            "finetuned": [{"name": "math", "path": str(make_finetune(base, tmp_path / "math", seed=2)), "task": "math"}],
+        },
+        "methods": [{"name": "sft"}, {"name": "aligned"}, {"name": "resta", "params": {"gamma": 0.5}}],
+        "benchmarks": [{"name": "catqa", "languages": ["en"], "sample": 3},
+                       {"name": "task_nll", "label": "nll-code", "categories": ["code"], "limit": 2}],
+        "judges": ["refusal"],
+        "generation": {"backend": "dummy", "max_new_tokens": 8},
+    }
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["--config", str(path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    site = tmp_path / "out" / "site"
+    assert lines[-1] == f"==> open {(site / 'index.html').resolve()}"
+    assert any(line.startswith("| math | resta |") for line in lines)
+    assert main(["--config", str(path)]) == 0
+    assert "merges: 0 done, 0 cached; generations: 0 done" in capsys.readouterr().out  # all linked from the store
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed: the site was written but not opened")
+    found, _dom = probe_site(site, tmp_path / "profile")
+    tables = {t["id"]: t for t in found["tables"]}
+    assert tables["table-summary"]["rows"] == 3
+    assert "nll-code (nll)" in tables["table-summary"]["headers"]
+
+
 @pytest.mark.slow
 def test_quick_demo_runs_end_to_end_and_its_site_opens_in_chromium(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], data_dir: Path
@@ -41,7 +80,7 @@ def test_quick_demo_runs_end_to_end_and_its_site_opens_in_chromium(
     printed = capsys.readouterr().out
     site = out / "site-quick"
     assert f"open {(site / 'index.html').resolve()}" in printed.strip().splitlines()[-1]
-    assert "| sft |" in printed or "sft" in printed  # the Markdown leaderboard was printed
+    assert "| math | sft |" in printed and "| math | somf_ties |" in printed  # the Markdown summary was printed
     with sqlite3.connect(out / "results.sqlite") as db:
         methods = {row[0] for row in db.execute("select distinct method from cells where status = 'done'")}
     assert methods >= {"original", "sft", "aligned", "resta", "resta_dare", "somf", "safe_lora", "task_arithmetic"}
