@@ -87,19 +87,24 @@ def plan_experiment(exp: Experiment, only: dict[str, str] | None = None) -> tupl
 
 def describe_plan(plan: Plan, workspace: Workspace, store: Any | None) -> list[dict[str, Any]]:
     """One row per cell with what is cached, for `--dry-run`."""
+    from benchmarks import get_benchmark
+    from benchmarks.scoring import MODEL_SCORERS
+
     rows = []
     stored = store.complete_cells() if store is not None else set()
     for cell in plan.cells:
         job = cell.job
         ckpt_cached = job.passthrough is not None or workspace.checkpoint(job.key).is_dir()
         gen_path = workspace.generations(cell.generation_key)
+        model_scored = get_benchmark(cell.benchmark.name, **cell.benchmark.options).scorer in MODEL_SCORERS
         rows.append({
             "cell": cell.cell_id[:12],
             "method": job.label,
             "finetuned": job.finetuned,
             "benchmark": cell.benchmark.key,
             "checkpoint": "cached" if ckpt_cached else ("passthrough" if job.passthrough else "merge"),
-            "generations": "cached" if done_marker(gen_path).exists() else ("resume" if gen_path.exists() else "generate"),
+            "generations": "— (scores the model)" if model_scored else
+                           "cached" if done_marker(gen_path).exists() else ("resume" if gen_path.exists() else "generate"),
             "stored": "yes" if cell.cell_id in stored else "no",
         })
     return rows
