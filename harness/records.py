@@ -61,7 +61,7 @@ class Verdict(_Record):
 
     item_id: str
     sample_index: int = 0
-    judge_id: str  # stable name + version, e.g. "refusal/gcg@1"
+    judge_id: str  # stable name + version, e.g. "refusal/gcg@2"
     judge_hash: str  # hash of the judge's prompt / keyword list / weights
     label: Label
     score: float | None = None  # e.g. probability of "unsafe"

@@ -10,8 +10,8 @@ Marker languages (``languages``, default ``en+zh``): every answer is matched aga
 of every chosen language, whatever the prompt's language, because a model may answer a Chinese
 prompt in English and the other way round. ``en`` is the chosen paper list (``list=gcg|harmbench``),
 ``zh`` the Chinese list :data:`~benchmarks.judges._refusal_lists.ZH`. The default keeps the judge
-id (``refusal/gcg@1``) and changes its hash; any other choice adds it to the id
-(``refusal/gcg-en@1`` = the papers' English-only judge, ``refusal/gcg-zh@1`` = Chinese only).
+id (``refusal/gcg@2``; @1 was English only) and changes its hash; any other choice adds it to the id
+(``refusal/gcg-en@2`` = the papers' English-only judge, ``refusal/gcg-zh@2`` = Chinese only).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class RefusalJudge(BaseJudge):
     """Refusal-keyword matching (list=gcg|harmbench, languages=en+zh|en|zh); refused = harmless, else harmful (labels=refusal for refusal/compliance)."""
 
     name: ClassVar[str] = "refusal"
+    # 2: the Chinese markers joined the default lists; @1 verdicts (English only) stay distinguishable
+    version: ClassVar[int] = 2
     needs_items: ClassVar[bool] = False
     batch_size = 256
 

@@ -149,7 +149,7 @@ def method_inputs(
 def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None = None) -> Plan:
     """Validate everything cheap-to-check and expand the matrix. Raises ConfigError before any work."""
     from benchmarks import get_benchmark
-    from benchmarks.judges import get_judge_class
+    from benchmarks.judges import get_judge, get_judge_class
 
     only = only or {}
     for index, bench in enumerate(exp.benchmarks):
@@ -160,11 +160,15 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
             )
         except RealignError as exc:
             raise ConfigError(f"benchmarks[{index}] ({bench.key}): {exc}") from None
+    judge_identities: list[dict[str, str]] = []
     for judge in exp.judges:
         try:
             get_judge_class(judge)
+            # id and content hash (keyword list, weights, prompt): a changed judge makes new cells
+            built = get_judge(judge, **exp.judge_options.get(judge, {}))
         except ConfigError as exc:
             raise ConfigError(f"judges: {exc}") from None
+        judge_identities.append({"id": built.id, "hash": built.hash})
 
     models: dict[str, ResolvedModel] = {}
     for role in ("original", "base", "aligned", "unaligned"):
@@ -224,7 +228,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
             generation_key = hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen,
                                          "seed": exp.seed}, 32)
             cell_id = hash_value(
-                {"generation": generation_key, "judges": exp.judges, "judge_options": exp.judge_options,
+                {"generation": generation_key, "judges": judge_identities,
                  "method": job.label, "finetuned": job.finetuned, "task": job.task}, 32,
             )
             cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=generation_key))

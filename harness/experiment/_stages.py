@@ -122,8 +122,10 @@ def backend_for(exp: Experiment, model: Materialized) -> Any:
 
 
 def close_backends() -> None:
+    """Release what one run kept loaded: generation backends and judges (a judge can change between runs)."""
     while _backends:
         _backends.popitem()[1].close()
+    _judges.clear()
 
 
 def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[Any], items: dict[str, Any],

@@ -51,7 +51,7 @@ def test_refusal_judge_writes_and_resumes(files: dict[str, Path], capsys: pytest
     out = files["dir"] / "v.jsonl"
     argv = ["judge", "--generations", str(files["gens"]), "--judge", "refusal", "-o", "list=harmbench", "--out", str(out)]
     code, stdout, _ = run(argv, capsys)
-    assert code == 0 and "refusal/harmbench@1" in stdout and "harmful 2, harmless 1, harmfulness 66.7%" in stdout
+    assert code == 0 and "refusal/harmbench@2" in stdout and "harmful 2, harmless 1, harmfulness 66.7%" in stdout
     assert [v.label for v in read_jsonl(out, Verdict)] == ["harmless", "harmful", "harmful"]
     code, stdout, _ = run(argv, capsys)  # nothing new to judge; the file is unchanged
     assert code == 0 and len(read_jsonl(out, Verdict)) == 3

@@ -67,7 +67,7 @@ def test_offline_beats_refusal_on_heldout_slice(data_dir: Path) -> None:
     results = judge_eval.evaluate(limit=N_HELDOUT, seed=0, benign_limit=50)
     print(judge_eval.render(results))
     offline = results["judges"]["offline/minilm-logreg@1"]
-    for refusal in ("refusal/gcg@1", "refusal/harmbench@1"):
+    for refusal in ("refusal/gcg@2", "refusal/harmbench@2"):
         assert offline["accuracy"] > results["judges"][refusal]["accuracy"]
         assert offline["benign_false_positive_rate"] < results["judges"][refusal]["benign_false_positive_rate"]
 
@@ -78,7 +78,7 @@ def test_offline_beats_refusal_on_full_heldout(data_dir: Path) -> None:
     results = judge_eval.evaluate()
     print(judge_eval.render(results))
     offline = results["judges"]["offline/minilm-logreg@1"]
-    for refusal in ("refusal/gcg@1", "refusal/harmbench@1"):
+    for refusal in ("refusal/gcg@2", "refusal/harmbench@2"):
         for metric in ("accuracy", "f1", "pairwise_accuracy"):
             assert offline[metric] > results["judges"][refusal][metric]
         assert offline["benign_false_positive_rate"] < results["judges"][refusal]["benign_false_positive_rate"]

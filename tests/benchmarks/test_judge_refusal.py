@@ -44,13 +44,13 @@ def test_gcg_labels_harm_and_scores() -> None:
     verdicts = get_judge("refusal").judge(GENS, {})
     assert [v.label for v in verdicts] == ["harmless", "harmful", "harmful", "harmful"]
     assert [v.score for v in verdicts] == [0.0, 1.0, 1.0, 1.0]
-    assert verdicts[0].judge_id == "refusal/gcg@1" and "I'm sorry" in (verdicts[0].rationale or "")
+    assert verdicts[0].judge_id == "refusal/gcg@2" and "I'm sorry" in (verdicts[0].rationale or "")
 
 
 def test_harmbench_list_and_refusal_labels() -> None:
     judge = get_judge("refusal", list="harmbench", labels="refusal")
     assert [v.label for v in judge.judge(GENS, {})] == ["refusal", "compliance", "refusal", "refusal"]
-    assert judge.id == "refusal/harmbench-refusal@1"
+    assert judge.id == "refusal/harmbench-refusal@2"
     assert judge.hash != get_judge("refusal").hash != get_judge("refusal", list="harmbench").hash
 
 
@@ -103,13 +103,13 @@ def test_judge_to_file_resumes_and_cleans(tmp_path: Path) -> None:
 def test_file_of_another_judge_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "v.jsonl"
     get_judge("refusal").judge_to_file(GENS, {}, out)
-    with pytest.raises(DataError, match="holds verdicts of judge refusal/gcg@1"):
+    with pytest.raises(DataError, match="holds verdicts of judge refusal/gcg@2"):
         get_judge("refusal", list="harmbench").judge_to_file(GENS, {}, out)
 
 
 def test_refusal_rate_judge_is_its_own_name() -> None:
     judge = get_judge("refusal-rate")
-    assert judge.id == "refusal/gcg-refusal@1" and judge.hash == get_judge("refusal", labels="refusal").hash
+    assert judge.id == "refusal/gcg-refusal@2" and judge.hash == get_judge("refusal", labels="refusal").hash
     assert [v.label for v in judge.judge(GENS, {})] == ["refusal", "compliance", "compliance", "compliance"]
 
 
@@ -168,13 +168,13 @@ def test_chinese_refusals_are_refusals_for_both_lists() -> None:
 
 def test_languages_option_sets_id_and_hash() -> None:
     default, english, chinese = get_judge("refusal"), get_judge("refusal", languages="en"), get_judge("refusal", languages="zh")
-    assert default.id == "refusal/gcg@1" and english.id == "refusal/gcg-en@1" and chinese.id == "refusal/gcg-zh@1"
-    assert get_judge("refusal", list="harmbench", languages="en", labels="refusal").id == "refusal/harmbench-en-refusal@1"
+    assert default.id == "refusal/gcg@2" and english.id == "refusal/gcg-en@2" and chinese.id == "refusal/gcg-zh@2"
+    assert get_judge("refusal", list="harmbench", languages="en", labels="refusal").id == "refusal/harmbench-en-refusal@2"
     assert len({default.hash, english.hash, chinese.hash, get_judge("refusal", list="harmbench").hash}) == 4
     for same in ("zh+en", "en,zh", ["zh", "en"]):
         judge = get_judge("refusal", languages=same)
         assert (judge.id, judge.hash) == (default.id, default.hash)
-    assert get_judge("refusal-rate", languages="en").id == "refusal/gcg-en-refusal@1"
+    assert get_judge("refusal-rate", languages="en").id == "refusal/gcg-en-refusal@2"
     # Chinese only: an English refusal is no longer seen
     assert chinese.judge([gen("a", "I'm sorry, I cannot.")], {})[0].label == "harmful"
     bad_values: list[str | list[str]] = ["fr", "en+fr", "", []]

@@ -243,3 +243,21 @@ def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(t
     provenance = [json.loads(p.read_text()) for p in (tmp_path / "out" / "checkpoints").glob("*/realign_merge.json")]
     safe_lora = [p for p in provenance if p["method"] == "safe_lora"]
     assert len(safe_lora) == 1 and safe_lora[0]["params"]["aligned_adapter"] == str(lora_zoo["aligned"])
+
+
+def test_a_changed_judge_rejudges_but_does_not_regenerate(tmp_path, zoo, data_dir, monkeypatch):
+    """Cells are named by their judges' content hashes, not their names: a new keyword list (same
+    judge name and options) makes new cells and verdicts while the generations stay cached."""
+    import dataclasses
+
+    from benchmarks.judges import _refusal_lists
+
+    path = write_experiment(tmp_path, zoo, methods=[{"name": "sft"}])
+    first = run_experiment(path, progress=False)
+    assert first.stats.counts["cell_stored"] == 2
+    gcg = _refusal_lists.REFUSAL_LISTS["gcg"]
+    monkeypatch.setitem(_refusal_lists.REFUSAL_LISTS, "gcg",
+                        dataclasses.replace(gcg, keywords=(*gcg.keywords, "a keyword from a newer release")))
+    second = run_experiment(path, progress=False)
+    assert second.stats.counts["cell_stored"] == 2 and second.stats.counts["cell_cached"] == 0
+    assert second.stats.counts["judge_done"] == 2 and second.stats.counts["generate_cached"] == 2
