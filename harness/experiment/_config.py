@@ -8,6 +8,7 @@ output names are all refused with the field named.
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,7 +156,8 @@ class Experiment(_Frozen):
     def resolve(self, path: str) -> Path:
         """A path from the file, relative to the experiment file's folder."""
         p = Path(path).expanduser()
-        return p if p.is_absolute() else (Path(self.base_dir) / p)
+        # normpath: "configs/../runs" is shown and logged as "runs" (no symlinks are resolved)
+        return Path(os.path.normpath(p if p.is_absolute() else Path(self.base_dir) / p))
 
     @property
     def output_path(self) -> Path:
