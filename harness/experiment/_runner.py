@@ -41,6 +41,7 @@ class RunStats:
             f"merges: {c['merge_done']} done, {c['merge_cached']} cached; "
             f"generations: {c['generate_done']} done, {c['generate_cached']} cached, {c['generate_resumed']} resumed; "
             f"judgments: {c['judge_done']} done, {c['judge_cached']} cached; "
+            f"model scores: {c['model_score_done']} done, {c['model_score_cached']} cached; "
             f"cells stored: {c['cell_stored']} new, {c['cell_cached']} cached; {self.seconds:.1f} s"
         )
 
@@ -50,7 +51,7 @@ class Workspace:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        for sub in ("checkpoints", "inputs", "generations", "judgments", "logs"):
+        for sub in ("checkpoints", "inputs", "generations", "judgments", "scores", "logs"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.hashes = HashCache(root / "hashes.json")
 
@@ -62,6 +63,9 @@ class Workspace:
 
     def generations(self, key: str) -> Path:
         return self.root / "generations" / f"{key}.jsonl"
+
+    def model_scores(self, generation_key: str) -> Path:
+        return self.root / "scores" / f"{generation_key}.json"
 
     def judgments(self, generation_key: str, judge_key: str) -> Path:
         return self.root / "judgments" / f"{generation_key}.{judge_key}.jsonl"

@@ -4,7 +4,9 @@ public faces and reads/writes files, so any stage can be re-run alone."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,12 +161,31 @@ def _judge(name: str, options: dict[str, Any]) -> Any:
     return _judges[key]
 
 
+def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats) -> list[Any]:
+    """Scores of a model-reading scorer, cached like generations (by checkpoint × benchmark), so a
+    cell re-made for another reason (a changed judge) does not run the model again."""
+    from benchmarks.scoring import score_with_model
+    from harness.records import Score
+
+    path = workspace.model_scores(cell.generation_key)
+    if path.is_file():
+        stats.counts["model_score_cached"] += 1
+        return [Score.model_validate(s) for s in json.loads(path.read_text(encoding="utf-8"))]
+    dense = dense_input(workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats)
+    scores = score_with_model(cell.benchmark.name, dense, items)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps([s.model_dump(mode="json") for s in scores]), encoding="utf-8")
+    os.replace(tmp, path)
+    stats.counts["model_score_done"] += 1
+    return scores
+
+
 _GENERATION_SCORERS = frozenset({"harmfulness", "pairwise", "refusal", "gsm8k", "pass_at_k"})
 
 
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
     from benchmarks import get_benchmark
-    from benchmarks.scoring import MODEL_SCORERS, score, score_with_model
+    from benchmarks.scoring import MODEL_SCORERS, score
     from harness.records import GenerationRecord, Verdict, read_jsonl
     from leaderboards import CellRecord
 
@@ -184,8 +205,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
         primary = verdicts[judge_ids[0]] if judge_ids else None
         scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution)
     elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
-        dense = dense_input(workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats)
-        scores = score_with_model(bench.name, dense, items)
+        scores = model_scores(workspace, cell, model, items, stats)
     else:
         raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
     primary_judge = _judge(exp.judges[0], exp.judge_options.get(exp.judges[0], {})) if judge_ids else None

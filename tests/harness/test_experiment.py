@@ -247,17 +247,20 @@ def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(t
 
 def test_a_changed_judge_rejudges_but_does_not_regenerate(tmp_path, zoo, data_dir, monkeypatch):
     """Cells are named by their judges' content hashes, not their names: a new keyword list (same
-    judge name and options) makes new cells and verdicts while the generations stay cached."""
+    judge name and options) makes new cells and verdicts while generations and model scores stay cached."""
     import dataclasses
 
     from benchmarks.judges import _refusal_lists
 
-    path = write_experiment(tmp_path, zoo, methods=[{"name": "sft"}])
+    path = write_experiment(tmp_path, zoo, methods=[{"name": "sft"}],
+                            benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 3},
+                                        {"name": "task_nll", "categories": ["code"], "limit": 2}])
     first = run_experiment(path, progress=False)
-    assert first.stats.counts["cell_stored"] == 2
+    assert first.stats.counts["cell_stored"] == 4 and first.stats.counts["model_score_done"] == 2
     gcg = _refusal_lists.REFUSAL_LISTS["gcg"]
     monkeypatch.setitem(_refusal_lists.REFUSAL_LISTS, "gcg",
                         dataclasses.replace(gcg, keywords=(*gcg.keywords, "a keyword from a newer release")))
     second = run_experiment(path, progress=False)
-    assert second.stats.counts["cell_stored"] == 2 and second.stats.counts["cell_cached"] == 0
+    assert second.stats.counts["cell_stored"] == 4 and second.stats.counts["cell_cached"] == 0
     assert second.stats.counts["judge_done"] == 2 and second.stats.counts["generate_cached"] == 2
+    assert second.stats.counts["model_score_cached"] == 2 and second.stats.counts["model_score_done"] == 0
