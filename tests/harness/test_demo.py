@@ -94,7 +94,7 @@ def test_quick_demo_runs_end_to_end_and_its_site_opens_in_chromium(
         pytest.skip("chromium not installed: the site was written but not opened")
     found, dom = probe_site(site, tmp_path / "profile")
     tables = {t["id"]: t for t in found["tables"]}
-    assert tables["table-summary"]["rows"] == 9  # original, aligned, and 7 methods on the math fine-tune
+    assert tables["table-summary"]["rows"] == 10  # original, aligned, sft and 7 realigned models of the math fine-tune
     assert {i["id"] for i in found["images"]} == {"plot-scatter", "plot-heatmap"}
     assert all(i["w"] > 300 for i in found["images"])
     assert "somf_ties" in dom and "safe_lora" in dom
