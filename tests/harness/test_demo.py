@@ -21,6 +21,7 @@ def test_quick_variant_is_a_subset_of_the_demo() -> None:
         assert {k: v for k, v in small.items() if k not in ("sample", "limit")} == \
                {k: v for k, v in big.items() if k not in ("sample", "limit")}
         assert all(small[k] <= min(big[k], QUICK_OVERRIDES["items"]) for k in ("sample", "limit") if k in big)
+    assert quick["generation"] == {**full["generation"], "max_new_tokens": QUICK_OVERRIDES["max_new_tokens"]}
     somf = [m for m in quick["methods"] if m["name"] == "somf"]
     assert somf and all(m["params"]["steps"] == QUICK_OVERRIDES["somf"]["steps"] for m in somf)
     # the full file is valid as it stands and names every method of the study
