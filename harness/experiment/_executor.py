@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from harness.experiment._config import Experiment
-from harness.experiment._plan import Cell, CheckpointJob, Plan, ResolvedModel
+from harness.experiment._plan import ORIGINAL, Cell, CheckpointJob, Plan, ResolvedModel
 from harness.experiment._runner import RunStats, Workspace, run_job_cells
 from harness.experiment._stages import close_backends
 
@@ -67,6 +67,12 @@ def prepare_shared_inputs(plan: Plan, workspace: Workspace, stats: RunStats) -> 
         dense_input(workspace, model, stats)
 
 
+def _trains(method: str) -> bool:
+    from realign_methods import get_method
+
+    return method != ORIGINAL and not get_method(method).info.data_free
+
+
 def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: RunStats,
             only: dict[str, str] | None = None, num_gpus_per_group: float | None = None,
             address: str | None = None, progress: Any = None) -> None:
@@ -103,8 +109,9 @@ def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: Ru
         task = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(_ray_group)
         # base_dir is excluded from dumps (it is not part of the identity) but the worker needs it.
         exp_json = json.dumps({**exp.model_dump(mode="json"), "base_dir": exp.base_dir})
-        # Mask-training methods first: the longest groups start early and overlap the short ones.
-        pending.sort(key=lambda job: job.method != "somf")
+        # Methods that train on data (SOMF's masks) first: the longest groups start early and overlap
+        # the short ones.
+        pending.sort(key=lambda job: not _trains(job.method))
         refs = {task.remote(exp_json, only or {}, job.key, run_id): job for job in pending}
         waiting = list(refs)
         while waiting:
