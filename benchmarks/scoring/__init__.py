@@ -1,6 +1,7 @@
 """Scorers over saved generations and verdicts (and a few that need the model)."""
 
 from benchmarks.scoring._scores import (
+    GENERATION_SCORERS,
     GSM8K_FLEXIBLE_REGEX,
     GSM8K_STRICT_REGEX,
     MODEL_SCORERS,
@@ -22,6 +23,7 @@ from benchmarks.scoring._scores import (
 )
 
 __all__ = [
+    "GENERATION_SCORERS",
     "GSM8K_FLEXIBLE_REGEX",
     "GSM8K_STRICT_REGEX",
     "MODEL_SCORERS",

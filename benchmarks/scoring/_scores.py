@@ -262,6 +262,9 @@ def score_with_model(benchmark: str, model: Any, items: Sequence[Item]) -> list[
                       "use benchmarks.scoring.score(...)")
 
 
+#: scorers that read saved generations (and verdicts): :func:`score`
+GENERATION_SCORERS = frozenset({"harmfulness", "pairwise", "refusal", "gsm8k", "pass_at_k"})
+#: scorers that read the model itself: :func:`score_with_model`
 MODEL_SCORERS = frozenset({"loglik_accuracy", "nll"})
 
 

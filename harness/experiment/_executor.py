@@ -80,8 +80,9 @@ def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: Ru
     them, else one CPU (so a 2-core machine runs two groups at once). Groups whose cells are all in
     the store are linked here without starting Ray, so a cached re-run costs no cluster start-up."""
     complete = store.complete_cells()
+    grouped = groups(plan)
     pending: list[CheckpointJob] = []
-    for job, cells in groups(plan):
+    for job, cells in grouped:
         if all(c.cell_id in complete for c in cells):
             run_job_cells(plan.experiment, workspace, store, run_id, job, cells, stats,
                           on_cell=(lambda _c: progress.advance()) if progress else None)
@@ -98,7 +99,7 @@ def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: Ru
     prepare_shared_inputs(plan, workspace, stats)
     workspace.hashes.save()  # workers re-plan from the saved hashes instead of re-hashing every model
     exp: Experiment = plan.experiment
-    cells_of = {job.key: cells for job, cells in groups(plan)}
+    cells_of = {job.key: cells for job, cells in grouped}
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -180,12 +180,9 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
     return scores
 
 
-_GENERATION_SCORERS = frozenset({"harmfulness", "pairwise", "refusal", "gsm8k", "pass_at_k"})
-
-
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
     from benchmarks import get_benchmark
-    from benchmarks.scoring import MODEL_SCORERS, score
+    from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score
     from harness.records import GenerationRecord, Verdict, read_jsonl
     from leaderboards import CellRecord
 
@@ -195,7 +192,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     generations: list[GenerationRecord] = []
     verdicts: dict[str, list[Verdict]] = {}
     judge_ids: list[str] = []
-    if bench.scorer in _GENERATION_SCORERS:
+    if bench.scorer in GENERATION_SCORERS:
         gen_path = generate(exp, workspace, cell, model, items, stats)
         generations = read_jsonl(gen_path, GenerationRecord)
         if bench.kind == "safety":
