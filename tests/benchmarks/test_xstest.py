@@ -71,7 +71,7 @@ def test_bad_input_errors(tmp_path: Path) -> None:
     items = get_benchmark("xstest_safe").load(limit=3)
     by_id = {i.id: i for i in items}
     content = [Verdict(item_id=i.id, judge_id="offline/minilm-logreg@1", judge_hash="-", label="harmless") for i in items]
-    with pytest.raises(DataError, match="over-refusal needs refusal verdicts.*offline/minilm-logreg@1"):
+    with pytest.raises(DataError, match=r"over-refusal needs refusal verdicts.*offline/minilm-logreg@1"):
         score("xstest_safe", [], content, by_id)
     with pytest.raises(ConfigError, match="refusal-judge verdicts"):
         score("xstest_safe", [], [], by_id)
