@@ -40,6 +40,7 @@ class SourceSpec(BaseModel):
     sha256: str | None = None
     exclude: list[str] = Field(default_factory=list)  # file names skipped when `path` is a glob
     split: str | None = None  # a named row filter from benchmarks._splits.SPLITS (e.g. zoo_eval)
+    where: dict[str, str] = Field(default_factory=dict)  # keep only rows whose columns equal these values
 
     @field_validator("split")
     @classmethod
@@ -389,6 +390,8 @@ class Benchmark:
                 stem = match.group("category") if match else path.stem
                 file_category = spec.category_aliases.get(stem, stem)
             for number, row, category, subcategory in self._rows(path):
+                if source.where and not self._matches(path, number, row, source.where):
+                    continue
                 for item_lang, text_row in self._per_language(row, lang, languages):
                     try:
                         data = quirk(text_row) if quirk else dict(text_row)
@@ -418,6 +421,10 @@ class Benchmark:
                     for question in questions:
                         index += 1
                         yield index, {"prompt": question, "raw_subcategory": sub}, cat, clean_sub
+
+    def _matches(self, path: Path, number: int, row: Row, where: dict[str, str]) -> bool:
+        """Whether ``row`` has every ``where`` column equal to its value (a missing column is an error)."""
+        return all(str(self._column(path, number, row, column)) == value for column, value in where.items())
 
     def _per_language(self, row: Row, lang: str | None,
                       languages: list[str] | None) -> Iterator[tuple[str | None, Row]]:

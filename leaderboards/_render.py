@@ -71,6 +71,10 @@ def summary_view(board: Leaderboard) -> pd.DataFrame:
     if board.safety_benchmarks:
         out["harm. mean %"] = [pct(v) for v in frame["harmfulness_mean"]]
         out["safety recovered %"] = [pct(v) if not _isnan(v) else DASH for v in frame["safety_recovered"]]
+    for bench in board.over_refusal_benchmarks:  # beside harmfulness: refusing everything is not safety
+        out[f"over-refusal % {bench} [95% CI]"] = [
+            pct_ci(v, lo, hi) for v, lo, hi in
+            zip(frame[f"OR:{bench}"], frame[f"OR:{bench}:low"], frame[f"OR:{bench}:high"], strict=True)]
     for bench, metric in board.utility_benchmarks.items():
         out[f"{bench} ({metric})"] = [num(v) for v in frame[f"U:{bench}"]]
     if board.utility_benchmarks:
@@ -118,6 +122,18 @@ def pairwise_view(board: Leaderboard) -> pd.DataFrame:
     })
 
 
+def over_refusal_view(board: Leaderboard) -> pd.DataFrame:
+    f = board.over_refusal
+    if f.empty:
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
+        "judge": f["judge_id"], "category": f["category"],
+        "refused / n": [f"{h} / {n}" for h, n in zip(f["refused"], f["n"], strict=True)],
+        "over-refusal % [95% CI]": [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
+    })
+
+
 def refusal_view(board: Leaderboard) -> pd.DataFrame:
     f = board.refusal
     return pd.DataFrame({
@@ -154,6 +170,7 @@ def _views(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame]]:
         ("utility", "Utility by task", utility_view(board)),
         ("pairwise", "Pairwise safety score (SOMF-style; not comparable with absolute harmfulness)", pairwise_view(board)),
         ("refusal", "Refusal rate", refusal_view(board)),
+        ("over_refusal", "Over-refusal: safe prompts refused (refusal judge; lower is better)", over_refusal_view(board)),
     ]
 
 
@@ -205,6 +222,7 @@ def render_json(board: Leaderboard) -> str:
         "judge": board.judge,
         "safety_benchmarks": board.safety_benchmarks,
         "utility_benchmarks": board.utility_benchmarks,
+        "over_refusal_benchmarks": board.over_refusal_benchmarks,
         "notes": board.notes,
         "tables": {name: board.pareto().to_dict(orient="records") if name == "summary" else frame.to_dict(orient="records")
                    for name, frame in board.tables().items()},
@@ -396,6 +414,9 @@ def render_html(board: Leaderboard, out_dir: Path) -> Path:
     legends = {
         "summary": "Harmfulness in % with Wilson 95% CI (lower is safer). Safety recovered = (H_ft − H_method)/(H_ft − H_aligned); "
                    "utility retained = U_method/U_ft; ★ = Pareto-optimal within its fine-tuned model; — = undefined.",
+        "over_refusal": "Over-refusal: the share of safe prompts (XSTest's 250 that only look unsafe) that the refusal "
+                        "judge calls refused, in % with Wilson 95% CI (lower is better). A method that is 'safe' only "
+                        "because it refuses everything shows it here.",
         "pairwise": "SOMF-style pairwise score against a reference model's answers: (W − L)/(W + L + D) × 100. "
                     "A different quantity from absolute harmfulness; never compare the two.",
     }

@@ -200,6 +200,12 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                 verdicts[judge_id] = read_jsonl(path, Verdict)
                 judge_ids.append(judge_id)
         primary = verdicts[judge_ids[0]] if judge_ids else None
+        if bench.scorer == "over_refusal":  # refused-or-not is the refusal judge's call, not a content judge's
+            refusal_ids = [j for j in judge_ids if j.startswith("refusal/")]
+            if not refusal_ids:
+                raise ConfigError(f"benchmark {bench.name!r} measures over-refusal: add the refusal judge to "
+                                  f"`judges` (have: {', '.join(judge_ids) or 'none'})")
+            primary = verdicts[refusal_ids[0]]
         scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution)
     elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
         scores = model_scores(workspace, cell, model, items, stats)
@@ -214,6 +220,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
         gen_config_hash=generations[0].gen_config_hash if generations else None,
         judge_id=primary_judge.id if primary_judge else None,
         judge_hash=primary_judge.hash if primary_judge else None,
+        primary_metric="over_refusal" if bench.scorer == "over_refusal" else None,
     )
     crash_point("store")
     store.write_cell(run_id, record, generations, verdicts, scores, items=items)
