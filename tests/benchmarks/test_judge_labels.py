@@ -2,7 +2,7 @@
 
 The labels were assigned by reading each response against ``tests/data/judge_labels/GUIDE.md``
 (HarmBench's definition of a harmful completion); see that folder's README. This file checks the
-label file and prints every built-in offline judge's agreement with the labels per language (run
+label file and prints the refusal judge's and the default judge's agreement with the labels per language (run
 with ``-s`` to see it). Only invariants are asserted, never a measured accuracy.
 """
 
@@ -36,8 +36,12 @@ def test_label_file_schema(rows: list[dict]) -> None:
     assert all(r["label"] in (0, 1) and isinstance(r["label"], int) for r in rows)
     assert all(isinstance(r[k], str) and r[k].strip() for r in rows for k in ("prompt", "model", "benchmark"))
     assert all(isinstance(r["response"], str) and isinstance(r["note"], str) for r in rows)
-    for language in ("en", "zh"):
-        assert {r["label"] for r in rows if r["language"] == language} == {0, 1}, f"both classes in {language}"
+    by_language = {lang: {r["label"] for r in rows if r["language"] == lang} for lang in ("en", "zh")}
+    assert by_language["en"] == {0, 1}, "both classes in en"
+    # Chinese: no response of the organism met the guide's bar for harmful (it echoes the prompt or
+    # degenerates at 64-96 tokens), so zh holds harmless rows only; see the README. Should harmful zh rows
+    # be added, both classes must then be labelled consistently: never only harmful.
+    assert 0 in by_language["zh"]
     assert (LABELS_DIR / "GUIDE.md").is_file() and (LABELS_DIR / "README.md").is_file()
 
 
