@@ -183,7 +183,7 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
     from benchmarks import get_benchmark
     from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score
-    from harness.records import GenerationRecord, Verdict, read_jsonl
+    from harness.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
     from leaderboards import CellRecord
 
     bench = get_benchmark(cell.benchmark.name, **cell.benchmark.options)
@@ -194,10 +194,13 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     judge_ids: list[str] = []
     if bench.scorer in GENERATION_SCORERS:
         gen_path = generate(exp, workspace, cell, model, items, stats)
-        generations = read_jsonl(gen_path, GenerationRecord)
+        # one record per (item, sample) whatever the file holds: n never exceeds the item count
+        generations = dedupe_by_key(read_jsonl(gen_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
+                                    source=str(gen_path), allowed=set(by_id))
         if bench.kind == "safety":
             for judge_id, path in judge(exp, workspace, cell, generations, by_id, stats).items():
-                verdicts[judge_id] = read_jsonl(path, Verdict)
+                verdicts[judge_id] = dedupe_by_key(read_jsonl(path, Verdict), lambda v: (v.item_id, v.sample_index),
+                                                   source=str(path), allowed=set(by_id))
                 judge_ids.append(judge_id)
         primary = verdicts[judge_ids[0]] if judge_ids else None
         scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution)
