@@ -127,6 +127,8 @@ class Experiment(_Frozen):
     judge_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     allow_code_execution: bool = False
+    allow_pickle: bool = Field(default=False, description="load pickle checkpoints (weights_only=True); refused by default")
+    allow_nonfinite: bool = Field(default=False, description="merge inputs/outputs holding NaN/inf instead of refusing")
     executor: Literal["local", "ray"] = "local"
 
     # Resolved relative to the experiment file by `load_experiment`; not part of the identity.

@@ -67,15 +67,33 @@ BACKENDS.add("vllm", _vllm)
 BACKENDS.add("dummy", _dummy)
 
 
+def check_model_weights(model_dir: str | Path | None, adapter: str | Path | None = None, *,
+                        allow_pickle: bool = False) -> None:
+    """Refuse, before any backend loads it, a model (or adapter) that is not one, is pickle (unless
+    ``allow_pickle``), or holds NaN/±inf weights. Reads every tensor once (memory-mapped)."""
+    from harness.checkpoints import check_checkpoint_finite
+
+    hint = "refusing to generate from it (a model with non-finite weights emits garbage)"
+    for path in (model_dir, adapter):
+        if path is not None:
+            check_checkpoint_finite(path, allow_pickle=allow_pickle, hint=hint)
+
+
 def get_backend(
-    name: str, model_dir: str | Path | None = None, *, adapter: str | Path | None = None, **opts: Any
+    name: str, model_dir: str | Path | None = None, *, adapter: str | Path | None = None,
+    allow_pickle: bool = False, **opts: Any
 ) -> Backend:
     """Load backend ``name`` ("vllm", "hf" or "dummy") for ``model_dir``, optionally with a LoRA adapter.
 
-    ``opts`` go to the backend (see HFBackend, VLLMBackend, DummyBackend). Heavy libraries are
-    imported here, not at module import.
+    The weights are checked first (:func:`check_model_weights`): pickle checkpoints are refused unless
+    ``allow_pickle``, and non-finite weights always. ``opts`` go to the backend (see HFBackend,
+    VLLMBackend, DummyBackend). Heavy libraries are imported here, not at module import.
     """
     factory = BACKENDS.get(name)
-    if model_dir is None and BACKENDS.canonical_name(name) != "dummy":
+    canonical = BACKENDS.canonical_name(name)
+    if model_dir is None and canonical != "dummy":
         raise ConfigError(f"backend {name!r} needs a model directory")
+    check_model_weights(model_dir, adapter, allow_pickle=allow_pickle)
+    if canonical == "hf":
+        opts["allow_pickle"] = allow_pickle
     return factory(model_dir, adapter=adapter, **opts)
