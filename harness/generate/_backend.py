@@ -67,6 +67,37 @@ BACKENDS.add("vllm", _vllm)
 BACKENDS.add("dummy", _dummy)
 
 
+_BACKEND_CLASSES = {"hf": ("harness.generate._hf", "HFBackend"), "vllm": ("harness.generate._vllm", "VLLMBackend"),
+                    "dummy": ("harness.generate._dummy", "DummyBackend")}
+
+
+def backend_option_names(name: str) -> list[str]:
+    """The options backend ``name`` accepts (its constructor's keyword parameters)."""
+    import importlib
+    import inspect
+
+    module, cls = _BACKEND_CLASSES[BACKENDS.canonical_name(name)]
+    signature = inspect.signature(getattr(importlib.import_module(module), cls).__init__)
+    return [p.name for p in signature.parameters.values()
+            if p.name not in ("self", "model_dir", "adapter", "allow_pickle")
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_backend_options(name: str, options: dict[str, Any], where: str = "backend options") -> None:
+    """ConfigError naming every option backend ``name`` does not accept (with a did-you-mean)."""
+    import difflib
+
+    accepted = backend_option_names(name)
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        parts = []
+        for key in unknown:
+            near = difflib.get_close_matches(key, accepted, n=2, cutoff=0.6)
+            parts.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
+        raise ConfigError(f"{where}: unknown option {', '.join(parts)} for backend {name!r}; "
+                          f"accepted: {', '.join(accepted)}")
+
+
 def check_model_weights(model_dir: str | Path | None, adapter: str | Path | None = None, *,
                         allow_pickle: bool = False) -> None:
     """Refuse, before any backend loads it, a model (or adapter) that is not one, is pickle (unless
@@ -93,6 +124,7 @@ def get_backend(
     canonical = BACKENDS.canonical_name(name)
     if model_dir is None and canonical != "dummy":
         raise ConfigError(f"backend {name!r} needs a model directory")
+    check_backend_options(name, opts)
     check_model_weights(model_dir, adapter, allow_pickle=allow_pickle)
     if canonical == "hf":
         opts["allow_pickle"] = allow_pickle

@@ -107,3 +107,44 @@ def test_schema_version_0_is_named(tmp_path):
     with pytest.raises(StoreError, match=r"schema version 0, expected 1") as info:
         Store(path)
     assert "corrupted" not in str(info.value)
+
+
+def _bad_inputs(tmp_path: Path, zoo: dict[str, Path], other_adapter: Path, kind: str) -> tuple[dict, str]:
+    models = {"aligned": {"path": str(zoo["aligned"])}, "unaligned": {"path": str(zoo["unaligned"])},
+              "finetuned": [{"name": "math", "path": str(zoo["math"]), "task": "math"}]}
+    if kind == "text-file":
+        (tmp_path / "notes.txt").write_text("not a model")
+        models["finetuned"][0]["path"] = str(tmp_path / "notes.txt")
+        return {"models": models}, r"models.finetuned\[0\]: .*notes.txt: unsupported checkpoint file"
+    if kind == "empty-folder":
+        (tmp_path / "empty").mkdir()
+        models["finetuned"][0]["path"] = str(tmp_path / "empty")
+        return {"models": models}, r"models.finetuned\[0\]: .*empty: no weights found"
+    if kind == "foreign-adapter":
+        models["finetuned"][0] = {"name": "math", "path": str(zoo["aligned"]), "adapter": str(other_adapter),
+                                  "task": "math"}
+        return {"models": models}, r"models.finetuned\[0\]: adapter .* does not match base"
+    if kind == "backend-option":
+        return ({"generation": {"backend": "hf", "backend_options": {"num_threadz": 1}}},
+                r"generation.backend_options: unknown option 'num_threadz' \(did you mean 'num_threads'\?\)")
+    if kind == "samples-at-t0":
+        return ({"generation": {"backend": "dummy", "num_samples": 3, "temperature": 0.0}},
+                r"generation: num_samples=3 with temperature=0")
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["text-file", "empty-folder", "foreign-adapter", "backend-option", "samples-at-t0"])
+def test_bad_inputs_are_caught_at_plan_time_by_dry_run(tmp_path, zoo, data_dir, tiny_llama_factory, kind):
+    from harness.errors import RealignError
+    from harness.testing import make_lora_adapter
+
+    other = tiny_llama_factory("harden-other", hidden_size=32, intermediate_size=64)
+    adapter = tmp_path / "other-adapter"
+    if kind == "foreign-adapter":
+        make_lora_adapter(other, adapter, seed=5, r=2, lora_alpha=4, target_modules=["q_proj"])
+    overrides, message = _bad_inputs(tmp_path, zoo, adapter, kind)
+    path = _small(tmp_path, zoo, **overrides)
+    for dry in (True, False):
+        with pytest.raises(RealignError, match=message):
+            run_experiment(path, dry_run=dry, progress=False)
+        assert not (tmp_path / "out").exists()  # refused before any work: no store, no workspace
