@@ -33,15 +33,19 @@ def check_finite(tensor: torch.Tensor, name: str, where: str, hint: str = "") ->
     )
 
 
-def check_checkpoint_finite(path: str | Path, *, allow_pickle: bool = False, hint: str = "") -> int:
+def check_checkpoint_finite(path: str | Path, *, allow_pickle: bool = False, hint: str = "",
+                            adapter: bool | None = None) -> int:
     """Read every tensor of the checkpoint (or adapter) at ``path`` once; returns how many were checked.
 
-    Also refuses what CheckpointReader refuses: a path with no weights, and pickle unless allowed.
+    ``adapter``: read ``path`` as a PEFT adapter (None: when it holds adapter_config.json).
+    Also refuses what CheckpointReader / LoraAdapter.load refuse: a path with no weights, and pickle unless allowed.
     """
     from harness.checkpoints._reader import CheckpointReader
 
     target = Path(path)
-    if target.is_dir() and (target / "adapter_config.json").is_file():
+    if adapter is None:
+        adapter = target.is_dir() and (target / "adapter_config.json").is_file()
+    if adapter:
         from harness.checkpoints._lora import LoraAdapter
 
         reader = LoraAdapter.load(target, allow_pickle=allow_pickle).reader

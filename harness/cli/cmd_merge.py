@@ -30,12 +30,14 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _load_config(path: str) -> dict[str, Any]:
-    import yaml
+
+    from harness.yaml_strict import load_yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        text = Path(path).read_text()
+    except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read YAML ({exc})") from exc
+    data = load_yaml(text, f"--config {path}")
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of MergeSpec fields")
     return data

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from harness.errors import ConfigError
+from harness.errors import CheckpointError, ConfigError
 from harness.generate._config import Completion, GenerationConfig
 from harness.registry import Registry
 
@@ -105,9 +105,10 @@ def check_model_weights(model_dir: str | Path | None, adapter: str | Path | None
     from harness.checkpoints import check_checkpoint_finite
 
     hint = "refusing to generate from it (a model with non-finite weights emits garbage)"
-    for path in (model_dir, adapter):
-        if path is not None:
-            check_checkpoint_finite(path, allow_pickle=allow_pickle, hint=hint)
+    if model_dir is not None:
+        check_checkpoint_finite(model_dir, allow_pickle=allow_pickle, hint=hint, adapter=False)
+    if adapter is not None:
+        check_checkpoint_finite(adapter, allow_pickle=allow_pickle, hint=hint, adapter=True)
 
 
 def get_backend(
@@ -125,6 +126,8 @@ def get_backend(
     if model_dir is None and canonical != "dummy":
         raise ConfigError(f"backend {name!r} needs a model directory")
     check_backend_options(name, opts)
+    if model_dir is not None and canonical != "dummy" and not (Path(model_dir) / "config.json").is_file():
+        raise CheckpointError(f"{model_dir}: not a model directory (config.json not found)")
     check_model_weights(model_dir, adapter, allow_pickle=allow_pickle)
     if canonical == "hf":
         opts["allow_pickle"] = allow_pickle
