@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import glob
 import gzip
 import hashlib
@@ -15,17 +16,17 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from importlib import resources
 from os.path import commonpath
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from benchmarks._splits import SPLITS
 from harness.errors import ConfigError, DataError
 from harness.paths import cache_dir, data_dirs
 from harness.records import Item
 from harness.registry import Registry
+from harness.yaml_strict import load_yaml
 
 Row = dict[str, Any]
 
@@ -41,6 +42,22 @@ class SourceSpec(BaseModel):
     exclude: list[str] = Field(default_factory=list)  # file names skipped when `path` is a glob
     split: str | None = None  # a named row filter from benchmarks._splits.SPLITS (e.g. zoo_eval)
     where: dict[str, str] = Field(default_factory=dict)  # keep only rows whose columns equal these values
+
+    @model_validator(mode="after")
+    def _pinned_download(self) -> SourceSpec:
+        """A downloadable source lands in the cache: its path must be relative, without '..', and
+        the file pinned by sha256. (A local-only source may name any file the user can read.)"""
+        if self.url is None:
+            return self
+        path = self.path
+        parts = PurePosixPath(path.replace("\\", "/")).parts
+        if path.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", path) or ".." in parts:
+            raise ValueError(f"source with url: path {path!r} must be relative to the data dir, without '..' "
+                             "(downloads are confined to the cache directory)")
+        if not (self.sha256 and re.fullmatch(r"[0-9a-f]{64}", self.sha256)):
+            raise ValueError(f"source {self.path!r}: a url needs a sha256 (64 lowercase hex digits) "
+                             f"to check the download against; got {self.sha256!r}")
+        return self
 
     @field_validator("split")
     @classmethod
@@ -163,12 +180,17 @@ def _online() -> bool:
 
 
 def _download(url: str, dest: Path, sha256: str | None) -> Path:
+    root = (cache_dir() / "data").resolve()
+    if not dest.resolve().is_relative_to(root):  # e.g. a {language} that expands to "../"
+        raise DataError(f"{url}: download target {dest} is outside the cache directory {root}; refused")
+    if not sha256:
+        raise DataError(f"{url}: no sha256 pinned for this download; refused")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     with urllib.request.urlopen(url, timeout=60) as response:
         payload = response.read()
     digest = hashlib.sha256(payload).hexdigest()
-    if sha256 and digest != sha256:
+    if digest != sha256:
         raise DataError(f"{url}: sha256 {digest} does not match the pinned {sha256}; not saved")
     tmp.write_bytes(payload)
     tmp.replace(dest)
@@ -185,8 +207,14 @@ def resolve_source(spec: BenchmarkSpec, source: SourceSpec, language: str | None
         explicit = Path(data_path)
         if not explicit.exists():
             raise DataError(f"benchmark {spec.name!r}: explicit data path {explicit} does not exist")
-        if explicit.is_file() and len(spec.sources) <= 1:
-            return [explicit]
+        if explicit.is_file():
+            if len(spec.sources) <= 1:
+                return [explicit]
+            raise ConfigError(
+                f"benchmark {spec.name!r} reads {len(spec.sources)} source files "
+                f"({', '.join(s.path for s in spec.sources)}); data path {explicit} is one file. "
+                "Pass a folder holding them (a data root), not a file."
+            )
         # A data root holding "<folder>/<file>", or the benchmark folder itself.
         roots += [explicit, explicit.parent] if explicit.is_dir() else []
         looked.append(str(explicit))
@@ -319,7 +347,17 @@ class Benchmark:
 
     def with_fields(self, **mapping: Any) -> Benchmark:
         """A copy with a different column mapping (the generic jsonl/csv benchmarks)."""
-        fields = self.spec.fields.model_copy(update={k: v for k, v in mapping.items() if v is not None})
+        known = list(FieldMap.model_fields)
+        unknown = [k for k in mapping if k not in known]
+        if unknown:
+            parts = []
+            for key in unknown:
+                near = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+                parts.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
+            raise ConfigError(f"benchmark {self.name!r}: unknown option {', '.join(parts)}; "
+                              f"accepted options: {', '.join(known)}")
+        fields = FieldMap.model_validate({**self.spec.fields.model_dump(),
+                                          **{k: v for k, v in mapping.items() if v is not None}})
         return Benchmark(self.spec.model_copy(update={"fields": fields}))
 
     def resolve(self, data_path: str | Path | None = None,
@@ -456,7 +494,12 @@ class Benchmark:
                 raise DataError(f"{path}: row {number}: prompt template needs column {exc}; "
                                 f"columns present: {', '.join(map(str, row))}") from exc
         else:
-            prompt = str(self._column(path, number, row, prompt_column))
+            value = self._column(path, number, row, prompt_column)
+            if not isinstance(value, str):
+                raise DataError(f"{path}: row {number}: prompt column {prompt_column!r} is "
+                                f"{'null' if value is None else type(value).__name__ + ' ' + repr(value)}; "
+                                "expected text")
+            prompt = value
         reference = row.get("_reference")
         if reference is None and fields.reference:
             reference = self._column(path, number, row, fields.reference)
@@ -498,8 +541,8 @@ def load_spec(path_or_text: str | Path) -> Benchmark:
     """A Benchmark from a YAML spec file (user benchmarks need no code)."""
     path = Path(path_or_text)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read benchmark spec ({exc})") from exc
     try:
         return Benchmark(BenchmarkSpec.model_validate(data))
@@ -510,7 +553,7 @@ def load_spec(path_or_text: str | Path) -> Benchmark:
 def _register_builtins() -> None:
     for entry in sorted(resources.files("benchmarks.specs").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            data = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            data = load_yaml(entry.read_text(encoding="utf-8"), f"benchmarks/specs/{entry.name}")
             BENCHMARKS.add(data["name"], Benchmark(BenchmarkSpec.model_validate(data)))
 
 

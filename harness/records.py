@@ -6,7 +6,8 @@ Every record is a frozen pydantic model; files are JSON Lines, one record per li
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.errors import DataError
 
 SCHEMA_VERSION = 1
+log = logging.getLogger("realign.records")
 
 
 class _Record(BaseModel):
@@ -117,6 +119,32 @@ def iter_jsonl_tolerant(path: str | Path, record_type: type[R]) -> Iterator[R]:
             if index == len(lines) - 1 and not line.endswith("\n"):
                 return
             raise DataError(f"{path}:{index + 1}: not a valid {record_type.__name__}") from None
+
+
+def dedupe_by_key(records: Iterable[R], key: Callable[[R], Hashable], *, source: str = "",
+                  allowed: set[str] | None = None) -> list[R]:
+    """The first record per ``key`` (e.g. (item_id, sample_index)), in file order.
+
+    Results files are appended to; two writers (or a resumed writer) can leave a key twice. Reading
+    through this keeps every count at one per key, so n can never exceed the number of items.
+    ``allowed``: item ids that belong here; a record for another item is dropped too.
+    """
+    seen: set[Hashable] = set()
+    out: list[R] = []
+    dropped = foreign = 0
+    for record in records:
+        if allowed is not None and getattr(record, "item_id", None) not in allowed:
+            foreign += 1
+            continue
+        k = key(record)
+        if k in seen:
+            dropped += 1
+            continue
+        seen.add(k)
+        out.append(record)
+    if dropped or foreign:
+        log.warning("%s: ignored %d duplicated and %d foreign records", source or "results", dropped, foreign)
+    return out
 
 
 def append_jsonl(path: str | Path, records: Iterable[BaseModel]) -> None:

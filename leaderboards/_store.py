@@ -297,6 +297,11 @@ class Store:
                     {"key": "created_by", "value": _package_version()},
                 ], update_existing=False)
                 version = int(conn.execute(select(S.meta.c.value).where(S.meta.c.key == "schema_version")).scalar_one())
+        if version < S.SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.location}: schema version {version}, expected {S.SCHEMA_VERSION} "
+                "(an older layout this realign-bench cannot read; move it aside and re-run to rebuild it)"
+            )
         if version > S.SCHEMA_VERSION:
             raise StoreError(
                 f"store {self.location} has schema version {version}, this realign-bench supports "
@@ -373,6 +378,28 @@ class Store:
             self._require_run(conn, run_id)
             conn.execute(update(S.runs).where(S.runs.c.run_id == run_id).values(
                 status=status, finished_at=_now(), counts=canonical_json(dict(counts or {}))))
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark ``running`` runs whose process is gone (same host, PID dead or reused) ``interrupted``.
+
+        A run records ``provenance.process`` = {pid, host, pid_start} when it begins; runs from another
+        host, or without that record, are left as they are (their liveness cannot be told from here).
+        """
+        from harness.process import process_alive
+
+        gone = []
+        for run in self.runs():
+            if run["status"] != "running":
+                continue
+            identity = (run.get("provenance") or {}).get("process")
+            if isinstance(identity, dict) and process_alive(identity) is False:
+                gone.append(run["run_id"])
+        if gone:
+            with self._write() as conn:
+                conn.execute(update(S.runs).where(S.runs.c.run_id.in_(gone), S.runs.c.status == "running")
+                             .values(status="interrupted"))
+            log.info("store %s: marked %d runs whose process is gone as interrupted", self.location, len(gone))
+        return gone
 
     def record_cell(self, run_id: str, cell: CellRecord, status: CellStatus = "pending") -> str:
         """Register ``cell`` in ``run_id``. A cell already done keeps its results (linked as ``cached``)."""
@@ -635,7 +662,11 @@ class Store:
         return out
 
     def status(self) -> dict[str, Any]:
-        """What `realign status` prints: runs, cells by status per run, row counts, latest provenance."""
+        """What `realign status` prints: runs, cells by status per run, row counts, latest provenance.
+
+        Runs left ``running`` by a process that no longer exists are marked ``interrupted`` first.
+        """
+        self.mark_interrupted()
         with self._read() as conn:
             per_run = conn.execute(
                 select(S.run_cells.c.run_id, S.run_cells.c.status, func.count())

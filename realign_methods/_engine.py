@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from harness.checkpoints._finite import check_finite
 from harness.errors import CheckpointError, ConfigError
 from realign_methods._method import (
     DENSE_INPUTS,
@@ -54,6 +55,9 @@ def _parse_size(value: int | str) -> int:
     return int(number * (1024 if binary else 1000) ** power)
 
 
+NONFINITE_HINT = "refusing to merge it (pass allow_nonfinite=True / --allow-nonfinite to merge anyway)"
+
+
 class MergeSpec(BaseModel):
     """One merge, fully described (its canonical JSON is its identity)."""
 
@@ -74,6 +78,7 @@ class MergeSpec(BaseModel):
     max_shard_size: int | str = "1GB"
     output: Literal["dense", "adapter"] = "dense"
     allow_pickle: bool = False
+    allow_nonfinite: bool = False  # merge inputs/outputs holding NaN/±inf instead of refusing them
     overwrite: bool = False
 
     @field_validator("finetuned", "adapters", mode="before")
@@ -209,6 +214,14 @@ def _open(spec: MergeSpec) -> _Prepared:
             if paths:
                 readers[role] = [CheckpointReader(p, allow_pickle=spec.allow_pickle) for p in paths]
         adapters = [LoraAdapter.load(p, allow_pickle=spec.allow_pickle) for p in spec.adapters]
+        if not spec.allow_nonfinite:  # every tensor a method reads is checked as it is read
+            for group in readers.values():
+                for reader in group:
+                    reader.nonfinite_check = NONFINITE_HINT
+            for adapter in adapters:
+                adapter.reader.nonfinite_check = NONFINITE_HINT
+                for key in adapter.reader.names():  # adapters are small: check every factor up front
+                    adapter.reader.get(key)
         reference = method.reference_input({r: len(v) for r, v in readers.items()})
         names = list(readers[reference][0].names())
         prepared = _Prepared(spec, method, params, readers, adapters, reference, names)
@@ -271,7 +284,10 @@ def _iter_outputs(prepared: _Prepared, state: Any) -> Iterator[tuple[str, torch.
                 f"method {prepared.method.info.name!r} returned shape {list(result.shape)} for tensor '{name}', "
                 f"expected {list(reference_raw.shape)}"
             )
-        yield name, result.to(prepared.out_dtype[name])
+        out = result.to(prepared.out_dtype[name])
+        if not prepared.spec.allow_nonfinite:
+            check_finite(out, name, f"method {prepared.method.info.name!r} output", NONFINITE_HINT)
+        yield name, out
         inputs.release()
 
 
@@ -333,6 +349,9 @@ def merge(spec: MergeSpec) -> Path:
         metadata = _provenance(prepared)
         if spec.output == "adapter":
             factors = prepared.method.emit_adapter(ctx, state)
+            if not spec.allow_nonfinite:
+                for key, value in _named_tensors(factors):
+                    check_finite(value, key, f"method {spec.method!r} adapter output", NONFINITE_HINT)
             out = save_adapter(factors, prepared.adapters[0], spec.out, overwrite=spec.overwrite)
             from harness.hashing import canonical_json
 
@@ -353,6 +372,18 @@ def merge(spec: MergeSpec) -> Path:
         return writer.out_dir
     finally:
         prepared.close()
+
+
+def _named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside ``value`` (a tensor, or dicts / sequences of them), with a dotted name."""
+    if isinstance(value, torch.Tensor):
+        yield prefix or "tensor", value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _named_tensors(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _named_tensors(item, f"{prefix}[{index}]")
 
 
 def _fix_config_dtype(out: Path, dtype: str | None) -> None:

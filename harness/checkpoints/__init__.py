@@ -1,5 +1,6 @@
 """Checkpoint I/O: lazy safetensors reading, streaming sharded writing, PEFT LoRA adapters, GGUF import."""
 
+from harness.checkpoints._finite import NonFiniteError, check_checkpoint_finite, check_finite
 from harness.checkpoints._gguf import (
     BUNDLED_GGUF,
     checkpoint_hash,
@@ -18,6 +19,9 @@ __all__ = [
     "CheckpointWriter",
     "LoraAdapter",
     "LoraModule",
+    "NonFiniteError",
+    "check_checkpoint_finite",
+    "check_finite",
     "checkpoint_hash",
     "copy_aux_files",
     "find_bundled_gguf",

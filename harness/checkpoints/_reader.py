@@ -238,8 +238,20 @@ class CheckpointReader:
         return self._info(name).file
 
     # -- data --------------------------------------------------------------------------------------
+    # Set ``nonfinite_check`` to a hint (e.g. "pass --allow-nonfinite to ...") to make every ``get``
+    # refuse a tensor holding NaN/±inf, naming this checkpoint and the tensor. None: no check.
+    nonfinite_check: str | None = None
+
     def get(self, name: str) -> torch.Tensor:
         """Read one tensor (CPU, its stored dtype)."""
+        tensor = self._get(name)
+        if self.nonfinite_check is not None:
+            from harness.checkpoints._finite import check_finite
+
+            check_finite(tensor, name, str(self.path), self.nonfinite_check)
+        return tensor
+
+    def _get(self, name: str) -> torch.Tensor:
         if self._pickled is not None:
             return self._pickled_tensor(name)
         info = self._info(name)

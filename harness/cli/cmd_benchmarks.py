@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
+
+from harness.errors import ConfigError
 
 
 @click.group("benchmarks")
@@ -74,10 +77,12 @@ def score_cmd(benchmark: str, generations: str | None, verdicts: str | None, dat
     from benchmarks.scoring import score
     from harness.records import GenerationRecord, Verdict, append_jsonl, read_jsonl
 
+    if not generations and not verdicts:
+        raise ConfigError("realign score: give --generations (and --verdicts for a safety benchmark)")
     bench = get_benchmark(benchmark)
     items = {i.id: i for i in bench.load(data_path=data_path)}
-    gens = read_jsonl(generations, GenerationRecord) if generations else []
-    verds = read_jsonl(verdicts, Verdict) if verdicts else []
+    gens = _checked(generations, read_jsonl(generations, GenerationRecord), bench.name, items) if generations else []
+    verds = _checked(verdicts, read_jsonl(verdicts, Verdict), bench.name, items) if verdicts else []
     scores = score(bench.name, gens, verds, items, allow_code_execution=allow_code_execution, ks=ks)
     for row in scores:
         ci = f" [{row.ci_low:.3f}, {row.ci_high:.3f}]" if row.ci_low is not None else ""
@@ -86,6 +91,29 @@ def score_cmd(benchmark: str, generations: str | None, verdicts: str | None, dat
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(out, scores)
+
+
+def _checked(path: str, records: list[Any], benchmark: str, items: dict[str, Any]) -> list[Any]:
+    """Records fit to score: some, all for ``benchmark``'s items, each (item, sample[, judge]) once."""
+    from harness.errors import DataError
+
+    if not records:
+        raise DataError(f"{path}: no records; nothing to score")
+    seen: dict[tuple[Any, ...], int] = {}
+    for index, record in enumerate(records, start=1):
+        other = getattr(record, "benchmark", benchmark)
+        if other != benchmark:
+            raise DataError(f"{path}: record {index} (item {record.item_id!r}) is for benchmark {other!r}, "
+                            f"not {benchmark!r}")
+        if record.item_id not in items:
+            raise DataError(f"{path}: record {index}: item {record.item_id!r} is not one of {benchmark!r}'s "
+                            f"{len(items)} items (another benchmark's file, or other --data?)")
+        key = (record.item_id, record.sample_index, getattr(record, "judge_id", None))
+        if key in seen:
+            raise DataError(f"{path}: record {index} repeats item {record.item_id!r} sample {record.sample_index} "
+                            f"(first as record {seen[key]}); a file holds each once")
+        seen[key] = index
+    return records
 
 
 def register(group: click.Group) -> None:

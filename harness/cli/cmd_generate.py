@@ -127,6 +127,8 @@ def _resolve_model(model: str) -> Path:
     required=True,
     help="Generations JSONL. An existing file from the same model/config is resumed; another one is an error.",
 )
+@click.option("--allow-pickle", is_flag=True,
+              help="Allow a pickle checkpoint (pytorch_model.bin); refused by default because it can run code.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_command(
     model: str,
@@ -153,6 +155,7 @@ def generate_command(
     max_model_len: int | None,
     kv_cache_gib: float | None,
     out_path: str,
+    allow_pickle: bool,
     quiet: bool,
 ) -> None:
     """Generate answers of MODEL to a benchmark's items (greedy by default) into --out.
@@ -211,6 +214,7 @@ def generate_command(
         tokenizer_dir=tokenizer_dir,
         progress=not quiet,
         backend_options=options,
+        allow_pickle=allow_pickle,
     )
     wanted = {item.id for item in items}
     records = [r for r in read_jsonl(out, GenerationRecord) if r.item_id in wanted]

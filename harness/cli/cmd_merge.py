@@ -30,12 +30,14 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _load_config(path: str) -> dict[str, Any]:
-    import yaml
+
+    from harness.yaml_strict import load_yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        text = Path(path).read_text()
+    except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read YAML ({exc})") from exc
+    data = load_yaml(text, f"--config {path}")
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of MergeSpec fields")
     return data
@@ -59,6 +61,8 @@ def _load_config(path: str) -> dict[str, Any]:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML with MergeSpec fields; options override it.")
 @click.option("--dry-run", is_flag=True, help="Validate and print what would be read and written.")
 @click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle checkpoints (loaded with weights_only=True).")
+@click.option("--allow-nonfinite", is_flag=True, default=None,
+              help="Merge inputs holding NaN/inf (and write such outputs) instead of refusing them.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output directory.")
 def merge_command(config_path: str | None, dry_run: bool, params: tuple[str, ...], **options: Any) -> None:
     """Merge checkpoints with METHOD, e.g.

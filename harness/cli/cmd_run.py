@@ -25,7 +25,12 @@ def _parse_only(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Override the experiment's executor (ray: one task per checkpoint group, GPUs requested).")
 @click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
-def run_command(experiment: str, dry_run: bool, only: tuple[str, ...], executor: str | None, no_progress: bool) -> None:
+@click.option("--allow-pickle", is_flag=True,
+              help="Load pickle checkpoints (weights_only=True) on every path; refused by default (config: allow_pickle).")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Merge inputs/outputs holding NaN/inf instead of refusing (config: allow_nonfinite).")
+def run_command(experiment: str, dry_run: bool, only: tuple[str, ...], executor: str | None, no_progress: bool,
+                allow_pickle: bool, allow_nonfinite: bool) -> None:
     """Run EXPERIMENT (YAML): realign, generate, judge, score and store every cell of the matrix.
 
     Every artifact is cached by content: an unchanged re-run does nothing, an added method runs only
@@ -34,9 +39,13 @@ def run_command(experiment: str, dry_run: bool, only: tuple[str, ...], executor:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.experiment import run_experiment
+    from harness.experiment import load_experiment, run_experiment
 
-    result = run_experiment(experiment, only=_parse_only(only), dry_run=dry_run, executor=executor,
+    exp = load_experiment(experiment)
+    overrides = {k: True for k, v in (("allow_pickle", allow_pickle), ("allow_nonfinite", allow_nonfinite)) if v}
+    if overrides:
+        exp = exp.model_copy(update=overrides)
+    result = run_experiment(exp, only=_parse_only(only), dry_run=dry_run, executor=executor,
                             progress=not no_progress)
     console = Console()
     if dry_run:

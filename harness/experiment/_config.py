@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import ConfigError
@@ -127,6 +126,8 @@ class Experiment(_Frozen):
     judge_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     allow_code_execution: bool = False
+    allow_pickle: bool = Field(default=False, description="load pickle checkpoints (weights_only=True); refused by default")
+    allow_nonfinite: bool = Field(default=False, description="merge inputs/outputs holding NaN/inf instead of refusing")
     executor: Literal["local", "ray"] = "local"
 
     # Resolved relative to the experiment file by `load_experiment`; not part of the identity.
@@ -194,8 +195,7 @@ def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    from harness.yaml_strict import load_yaml
+
+    data = load_yaml(path.read_text(encoding="utf-8"), str(path))  # a key given twice is an error
     return parse_experiment(data, source=str(path), base_dir=path.parent.resolve())

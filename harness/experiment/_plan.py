@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError, RealignError
+from harness.errors import CheckpointError, ConfigError, RealignError
 from harness.experiment._config import BenchmarkEntry, Experiment, ModelRef
 from harness.experiment._hashcache import HashCache
 from harness.hashing import hash_value
@@ -95,8 +95,38 @@ def resolve_model(exp: Experiment, role: str, ref: ModelRef, hashes: HashCache) 
     adapter = exp.resolve(ref.adapter) if ref.adapter else None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"{where}.adapter: {adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    _check_weights(exp, where, path, adapter)
     digest = hash_value({"model": hashes.dir_hash(path), "adapter": hashes.dir_hash(adapter) if adapter else None}, 32)
     return ResolvedModel(role=role, path=path, adapter=adapter, hash=digest)
+
+
+def _check_weights(exp: Experiment, where: str, path: Path, adapter: Path | None) -> None:
+    """A model path must hold weights (not a text file or an empty folder; pickle only if allowed),
+    and an adapter must fit that model; read from the headers, so before any work."""
+    from harness.checkpoints import CheckpointReader, LoraAdapter
+
+    try:
+        with CheckpointReader(path, allow_pickle=exp.allow_pickle) as reader:
+            if adapter is not None:
+                LoraAdapter.load(adapter, allow_pickle=exp.allow_pickle).check_base(reader)
+    except CheckpointError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+
+
+def check_generation(exp: Experiment) -> None:
+    """The generation settings as the backend will see them: decoding config and backend options."""
+    from pydantic import ValidationError
+
+    from harness.generate import GenerationConfig
+    from harness.generate._backend import check_backend_options
+
+    g = exp.generation
+    try:
+        GenerationConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                         seed=exp.seed, stop=tuple(g.stop), num_samples=g.num_samples, batch_size=g.batch_size)
+    except ValidationError as exc:
+        raise ConfigError(f"generation: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    check_backend_options(g.backend, g.backend_options, "generation.backend_options")
 
 
 def _method(name: str, params: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
@@ -152,6 +182,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
     from benchmarks.judges import get_judge, get_judge_class
 
     only = only or {}
+    check_generation(exp)
     for index, bench in enumerate(exp.benchmarks):
         try:
             # Loading one item checks data files, languages and categories (cheap: local files).

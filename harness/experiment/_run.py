@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.experiment._config import Experiment, load_experiment
 from harness.experiment._executor import run_local, run_ray
+from harness.experiment._lock import RunLock, process_identity
 from harness.experiment._runner import RunStats, describe_plan, plan_experiment
 
 log = logging.getLogger("realign.run")
@@ -42,19 +43,38 @@ def run_experiment(
     executor: str | None = None,
     progress: bool = True,
 ) -> RunResult:
-    from leaderboards import Store, collect_provenance
+    from leaderboards import Store
 
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     # Everything that can be refused is refused here, before any merge or generation.
-    plan, workspace = plan_experiment(exp, only)
-    store = Store(exp.store_location)
-    rows = describe_plan(plan, workspace, store)
-    if dry_run:
-        return RunResult(None, RunStats(), rows, None, exp.store_location)
+    plan, workspace = plan_experiment(exp, only, create=not dry_run)
+    if dry_run:  # writes nothing: no store is created, no workspace folder, no hash memo
+        return RunResult(None, RunStats(), describe_plan(plan, workspace, _existing_store(exp.store_location)),
+                         None, exp.store_location)
+    with RunLock(workspace.root):
+        store = Store(exp.store_location)
+        store.mark_interrupted()
+        rows = describe_plan(plan, workspace, store)
+        return _execute(exp, plan, workspace, store, rows, only=only, executor=executor, progress=progress)
+
+
+def _existing_store(location: str) -> Any:
+    """The store for a read-only look (dry run), or None when the SQLite file does not exist yet."""
+    from leaderboards import Store
+
+    if "://" not in location and not Path(location).exists():
+        return None
+    return Store(location, create=False)
+
+
+def _execute(exp: Experiment, plan: Any, workspace: Any, store: Any, rows: list[dict[str, Any]], *,
+             only: dict[str, str] | None, executor: str | None, progress: bool) -> RunResult:
+    from leaderboards import collect_provenance
 
     handler, log_path = _attach_log_file(workspace.root / "logs")
     stats = RunStats()
-    run_id = store.begin_run(exp.name, exp.model_dump(mode="json"), collect_provenance(seeds={"seed": exp.seed}))
+    run_id = store.begin_run(exp.name, exp.model_dump(mode="json"), collect_provenance(seeds={"seed": exp.seed},
+                                                                                  extra={"process": process_identity()}))
     log.info("run %s: %d cells over %d checkpoints (executor %s)", run_id, len(plan.cells),
              len(plan.unique_jobs()), executor or exp.executor)
     status = "failed"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ConfigError
 from harness.experiment import _stages as stages
 from harness.experiment._config import Experiment
 from harness.experiment._faults import crash_point
@@ -49,11 +50,18 @@ class RunStats:
 class Workspace:
     """Where one experiment's artifacts live (all content-addressed)."""
 
-    def __init__(self, root: Path) -> None:
+    SUBDIRS = ("checkpoints", "inputs", "generations", "judgments", "scores", "logs")
+
+    def __init__(self, root: Path, *, create: bool = True) -> None:
         self.root = root
-        for sub in ("checkpoints", "inputs", "generations", "judgments", "scores", "logs"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        if create:
+            self.create()
         self.hashes = HashCache(root / "hashes.json")
+
+    def create(self) -> None:
+        """Make the workspace folders (not done for `--dry-run`, which writes nothing)."""
+        for sub in self.SUBDIRS:
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def checkpoint(self, key: str) -> Path:
         return self.root / "checkpoints" / key
@@ -82,10 +90,17 @@ def mark_done(path: Path, info: dict[str, Any]) -> None:
     os.replace(tmp, marker)
 
 
-def plan_experiment(exp: Experiment, only: dict[str, str] | None = None) -> tuple[Plan, Workspace]:
-    workspace = Workspace(exp.output_path)
+def plan_experiment(exp: Experiment, only: dict[str, str] | None = None, *,
+                    create: bool = True) -> tuple[Plan, Workspace]:
+    """The plan and its workspace; ``create=False`` (``--dry-run``) writes nothing to disk."""
+    out = exp.output_path
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out}: exists and is not a directory; give a folder path")
+    workspace = Workspace(out, create=False)
     plan = build_plan(exp, workspace.hashes, only)
-    workspace.hashes.save()
+    if create:
+        workspace.create()
+        workspace.hashes.save()
     return plan, workspace
 
 

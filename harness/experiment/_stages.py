@@ -32,16 +32,17 @@ class Materialized:
     key: str
 
 
-def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats) -> Path:
+def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats, *, allow_pickle: bool = False) -> Path:
     """The dense weights of an input model (base + adapter merged once, cached by content)."""
     if model.adapter is None:
         return model.path
     out = workspace.dense_input(model.hash)
     if not out.is_dir():
-        from harness.checkpoints import merge_adapter
+        from harness.checkpoints import CheckpointReader, LoraAdapter, merge_adapter
 
         log.info("dense copy of %s + adapter %s -> %s", model.path, model.adapter, out)
-        merge_adapter(model.path, model.adapter, out)
+        merge_adapter(CheckpointReader(model.path, allow_pickle=allow_pickle),
+                      LoraAdapter.load(model.adapter, allow_pickle=allow_pickle), out)
         stats.counts["adapter_merge_done"] += 1
     return out
 
@@ -56,17 +57,19 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
         return Materialized(out, None, job.key)
     from realign_methods import MergeSpec, merge
 
+    pickle = exp.allow_pickle
     spec_fields: dict[str, Any] = {
-        role: dense_input(workspace, model, stats) for role, model in job.inputs.items()
+        role: dense_input(workspace, model, stats, allow_pickle=pickle) for role, model in job.inputs.items()
     }
     finetuned = job.finetuned_models
     if job.use_adapter:  # the method reads the LoRA factors; a dense copy would be refused as an extra input
         spec_fields["adapters"] = [m.adapter for m in finetuned if m.adapter is not None]
     else:
-        spec_fields["finetuned"] = [dense_input(workspace, m, stats) for m in finetuned]
+        spec_fields["finetuned"] = [dense_input(workspace, m, stats, allow_pickle=pickle) for m in finetuned]
     crash_point("merge")
     log.info("merge %s for %s -> %s", job.label, job.finetuned, out)
-    merge(MergeSpec(method=job.method, params=job.params, seed=exp.seed, out=out, **spec_fields))
+    merge(MergeSpec(method=job.method, params=job.params, seed=exp.seed, out=out, allow_pickle=pickle,
+                    allow_nonfinite=exp.allow_nonfinite, **spec_fields))
     stats.counts["merge_done"] += 1
     crash_point("merge")
     return Materialized(out, None, job.key)
@@ -118,7 +121,8 @@ def backend_for(exp: Experiment, model: Materialized) -> Any:
         for old in list(_backends):  # keep one model resident: memory matters more than reuse
             _backends.pop(old).close()
         _backends[key] = get_backend(
-            exp.generation.backend, model.path, adapter=model.adapter, **exp.generation.backend_options
+            exp.generation.backend, model.path, adapter=model.adapter, allow_pickle=exp.allow_pickle,
+            **exp.generation.backend_options,
         )
     return _backends[key]
 
@@ -161,7 +165,8 @@ def _judge(name: str, options: dict[str, Any]) -> Any:
     return _judges[key]
 
 
-def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats) -> list[Any]:
+def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats, *,
+                 allow_pickle: bool = False) -> list[Any]:
     """Scores of a model-reading scorer, cached like generations (by checkpoint × benchmark), so a
     cell re-made for another reason (a changed judge) does not run the model again."""
     from benchmarks.scoring import score_with_model
@@ -171,7 +176,11 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
     if path.is_file():
         stats.counts["model_score_cached"] += 1
         return [Score.model_validate(s) for s in json.loads(path.read_text(encoding="utf-8"))]
-    dense = dense_input(workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats)
+    dense = dense_input(workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats,
+                        allow_pickle=allow_pickle)
+    from harness.generate import check_model_weights
+
+    check_model_weights(dense, allow_pickle=allow_pickle)  # the scorer loads it: same rules as generation
     scores = score_with_model(cell.benchmark.name, dense, items)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps([s.model_dump(mode="json") for s in scores]), encoding="utf-8")
@@ -183,7 +192,7 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
     from benchmarks import get_benchmark
     from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score
-    from harness.records import GenerationRecord, Verdict, read_jsonl
+    from harness.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
     from leaderboards import CellRecord
 
     bench = get_benchmark(cell.benchmark.name, **cell.benchmark.options)
@@ -194,10 +203,13 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     judge_ids: list[str] = []
     if bench.scorer in GENERATION_SCORERS:
         gen_path = generate(exp, workspace, cell, model, items, stats)
-        generations = read_jsonl(gen_path, GenerationRecord)
+        # one record per (item, sample) whatever the file holds: n never exceeds the item count
+        generations = dedupe_by_key(read_jsonl(gen_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
+                                    source=str(gen_path), allowed=set(by_id))
         if bench.kind == "safety":
             for judge_id, path in judge(exp, workspace, cell, generations, by_id, stats).items():
-                verdicts[judge_id] = read_jsonl(path, Verdict)
+                verdicts[judge_id] = dedupe_by_key(read_jsonl(path, Verdict), lambda v: (v.item_id, v.sample_index),
+                                                   source=str(path), allowed=set(by_id))
                 judge_ids.append(judge_id)
         primary = verdicts[judge_ids[0]] if judge_ids else None
         if bench.scorer == "over_refusal":  # refused-or-not is the refusal judge's call, not a content judge's
@@ -208,7 +220,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
             primary = verdicts[refusal_ids[0]]
         scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution)
     elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
-        scores = model_scores(workspace, cell, model, items, stats)
+        scores = model_scores(workspace, cell, model, items, stats, allow_pickle=exp.allow_pickle)
     else:
         raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
     primary_judge = _judge(exp.judges[0], exp.judge_options.get(exp.judges[0], {})) if judge_ids else None

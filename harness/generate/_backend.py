@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from harness.errors import ConfigError
+from harness.errors import CheckpointError, ConfigError
 from harness.generate._config import Completion, GenerationConfig
 from harness.registry import Registry
 
@@ -67,15 +67,68 @@ BACKENDS.add("vllm", _vllm)
 BACKENDS.add("dummy", _dummy)
 
 
+_BACKEND_CLASSES = {"hf": ("harness.generate._hf", "HFBackend"), "vllm": ("harness.generate._vllm", "VLLMBackend"),
+                    "dummy": ("harness.generate._dummy", "DummyBackend")}
+
+
+def backend_option_names(name: str) -> list[str]:
+    """The options backend ``name`` accepts (its constructor's keyword parameters)."""
+    import importlib
+    import inspect
+
+    module, cls = _BACKEND_CLASSES[BACKENDS.canonical_name(name)]
+    signature = inspect.signature(getattr(importlib.import_module(module), cls).__init__)
+    return [p.name for p in signature.parameters.values()
+            if p.name not in ("self", "model_dir", "adapter", "allow_pickle")
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_backend_options(name: str, options: dict[str, Any], where: str = "backend options") -> None:
+    """ConfigError naming every option backend ``name`` does not accept (with a did-you-mean)."""
+    import difflib
+
+    accepted = backend_option_names(name)
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        parts = []
+        for key in unknown:
+            near = difflib.get_close_matches(key, accepted, n=2, cutoff=0.6)
+            parts.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
+        raise ConfigError(f"{where}: unknown option {', '.join(parts)} for backend {name!r}; "
+                          f"accepted: {', '.join(accepted)}")
+
+
+def check_model_weights(model_dir: str | Path | None, adapter: str | Path | None = None, *,
+                        allow_pickle: bool = False) -> None:
+    """Refuse, before any backend loads it, a model (or adapter) that is not one, is pickle (unless
+    ``allow_pickle``), or holds NaN/±inf weights. Reads every tensor once (memory-mapped)."""
+    from harness.checkpoints import check_checkpoint_finite
+
+    hint = "refusing to generate from it (a model with non-finite weights emits garbage)"
+    if model_dir is not None:
+        check_checkpoint_finite(model_dir, allow_pickle=allow_pickle, hint=hint, adapter=False)
+    if adapter is not None:
+        check_checkpoint_finite(adapter, allow_pickle=allow_pickle, hint=hint, adapter=True)
+
+
 def get_backend(
-    name: str, model_dir: str | Path | None = None, *, adapter: str | Path | None = None, **opts: Any
+    name: str, model_dir: str | Path | None = None, *, adapter: str | Path | None = None,
+    allow_pickle: bool = False, **opts: Any
 ) -> Backend:
     """Load backend ``name`` ("vllm", "hf" or "dummy") for ``model_dir``, optionally with a LoRA adapter.
 
-    ``opts`` go to the backend (see HFBackend, VLLMBackend, DummyBackend). Heavy libraries are
-    imported here, not at module import.
+    The weights are checked first (:func:`check_model_weights`): pickle checkpoints are refused unless
+    ``allow_pickle``, and non-finite weights always. ``opts`` go to the backend (see HFBackend,
+    VLLMBackend, DummyBackend). Heavy libraries are imported here, not at module import.
     """
     factory = BACKENDS.get(name)
-    if model_dir is None and BACKENDS.canonical_name(name) != "dummy":
+    canonical = BACKENDS.canonical_name(name)
+    if model_dir is None and canonical != "dummy":
         raise ConfigError(f"backend {name!r} needs a model directory")
+    check_backend_options(name, opts)
+    if model_dir is not None and canonical != "dummy" and not (Path(model_dir) / "config.json").is_file():
+        raise CheckpointError(f"{model_dir}: not a model directory (config.json not found)")
+    check_model_weights(model_dir, adapter, allow_pickle=allow_pickle)
+    if canonical == "hf":
+        opts["allow_pickle"] = allow_pickle
     return factory(model_dir, adapter=adapter, **opts)

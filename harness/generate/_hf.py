@@ -39,6 +39,7 @@ class HFBackend:
         dtype: str = "auto",
         device: str | None = None,
         num_threads: int | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,10 +58,12 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        loaded: Any = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=torch_dtype)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            str(self.model_dir), dtype=torch_dtype, use_safetensors=None if allow_pickle else True)
         self.base: Any = loaded.to(self.device).eval()
         self.model: Any = self.base
         self.adapter: Path | None = None
+        self.allow_pickle = allow_pickle
         self._adapter_names: dict[Path, str] = {}
         eos = self.base.generation_config.eos_token_id
         if eos is None:
@@ -76,6 +79,10 @@ class HFBackend:
         path = Path(adapter).resolve()
         if path not in self._adapter_names:
             from peft import PeftModel
+
+            from harness.generate._backend import check_model_weights
+
+            check_model_weights(None, path, allow_pickle=self.allow_pickle)  # PEFT would torch.load a .bin
 
             name = f"a{adapter_hash(path)}"
             if isinstance(self.model, PeftModel):

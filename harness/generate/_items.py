@@ -104,6 +104,7 @@ def generate_items(
     tokenizer_dir: str | Path | None = None,
     progress: bool = True,
     backend_options: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     """Generate ``config.num_samples`` completions per item into ``out_path`` (GenerationRecord JSONL).
 
@@ -161,7 +162,7 @@ def generate_items(
         opts = dict(backend_options or {})
         if tokenizer_dir is not None and backend != "dummy":
             opts.setdefault("tokenizer_dir", tokenizer_dir)
-        engine = get_backend(backend, model_path, adapter=adapter, **opts)
+        engine = get_backend(backend, model_path, adapter=adapter, allow_pickle=allow_pickle, **opts)
     else:
         engine = backend
         engine.set_adapter(adapter)

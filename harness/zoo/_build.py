@@ -226,7 +226,8 @@ def _trainable_model(recipe: Recipe, spec: StageSpec, base_dir: Path, out: Path)
     lora = recipe.effective_lora(spec.name)
     assert lora is not None
     model = _materialize(recipe, spec.parent, base_dir, out)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT takes floats too lora_dropout=lora.dropout,
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT takes floats too
+                        lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
