@@ -48,10 +48,11 @@ ATTACKS = {
                      "atexit.register(lambda: (print(NONCE, flush=True), os._exit(0)))"),
     "excepthook_nonce": ("NONCE = sys.argv[-1]\n"
                          "sys.excepthook = lambda *a: (print(NONCE, flush=True), os._exit(0))"),
-    # write a pass verdict into every fd this process has, and every fd of every process it can open
+    # write a pass verdict into every fd of this process and of its parent (the checker). Only these two
+    # processes: run unsandboxed as root, a glob over /proc/*/fd/* writes into every process on the machine.
     "write_every_fd": (
         "import glob\n"
-        "for path in glob.glob('/proc/*/fd/*'):\n"
+        "for path in glob.glob('/proc/self/fd/*') + glob.glob(f'/proc/{os.getppid()}/fd/*'):\n"
         "    try:\n"
         "        fd = os.open(path, os.O_WRONLY)\n"
         "        os.write(fd, b'pass\\n')\n"
