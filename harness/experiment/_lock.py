@@ -27,8 +27,11 @@ class RunInProgressError(ConfigError):
 class RunLock:
     """``with RunLock(output_dir):`` — raises RunInProgressError if another process holds it."""
 
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / LOCK_NAME
+    def __init__(self, directory: Path, name: str = LOCK_NAME, what: str = "output_dir",
+                 target: Path | None = None) -> None:
+        self.path = directory / name
+        self.what = what  # named in the error: "output_dir X" or "store X"
+        self.target = target or directory
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -40,8 +43,8 @@ class RunLock:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise RunInProgressError(
-                f"output_dir {self.path.parent}: run in progress (PID {holder}, lock {self.path}); "
-                "wait for it to finish or stop it, or give this run another output_dir"
+                f"{self.what} {self.target}: run in progress (PID {holder}, lock {self.path}); "
+                f"wait for it to finish or stop it, or give this run another {self.what}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

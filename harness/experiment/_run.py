@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -51,8 +52,13 @@ def run_experiment(
     if dry_run:  # writes nothing: no store is created, no workspace folder, no hash memo
         return RunResult(None, RunStats(), describe_plan(plan, workspace, _existing_store(exp.store_location)),
                          None, exp.store_location)
-    with RunLock(workspace.root):
-        store = Store(exp.store_location)
+    location = exp.store_location
+    store_file = None if "://" in location else Path(location)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(RunLock(workspace.root))
+        if store_file is not None:  # two output_dirs sharing one SQLite store: one run at a time too
+            locks.enter_context(RunLock(store_file.parent, f"{store_file.name}.run.lock", "store", store_file))
+        store = Store(location)
         store.mark_interrupted()
         rows = describe_plan(plan, workspace, store)
         return _execute(exp, plan, workspace, store, rows, only=only, executor=executor, progress=progress)

@@ -148,3 +148,12 @@ def test_bad_inputs_are_caught_at_plan_time_by_dry_run(tmp_path, zoo, data_dir, 
         with pytest.raises(RealignError, match=message):
             run_experiment(path, dry_run=dry, progress=False)
         assert not (tmp_path / "out").exists()  # refused before any work: no store, no workspace
+
+
+def test_two_output_dirs_sharing_one_store_do_not_run_at_once(tmp_path, zoo, data_dir):
+    shared = tmp_path / "shared.sqlite"
+    path = _small(tmp_path / "b", zoo, store=str(shared))
+    with RunLock(tmp_path, "shared.sqlite.run.lock", "store", shared), \
+            pytest.raises(RunInProgressError, match=r"store .*shared.sqlite: run in progress \(PID \d+"):
+        run_experiment(path, progress=False)
+    assert not shared.exists()
