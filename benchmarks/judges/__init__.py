@@ -11,6 +11,15 @@ from benchmarks.judges import _llm as _llm
 from benchmarks.judges import _offline as _offline
 from benchmarks.judges import _refusal as _refusal
 from benchmarks.judges._api import ApiJudge
+from benchmarks.judges._cards import (
+    JudgeCard,
+    corrected_rate,
+    find_card,
+    load_card,
+    load_labels,
+    rogan_gladen,
+    validate_judge,
+)
 from benchmarks.judges._base import (
     JUDGES,
     BaseJudge,
@@ -38,6 +47,13 @@ DEFAULT_JUDGE = "offline"
 __all__ = [
     "DEFAULT_JUDGE",
     "JUDGES",
+    "JudgeCard",
+    "corrected_rate",
+    "find_card",
+    "load_card",
+    "load_labels",
+    "rogan_gladen",
+    "validate_judge",
     "REFUSAL_LISTS",
     "ApiJudge",
     "BaseJudge",
