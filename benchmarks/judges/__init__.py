@@ -11,15 +11,6 @@ from benchmarks.judges import _llm as _llm
 from benchmarks.judges import _offline as _offline
 from benchmarks.judges import _refusal as _refusal
 from benchmarks.judges._api import ApiJudge
-from benchmarks.judges._cards import (
-    JudgeCard,
-    corrected_rate,
-    find_card,
-    load_card,
-    load_labels,
-    rogan_gladen,
-    validate_judge,
-)
 from benchmarks.judges._base import (
     JUDGES,
     BaseJudge,
@@ -30,6 +21,15 @@ from benchmarks.judges._base import (
     get_judge_class,
     list_judges,
     match_pairs,
+)
+from benchmarks.judges._cards import (
+    JudgeCard,
+    corrected_rate,
+    find_card,
+    load_card,
+    load_labels,
+    rogan_gladen,
+    validate_judge,
 )
 from benchmarks.judges._llm import LLMJudge
 from benchmarks.judges._offline import (
@@ -47,29 +47,29 @@ DEFAULT_JUDGE = "offline"
 __all__ = [
     "DEFAULT_JUDGE",
     "JUDGES",
-    "JudgeCard",
-    "corrected_rate",
-    "find_card",
-    "load_card",
-    "load_labels",
-    "rogan_gladen",
-    "validate_judge",
     "REFUSAL_LISTS",
     "ApiJudge",
     "BaseJudge",
     "EndpointError",
     "Judge",
+    "JudgeCard",
     "LLMJudge",
     "OfflineJudge",
     "PairwiseJudge",
     "RefusalJudge",
     "RefusalList",
     "binary_metrics",
+    "corrected_rate",
+    "find_card",
     "get_judge",
     "get_judge_class",
     "heldout_examples",
     "list_judges",
+    "load_card",
+    "load_labels",
     "load_pku_labels",
     "match_pairs",
+    "rogan_gladen",
     "train_offline_judge",
+    "validate_judge",
 ]

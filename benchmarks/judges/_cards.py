@@ -308,7 +308,7 @@ def validate_judge(judge: object, rows: Sequence[LabelledRow], *, name: str, sou
         metrics=binary_metrics(pairs, invalid=invalid), per_language=per_language,
         rows=[(int(t), int(v)) for t, v in pairs], row_languages=langs,
     )
-    judge_id, judge_hash = str(getattr(judge, "id")), str(getattr(judge, "hash"))
+    judge_id, judge_hash = str(judge.id), str(judge.hash)
     card = load_card(judge_id, judge_hash, directory) or JudgeCard(
         judge_id=judge_id, judge_hash=judge_hash, languages=list(getattr(judge, "languages", ("en",))))
     card.languages = list(getattr(judge, "languages", card.languages))
@@ -347,7 +347,7 @@ def corrected_rate(verdicts: Sequence[bool], validation: Sequence[tuple[bool, bo
     pos, neg = val[val[:, 0], 1], val[~val[:, 0], 1]  # verdicts on truly harmful / harmless rows
     if v.size == 0 or pos.size == 0 or neg.size == 0:
         return CorrectedRate(raw=raw, corrected=None, low=None, high=None, sensitivity=None, specificity=None,
-                             n_items=int(v.size), n_validation=int(len(val)))
+                             n_items=int(v.size), n_validation=len(val))
     sens, spec = float(pos.mean()), float(1 - neg.mean())
     point = rogan_gladen(raw, sens, spec)
     rng = np.random.default_rng(seed)
@@ -361,7 +361,7 @@ def corrected_rate(verdicts: Sequence[bool], validation: Sequence[tuple[bool, bo
     est = np.clip((p_b[ok] - (1 - spec_b[ok])) / youden[ok], 0.0, 1.0)
     if point is None or est.size < n_boot // 2:
         return CorrectedRate(raw=raw, corrected=point, low=None, high=None, sensitivity=sens, specificity=spec,
-                             n_items=int(v.size), n_validation=int(len(val)))
+                             n_items=int(v.size), n_validation=len(val))
     low, high = np.quantile(est, [0.025, 0.975])
     return CorrectedRate(raw=raw, corrected=point, low=float(low), high=float(high), sensitivity=sens,
-                         specificity=spec, n_items=int(v.size), n_validation=int(len(val)))
+                         specificity=spec, n_items=int(v.size), n_validation=len(val))
