@@ -100,3 +100,20 @@ def test_agreement_table_kappa_matches_hand_computation(tmp_path: Path, cards: P
     b = [i < 8 or i == 19 for i in range(N)]
     assert row["kappa"] == pytest.approx(cohen_kappa(a, b))
     assert agreement_view(board)["Cohen's κ"].iloc[0] == f"{(0.75 - 0.49) / 0.51:.3f}"
+
+
+def test_compare_shows_rogan_gladen_beside_the_raw_rate(tmp_path: Path, cards: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from leaderboards import compare_runs
+
+    monkeypatch.setenv("REALIGN_JUDGE_CARDS", str(cards))
+    store, first = _store(tmp_path)
+    store.close()
+    (tmp_path / "b").mkdir()
+    store, second = _store(tmp_path / "b")
+    store.close()
+    report = compare_runs(str(tmp_path / "results.sqlite") + f"@{first}", str(tmp_path / "b" / "results.sqlite") + f"@{second}",
+                          judge=EN, resamples=200)
+    result = next(r for r in report.results if r.group == {"benchmark": "adv-en"} and r.metric == "harmfulness")
+    assert result.baseline_corrected is not None
+    assert result.baseline_corrected[0] == pytest.approx(rogan_gladen(0.6, 0.8, 0.9))
