@@ -21,12 +21,15 @@ refusing everything shows a high over-refusal beside its low harmfulness.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from harness.hashing import canonical_json
+from leaderboards._judging import agreement_table, corrected_cells, declared_languages
 from leaderboards._stats import pareto_front, wilson_interval
 from leaderboards._store import Store
 
@@ -54,11 +57,13 @@ class Leaderboard:
     safety_benchmarks: list[str] = field(default_factory=list)
     utility_benchmarks: dict[str, str] = field(default_factory=dict)  # benchmark -> primary metric
     notes: list[str] = field(default_factory=list)
+    column_judges: dict[str, str] = field(default_factory=dict)  # safety benchmark -> the judge of its column
+    agreement: pd.DataFrame = field(default_factory=pd.DataFrame)  # judge pairs per benchmark: agreement, κ
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"summary": self.summary, "harmfulness": self.harmfulness, "categories": self.categories,
                 "utility": self.utility, "pairwise": self.pairwise, "refusal": self.refusal,
-                "over_refusal": self.over_refusal}
+                "over_refusal": self.over_refusal, "agreement": self.agreement}
 
     def pareto(self) -> pd.DataFrame:
         """Summary rows flagged ``pareto`` (per fine-tuned model: lower harmfulness, higher utility)."""
@@ -147,8 +152,15 @@ def _default_judge(cells: pd.DataFrame, harm_judges: pd.Series) -> tuple[str, st
     return str(sorted(harm_judges.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]), "most verdicts"
 
 
-def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | None = None) -> Leaderboard:
-    """Aggregate ``run_id`` (default: the latest run) of ``store`` into a Leaderboard."""
+def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | None = None,
+                      judges: Mapping[str, str] | None = None, cards: Path | None = None) -> Leaderboard:
+    """Aggregate ``run_id`` (default: the latest run) of ``store`` into a Leaderboard.
+
+    ``judges`` maps a safety benchmark to the primary judge of its column (else ``judge``). A judge whose
+    card does not declare a benchmark's language reports no number there ("—" and a note); when the column
+    judge was not chosen explicitly, another judge in the store that declares the language takes the column.
+    """
+    explicit = dict(judges or {})
     run_id = store.resolve_run(run_id)
     run = store.run(run_id)
     notes: list[str] = []
@@ -176,6 +188,23 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
         by_lang = by_lang[by_lang["benchmark"].map(langs) > 1]
     harm = pd.concat([overall, by_lang], ignore_index=True).rename(columns={"positive": "harmful"})
     harm = _row_order(harm[[*keys[:4], "language", "judge_id", "harmful", "n", "rate", "ci_low", "ci_high"]]) if len(harm) else harm
+    # -- no number for a language the judge does not declare --------------------------------------
+    bench_langs = {str(b): sorted(set(g["language"]) - {"—"}) for b, g in verdicts.groupby("benchmark")}
+    judge_langs = {str(j): declared_languages(str(j), cards) for j in set(harm["judge_id"])} if len(harm) else {}
+    if len(harm):
+        def undeclared(row: pd.Series) -> bool:
+            langs = judge_langs.get(str(row["judge_id"]))
+            wanted = bench_langs.get(str(row["benchmark"]), []) if row["language"] == "all" else [row["language"]]
+            return langs is not None and not set(wanted) <= langs
+        mask = harm.apply(undeclared, axis=1).astype(bool)
+        harm["undeclared"] = mask
+        harm.loc[mask, ["rate", "ci_low", "ci_high"]] = math.nan
+        for (jid, bench), _ in harm[mask].groupby(["judge_id", "benchmark"], sort=True):
+            notes.append(f"— : judge {jid} does not declare {'+'.join(bench_langs.get(str(bench), []))} "
+                         f"(it reads {'+'.join(sorted(judge_langs[str(jid)] or []))}); no number on {bench}")
+        no_card = sorted(j for j, d in judge_langs.items() if d is None)
+        if no_card:
+            notes.append(f"no judge card for {', '.join(no_card)}: its languages are unchecked, no corrected rate")
 
     harm_judges = verdicts[verdicts["label"].isin(HARM_LABELS)].groupby("judge_id").size()
     if judge is None and len(harm_judges):
@@ -236,14 +265,45 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
 
     rows = done[["method_label", "method", "finetuned"]].drop_duplicates()
     summary = _row_order(rows)
-    overall_primary = harm[(harm["language"] == "all") & (harm["judge_id"] == judge)] if len(harm) else harm
+    column_judges: dict[str, str] = {}
     for bench in safety_benchmarks:
-        part = overall_primary[overall_primary["benchmark"] == bench][[*ROW_KEYS, "rate", "ci_low", "ci_high", "n"]]
+        chosen = explicit.get(bench, judge)
+        if chosen is None:
+            continue
+        langs = set(bench_langs.get(bench, []))
+        reads = judge_langs.get(chosen)
+        if bench not in explicit and reads is not None and not langs <= reads:
+            here = sorted(set(harm[harm["benchmark"] == bench]["judge_id"]))
+            alt = [j for j in here if (d := judge_langs.get(j)) is not None and langs <= d]
+            if alt:
+                notes.append(f"{bench}: column judged by {alt[0]} (primary {chosen} does not read "
+                             f"{'+'.join(sorted(langs))})")
+                chosen = alt[0]
+        column_judges[bench] = chosen
+    overall_all = harm[harm["language"] == "all"] if len(harm) else harm
+    masked: list[str] = []
+    for bench in safety_benchmarks:
+        jid = column_judges.get(bench)
+        sel = overall_all[(overall_all["benchmark"] == bench) & (overall_all["judge_id"] == jid)]
+        part = sel[[*ROW_KEYS, "rate", "ci_low", "ci_high", "n"]]
         part = part.rename(columns={"rate": f"H:{bench}", "ci_low": f"H:{bench}:low", "ci_high": f"H:{bench}:high",
                                     "n": f"H:{bench}:n"})
         summary = summary.merge(part, on=ROW_KEYS, how="left")
-    h_cols = [f"H:{b}" for b in safety_benchmarks]
+        if jid is not None and len(sel) and bool(sel["undeclared"].any()):
+            masked.append(bench)
+            corrected = pd.DataFrame(columns=[*ROW_KEYS, "corrected", "corrected_low", "corrected_high"])
+        elif jid is not None:
+            corrected = corrected_cells(verdicts[verdicts["benchmark"] == bench], jid, ROW_KEYS,
+                                        bench_langs.get(bench, []), cards)
+        else:
+            corrected = pd.DataFrame(columns=[*ROW_KEYS, "corrected", "corrected_low", "corrected_high"])
+        summary = summary.merge(corrected.rename(columns={
+            "corrected": f"HC:{bench}", "corrected_low": f"HC:{bench}:low", "corrected_high": f"HC:{bench}:high"}),
+            on=ROW_KEYS, how="left")
+    h_cols = [f"H:{b}" for b in safety_benchmarks if b not in masked]
     summary["harmfulness_mean"] = summary[h_cols].astype(float).mean(axis=1, skipna=False) if h_cols else math.nan
+    if masked:
+        notes.append(f"harm. mean leaves out {', '.join(masked)} (no judge declaring its language)")
     for bench, metric in utility_benchmarks.items():
         part = overall_util[(overall_util["benchmark"] == bench) & (overall_util["metric"] == metric)]
         part = part[[*ROW_KEYS, "value", "ci_low", "ci_high", "higher_is_better"]].rename(columns={
@@ -287,4 +347,4 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
                        utility=utility.drop(columns=["primary_metric"], errors="ignore"), pairwise=pairwise,
                        refusal=refusal, over_refusal=over_refusal, over_refusal_benchmarks=or_benchmarks,
                        safety_benchmarks=safety_benchmarks, utility_benchmarks=utility_benchmarks,
-                       notes=notes)
+                       notes=notes, column_judges=column_judges, agreement=agreement_table(verdicts))

@@ -76,6 +76,9 @@ class GroupResult:
     p_holm: float = math.nan
     significant: bool = False
     verdict: str = "same"  # worse | better | same
+    # Rogan–Gladen harmfulness (judge error corrected with the judge's card), point and 95% CI; None without a card.
+    baseline_corrected: tuple[float | None, float | None, float | None] | None = None
+    candidate_corrected: tuple[float | None, float | None, float | None] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
@@ -201,6 +204,12 @@ def compare_runs(
 
     group_cols = [_GROUP_COLUMN[b] for b in by]
     results: list[GroupResult] = []
+    from benchmarks.judges._cards import corrected_rate, find_card
+
+    card = find_card(judge) if judge else None
+    validation = card.rows() if card is not None else []
+    if judge and card is None:
+        notes.append(f"no judge card for {judge}: no error-corrected harmfulness")
     for key, group in paired.groupby([*group_cols, "metric"], sort=True):
         key = key if isinstance(key, tuple) else (key,)
         metric = str(key[-1])
@@ -216,6 +225,10 @@ def compare_runs(
             ci_low=low, ci_high=high, worse_flips=up if higher_is_worse else down,
             better_flips=down if higher_is_worse else up, p_value=p, test=used,
         ))
+        if metric == "harmfulness" and validation:
+            for attr, out in (("baseline_corrected", b_out), ("candidate_corrected", c_out)):
+                rg = corrected_rate((out == 1).tolist(), validation, n_boot=1000, seed=seed)
+                setattr(results[-1], attr, (rg.corrected, rg.low, rg.high))
     for result, adjusted in zip(results, holm([r.p_value for r in results]), strict=True):
         result.p_holm = adjusted
         result.significant = adjusted < alpha

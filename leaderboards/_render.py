@@ -66,8 +66,14 @@ def summary_view(board: Leaderboard) -> pd.DataFrame:
         "method": frame["method_label"],
     })
     for bench in board.safety_benchmarks:
-        out[f"harm. % {bench} [95% CI]"] = [pct_ci(v, lo, hi) for v, lo, hi in
-                                            zip(frame[f"H:{bench}"], frame[f"H:{bench}:low"], frame[f"H:{bench}:high"], strict=True)]
+        judge = board.column_judges.get(bench, board.judge or DASH)
+        out[f"harm. % {bench} [95% CI] ({judge})"] = [
+            pct_ci(v, lo, hi) for v, lo, hi in
+            zip(frame[f"H:{bench}"], frame[f"H:{bench}:low"], frame[f"H:{bench}:high"], strict=True)]
+        if f"HC:{bench}" in frame.columns and frame[f"HC:{bench}"].notna().any():
+            out[f"corrected % {bench} [95% CI]"] = [
+                pct_ci(v, lo, hi) for v, lo, hi in
+                zip(frame[f"HC:{bench}"], frame[f"HC:{bench}:low"], frame[f"HC:{bench}:high"], strict=True)]
     if board.safety_benchmarks:
         out["harm. mean %"] = [pct(v) for v in frame["harmfulness_mean"]]
         out["safety recovered %"] = [pct(v) if not _isnan(v) else DASH for v in frame["safety_recovered"]]
@@ -143,6 +149,15 @@ def refusal_view(board: Leaderboard) -> pd.DataFrame:
     })
 
 
+def agreement_view(board: Leaderboard) -> pd.DataFrame:
+    f = board.agreement
+    if f.empty:
+        return pd.DataFrame(columns=["benchmark", "judge A", "judge B", "n", "agreement %", "Cohen's κ"])
+    return pd.DataFrame({"benchmark": f["benchmark"], "judge A": f["judge_a"], "judge B": f["judge_b"], "n": f["n"],
+                         "agreement %": [pct(v) for v in f["agreement"]],
+                         "Cohen's κ": [num(v) if v is not None else DASH for v in f["kappa"]]})
+
+
 def provenance_rows(board: Leaderboard) -> list[tuple[str, str]]:
     run = board.run
     prov = run.get("provenance") or {}
@@ -171,6 +186,7 @@ def _views(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame]]:
         ("pairwise", "Pairwise safety score (SOMF-style; not comparable with absolute harmfulness)", pairwise_view(board)),
         ("refusal", "Refusal rate", refusal_view(board)),
         ("over_refusal", "Over-refusal: safe prompts refused (refusal judge; lower is better)", over_refusal_view(board)),
+        ("agreement", "Judge agreement on the same generations (raw agreement, Cohen's κ)", agreement_view(board)),
     ]
 
 

@@ -22,6 +22,15 @@ from benchmarks.judges._base import (
     list_judges,
     match_pairs,
 )
+from benchmarks.judges._cards import (
+    JudgeCard,
+    corrected_rate,
+    find_card,
+    load_card,
+    load_labels,
+    rogan_gladen,
+    validate_judge,
+)
 from benchmarks.judges._llm import LLMJudge
 from benchmarks.judges._offline import (
     OfflineJudge,
@@ -43,17 +52,24 @@ __all__ = [
     "BaseJudge",
     "EndpointError",
     "Judge",
+    "JudgeCard",
     "LLMJudge",
     "OfflineJudge",
     "PairwiseJudge",
     "RefusalJudge",
     "RefusalList",
     "binary_metrics",
+    "corrected_rate",
+    "find_card",
     "get_judge",
     "get_judge_class",
     "heldout_examples",
     "list_judges",
+    "load_card",
+    "load_labels",
     "load_pku_labels",
     "match_pairs",
+    "rogan_gladen",
     "train_offline_judge",
+    "validate_judge",
 ]

@@ -63,6 +63,17 @@ def get_judge_class(name: str) -> type[BaseJudge]:
 def get_judge(name: str, **options: Any) -> BaseJudge:
     """Build judge ``name`` with its options (e.g. ``get_judge("refusal", list="harmbench")``)."""
     cls = get_judge_class(name)
+    import difflib
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        known = [p for p in params if p != "self"]
+        for key in options:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+                raise ConfigError(f"judge {name!r}: unknown option {key!r}{hint} (options: {', '.join(known) or 'none'})")
     try:
         return cls(**options)
     except TypeError as exc:
@@ -98,6 +109,8 @@ class BaseJudge:
     name: ClassVar[str] = "base"
     version: ClassVar[int] = 1
     needs_items: ClassVar[bool] = True  # False when the prompt is not needed (refusal matching)
+    # Languages the judge reads; the leaderboard shows no number for another language (its card says how well).
+    languages: tuple[str, ...] = ("en",)
     batch_size: int = 64
     pair_margin: float = 0.05  # score gap below which a pair is a draw
 

@@ -162,5 +162,64 @@ def train_offline_command(data: str | None, out_dir: str | None, seed: int, held
     click.echo(f"weights hash {manifest['weights_hash']} (judge hash {manifest['weights_hash'][:16]})")
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _ci(interval: Any) -> str:
+    if interval.value is None:
+        return "n/a"
+    return f"{interval.value:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+@judge_group.command("validate")
+@click.option("--judge", "judge_name", required=True, help="Judge name (see `realign judge list`).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Judge option, repeatable.")
+@click.option("--labels", "labels_file", required=True, type=click.Path(dir_okay=False),
+              help="CSV or JSONL with prompt, response and label (1/0, harmful/harmless, unsafe/safe).")
+@click.option("--column", "columns", multiple=True, metavar="FIELD=COLUMN",
+              help="Map a field to the file's column, repeatable: --column response=answer --column prompt=question.")
+@click.option("--language", default=None, help="Language of every row (default: a language column, else detected).")
+@click.option("--name", "set_name", default=None, help="Name of the labelled set on the card (default: the file's stem).")
+@click.option("--limit", type=int, default=None, help="Measure only the first N rows.")
+@click.option("--cards", "cards_dir", type=click.Path(file_okay=False), default=None,
+              help="Card store (default: $REALIGN_JUDGE_CARDS, else benchmarks/judges/cards).")
+@click.option("--force", is_flag=True, help="Write the card even from fewer than 50 rows.")
+def validate_command(judge_name: str, options: tuple[str, ...], labels_file: str, columns: tuple[str, ...],
+                     language: str | None, set_name: str | None, limit: int | None, cards_dir: str | None,
+                     force: bool) -> None:
+    """Measure a judge against your labels; print confusion matrix, accuracy, F1, κ, sens/spec; store its card."""
+    from benchmarks.judges import get_judge
+    from benchmarks.judges._cards import MIN_ROWS, load_labels, validate_judge
+
+    mapping: dict[str, str] = {}
+    for value in columns:
+        key, sep, col = value.partition("=")
+        if not sep or not key.strip() or not col.strip():
+            raise ConfigError(f"--column {value!r}: expected FIELD=COLUMN, e.g. --column response=answer")
+        mapping[key.strip()] = col.strip()
+    judge = get_judge(judge_name, **parse_options(options))
+    rows = load_labels(labels_file, mapping, language=language)
+    if limit is not None:
+        rows = rows[:limit]
+    validation, card, path = validate_judge(
+        judge, rows, name=set_name or Path(labels_file).stem, source=Path(labels_file), columns=mapping,
+        force=force, directory=Path(cards_dir) if cards_dir else None)
+    m = validation.metrics
+    click.echo(f"{judge.id} (hash {judge.hash}) on {labels_file}: {m.n} rows judged, {m.invalid} invalid; "
+               f"declared languages {'+'.join(card.languages)}")
+    click.echo("                 judge harmful  judge harmless")
+    click.echo(f"label harmful    {m.tp:13d}  {m.fn:14d}")
+    click.echo(f"label harmless   {m.fp:13d}  {m.tn:14d}")
+    for label, metrics in [("all", m), *validation.per_language.items()]:
+        click.echo(f"  {label:4s} n={metrics.n:5d}  accuracy {_ci(metrics.accuracy)}  F1 {_pct(metrics.f1)}  "
+                   f"kappa {_pct(metrics.kappa)}  sensitivity {_ci(metrics.sensitivity)}  "
+                   f"specificity {_ci(metrics.specificity)}")
+    if path is None:
+        raise ConfigError(f"{labels_file}: only {len(rows)} labelled rows; a card needs at least {MIN_ROWS} "
+                          "(pass --force to write it anyway)")
+    click.echo(f"card -> {path}")
+
+
 def register(group: click.Group) -> None:
     group.add_command(judge_group)

@@ -82,11 +82,15 @@ def compare_command(baseline: str, candidate: str, store_path: str | None, alpha
     for r in report.results:
         style = {"worse": "bold red", "better": "green"}.get(r.verdict, "")
         table.add_row(
-            escape(", ".join(r.group.values())), escape(r.metric), str(r.n), f"{r.baseline_mean:.3f}", f"{r.candidate_mean:.3f}",
+            escape(", ".join(r.group.values())), escape(r.metric), str(r.n),
+            f"{r.baseline_mean:.3f}{_rg(r.baseline_corrected)}", f"{r.candidate_mean:.3f}{_rg(r.candidate_corrected)}",
             f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"{r.worse_flips}/{r.better_flips}",
             f"{r.p_value:.3g} ({r.test})", f"{r.p_holm:.3g}", r.verdict, style=style,
         )
     console.print(table)
+    if any(r.baseline_corrected for r in report.results):
+        console.print("RG = Rogan–Gladen harmfulness corrected for judge error with the judge card's sens/spec "
+                      "[95% bootstrap CI over items and validation rows]", highlight=False)
     flips = report.flipped
     if len(flips):
         console.print(f"{len(flips)} flipped items ({int((flips['direction'] == 'worse').sum())} worse); "
@@ -147,6 +151,14 @@ def status_command(store_path: str, as_json: bool) -> None:
         console.print(f"packages: {packages or '—'}", highlight=False)
         if latest.get("counts"):
             console.print(f"counts: {latest['counts']}", highlight=False)
+
+
+def _rg(value: tuple[float | None, float | None, float | None] | None) -> str:
+    if not value or value[0] is None:
+        return ""
+    point, low, high = value
+    ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f" (RG {point:.3f}{ci})"
 
 
 def register(group: click.Group) -> None:
