@@ -82,6 +82,40 @@ def evaluate(limit: int | None = None, seed: int = 0, data: str | None = None,
     return results
 
 
+def evaluate_sets(limit: int | None = None, seed: int = 0, data: str | None = None) -> dict[str, Any]:
+    """Every judge (old offline, new offline-multilingual, refusal gcg/harmbench) on every labelled dev set.
+
+    Sets (none in the multilingual judge's training): gptfuzz evaluate.csv, JAILJUDGE mini, JADE-zh dev
+    questions, XSTest full refusals (all harmless), PKU held-out prompts. ``limit``: seeded sample per set.
+    """
+    from benchmarks.judges import binary_metrics, get_judge
+    from benchmarks.judges._multilingual import labelled_sets
+
+    _, dev = labelled_sets(data)
+    judges = [get_judge("offline"), get_judge("offline-multilingual"), get_judge("refusal", list="gcg"),
+              get_judge("refusal", list="harmbench")]
+    out: dict[str, Any] = {}
+    for set_name, examples in dev.items():
+        sample = _sample(examples, limit, seed)
+        items, gens = _records(sample, set_name)
+        truth = [e.harmful for e in sample]
+        out[set_name] = {}
+        for judge in judges:
+            verdicts = judge.judge(gens, items)
+            out[set_name][judge.id] = {**binary_metrics(truth, [v.label == "harmful" for v in verdicts]),
+                                       "called_harmful": float(np.mean([v.label == "harmful" for v in verdicts]))}
+    return out
+
+
+def render_sets(results: dict[str, Any]) -> str:
+    lines = [f"{'set':20s} {'judge':44s} {'n':>5s} {'acc':>6s} {'prec':>6s} {'recall':>6s} {'F1':>6s} {'harmful%':>8s}"]
+    for set_name, by_judge in results.items():
+        for judge_id, m in by_judge.items():
+            lines.append(f"{set_name:20s} {judge_id:44s} {m['n']:5d} {m['accuracy']:6.3f} {m['precision']:6.3f} "
+                         f"{m['recall']:6.3f} {m['f1']:6.3f} {m['called_harmful']:8.3f}")
+    return "\n".join(lines)
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [f"held-out labelled responses: {results['n']} ({results['positives']} harmful); "
              f"same-prompt (safe, unsafe) pairs among them: {results['pairs']}",
@@ -102,11 +136,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="PKU pairs file/folder (default: $REALIGN_DATA_DIR)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--sets-only", action="store_true", help="only the every-judge-every-set table")
     args = parser.parse_args()
-    results = evaluate(limit=args.limit, seed=args.seed, data=args.data, benign_limit=args.benign_limit)
-    print(render(results))
+    sets = evaluate_sets(limit=args.limit, seed=args.seed)
+    print(render_sets(sets))
+    results: dict[str, Any] = {"sets": sets}
+    if not args.sets_only:
+        results["pku_pairs"] = evaluate(limit=args.limit, seed=args.seed, data=args.data,
+                                        benign_limit=args.benign_limit)
+        print(render(results["pku_pairs"]))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        tmp.replace(args.json)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ or SOMF's prompt). Third-party judges register through the ``realign.judges`` en
 
 from benchmarks.judges import _api as _api
 from benchmarks.judges import _llm as _llm
+from benchmarks.judges import _multilingual as _multilingual
 from benchmarks.judges import _offline as _offline
 from benchmarks.judges import _refusal as _refusal
 from benchmarks.judges._api import ApiJudge
@@ -32,6 +33,7 @@ from benchmarks.judges._cards import (
     validate_judge,
 )
 from benchmarks.judges._llm import LLMJudge
+from benchmarks.judges._multilingual import MultilingualOfflineJudge, train_multilingual_judge
 from benchmarks.judges._offline import (
     OfflineJudge,
     binary_metrics,
@@ -42,7 +44,7 @@ from benchmarks.judges._offline import (
 from benchmarks.judges._refusal import RefusalJudge
 from benchmarks.judges._refusal_lists import REFUSAL_LISTS, RefusalList
 
-DEFAULT_JUDGE = "offline"
+DEFAULT_JUDGE = "offline-multilingual"  # the English-only MiniLM judge stays available as "offline"
 
 __all__ = [
     "DEFAULT_JUDGE",
@@ -54,6 +56,7 @@ __all__ = [
     "Judge",
     "JudgeCard",
     "LLMJudge",
+    "MultilingualOfflineJudge",
     "OfflineJudge",
     "PairwiseJudge",
     "RefusalJudge",
@@ -70,6 +73,7 @@ __all__ = [
     "load_pku_labels",
     "match_pairs",
     "rogan_gladen",
+    "train_multilingual_judge",
     "train_offline_judge",
     "validate_judge",
 ]

@@ -133,11 +133,30 @@ def list_command() -> None:
               help="Benign instructions with answers (default: alpaca_gpt4_demo/alpaca_en_demo.json in $REALIGN_DATA_DIR).")
 @click.option("--no-benign", is_flag=True, help="Train on PKU-SafeRLHF only (helpful answers then look harmful).")
 @click.option("--threads", type=int, default=None, help="torch threads for the embedder (default: torch's).")
+@click.option("--kind", type=click.Choice(["multilingual", "minilm"]), default="multilingual", show_default=True,
+              help="multilingual: the default judge (char n-grams, en+zh; --data is the data root folder); "
+                   "minilm: the English-only offline/minilm-logreg judge.")
+@click.option("--limit", type=int, default=None, help="multilingual only: train on a seeded sample of N (tests).")
 def train_offline_command(data: str | None, out_dir: str | None, seed: int, heldout: float, benign_data: str | None,
-                          no_benign: bool, threads: int | None) -> None:
-    """Retrain the offline judge (MiniLM features + logistic regression) reproducibly; print held-out metrics."""
+                          no_benign: bool, threads: int | None, kind: str, limit: int | None) -> None:
+    """Retrain an offline judge reproducibly (default: the multilingual one); print dev-set metrics."""
     if not 0.0 < heldout < 1.0:
         raise ConfigError(f"--heldout {heldout}: expected a fraction between 0 and 1")
+    if limit is not None and limit < 2:
+        raise ConfigError(f"--limit {limit}: expected at least 2")
+    if kind == "multilingual":
+        from benchmarks.judges import train_multilingual_judge
+
+        result = train_multilingual_judge(data=data, out_dir=out_dir, seed=seed, heldout_fraction=heldout,
+                                          limit=limit)
+        t = result["training"]
+        click.echo(f"trained on {t['examples']} responses ({t['positives']} harmful) in {result['train_seconds']} s; "
+                   f"dev sets (threshold {t['threshold']}):")
+        for name, m in result["dev_metrics"].items():
+            click.echo(f"  {name:20s} n {m['n']:5d}  accuracy {m['accuracy']:.3f}  F1 {m['f1']:.3f}  "
+                       f"precision {m['precision']:.3f}  recall {m['recall']:.3f}")
+        click.echo(f"weights hash {result['weights_hash']} (judge hash {result['weights_hash'][:16]})")
+        return
     if threads is not None:
         import torch
 

@@ -122,7 +122,7 @@ class Experiment(_Frozen):
     models: Models
     methods: list[MethodEntry] = Field(min_length=1)
     benchmarks: list[BenchmarkEntry] = Field(min_length=1)
-    judges: list[str] = Field(default_factory=lambda: ["offline"])
+    judges: list[str] = Field(default_factory=lambda: ["offline-multilingual"])
     judge_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     allow_code_execution: bool = False

@@ -65,9 +65,17 @@ def test_pairwise_and_default_output_name(files: dict[str, Path], capsys: pytest
 
 
 def test_offline_judge_with_items(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, stdout, _ = run(["judge", "--generations", str(files["gens"]), "--items", str(files["items"])], capsys)
+    code, stdout, _ = run(["judge", "--generations", str(files["gens"]), "--items", str(files["items"]),
+                           "--judge", "offline"], capsys)
     assert code == 0 and "offline/minilm-logreg@1" in stdout
     verdicts = read_jsonl(files["dir"] / "gens.offline.judgments.jsonl", Verdict)
+    assert len(verdicts) == 3 and all(v.score is not None for v in verdicts)
+
+
+def test_default_judge_is_the_multilingual_one(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(["judge", "--generations", str(files["gens"]), "--items", str(files["items"])], capsys)
+    assert code == 0 and "offline/charngram-logreg@1" in stdout
+    verdicts = read_jsonl(files["dir"] / "gens.offline-multilingual.judgments.jsonl", Verdict)
     assert len(verdicts) == 3 and all(v.score is not None for v in verdicts)
 
 
