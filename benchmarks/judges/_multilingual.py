@@ -222,9 +222,9 @@ def train_multilingual_judge(*, data: str | Path | None = None, out_dir: str | P
                              min_df: int = 3, limit: int | None = None) -> dict[str, Any]:
     """Fit the head on the training sets, measure every dev set, write weights + manifest atomically."""
     from safetensors.numpy import save_file
+    from scipy.sparse import csr_matrix, hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from scipy.sparse import csr_matrix, hstack
 
     started = time.time()
     train, dev = labelled_sets(data, seed=seed, heldout_fraction=heldout_fraction)

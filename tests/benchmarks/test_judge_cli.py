@@ -96,6 +96,6 @@ def test_errors_are_one_line(files: dict[str, Path], capsys: pytest.CaptureFixtu
 
 def test_list_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, stdout, _ = run(["judge", "list"], capsys)
-    assert code == 0 and "offline (default)" in stdout and "refusal" in stdout and "api" in stdout
+    assert code == 0 and "offline-multilingual (default)" in stdout and "offline:" in stdout and "refusal" in stdout and "api" in stdout
     code, stdout, _ = run(["judge", "train-offline", "--help"], capsys)
     assert code == 0 and "--seed" in stdout and "--heldout" in stdout
