@@ -25,7 +25,11 @@ def _parse_only(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Override the experiment's executor (ray: one task per checkpoint group, GPUs requested).")
 @click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
-def run_command(experiment: str, dry_run: bool, only: tuple[str, ...], executor: str | None, no_progress: bool) -> None:
+@click.option("--sandbox", type=click.Choice(["namespace", "audit"]), default=None,
+              help="Override the experiment's sandbox for model-written code. namespace (default) refuses to "
+                   "run when unshare is missing; audit is weaker and must be asked for explicitly.")
+def run_command(experiment: str, dry_run: bool, only: tuple[str, ...], executor: str | None, no_progress: bool,
+                sandbox: str | None) -> None:
     """Run EXPERIMENT (YAML): realign, generate, judge, score and store every cell of the matrix.
 
     Every artifact is cached by content: an unchanged re-run does nothing, an added method runs only
@@ -37,7 +41,7 @@ def run_command(experiment: str, dry_run: bool, only: tuple[str, ...], executor:
     from harness.experiment import run_experiment
 
     result = run_experiment(experiment, only=_parse_only(only), dry_run=dry_run, executor=executor,
-                            progress=not no_progress)
+                            progress=not no_progress, sandbox=sandbox)
     console = Console()
     if dry_run:
         table = Table(title=f"plan: {len(result.plan_rows)} cells")

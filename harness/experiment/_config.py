@@ -127,6 +127,10 @@ class Experiment(_Frozen):
     judge_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     allow_code_execution: bool = False
+    # How model-written code is isolated; not part of the identity (it does not change honest scores).
+    sandbox: Literal["namespace", "audit"] = Field(
+        default="namespace", exclude=True,
+        description="namespace (refuses when unshare is missing) or audit (explicit, weaker, warns)")
     executor: Literal["local", "ray"] = "local"
 
     # Resolved relative to the experiment file by `load_experiment`; not part of the identity.

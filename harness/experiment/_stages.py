@@ -200,7 +200,8 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                 verdicts[judge_id] = read_jsonl(path, Verdict)
                 judge_ids.append(judge_id)
         primary = verdicts[judge_ids[0]] if judge_ids else None
-        scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution)
+        scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution,
+                       sandbox_options={"isolation": exp.sandbox})
     elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
         scores = model_scores(workspace, cell, model, items, stats)
     else:
