@@ -92,8 +92,8 @@ def test_object_with_overloaded_eq_is_a_failure(mode: str) -> None:
             "    return Anything()")
     subclass = "    class B(int):\n        __eq__ = lambda s, o: True\n    return B(0)"
     gens = [_gen(item, _wrong(item, "", body), 0), _gen(item, _wrong(item, "", subclass), 1)]
-    assert run_humaneval_samples(gens, {item.id: item}, allow_code_execution=True, isolation=mode,
-                                 **FAST) == {item.id: [False, False]}
+    assert run_humaneval_samples(gens, {item.id: item}, allow_code_execution=True, isolation=mode,  # type: ignore[arg-type]
+                                 **FAST) == {item.id: [False, False]}  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif("namespace" not in MODES, reason="namespaces unavailable here")
