@@ -174,3 +174,25 @@ def test_audit_mode_drops_privileges(tmp_path: Path) -> None:
 def test_candidate_part_never_contains_the_tests() -> None:
     item = _item()
     assert item.reference and item.reference.strip() not in humaneval_candidate(item, "    return None\n")
+
+
+def test_realign_score_refuses_without_unshare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from harness.cli.cmd_benchmarks import score_cmd
+    from harness.records import append_jsonl
+
+    item = _item()
+    gens = tmp_path / "gens.jsonl"
+    append_jsonl(gens, [_gen(item, item.metadata["canonical_solution"])])
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    namespaces_available.cache_clear()
+    try:
+        result = CliRunner().invoke(score_cmd, ["--benchmark", "humaneval", "--generations", str(gens),
+                                                "--allow-code-execution"])
+        assert result.exit_code != 0 and "pass@1" not in result.output
+        assert "--sandbox audit" in str(result.exception) + result.output
+    finally:
+        namespaces_available.cache_clear()
