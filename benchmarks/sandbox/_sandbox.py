@@ -30,8 +30,8 @@ Verdict channel. The verdict is never read from the program's output or exit sta
   anything. Whatever the child prints, however it exits (``os._exit(0)``, ``atexit``, ``sys.excepthook``),
   it cannot write the verdict.
 * HumanEval: the child executes prompt + completion and then serves calls of the entry point. The checker
-  executes the dataset's trusted code (the prompt, whose stub it never calls, and the ``check`` function)
-  and runs ``check(candidate)`` where ``candidate`` is a proxy: arguments go to the child (pickled, trusted
+  executes the dataset's trusted code (the prompt and the ``check`` function; the prompt's stub is replaced
+  by the proxy) and runs ``check(candidate)`` where ``candidate`` is a proxy: arguments go to the child (pickled, trusted
   to untrusted), results come back as JSON of a tagged tree that the checker decodes into plain builtins.
   **What is compared:** every ``==``/``<``/``abs`` in ``check`` runs in the checker on values of exactly
   these types: ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``, and ``list``,
@@ -272,6 +272,7 @@ def candidate(*args):
 try:
     trusted = {"__name__": "__check__"}
     exec(compile(job["trusted"], "check.py", "exec"), trusted)
+    trusted[job["entry"]] = candidate  # some checks name the entry point itself (HumanEval/33)
     trusted["check"](candidate)
     ok, why = True, ""
 except BaseException as exc:

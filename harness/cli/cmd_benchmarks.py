@@ -68,10 +68,13 @@ def show_cmd(name: str, samples: int, data_path: str | None) -> None:
 @click.option("--allow-code-execution", is_flag=True,
               help="Required for HumanEval: EXECUTES MODEL-WRITTEN CODE (in the sandbox: separate process, "
                    "no network, CPU/memory/file/process limits, throwaway dir).")
+@click.option("--sandbox", type=click.Choice(["namespace", "audit"]), default="namespace", show_default=True,
+              help="namespace: unshare net/pid/mount namespaces, read-only host; refuses when unavailable. "
+                   "audit: NO namespaces (uid nobody + audit hook); only when asked for, with a warning.")
 @click.option("-k", "ks", multiple=True, type=int, default=(1,), show_default=True, help="pass@k values.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Append Score rows to this JSONL file.")
 def score_cmd(benchmark: str, generations: str | None, verdicts: str | None, data_path: str | None,
-              allow_code_execution: bool, ks: tuple[int, ...], out: str | None) -> None:
+              allow_code_execution: bool, sandbox: str, ks: tuple[int, ...], out: str | None) -> None:
     """Score saved generations / verdicts: overall and per language and category."""
     from benchmarks import get_benchmark
     from benchmarks.scoring import score
@@ -83,7 +86,8 @@ def score_cmd(benchmark: str, generations: str | None, verdicts: str | None, dat
     items = {i.id: i for i in bench.load(data_path=data_path)}
     gens = _checked(generations, read_jsonl(generations, GenerationRecord), bench.name, items) if generations else []
     verds = _checked(verdicts, read_jsonl(verdicts, Verdict), bench.name, items) if verdicts else []
-    scores = score(bench.name, gens, verds, items, allow_code_execution=allow_code_execution, ks=ks)
+    scores = score(bench.name, gens, verds, items, allow_code_execution=allow_code_execution, ks=ks,
+                   sandbox_options={"isolation": sandbox})
     for row in scores:
         ci = f" [{row.ci_low:.3f}, {row.ci_high:.3f}]" if row.ci_low is not None else ""
         subset = ",".join(f"{k}={v}" for k, v in row.subset.items()) or "all"

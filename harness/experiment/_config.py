@@ -128,6 +128,10 @@ class Experiment(_Frozen):
     allow_code_execution: bool = False
     allow_pickle: bool = Field(default=False, description="load pickle checkpoints (weights_only=True); refused by default")
     allow_nonfinite: bool = Field(default=False, description="merge inputs/outputs holding NaN/inf instead of refusing")
+    # How model-written code is isolated; not part of the identity (it does not change honest scores).
+    sandbox: Literal["namespace", "audit"] = Field(
+        default="namespace", exclude=True,
+        description="namespace (refuses when unshare is missing) or audit (explicit, weaker, warns)")
     executor: Literal["local", "ray"] = "local"
 
     # Resolved relative to the experiment file by `load_experiment`; not part of the identity.

@@ -43,10 +43,17 @@ def run_experiment(
     dry_run: bool = False,
     executor: str | None = None,
     progress: bool = True,
+    sandbox: str | None = None,
 ) -> RunResult:
     from leaderboards import Store
 
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    if sandbox is not None:
+        exp = exp.model_copy(update={"sandbox": sandbox})
+    if exp.allow_code_execution:  # refuse a missing namespace sandbox before any work (no fallback)
+        from benchmarks.sandbox import resolve_isolation
+
+        resolve_isolation(exp.sandbox)
     # Everything that can be refused is refused here, before any merge or generation.
     plan, workspace = plan_experiment(exp, only, create=not dry_run)
     if dry_run:  # writes nothing: no store is created, no workspace folder, no hash memo

@@ -218,7 +218,8 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                 raise ConfigError(f"benchmark {bench.name!r} measures over-refusal: add the refusal judge to "
                                   f"`judges` (have: {', '.join(judge_ids) or 'none'})")
             primary = verdicts[refusal_ids[0]]
-        scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution)
+        scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution,
+                       sandbox_options={"isolation": exp.sandbox})
     elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
         scores = model_scores(workspace, cell, model, items, stats, allow_pickle=exp.allow_pickle)
     else:

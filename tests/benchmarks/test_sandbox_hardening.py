@@ -92,8 +92,8 @@ def test_object_with_overloaded_eq_is_a_failure(mode: str) -> None:
             "    return Anything()")
     subclass = "    class B(int):\n        __eq__ = lambda s, o: True\n    return B(0)"
     gens = [_gen(item, _wrong(item, "", body), 0), _gen(item, _wrong(item, "", subclass), 1)]
-    assert run_humaneval_samples(gens, {item.id: item}, allow_code_execution=True, isolation=mode,
-                                 **FAST) == {item.id: [False, False]}
+    assert run_humaneval_samples(gens, {item.id: item}, allow_code_execution=True, isolation=mode,  # type: ignore[arg-type]
+                                 **FAST) == {item.id: [False, False]}  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif("namespace" not in MODES, reason="namespaces unavailable here")
@@ -174,3 +174,35 @@ def test_audit_mode_drops_privileges(tmp_path: Path) -> None:
 def test_candidate_part_never_contains_the_tests() -> None:
     item = _item()
     assert item.reference and item.reference.strip() not in humaneval_candidate(item, "    return None\n")
+
+
+def test_realign_score_refuses_without_unshare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from harness.cli.cmd_benchmarks import score_cmd
+    from harness.records import append_jsonl
+
+    item = _item()
+    gens = tmp_path / "gens.jsonl"
+    append_jsonl(gens, [_gen(item, item.metadata["canonical_solution"])])
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    namespaces_available.cache_clear()
+    try:
+        result = CliRunner().invoke(score_cmd, ["--benchmark", "humaneval", "--generations", str(gens),
+                                                "--allow-code-execution"])
+        assert result.exit_code != 0 and "pass@1" not in result.output
+        assert "--sandbox audit" in str(result.exception) + result.output
+    finally:
+        namespaces_available.cache_clear()
+
+
+@pytest.mark.slow
+def test_every_canonical_humaneval_solution_passes_through_the_checker() -> None:
+    """The proxy design must not cost honest solutions: all 164 canonical solutions pass (about 70 s)."""
+    items = {i.id: i for i in get_benchmark("humaneval").load()}
+    gens = [_gen(item, item.metadata["canonical_solution"]) for item in items.values()]
+    results = run_humaneval_samples(gens, items, allow_code_execution=True, timeout_s=20, cpu_s=15)
+    assert len(results) == 164
+    assert [k for k, v in results.items() if v != [True]] == []
