@@ -274,7 +274,7 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
         reads = judge_langs.get(chosen)
         if bench not in explicit and reads is not None and not langs <= reads:
             here = sorted(set(harm[harm["benchmark"] == bench]["judge_id"]))
-            alt = [j for j in here if (d := judge_langs.get(j)) is not None and langs <= d]
+            alt = [j for j in here if (jl := judge_langs.get(j)) is not None and langs <= jl]
             if alt:
                 notes.append(f"{bench}: column judged by {alt[0]} (primary {chosen} does not read "
                              f"{'+'.join(sorted(langs))})")

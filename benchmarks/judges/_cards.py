@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -255,6 +256,7 @@ def save_card(card: JudgeCard, directory: Path | None = None) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(card.model_dump_json(indent=1))
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a card is meant to be read by anyone
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -289,7 +291,7 @@ def judge_rows(judge: object, rows: Sequence[LabelledRow], batch_size: int = 64)
     return out
 
 
-def validate_judge(judge: object, rows: Sequence[LabelledRow], *, name: str, source: Path,
+def validate_judge(judge: Any, rows: Sequence[LabelledRow], *, name: str, source: Path,
                    columns: Mapping[str, str], force: bool = False,
                    directory: Path | None = None) -> tuple[Validation, JudgeCard, Path | None]:
     """Measure ``judge`` on ``rows`` and merge the result into its card (written unless < MIN_ROWS and not force)."""
