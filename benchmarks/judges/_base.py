@@ -73,7 +73,7 @@ def get_judge(name: str, **options: Any) -> BaseJudge:
             if key not in known:
                 near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
                 hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-                raise ConfigError(f"judge {name!r}: unknown option {key!r}{hint} (options: {', '.join(known) or 'none'})")
+                raise ConfigError(f"judge {name!r}: bad options {sorted(options)}: unknown option {key!r}{hint} (options: {', '.join(known) or 'none'})")
     try:
         return cls(**options)
     except TypeError as exc:
