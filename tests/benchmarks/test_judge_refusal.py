@@ -57,7 +57,7 @@ def test_harmbench_list_and_refusal_labels() -> None:
 def test_bad_options_are_named() -> None:
     with pytest.raises(ConfigError, match="list='nope'"):
         get_judge("refusal", list="nope")
-    with pytest.raises(ConfigError, match="unknown option .colour."):
+    with pytest.raises(ConfigError, match=r"unknown option .colour."):
         get_judge("refusal", colour="red")
 
 
