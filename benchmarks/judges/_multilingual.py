@@ -176,7 +176,7 @@ class MultilingualOfflineJudge(BaseJudge):
     """Char n-gram TF-IDF + refusal flags, logistic head; reads English and Chinese; CPU, no model."""
 
     name: ClassVar[str] = "offline-multilingual"
-    languages: ClassVar[tuple[str, ...]] = ("en", "zh")
+    languages: tuple[str, ...] = ("en", "zh")
     batch_size = 256
 
     def __init__(self, weights: str | None = None, threshold: float | None = None) -> None:

@@ -239,7 +239,7 @@ class OfflineJudge(BaseJudge):
     """Packaged MiniLM embeddings + TF-IDF, logistic heads trained on PKU-SafeRLHF labels; CPU, no hub."""
 
     name: ClassVar[str] = "offline"
-    languages: ClassVar[tuple[str, ...]] = ("en",)  # MiniLM and the word TF-IDF read English only
+    languages: tuple[str, ...] = ("en",)  # MiniLM and the word TF-IDF read English only
     batch_size = 64
 
     def __init__(self, weights: str | None = None, threshold: float | None = None, pair_margin: float = 0.05,
