@@ -214,7 +214,8 @@ os.close(reply_w)
 if job["kind"] == "program":
     _, status = os.waitpid(child, 0)
     _verdict(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}")
-    os._exit(0)
+    # pass the child's end on as the runner's exit code (128 + signal, as a shell does), for the report only
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 requests = os.fdopen(request_w, "wb")
 replies = os.fdopen(reply_r, "rb")
