@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import difflib
 import glob
 import gzip
 import hashlib
@@ -22,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from benchmarks._splits import SPLITS
-from harness.errors import ConfigError, DataError
+from harness.errors import ConfigError, DataError, name_unknown
 from harness.paths import cache_dir, data_dirs
 from harness.records import Item
 from harness.registry import Registry
@@ -350,11 +349,7 @@ class Benchmark:
         known = list(FieldMap.model_fields)
         unknown = [k for k in mapping if k not in known]
         if unknown:
-            parts = []
-            for key in unknown:
-                near = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
-                parts.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
-            raise ConfigError(f"benchmark {self.name!r}: unknown option {', '.join(parts)}; "
+            raise ConfigError(f"benchmark {self.name!r}: unknown option {name_unknown(unknown, known)}; "
                               f"accepted options: {', '.join(known)}")
         fields = FieldMap.model_validate({**self.spec.fields.model_dump(),
                                           **{k: v for k, v in mapping.items() if v is not None}})

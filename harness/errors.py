@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class RealignError(Exception):
     """Base class: a user-facing error whose message is printed as-is by the CLI."""
@@ -21,3 +24,12 @@ class DataError(RealignError):
 
 class StoreError(RealignError):
     """The results store is corrupted, locked or of an unsupported schema version."""
+
+
+def name_unknown(unknown: Iterable[str], known: list[str], cutoff: float = 0.6) -> str:
+    """``'a' (did you mean 'b'?), 'c'``: each unknown name with its nearest known ones, for an error message."""
+    parts = []
+    for key in unknown:
+        near = difflib.get_close_matches(key, known, n=2, cutoff=cutoff)
+        parts.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
+    return ", ".join(parts)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from harness.errors import CheckpointError, ConfigError
+from harness.errors import CheckpointError, ConfigError, name_unknown
 from harness.generate._config import Completion, GenerationConfig
 from harness.registry import Registry
 
@@ -85,16 +85,10 @@ def backend_option_names(name: str) -> list[str]:
 
 def check_backend_options(name: str, options: dict[str, Any], where: str = "backend options") -> None:
     """ConfigError naming every option backend ``name`` does not accept (with a did-you-mean)."""
-    import difflib
-
     accepted = backend_option_names(name)
     unknown = [key for key in options if key not in accepted]
     if unknown:
-        parts = []
-        for key in unknown:
-            near = difflib.get_close_matches(key, accepted, n=2, cutoff=0.6)
-            parts.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
-        raise ConfigError(f"{where}: unknown option {', '.join(parts)} for backend {name!r}; "
+        raise ConfigError(f"{where}: unknown option {name_unknown(unknown, accepted)} for backend {name!r}; "
                           f"accepted: {', '.join(accepted)}")
 
 
