@@ -84,6 +84,17 @@ class Score(_Record):
     higher_is_better: bool = True
 
 
+class ItemScore(_Record):
+    """A per-item outcome of a utility scorer (1.0 pass / 0.0 fail, or any number, e.g. an item's NLL),
+    kept so that two runs can be compared item by item. ``metric`` names the aggregate :class:`Score`
+    it feeds, whose ``higher_is_better`` gives its direction."""
+
+    item_id: str
+    metric: str
+    value: float
+    sample_index: int = 0
+
+
 R = TypeVar("R", bound=BaseModel)
 
 

@@ -4,7 +4,9 @@ Natural keys are the primary keys, so every write is an idempotent upsert: re-ru
 rewrites the same rows and never duplicates one. JSON values are stored as canonical JSON text
 (sorted keys) so SQLite and Postgres hold byte-identical values.
 
-Version history: 1 — initial schema.
+Version history: 1 — initial schema. 2 — cost columns on ``cells`` (wall seconds of merge, mask
+training, generation, judging and scoring; tokens generated); a version-1 store is migrated in place
+when opened (the new columns are NULL for its cells: not recorded).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -71,6 +73,14 @@ cells = Table(
     Column("judge_hash", String(128)),
     Column("chat_template_hash", String(128)),
     Column("extra", Text, nullable=False),
+    # cost of the cell (NULL: not recorded). A checkpoint's merge/training time and a shared
+    # generation's time appear on every cell built from it.
+    Column("merge_seconds", Float),
+    Column("train_seconds", Float),  # mask training (SOMF), apart from the merge
+    Column("generate_seconds", Float),
+    Column("judge_seconds", Float),  # all judges of the cell
+    Column("score_seconds", Float),  # scorers (code execution for pass@k, the model for NLL/log-likelihood)
+    Column("tokens_generated", Integer),
     Column("status", String(16), nullable=False),  # pending | done | failed
     Column("error", Text),
     Column("updated_at", String(32), nullable=False),
@@ -152,5 +162,12 @@ scores = Table(
 
 Index("ix_run_cells_cell", run_cells.c.cell_id)
 Index("ix_cells_status", cells.c.status)
+
+COST_COLUMNS = ("merge_seconds", "train_seconds", "generate_seconds", "judge_seconds", "score_seconds",
+                "tokens_generated")
+# what each version adds: (table, column DDL), applied in order by Store when it opens an older store
+MIGRATIONS: dict[int, list[tuple[str, str]]] = {
+    2: [("cells", f"{name} {'INTEGER' if name == 'tokens_generated' else 'FLOAT'}") for name in COST_COLUMNS],
+}
 
 ALL_TABLES = ("meta", "runs", "cells", "run_cells", "items", "generations", "verdicts", "item_scores", "scores")

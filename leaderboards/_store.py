@@ -35,7 +35,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
 from harness.errors import StoreError
 from harness.hashing import canonical_json, hash_text, hash_value
-from harness.records import GenerationRecord, Item, Score, Verdict
+from harness.records import GenerationRecord, Item, ItemScore, Score, Verdict
 from leaderboards import _schema as S
 
 if TYPE_CHECKING:
@@ -81,6 +81,13 @@ class CellRecord(BaseModel):
     judge_hash: str | None = None
     chat_template_hash: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    # cost (wall seconds; None = not recorded): what users weigh beside safety and utility
+    merge_seconds: float | None = Field(default=None, ge=0)
+    train_seconds: float | None = Field(default=None, ge=0)
+    generate_seconds: float | None = Field(default=None, ge=0)
+    judge_seconds: float | None = Field(default=None, ge=0)
+    score_seconds: float | None = Field(default=None, ge=0)
+    tokens_generated: int | None = Field(default=None, ge=0)
 
     def row(self, run_id: str, status: str) -> dict[str, Any]:
         data = self.model_dump()
@@ -96,17 +103,6 @@ class CellRecord(BaseModel):
             updated_at=_now(),
         )
         return data
-
-
-class ItemScore(BaseModel):
-    """A per-item outcome of a utility scorer (1.0 pass / 0.0 fail, or any number), for paired compare."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    item_id: str
-    metric: str
-    value: float
-    sample_index: int = 0
 
 
 def collect_provenance(
@@ -298,16 +294,33 @@ class Store:
                 ], update_existing=False)
                 version = int(conn.execute(select(S.meta.c.value).where(S.meta.c.key == "schema_version")).scalar_one())
         if version < S.SCHEMA_VERSION:
-            raise StoreError(
-                f"store {self.location}: schema version {version}, expected {S.SCHEMA_VERSION} "
-                "(an older layout this realign-bench cannot read; move it aside and re-run to rebuild it)"
-            )
+            version = self._migrate(version)
         if version > S.SCHEMA_VERSION:
             raise StoreError(
                 f"store {self.location} has schema version {version}, this realign-bench supports "
                 f"≤ {S.SCHEMA_VERSION}; upgrade realign-bench (pip install -U realign-bench)"
             )
         self.schema_version = version
+
+    def _migrate(self, version: int) -> int:
+        """Bring an older store up to SCHEMA_VERSION in one transaction (columns added, nothing
+        rewritten); a version with no migration path is refused with what to do."""
+        missing = [v for v in range(version + 1, S.SCHEMA_VERSION + 1) if v not in S.MIGRATIONS]
+        if missing:
+            raise StoreError(
+                f"store {self.location}: schema version {version}, expected {S.SCHEMA_VERSION} "
+                "(an older layout this realign-bench cannot read; move it aside and re-run to rebuild it)"
+            )
+        with self._write() as conn:
+            for target in range(version + 1, S.SCHEMA_VERSION + 1):
+                for table, column in S.MIGRATIONS[target]:
+                    existing = {c["name"] for c in inspect(conn).get_columns(table)}
+                    if column.split()[0] not in existing:
+                        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+            conn.execute(update(S.meta).where(S.meta.c.key == "schema_version").values(value=str(S.SCHEMA_VERSION)))
+        log.warning("store %s: migrated schema version %d -> %d (cost columns added, NULL for existing cells)",
+                    self.location, version, S.SCHEMA_VERSION)
+        return S.SCHEMA_VERSION
 
     def _read_version(self, conn: Connection, names: set[str]) -> int | None:
         if "meta" not in names:

@@ -12,7 +12,7 @@ import numpy as np
 
 from benchmarks._prompts import build_chat_prompt, chat_messages
 from harness.errors import ConfigError, DataError
-from harness.records import GenerationRecord, Item, Score, Verdict
+from harness.records import GenerationRecord, Item, ItemScore, Score, Verdict
 
 # lm-eval's gsm8k filters (tasks/gsm8k/gsm8k.yaml), verbatim.
 GSM8K_STRICT_REGEX = r"#### (\-?[0-9\.\,]+)"
@@ -132,6 +132,19 @@ def gsm8k_match(extracted: str, reference: str) -> bool:
     return _normalise(extracted) == _normalise(reference)
 
 
+def gsm8k_item_scores(generations: Sequence[GenerationRecord], items: Mapping[str, Item]) -> list[ItemScore]:
+    """Per (item, sample) 1.0/0.0 for ``gsm8k_strict`` and ``gsm8k_flexible``: what a paired compare tests."""
+    out: list[ItemScore] = []
+    for g in generations:
+        if g.item_id not in items:
+            continue
+        gold = items[g.item_id].reference or ""
+        for mode, extracted in gsm8k_extract(g.completion).items():
+            out.append(ItemScore(item_id=g.item_id, sample_index=g.sample_index, metric=f"gsm8k_{mode}",
+                                 value=float(gsm8k_match(extracted, gold))))
+    return out
+
+
 def gsm8k_scores(pairs: Sequence[tuple[str, str]], benchmark: str = "gsm8k",
                  subset: dict[str, str] | None = None) -> list[Score]:
     """Strict-match and flexible-extract accuracy (Wilson CI) and their invalid rates from (completion, gold)."""
@@ -175,6 +188,13 @@ def pass_at_k_scores(results: Mapping[str, Sequence[bool]], ks: Sequence[int] = 
         out.append(Score(benchmark=benchmark, metric=f"pass@{k}", value=float(np.mean(values)),
                          n=len(values), subset=subset or {}))
     return out
+
+
+def pass_at_k_item_scores(results: Mapping[str, Sequence[bool]], ks: Sequence[int] = (1,)) -> list[ItemScore]:
+    """Per-problem pass@k (0/1 with one sample per problem, a fraction with more), for each k the
+    problem has enough samples for."""
+    return [ItemScore(item_id=pid, metric=f"pass@{k}", value=pass_at_k(len(r), sum(r), k))
+            for k in ks for pid, r in sorted(results.items()) if len(r) >= k]
 
 
 # ---------------------------------------------------------------- log-likelihood scorers (HF model)
@@ -233,16 +253,24 @@ def loglik_accuracy(model: Any, items: Sequence[Item], batch_size: int = 8,
                     benchmark: str = "xcopa_zh") -> Score:
     """Multiple-choice accuracy: the choice with the highest log-likelihood after the context wins
     (lm-eval `acc`; items carry metadata["choices"] and the gold index as reference)."""
+    return loglik_accuracy_items(model, items, batch_size, benchmark)[0]
+
+
+def loglik_accuracy_items(model: Any, items: Sequence[Item], batch_size: int = 8,
+                          benchmark: str = "xcopa_zh") -> tuple[Score, list[ItemScore]]:
+    """:func:`loglik_accuracy` and each item's 1.0/0.0 ``acc``."""
     model, tokenizer = _load_model(model)
     pairs = [(i.prompt, " " + c) for i in items for c in i.metadata["choices"]]
     scores = _continuation_logprobs(model, tokenizer, pairs, batch_size)
-    correct, cursor = 0, 0
+    per_item: list[ItemScore] = []
+    cursor = 0
     for item in items:
         count = len(item.metadata["choices"])
         best = int(np.argmax([s for s, _ in scores[cursor:cursor + count]]))
-        correct += best == int(item.reference or -1)
+        per_item.append(ItemScore(item_id=item.id, metric="acc", value=float(best == int(item.reference or -1))))
         cursor += count
-    return _rate(benchmark, "acc", correct, len(items), {}, higher=True)
+    correct = int(sum(s.value for s in per_item))
+    return _rate(benchmark, "acc", correct, len(items), {}, higher=True), per_item
 
 
 def heldout_nll(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
@@ -260,6 +288,12 @@ def answer_nll(model: Any, items: Sequence[Item], batch_size: int = 8, max_lengt
     """Mean per-token NLL of each item's reference answer as the assistant turn of the model's own
     chat template (end-of-turn token included; lower is better). This is the organism's utility:
     at 135M parameters task accuracy is near zero, but held-out answer likelihood still moves."""
+    return answer_nll_items(model, items, batch_size, max_length, benchmark)[0]
+
+
+def answer_nll_items(model: Any, items: Sequence[Item], batch_size: int = 8, max_length: int | None = 256,
+                     benchmark: str = "task_nll") -> tuple[Score, list[ItemScore]]:
+    """:func:`answer_nll` (token-weighted over all items) and each item's own per-token ``nll``."""
     model, tokenizer = _load_model(model)
     pairs: list[tuple[str, str]] = []
     for item in items:
@@ -273,19 +307,28 @@ def answer_nll(model: Any, items: Sequence[Item], batch_size: int = 8, max_lengt
         pairs.append((head, tail))
     scores = _continuation_logprobs(model, tokenizer, pairs, batch_size, max_length)
     total, tokens = -sum(s for s, _ in scores), sum(t for _, t in scores)
+    per_item = [ItemScore(item_id=item.id, metric="nll", value=-s / max(t, 1))
+                for item, (s, t) in zip(items, scores, strict=True)]
     return Score(benchmark=benchmark, metric="nll", value=total / max(tokens, 1), n=len(items),
-                 higher_is_better=False)
+                 higher_is_better=False), per_item
 
 
 def score_with_model(benchmark: str, model: Any, items: Sequence[Item]) -> list[Score]:
     """Scorers that read the model itself rather than generations (log-likelihood, answer NLL)."""
+    return score_with_model_items(benchmark, model, items)[0]
+
+
+def score_with_model_items(benchmark: str, model: Any, items: Sequence[Item]) -> tuple[list[Score], list[ItemScore]]:
+    """:func:`score_with_model` and the per-item scores behind it (``acc`` 0/1, or each item's ``nll``)."""
     from benchmarks._core import get_benchmark
 
     scorer = get_benchmark(benchmark).scorer
     if scorer == "loglik_accuracy":
-        return [loglik_accuracy(model, items, benchmark=benchmark)]
+        acc, per_item = loglik_accuracy_items(model, items, benchmark=benchmark)
+        return [acc], per_item
     if scorer == "nll":
-        return [answer_nll(model, items, benchmark=benchmark)]
+        nll, per_item = answer_nll_items(model, items, benchmark=benchmark)
+        return [nll], per_item
     raise ConfigError(f"benchmark {benchmark!r} uses scorer {scorer!r}, which scores saved generations: "
                       "use benchmarks.scoring.score(...)")
 
@@ -339,6 +382,15 @@ def score(benchmark: str, generations: Sequence[GenerationRecord], verdicts: Seq
           items: Mapping[str, Item], *, allow_code_execution: bool = False, ks: Sequence[int] = (1,),
           sandbox_options: Mapping[str, Any] | None = None) -> list[Score]:
     """Score saved generations/verdicts for `benchmark`, overall and per language / per category."""
+    return score_with_items(benchmark, generations, verdicts, items, allow_code_execution=allow_code_execution,
+                            ks=ks, sandbox_options=sandbox_options)[0]
+
+
+def score_with_items(benchmark: str, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
+                     items: Mapping[str, Item], *, allow_code_execution: bool = False, ks: Sequence[int] = (1,),
+                     sandbox_options: Mapping[str, Any] | None = None) -> tuple[list[Score], list[ItemScore]]:
+    """:func:`score` and the per-item utility scores behind it (GSM8K 0/1 per sample, pass@k per
+    problem). Verdict-based scorers have none: their per-item outcome is the verdict itself."""
     from benchmarks._core import get_benchmark
 
     bench = get_benchmark(benchmark)
@@ -354,7 +406,7 @@ def score(benchmark: str, generations: Sequence[GenerationRecord], verdicts: Seq
             raise ConfigError(f"benchmark {benchmark!r} is scored from refusal-judge verdicts: pass --verdicts")
         for key, group in _groups(verdicts, lambda v: facets(v.item_id)).items():
             out.append(over_refusal_rate(group, bench.name, dict(key)))
-        return out
+        return out, []
     if scorer in ("harmfulness", "pairwise", "refusal"):
         if not verdicts:
             raise ConfigError(f"benchmark {benchmark!r} is scored from judge verdicts: pass --verdicts")
@@ -367,18 +419,18 @@ def score(benchmark: str, generations: Sequence[GenerationRecord], verdicts: Seq
                 out.append(refusal_rate(group, bench.name, subset))
             if labels & {"win", "loss", "draw"}:
                 out.append(pairwise_score(group, bench.name, subset))
-        return out
+        return out, []
     if scorer == "gsm8k":
         for key, group in _groups(generations, lambda g: facets(g.item_id)).items():
             pairs = [(g.completion, items[g.item_id].reference or "") for g in group if g.item_id in items]
             out += gsm8k_scores(pairs, bench.name, dict(key))
-        return out
+        return out, gsm8k_item_scores(generations, items)
     if scorer == "pass_at_k":
         from benchmarks.sandbox import run_humaneval_samples
 
         results = run_humaneval_samples(generations, items, allow_code_execution=allow_code_execution,
                                         **dict(sandbox_options or {}))
-        return pass_at_k_scores(results, ks, bench.name)
+        return pass_at_k_scores(results, ks, bench.name), pass_at_k_item_scores(results, ks)
     raise ConfigError(
         f"benchmark {benchmark!r} uses scorer {scorer!r}, which needs the model, not saved generations: "
         "use benchmarks.scoring.score_with_model(benchmark, model_dir, items)"

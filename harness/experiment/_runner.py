@@ -50,7 +50,7 @@ class RunStats:
 class Workspace:
     """Where one experiment's artifacts live (all content-addressed)."""
 
-    SUBDIRS = ("checkpoints", "inputs", "generations", "judgments", "scores", "logs")
+    SUBDIRS = ("checkpoints", "inputs", "generations", "judgments", "scores", "costs", "logs")
 
     def __init__(self, root: Path, *, create: bool = True) -> None:
         self.root = root
@@ -65,6 +65,10 @@ class Workspace:
 
     def checkpoint(self, key: str) -> Path:
         return self.root / "checkpoints" / key
+
+    def cost(self, key: str) -> Path:
+        """Wall times of building checkpoint ``key`` (merge, mask training), kept for later runs."""
+        return self.root / "costs" / f"{key}.json"
 
     def dense_input(self, model_hash: str) -> Path:
         return self.root / "inputs" / model_hash

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,10 @@ class Materialized:
     path: Path
     adapter: Path | None
     key: str
+    # wall time that built this checkpoint (from its cost record when it was built in an earlier run);
+    # mask training (SOMF) is counted apart from the merge itself. None: not recorded.
+    merge_seconds: float | None = None
+    train_seconds: float | None = None
 
 
 def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats, *, allow_pickle: bool = False) -> Path:
@@ -50,11 +55,13 @@ def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats, *, 
 def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats: RunStats) -> Materialized:
     passthrough = job.passthrough
     if passthrough is not None:  # keyed by the model itself, so its dense copy is the shared input copy
-        return Materialized(passthrough.path, passthrough.adapter, passthrough.hash)
+        return Materialized(passthrough.path, passthrough.adapter, passthrough.hash, 0.0, 0.0)
     out = workspace.checkpoint(job.key)
+    cost_path = workspace.cost(job.key)
     if out.is_dir():
         stats.counts["merge_cached"] += 1
-        return Materialized(out, None, job.key)
+        cost = json.loads(cost_path.read_text(encoding="utf-8")) if cost_path.is_file() else {}
+        return Materialized(out, None, job.key, cost.get("merge_seconds"), cost.get("train_seconds"))
     from realign_methods import MergeSpec, merge
 
     pickle = exp.allow_pickle
@@ -68,11 +75,53 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
         spec_fields["finetuned"] = [dense_input(workspace, m, stats, allow_pickle=pickle) for m in finetuned]
     crash_point("merge")
     log.info("merge %s for %s -> %s", job.label, job.finetuned, out)
+    masks_before = _mask_dirs()
+    started = time.perf_counter()
     merge(MergeSpec(method=job.method, params=job.params, seed=exp.seed, out=out, allow_pickle=pickle,
                     allow_nonfinite=exp.allow_nonfinite, **spec_fields))
+    total = time.perf_counter() - started
+    train = _training_seconds(_mask_dirs() - masks_before)
+    cost = {"merge_seconds": max(total - train, 0.0), "train_seconds": train}
+    write_json_atomic(cost_path, cost)
     stats.counts["merge_done"] += 1
     crash_point("merge")
-    return Materialized(out, None, job.key)
+    return Materialized(out, None, job.key, cost["merge_seconds"], cost["train_seconds"])
+
+
+def _mask_dirs() -> set[Path]:
+    """SOMF's trained-mask cache entries (a merge that trains a mask adds one)."""
+    from harness.paths import cache_dir
+
+    root = cache_dir() / "somf"
+    return {p for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+
+
+def _training_seconds(new_masks: set[Path]) -> float:
+    """Training wall time of masks a merge trained (from their summaries). A mask reused from the
+    cache adds nothing: the run that trained it paid for it."""
+    total = 0.0
+    for mask in new_masks:
+        summary = mask / "somf.json"
+        if summary.is_file():
+            total += float(json.loads(summary.read_text(encoding="utf-8")).get("train_seconds") or 0.0)
+    return total
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def marker_seconds(path: Path) -> float | None:
+    """The wall time a finished artifact's ``.done`` marker records (None for markers older than that)."""
+    from harness.experiment._runner import done_marker
+
+    marker = done_marker(path)
+    if not marker.is_file():
+        return None
+    value = json.loads(marker.read_text(encoding="utf-8")).get("seconds")
+    return float(value) if value is not None else None
 
 
 def _items(cell: Cell) -> list[Any]:
@@ -94,6 +143,7 @@ def generate(exp: Experiment, workspace: Workspace, cell: Cell, model: Materiali
         stats.counts["generate_cached"] += 1
         return out
     stats.counts["generate_resumed" if out.exists() else "generate_done"] += 1
+    started = time.perf_counter()
     g = exp.generation
     config = GenerationConfig(
         max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, seed=exp.seed,
@@ -105,7 +155,8 @@ def generate(exp: Experiment, workspace: Workspace, cell: Cell, model: Materiali
         system_prompt=cell.benchmark.system_prompt, progress=False,
     )
     crash_point("generate")
-    mark_done(out, {"items": len(items)})
+    # a resumed file records the resuming pass only: the killed pass's time is lost with it
+    mark_done(out, {"items": len(items), "seconds": time.perf_counter() - started})
     return out
 
 
@@ -148,8 +199,9 @@ def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[A
             stats.counts["judge_cached"] += 1
             continue
         stats.counts["judge_done"] += 1
+        started = time.perf_counter()
         judge_obj.judge_to_file(generations, items, path, after_batch=lambda: crash_point("judge"))
-        mark_done(path, {"verdicts": len(generations)})
+        mark_done(path, {"verdicts": len(generations), "seconds": time.perf_counter() - started})
     return out
 
 
@@ -166,32 +218,36 @@ def _judge(name: str, options: dict[str, Any]) -> Any:
 
 
 def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats, *,
-                 allow_pickle: bool = False) -> list[Any]:
-    """Scores of a model-reading scorer, cached like generations (by checkpoint × benchmark), so a
-    cell re-made for another reason (a changed judge) does not run the model again."""
-    from benchmarks.scoring import score_with_model
-    from harness.records import Score
+                 allow_pickle: bool = False) -> tuple[list[Any], list[Any], float | None]:
+    """(scores, per-item scores, seconds) of a model-reading scorer, cached like generations (by
+    checkpoint × benchmark), so a cell re-made for another reason (a changed judge) does not run the
+    model again."""
+    from benchmarks.scoring import score_with_model_items
+    from harness.records import ItemScore, Score
 
     path = workspace.model_scores(cell.generation_key)
-    if path.is_file():
+    cached = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if isinstance(cached, dict):  # a bare list is the older cache without per-item scores: score again
         stats.counts["model_score_cached"] += 1
-        return [Score.model_validate(s) for s in json.loads(path.read_text(encoding="utf-8"))]
+        return ([Score.model_validate(s) for s in cached["scores"]],
+                [ItemScore.model_validate(s) for s in cached["items"]], cached.get("seconds"))
+    started = time.perf_counter()
     dense = dense_input(workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats,
                         allow_pickle=allow_pickle)
     from harness.generate import check_model_weights
 
     check_model_weights(dense, allow_pickle=allow_pickle)  # the scorer loads it: same rules as generation
-    scores = score_with_model(cell.benchmark.name, dense, items)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps([s.model_dump(mode="json") for s in scores]), encoding="utf-8")
-    os.replace(tmp, path)
+    scores, per_item = score_with_model_items(cell.benchmark.name, dense, items)
+    seconds = time.perf_counter() - started
+    write_json_atomic(path, {"scores": [s.model_dump(mode="json") for s in scores],
+                             "items": [s.model_dump(mode="json") for s in per_item], "seconds": seconds})
     stats.counts["model_score_done"] += 1
-    return scores
+    return scores, per_item, seconds
 
 
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
     from benchmarks import get_benchmark
-    from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score
+    from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score_with_items
     from harness.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
     from leaderboards import CellRecord
 
@@ -201,16 +257,22 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     generations: list[GenerationRecord] = []
     verdicts: dict[str, list[Verdict]] = {}
     judge_ids: list[str] = []
+    item_scores: list[Any] = []
+    costs: dict[str, float | None] = {"merge_seconds": model.merge_seconds, "train_seconds": model.train_seconds}
     if bench.scorer in GENERATION_SCORERS:
         gen_path = generate(exp, workspace, cell, model, items, stats)
+        costs["generate_seconds"] = marker_seconds(gen_path)
         # one record per (item, sample) whatever the file holds: n never exceeds the item count
         generations = dedupe_by_key(read_jsonl(gen_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
                                     source=str(gen_path), allowed=set(by_id))
         if bench.kind == "safety":
+            judge_seconds: list[float | None] = []
             for judge_id, path in judge(exp, workspace, cell, generations, by_id, stats).items():
                 verdicts[judge_id] = dedupe_by_key(read_jsonl(path, Verdict), lambda v: (v.item_id, v.sample_index),
                                                    source=str(path), allowed=set(by_id))
                 judge_ids.append(judge_id)
+                judge_seconds.append(marker_seconds(path))
+            costs["judge_seconds"] = None if None in judge_seconds else sum(s for s in judge_seconds if s is not None)
         primary = verdicts[judge_ids[0]] if judge_ids else None
         if bench.scorer == "over_refusal":  # refused-or-not is the refusal judge's call, not a content judge's
             refusal_ids = [j for j in judge_ids if j.startswith("refusal/")]
@@ -218,10 +280,16 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                 raise ConfigError(f"benchmark {bench.name!r} measures over-refusal: add the refusal judge to "
                                   f"`judges` (have: {', '.join(judge_ids) or 'none'})")
             primary = verdicts[refusal_ids[0]]
-        scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution,
-                       sandbox_options={"isolation": exp.sandbox})
+        started = time.perf_counter()
+        scores, item_scores = score_with_items(bench.name, generations, primary, by_id,
+                                               allow_code_execution=exp.allow_code_execution,
+                                               sandbox_options={"isolation": exp.sandbox})
+        costs["score_seconds"] = time.perf_counter() - started
+        costs["tokens_generated"] = (sum(g.num_tokens for g in generations)
+                                     if generations and all(g.num_tokens is not None for g in generations) else None)
     elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
-        scores = model_scores(workspace, cell, model, items, stats, allow_pickle=exp.allow_pickle)
+        scores, item_scores, costs["score_seconds"] = model_scores(workspace, cell, model, items, stats,
+                                                                   allow_pickle=exp.allow_pickle)
     else:
         raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
     primary_judge = _judge(exp.judges[0], exp.judge_options.get(exp.judges[0], {})) if judge_ids else None
@@ -234,6 +302,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
         judge_id=primary_judge.id if primary_judge else None,
         judge_hash=primary_judge.hash if primary_judge else None,
         primary_metric="over_refusal" if bench.scorer == "over_refusal" else None,
+        **costs,
     )
     crash_point("store")
-    store.write_cell(run_id, record, generations, verdicts, scores, items=items)
+    store.write_cell(run_id, record, generations, verdicts, scores, item_scores=item_scores, items=items)
