@@ -1,4 +1,5 @@
-"""Small statistics used by the leaderboard and compare: Wilson CI, paired bootstrap, McNemar, Holm."""
+"""Small statistics used by the leaderboard and compare: Wilson CI, paired bootstrap (CI and test),
+Wilcoxon signed-rank, McNemar, Holm."""
 
 from __future__ import annotations
 
@@ -43,6 +44,39 @@ def paired_bootstrap_ci(
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return (float(diff.mean()), float(low), float(high))
+
+
+def paired_bootstrap_pvalue(
+    baseline: Sequence[float] | np.ndarray,
+    candidate: Sequence[float] | np.ndarray,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> float:
+    """Two-sided p-value of "mean(candidate − baseline) = 0" by the paired bootstrap: the differences
+    are shifted to mean 0 (the null) and resampled; p = share of resampled means at least as far
+    from 0 as the observed one (with the +1 correction, so never exactly 0)."""
+    diff = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
+    if diff.size == 0:
+        return 1.0
+    observed = abs(float(diff.mean()))
+    centred = diff - diff.mean()
+    if observed == 0.0 or not centred.any():
+        return 1.0 if observed == 0.0 else 0.0
+    rng = np.random.default_rng(seed)
+    means = centred[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    return float((1 + np.sum(np.abs(means) >= observed - 1e-15)) / (resamples + 1))
+
+
+def wilcoxon_signed_rank(baseline: Sequence[float] | np.ndarray, candidate: Sequence[float] | np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of the paired differences (zero differences dropped;
+    exact for small samples, as scipy chooses); 1.0 when every pair is tied."""
+    diff = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
+    if not np.any(diff != 0):
+        return 1.0
+    from scipy.stats import wilcoxon
+
+    return float(wilcoxon(diff, zero_method="wilcox", alternative="two-sided").pvalue)
 
 
 def mcnemar(b: int, c: int, *, method: str = "auto") -> tuple[float, str]:

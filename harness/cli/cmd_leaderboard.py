@@ -45,23 +45,29 @@ def leaderboard_command(store_path: str, out_dir: str, run_id: str | None, forma
 @click.option("--store", "store_path", default=None, metavar="FILE|URL",
               help="Store holding BASELINE/CANDIDATE when they are run ids (else each is FILE or FILE@RUN).")
 @click.option("--alpha", default=0.05, show_default=True, type=float, help="Significance level after Holm correction.")
-@click.option("--metric", "metrics", multiple=True, help="Track only this metric (repeatable): harmfulness, exact_match, ...")
+@click.option("--metric", "metrics", multiple=True,
+              help="Track only this metric (repeatable): harmfulness, gsm8k_flexible, gsm8k_strict, pass@1, acc, nll, ...")
 @click.option("--judge", default=None, help="Judge whose harmful/harmless verdicts define harmfulness.")
 @click.option("--by", default="benchmark", show_default=True, metavar="benchmark[,method][,finetuned]",
               help="How items are grouped into tests.")
 @click.option("--test", "test", type=click.Choice(["auto", "exact", "chi2"]), default="auto", show_default=True,
-              help="McNemar variant (auto: exact below 25 discordant pairs).")
+              help="McNemar variant for 0/1 metrics (auto: exact below 25 discordant pairs).")
+@click.option("--continuous", type=click.Choice(["wilcoxon", "bootstrap"]), default="wilcoxon", show_default=True,
+              help="Paired test for continuous per-item metrics (e.g. nll, pass@k from several samples).")
 @click.option("--resamples", default=2000, show_default=True, type=int, help="Paired bootstrap resamples.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
 @click.option("--show-flips", default=20, show_default=True, type=int, help="How many flipped items to print.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the full report as JSON.")
 def compare_command(baseline: str, candidate: str, store_path: str | None, alpha: float, metrics: tuple[str, ...],
-                    judge: str | None, by: str, test: str, resamples: int, seed: int, show_flips: int,
-                    json_out: str | None) -> None:
+                    judge: str | None, by: str, test: str, continuous: str, resamples: int, seed: int,
+                    show_flips: int, json_out: str | None) -> None:
     """Compare CANDIDATE with BASELINE item by item; exit 1 if the candidate is significantly worse.
 
     BASELINE and CANDIDATE are each a store file (its latest run), FILE@RUN, or a run id with --store.
-    Harmfulness going up or a utility metric going down with a Holm-corrected McNemar p below
+    Items pair by method, method parameters, fine-tuned model, benchmark, item and sample. Metrics:
+    harmfulness (judge verdicts) and every per-item utility score (GSM8K, pass@k, acc, nll); each
+    one's direction comes from its scorer. Tests: McNemar for 0/1 outcomes, Wilcoxon signed-rank
+    (or a paired bootstrap) for continuous ones. A metric getting worse with a Holm-corrected p below
     --alpha is a regression (exit 1); otherwise exit 0. Usable as a CI gate.
     """
     from rich.console import Console
@@ -72,7 +78,7 @@ def compare_command(baseline: str, candidate: str, store_path: str | None, alpha
 
     report = compare_runs(baseline, candidate, store=store_path, alpha=alpha, metrics=list(metrics) or None,
                           judge=judge, by=[b.strip() for b in by.split(",") if b.strip()], resamples=resamples,
-                          seed=seed, test=test)
+                          seed=seed, test=test, continuous=continuous)
     console = Console(width=160)
     console.print(f"baseline:  {report.baseline}\ncandidate: {report.candidate}\njudge: {report.judge or '—'}")
     table = Table(title=f"paired comparison (alpha {alpha}, Holm-corrected)")

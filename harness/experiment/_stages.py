@@ -258,7 +258,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     verdicts: dict[str, list[Verdict]] = {}
     judge_ids: list[str] = []
     item_scores: list[Any] = []
-    costs: dict[str, float | None] = {"merge_seconds": model.merge_seconds, "train_seconds": model.train_seconds}
+    costs: dict[str, Any] = {"merge_seconds": model.merge_seconds, "train_seconds": model.train_seconds}
     if bench.scorer in GENERATION_SCORERS:
         gen_path = generate(exp, workspace, cell, model, items, stats)
         costs["generate_seconds"] = marker_seconds(gen_path)
@@ -285,7 +285,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                                                allow_code_execution=exp.allow_code_execution,
                                                sandbox_options={"isolation": exp.sandbox})
         costs["score_seconds"] = time.perf_counter() - started
-        costs["tokens_generated"] = (sum(g.num_tokens for g in generations)
+        costs["tokens_generated"] = (sum(g.num_tokens or 0 for g in generations)
                                      if generations and all(g.num_tokens is not None for g in generations) else None)
     elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
         scores, item_scores, costs["score_seconds"] = model_scores(workspace, cell, model, items, stats,

@@ -207,3 +207,53 @@ def test_a_source_naming_an_unknown_split_is_refused(tmp_path) -> None:
     spec.write_text("name: x\nkind: utility\nsources:\n  - {path: a.json, split: nope}\n")
     with pytest.raises(ConfigError, match=r"(?s)x\.yaml.*sources\.0\.split.*unknown split 'nope'"):
         load_spec(spec)
+
+
+def test_per_item_scores_add_up_to_the_aggregates(tiny_llama_factory) -> None:
+    """Every scorer's per-item scores are the items behind its aggregate (what `realign compare` pairs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from benchmarks.scoring import (
+        answer_nll_items,
+        loglik_accuracy_items,
+        pass_at_k_item_scores,
+        score_with_items,
+        score_with_model_items,
+    )
+
+    items = {i.id: i for i in get_benchmark("gsm8k").load(limit=6)}
+    gens = [GenerationRecord(item_id=i.id, benchmark="gsm8k", prompt_text="p", prompt_hash="h", model_hash="m",
+                             completion=f"so\n#### {i.reference}" if n % 3 else "the answer is 7", gen_config_hash="g",
+                             backend="dummy") for n, i in enumerate(items.values())]
+    scores, per_item = score_with_items("gsm8k", gens, None, items)
+    for metric in ("gsm8k_strict", "gsm8k_flexible"):
+        rows = [s for s in per_item if s.metric == metric]
+        overall = next(s for s in scores if s.metric == metric and not s.subset)
+        assert len(rows) == 6 and {r.value for r in rows} <= {0.0, 1.0}
+        assert sum(r.value for r in rows) / 6 == pytest.approx(overall.value)
+    strict = {r.item_id: r.value for r in per_item if r.metric == "gsm8k_strict"}
+    assert [strict[i] for i in items] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    assert score_with_items("catqa", [], [_verdict("x", "harmful")], {})[1] == []  # verdicts are the items there
+
+    results = {"a": [True, False, False, True], "b": [False] * 4, "c": [True] * 4}
+    passk = pass_at_k_item_scores(results, ks=(1, 2))
+    assert {(s.item_id, s.metric): s.value for s in passk}[("a", "pass@1")] == pytest.approx(0.5)
+    for k in (1, 2):
+        mean = np.mean([s.value for s in passk if s.metric == f"pass@{k}"])
+        assert mean == pytest.approx(pass_at_k_scores(results, ks=(k,))[0].value)
+
+    path = tiny_llama_factory()
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    xcopa = get_benchmark("xcopa_zh").load(limit=6)
+    acc, acc_items = loglik_accuracy_items((model, tok), xcopa, batch_size=3)
+    assert [s.item_id for s in acc_items] == [i.id for i in xcopa]
+    assert sum(s.value for s in acc_items) == pytest.approx(acc.value * 6)
+    nll_set = get_benchmark("task_nll").load(categories=["code"], limit=3)
+    nll, nll_items = answer_nll_items((model, tok), nll_set)  # the default max_length, as the runner
+    assert len(nll_items) == 3 and all(s.value > 0 and s.metric == "nll" for s in nll_items)
+    assert min(s.value for s in nll_items) <= nll.value <= max(s.value for s in nll_items)  # token-weighted mean
+    alone, alone_items = answer_nll_items((model, tok), nll_set[:1])
+    assert alone_items[0].value == pytest.approx(alone.value)  # one item: the item is the aggregate
+    model_scores, model_items = score_with_model_items("task_nll", path, nll_set)
+    assert model_scores[0].value == pytest.approx(nll.value, rel=1e-5)
+    assert [s.value for s in model_items] == pytest.approx([s.value for s in nll_items], rel=1e-5)
