@@ -5,7 +5,13 @@
 JSON and a static HTML site; ``compare_runs`` pairs two runs item by item and flags regressions.
 """
 
-from leaderboards._aggregate import Leaderboard, build_leaderboard, safety_recovered, utility_ratio
+from leaderboards._aggregate import (
+    Leaderboard,
+    build_leaderboard,
+    safety_recovered,
+    utility_ratio,
+    utility_retained,
+)
 from leaderboards._compare import CompareReport, GroupResult, RunRef, compare_runs, resolve_run_ref
 from leaderboards._render import FORMATS, render_leaderboard
 from leaderboards._schema import SCHEMA_VERSION
@@ -33,5 +39,6 @@ __all__ = [
     "resolve_run_ref",
     "safety_recovered",
     "utility_ratio",
+    "utility_retained",
     "wilson_interval",
 ]

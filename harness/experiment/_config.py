@@ -97,6 +97,9 @@ class BenchmarkEntry(_Frozen):
     data_path: str | None = None
     system_prompt: str | None = None
     options: dict[str, Any] = Field(default_factory=dict, description="benchmark-specific options")
+    # not part of a cell's generation identity: it only tells the leaderboard what the numbers are for
+    task: str | None = Field(default=None, description="the fine-tune task this utility benchmark measures (e.g. "
+                             "math): utility retained of a fine-tune with that `task:` is read from it")
 
     @property
     def key(self) -> str:

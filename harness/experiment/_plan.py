@@ -255,12 +255,14 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         for bench in exp.benchmarks:
             if only.get("benchmark") and bench.key != only["benchmark"]:
                 continue
-            bench_spec = bench.model_dump(mode="json", exclude={"label"})
+            bench_spec = bench.model_dump(mode="json", exclude={"label", "task"})
             generation_key = hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen,
                                          "seed": exp.seed}, 32)
             cell_id = hash_value(
                 {"generation": generation_key, "judges": judge_identities,
-                 "method": job.label, "finetuned": job.finetuned, "task": job.task}, 32,
+                 "method": job.label, "finetuned": job.finetuned, "task": job.task,
+                 # only when set, so the ids of cells from before the field existed stay the same
+                 **({"benchmark_task": bench.task} if bench.task else {})}, 32,
             )
             cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=generation_key))
     if not cells:

@@ -224,22 +224,38 @@ def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(t
             "unaligned": {"path": base, "adapter": str(lora_zoo["unaligned"])},
             "finetuned": [{"name": "math", "path": base, "adapter": str(lora_zoo["math"]), "task": "math"}],
         },
-        methods=[{"name": "sft"}, {"name": "safe_lora", "params": {"threshold": 0.95}}, {"name": "resta"}],
+        methods=[{"name": "sft"}, {"name": "aligned"}, {"name": "safe_lora", "params": {"threshold": 0.95}},
+                 {"name": "resta"}],
         benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 3, "seed": 1},
-                    {"name": "task_nll", "label": "nll-code", "categories": ["code"], "limit": 2}],
+                    {"name": "task_nll", "label": "nll", "categories": ["code"], "limit": 2, "task": "math"}],
     )
     result = run_experiment(path, progress=False)
     store = Store(result.store_location)
-    assert len(store.complete_cells()) == 4 * 2  # original, sft, safe_lora, resta
+    assert len(store.complete_cells()) == 5 * 2  # original, sft, aligned, safe_lora, resta
     summary = build_leaderboard(store, result.run_id).summary.set_index("method")
     # the pre-alignment baseline belongs to no fine-tune: recovered/retained are undefined, not 0 or 100
     assert math.isnan(summary.loc["original", "safety_recovered"])
     assert math.isnan(summary.loc["original", "utility_retained"])
-    assert summary.loc["sft", "utility_retained"] == pytest.approx(1.0)
+    # NLL is lower-is-better: retained = (U_aligned − U_method) / (U_aligned − U_ft), on the benchmark
+    # whose `task:` is the fine-tune's (math); undefined when fine-tuning did not lower the NLL
+    u_al, u_ft = summary.loc["aligned", "U:nll"], summary.loc["sft", "U:nll"]
+    for method in ("sft", "aligned", "resta"):
+        expected = (u_al - summary.loc[method, "U:nll"]) / (u_al - u_ft) if u_al > u_ft else math.nan
+        assert summary.loc[method, "utility_retained"] == pytest.approx(expected, nan_ok=True)
     scores = store.scores_frame(result.run_id)
     nll = scores[scores["metric"] == "nll"]
-    assert len(nll) == 4 and (nll["value"] > 0).all() and not nll["higher_is_better"].any()
-    assert nll["value"].nunique() == 4  # four different models
+    assert len(nll) == 5 and (nll["value"] > 0).all() and not nll["higher_is_better"].any()
+    assert nll["value"].nunique() == 5  # five different models
+    # per-item NLL is stored for compare, and each cell's costs
+    per_item = store.item_scores_frame(result.run_id)
+    assert len(per_item[per_item["metric"] == "nll"]) == 5 * 2 and (per_item["value"] > 0).all()
+    cells = store.cells(result.run_id).set_index(["method", "benchmark"])
+    assert (cells.loc[[("safe_lora", "catqa"), ("resta", "catqa")], "merge_seconds"] > 0).all()
+    assert cells.loc[("sft", "catqa"), "merge_seconds"] == 0.0
+    assert (cells.xs("catqa", level="benchmark")[["generate_seconds", "judge_seconds"]] > 0).all().all()
+    assert (cells.xs("catqa", level="benchmark")["tokens_generated"] > 0).all()
+    assert (cells.xs("task_nll", level="benchmark")["score_seconds"] > 0).all()
+    assert cells.xs("task_nll", level="benchmark")["generate_seconds"].isna().all()  # it generates nothing
     provenance = [json.loads(p.read_text()) for p in (tmp_path / "out" / "checkpoints").glob("*/realign_merge.json")]
     safe_lora = [p for p in provenance if p["method"] == "safe_lora"]
     assert len(safe_lora) == 1 and safe_lora[0]["params"]["aligned_adapter"] == str(lora_zoo["aligned"])

@@ -23,6 +23,7 @@ METHODS = {  # method label -> (canonical method, params)
     "ta[l=0.3]": ("task_arithmetic", {"lam": 0.3}),
 }
 FINETUNED = {"ft-code": "code", "ft-math": "math"}
+BENCHMARK_TASK = {"gsm8k": "math", "humaneval": "code"}  # the `task:` of each utility benchmark entry
 SAFETY = ("catqa", "harmfulqa")
 CATEGORIES = ("illegal", "malware", "physical_harm", "privacy")
 JUDGE = "offline-minilm@1"
@@ -77,7 +78,8 @@ def _cell(label: str, finetuned: str, benchmark: str, kind: str, salt: str) -> C
         cell_id=cell_id(label, finetuned, benchmark, salt), method=method, method_label=label, params=params,
         finetuned=finetuned, task=FINETUNED[finetuned], checkpoint_hash=hash_value([label, finetuned], 32),
         benchmark=benchmark, benchmark_kind=kind,  # type: ignore[arg-type]
-        benchmark_options={"limit": N_ITEMS}, backend="dummy", gen_config_hash="gen0",
+        benchmark_options={"limit": N_ITEMS, **({"task": BENCHMARK_TASK[benchmark]} if benchmark in BENCHMARK_TASK else {})},
+        backend="dummy", gen_config_hash="gen0",
         judge_id=JUDGE if kind == "safety" else None, judge_hash="jh0" if kind == "safety" else None,
         chat_template_hash="tmpl0", primary_metric="exact_match" if benchmark == "gsm8k" else None,
     )

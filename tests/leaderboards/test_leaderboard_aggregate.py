@@ -66,10 +66,12 @@ def test_summary_matches_hand_computed(synthetic_store: tuple[Path, str]) -> Non
             k = harmful_count(method, ft, "catqa")
             assert (row["H:catqa"], row["H:catqa:low"], row["H:catqa:high"]) == pytest.approx(
                 (k / N_ITEMS, *wilson_interval(k, N_ITEMS)))
-    # ft-code, resta: gsm8k 25/40 vs sft 28/40; humaneval 0.36 vs 0.40
+    # ft-code, resta: gsm8k 25/40 vs sft 28/40; humaneval 0.36 vs 0.40. Utility retained is on the
+    # fine-tune's own task only: humaneval (code) for ft-code, gsm8k (math) for ft-math.
     row = s.loc[("ft-code", "resta[g=0.5]")]
     assert row["U:gsm8k"] == pytest.approx(25 / 40)
-    assert row["utility_retained"] == pytest.approx(((25 / 28) + PASS_AT_1["resta[g=0.5]"] / PASS_AT_1["sft"]) / 2)
+    assert row["utility_retained"] == pytest.approx(PASS_AT_1["resta[g=0.5]"] / PASS_AT_1["sft"])
+    assert s.loc[("ft-math", "resta[g=0.5]"), "utility_retained"] == pytest.approx(27 / 30)
     assert s.loc[("ft-code", "sft"), "safety_recovered"] == 0 and s.loc[("ft-math", "aligned"), "safety_recovered"] == 1
     # rows in a stable order: per fine-tuned model, reference rows first
     assert list(board.summary["method_label"][:3]) == ["aligned", "sft", "resta[g=0.5]"]
@@ -209,3 +211,47 @@ def test_schema_compiles_for_postgres() -> None:
     stmt = insert(_schema.verdicts).on_conflict_do_update(
         index_elements=["cell_id", "item_id", "sample_index", "judge_id"], set_={"label": "harmful"})
     assert "ON CONFLICT (cell_id, item_id, sample_index, judge_id) DO UPDATE" in str(stmt.compile(dialect=postgresql.dialect()))
+
+
+def _nll_run(path: Path, nll: dict[tuple[str, str, str], float], tasks: dict[str, str | None]) -> Store:
+    """Cells of task_nll per (method, fine-tune, category) with a given NLL (lower is better)."""
+    from harness.hashing import hash_value
+    from harness.records import Score
+    from leaderboards import CellRecord, collect_provenance
+
+    store = Store(path)
+    run_id = store.begin_run("nll", {}, collect_provenance(device="cpu (synthetic)"))
+    for (method, ft, cat), value in nll.items():
+        store.write_cell(run_id, CellRecord(
+            cell_id=hash_value([method, ft, cat], 32), method=method, finetuned=ft, task=tasks[ft],
+            benchmark="task_nll", benchmark_label=f"nll-{cat}", benchmark_kind="utility",
+            benchmark_options={"name": "task_nll", "categories": [cat], "task": None}),
+            scores=[Score(benchmark="task_nll", metric="nll", value=value, n=10, higher_is_better=False)])
+    store.finish_run(run_id, "done")
+    return store
+
+
+def test_utility_retained_is_the_fine_tunes_own_task_and_the_share_of_its_gain(tmp_path: Path) -> None:
+    """The math fine-tune's utility is its math NLL only: the aligned model keeps 0% of the gain (not
+    the 86% a mean of NLL ratios over every task gave), a method halfway back keeps 50%."""
+    from leaderboards import utility_retained
+
+    nll = {("aligned", "math", "math"): 2.0, ("sft", "math", "math"): 1.0, ("resta", "math", "math"): 1.5,
+           ("aligned", "math", "code"): 1.0, ("sft", "math", "code"): 1.2, ("resta", "math", "code"): 1.1,
+           ("aligned", "plain", "math"): 2.0, ("sft", "plain", "math"): 1.0, ("resta", "plain", "math"): 1.5,
+           ("aligned", "plain", "code"): 1.0, ("sft", "plain", "code"): 1.2, ("resta", "plain", "code"): 1.1,
+           ("aligned", "chat", "math"): 2.0, ("sft", "chat", "math"): 1.0}
+    board = build_leaderboard(_nll_run(tmp_path / "s.sqlite", nll, {"math": "math", "plain": None, "chat": "chinese"}))
+    s = board.summary.set_index(["finetuned", "method"])["utility_retained"]
+    assert s[("math", "aligned")] == pytest.approx(0.0)
+    assert s[("math", "sft")] == pytest.approx(1.0)
+    assert s[("math", "resta")] == pytest.approx(0.5)  # (2.0 − 1.5) / (2.0 − 1.0)
+    # no task: every utility benchmark, with a note; code NLL got worse in fine-tuning (no gain): undefined
+    assert math.isnan(s[("plain", "resta")])
+    assert any("plain: no `task:`" in n for n in board.notes)
+    # a task no benchmark measures: no number, and the note says how to declare one
+    assert math.isnan(s[("chat", "sft")])
+    assert any("chat: no utility benchmark measures its task 'chinese' (set `task: chinese`" in n for n in board.notes)
+    assert utility_retained(0.6, 0.8, 0.3) == pytest.approx(0.75)  # accuracy: the ratio U_method / U_ft
+    assert utility_retained(1.5, 1.0, 2.0, higher_is_better=False) == pytest.approx(0.5)
+    assert math.isnan(utility_retained(1.5, 1.0, math.nan, higher_is_better=False))
