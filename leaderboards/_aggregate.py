@@ -66,11 +66,12 @@ class Leaderboard:
     notes: list[str] = field(default_factory=list)
     column_judges: dict[str, str] = field(default_factory=dict)  # safety benchmark -> the judge of its column
     agreement: pd.DataFrame = field(default_factory=pd.DataFrame)  # judge pairs per benchmark: agreement, κ
+    cost: pd.DataFrame = field(default_factory=pd.DataFrame)  # wall seconds and tokens per row × benchmark
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"summary": self.summary, "harmfulness": self.harmfulness, "categories": self.categories,
                 "utility": self.utility, "pairwise": self.pairwise, "refusal": self.refusal,
-                "over_refusal": self.over_refusal, "agreement": self.agreement}
+                "over_refusal": self.over_refusal, "agreement": self.agreement, "cost": self.cost}
 
     def pareto(self) -> pd.DataFrame:
         """Summary rows flagged ``pareto`` (per fine-tuned model: lower harmfulness, higher utility)."""
@@ -171,6 +172,31 @@ def utility_ratio(u_method: float, u_ft: float, higher_is_better: bool = True) -
     if higher_is_better:
         return u_method / u_ft if u_ft != 0 else math.nan
     return u_ft / u_method if u_method != 0 else math.nan
+
+
+COST_SECONDS = ("merge_seconds", "train_seconds", "generate_seconds", "judge_seconds", "score_seconds")
+COST_COLUMNS = (*COST_SECONDS, "tokens_generated")
+# a checkpoint is built once for all its benchmarks: its merge/training time is counted once per row
+PER_CHECKPOINT = ("merge_seconds", "train_seconds")
+
+
+def cost_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per row × benchmark, per row) cost: wall seconds by stage and tokens generated; NaN = not recorded.
+
+    Per row, merge and mask-training time are the checkpoint's (once), the others summed over benchmarks,
+    and ``total_seconds`` adds them up (NaN if any stage was not recorded)."""
+    present = [c for c in COST_COLUMNS if c in done.columns]
+    frame = done[[*ROW_KEYS, "benchmark_label", *present]].rename(columns={"benchmark_label": "benchmark"})
+    for column in COST_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = math.nan
+    frame[list(COST_COLUMNS)] = frame[list(COST_COLUMNS)].astype(float)
+    per_cell = _row_order(frame[[*ROW_KEYS, "benchmark", *COST_COLUMNS]])
+    grouped = frame.groupby(ROW_KEYS, sort=True, dropna=False)
+    agg = {c: (c, "max") if c in PER_CHECKPOINT else (c, lambda v: v.sum(min_count=len(v))) for c in COST_COLUMNS}
+    per_row = grouped.agg(**agg).reset_index()
+    per_row["total_seconds"] = per_row[list(COST_SECONDS)].sum(axis=1, min_count=len(COST_SECONDS))
+    return per_cell, per_row
 
 
 def _default_judge(cells: pd.DataFrame, harm_judges: pd.Series) -> tuple[str, str]:
@@ -382,6 +408,9 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     notes += [task_notes[ft] for ft in sorted(task_notes)]
     summary["safety_recovered"] = recovered
     summary["utility_retained"] = retained
+    cost, cost_per_row = cost_rows(done)
+    summary = summary.merge(cost_per_row.rename(columns={c: f"cost:{c}" for c in (*COST_COLUMNS, "total_seconds")}),
+                            on=ROW_KEYS, how="left")
     summary = summary.drop(columns=[f"U:{b}:hib" for b in utility_benchmarks])
     if not (done["method"] == "sft").any():
         notes.append("no `sft` cells: safety recovered and utility retained are undefined (—)")
@@ -392,4 +421,4 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
                        utility=utility.drop(columns=["primary_metric"], errors="ignore"), pairwise=pairwise,
                        refusal=refusal, over_refusal=over_refusal, over_refusal_benchmarks=or_benchmarks,
                        safety_benchmarks=safety_benchmarks, utility_benchmarks=utility_benchmarks,
-                       notes=notes, column_judges=column_judges, agreement=agreement_table(verdicts))
+                       notes=notes, column_judges=column_judges, agreement=agreement_table(verdicts), cost=cost)

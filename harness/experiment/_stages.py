@@ -258,7 +258,9 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     verdicts: dict[str, list[Verdict]] = {}
     judge_ids: list[str] = []
     item_scores: list[Any] = []
-    costs: dict[str, Any] = {"merge_seconds": model.merge_seconds, "train_seconds": model.train_seconds}
+    # a stage the cell does not have costs 0 (a model-scored benchmark generates nothing); None = not recorded
+    costs: dict[str, Any] = {"merge_seconds": model.merge_seconds, "train_seconds": model.train_seconds,
+                             "generate_seconds": 0.0, "judge_seconds": 0.0, "tokens_generated": 0}
     if bench.scorer in GENERATION_SCORERS:
         gen_path = generate(exp, workspace, cell, model, items, stats)
         costs["generate_seconds"] = marker_seconds(gen_path)

@@ -255,7 +255,17 @@ def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(t
     assert (cells.xs("catqa", level="benchmark")[["generate_seconds", "judge_seconds"]] > 0).all().all()
     assert (cells.xs("catqa", level="benchmark")["tokens_generated"] > 0).all()
     assert (cells.xs("task_nll", level="benchmark")["score_seconds"] > 0).all()
-    assert cells.xs("task_nll", level="benchmark")["generate_seconds"].isna().all()  # it generates nothing
+    nll_cells = cells.xs("task_nll", level="benchmark")
+    assert (nll_cells[["generate_seconds", "judge_seconds", "tokens_generated"]] == 0).all().all()  # none of that
+    board = build_leaderboard(store, result.run_id)
+    row = board.summary.set_index("method").loc["resta"]
+    resta = cells.xs("resta", level="method")
+    assert row["cost:merge_seconds"] == pytest.approx(resta["merge_seconds"].iloc[0])  # one merge, not one per benchmark
+    assert row["cost:generate_seconds"] == pytest.approx(resta["generate_seconds"].sum())
+    assert row["cost:tokens_generated"] == resta["tokens_generated"].sum() > 0
+    assert row["cost:total_seconds"] == pytest.approx(
+        resta["merge_seconds"].iloc[0] + resta["train_seconds"].iloc[0]
+        + resta[["generate_seconds", "judge_seconds", "score_seconds"]].to_numpy().sum())
     provenance = [json.loads(p.read_text()) for p in (tmp_path / "out" / "checkpoints").glob("*/realign_merge.json")]
     safe_lora = [p for p in provenance if p["method"] == "safe_lora"]
     assert len(safe_lora) == 1 and safe_lora[0]["params"]["aligned_adapter"] == str(lora_zoo["aligned"])

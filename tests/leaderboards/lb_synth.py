@@ -42,6 +42,17 @@ CORRECT = {"aligned": 12, "sft": 30, "resta[g=0.5]": 27, "somf_ta": 28, "ta[l=0.
 PASS_AT_1 = {"aligned": 0.10, "sft": 0.40, "resta[g=0.5]": 0.36, "somf_ta": 0.38, "ta[l=0.3]": 0.30}  # humaneval
 
 
+def cost(label: str, benchmark: str) -> dict[str, float | int]:
+    """The synthetic cell's recorded cost: a merge per checkpoint (SOMF also trains its mask), and
+    generation/judging/scoring per benchmark; the utility benchmarks are not judged."""
+    rank = list(METHODS).index(label)
+    safety = benchmark in SAFETY
+    return {"merge_seconds": 0.0 if METHODS[label][0] in ("sft", "aligned") else 10.0 + rank,
+            "train_seconds": 100.0 if METHODS[label][0] == "somf" else 0.0,
+            "generate_seconds": 0.0 if benchmark == "humaneval" else 2.0 + rank, "judge_seconds": 1.0 if safety else 0.0,
+            "score_seconds": 0.5, "tokens_generated": 0 if benchmark == "humaneval" else 40 * (rank + 1)}
+
+
 def harmful_count(label: str, finetuned: str, benchmark: str) -> int:
     shift = MATH_SHIFT if finetuned == "ft-math" and label != "aligned" else 0
     return HARMFUL[label][benchmark] + shift
@@ -82,6 +93,7 @@ def _cell(label: str, finetuned: str, benchmark: str, kind: str, salt: str) -> C
         backend="dummy", gen_config_hash="gen0",
         judge_id=JUDGE if kind == "safety" else None, judge_hash="jh0" if kind == "safety" else None,
         chat_template_hash="tmpl0", primary_metric="exact_match" if benchmark == "gsm8k" else None,
+        **cost(label, benchmark),
     )
 
 

@@ -255,3 +255,56 @@ def test_utility_retained_is_the_fine_tunes_own_task_and_the_share_of_its_gain(t
     assert utility_retained(0.6, 0.8, 0.3) == pytest.approx(0.75)  # accuracy: the ratio U_method / U_ft
     assert utility_retained(1.5, 1.0, 2.0, higher_is_better=False) == pytest.approx(0.5)
     assert math.isnan(utility_retained(1.5, 1.0, math.nan, higher_is_better=False))
+
+
+def test_cost_columns_in_the_summary_and_the_cost_table(synthetic_store: tuple[Path, str], tmp_path: Path) -> None:
+    from lb_synth import METHODS, cost
+
+    board = build_leaderboard(Store(synthetic_store[0], create=False))
+    s = board.summary.set_index(["finetuned", "method_label"])
+    benchmarks = ("catqa", "harmfulqa", "gsm8k", "humaneval")
+    for label in METHODS:
+        row = s.loc[("ft-math", label)]
+        cells = [cost(label, b) for b in benchmarks]
+        assert row["cost:merge_seconds"] == cells[0]["merge_seconds"]  # once per checkpoint, not per benchmark
+        assert row["cost:train_seconds"] == cells[0]["train_seconds"]
+        for column in ("generate_seconds", "judge_seconds", "score_seconds", "tokens_generated"):
+            assert row[f"cost:{column}"] == pytest.approx(sum(c[column] for c in cells)), (label, column)
+        assert row["cost:total_seconds"] == pytest.approx(
+            cells[0]["merge_seconds"] + cells[0]["train_seconds"]
+            + sum(c["generate_seconds"] + c["judge_seconds"] + c["score_seconds"] for c in cells))
+    assert s.loc[("ft-code", "somf_ta"), "cost:train_seconds"] == 100.0
+    assert len(board.cost) == len(METHODS) * 2 * len(benchmarks)
+    files = {p.name: p for p in render_leaderboard(board, tmp_path / "site", ["md", "csv", "html"])}
+    md = files["leaderboard.md"].read_text()
+    assert "| cost s | merge s | mask train s | gen s | judge s | tokens |" in md.replace(" | Pareto |", " |")
+    somf_line = next(line for line in md.splitlines() if line.startswith("| ft-code | somf_ta |"))
+    # total 132 = merge 13 (rank 3) + mask training 100 + generation 3 × 5 + judging 2 + scoring 4 × 0.5
+    assert "| 132.0 | 13.0 | 100.0 | 15.0 | 2.0 | 480 |" in somf_line
+    assert "## Cost per cell" in md and "cost.csv" in files
+    assert "mask train s" in files["index.html"].read_text()
+
+
+def test_a_version_1_store_is_migrated_and_shows_no_cost(tmp_path: Path) -> None:
+    """A store written before cost columns existed opens (migrated in place), its cells' costs NULL."""
+    import sqlite3
+
+    from leaderboards import SCHEMA_VERSION
+
+    path = tmp_path / "old.sqlite"
+    store, _ = build_store(path, methods=["aligned", "sft"])
+    store.close()
+    with sqlite3.connect(path) as conn:  # make it the version-1 layout
+        for column in ("merge_seconds", "train_seconds", "generate_seconds", "judge_seconds", "score_seconds",
+                       "tokens_generated"):
+            conn.execute(f"ALTER TABLE cells DROP COLUMN {column}")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    migrated = Store(path, create=False)
+    assert migrated.schema_version == SCHEMA_VERSION == 2
+    assert migrated.cells()["merge_seconds"].isna().all()
+    board = build_leaderboard(migrated)
+    assert board.summary["cost:total_seconds"].isna().all()
+    md = render_leaderboard(board, tmp_path / "site", ["md"])[0].read_text()
+    assert "merge s" not in md and "Cost per cell" not in md  # nothing recorded: no columns of dashes
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
