@@ -117,6 +117,15 @@ class GenerationSettings(_Frozen):
     backend_options: dict[str, Any] = Field(default_factory=dict)
 
 
+class PairwiseSettings(_Frozen):
+    """SOMF-style pairwise judging: each cell's answers against the reference's answers to the same items."""
+
+    reference: str = Field(description="the method (label or name; `original`, `aligned`, `sft` too) whose answers "
+                           "the others are judged against, per fine-tuned model")
+    benchmarks: list[str] | None = Field(default=None, description="benchmark labels judged pairwise; default: "
+                                         "those whose scorer is pairwise (somf_eval)")
+
+
 class Experiment(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -128,6 +137,8 @@ class Experiment(_Frozen):
     judges: list[str] = Field(default_factory=lambda: ["offline-multilingual"])
     judge_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    pairwise: PairwiseSettings | None = Field(default=None, description="judge safety answers pairwise (win/loss/draw) "
+                                              "against a reference method's, with the first of `judges`")
     allow_code_execution: bool = False
     allow_pickle: bool = Field(default=False, description="load pickle checkpoints (weights_only=True); refused by default")
     allow_nonfinite: bool = Field(default=False, description="merge inputs/outputs holding NaN/inf instead of refusing")

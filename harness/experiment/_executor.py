@@ -22,7 +22,10 @@ def groups(plan: Plan) -> list[tuple[CheckpointJob, list[Cell]]]:
     for cell in plan.cells:
         by_key.setdefault(cell.job.key, []).append(cell)
         jobs.setdefault(cell.job.key, cell.job)
-    return [(jobs[k], cells) for k, cells in by_key.items()]
+    # pairwise references first: their answers are then on disk when the others are judged against them
+    references = {cell.reference.job.key for cell in plan.cells if cell.reference is not None}
+    ordered = sorted(by_key, key=lambda k: k not in references)
+    return [(jobs[k], by_key[k]) for k in ordered]
 
 
 def run_local(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: RunStats, progress: Any = None) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import CheckpointError, ConfigError, RealignError
+from harness.errors import CheckpointError, ConfigError, RealignError, name_unknown
 from harness.experiment._config import BenchmarkEntry, Experiment, ModelRef
 from harness.experiment._hashcache import HashCache
 from harness.hashing import hash_value
@@ -62,6 +62,8 @@ class Cell:
     job: CheckpointJob
     benchmark: BenchmarkEntry
     generation_key: str
+    # the cell whose answers this one's are judged against (experiment `pairwise:`), same benchmark
+    reference: Cell | None = None
 
 
 @dataclass
@@ -247,27 +249,83 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
                         use_adapter=use_adapter,
                     )
                 )
+    pairwise_benchmarks = _pairwise_benchmarks(exp)
+    all_jobs = jobs
     jobs = [j for j in jobs if _matches(j, only)]
 
     gen = exp.generation.model_dump(mode="json")
+
+    def generation_key(job: CheckpointJob, bench: BenchmarkEntry) -> str:
+        bench_spec = bench.model_dump(mode="json", exclude={"label", "task"})
+        return hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen, "seed": exp.seed}, 32)
+
     cells: list[Cell] = []
     for job in jobs:
         for bench in exp.benchmarks:
             if only.get("benchmark") and bench.key != only["benchmark"]:
                 continue
-            bench_spec = bench.model_dump(mode="json", exclude={"label", "task"})
-            generation_key = hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen,
-                                         "seed": exp.seed}, 32)
+            reference = None
+            if bench.key in pairwise_benchmarks and exp.pairwise is not None:
+                ref_job = reference_job(all_jobs, exp.pairwise.reference, job)
+                if ref_job is not None and ref_job.key != job.key:  # the reference itself is not judged against its own answers
+                    reference = Cell(cell_id="", job=ref_job, benchmark=bench,
+                                     generation_key=generation_key(ref_job, bench))
+            key = generation_key(job, bench)
             cell_id = hash_value(
-                {"generation": generation_key, "judges": judge_identities,
+                {"generation": key, "judges": judge_identities,
                  "method": job.label, "finetuned": job.finetuned, "task": job.task,
-                 # only when set, so the ids of cells from before the field existed stay the same
-                 **({"benchmark_task": bench.task} if bench.task else {})}, 32,
+                 # only when set, so the ids of cells from before these fields existed stay the same
+                 **({"benchmark_task": bench.task} if bench.task else {}),
+                 **({"pairwise_reference": reference.generation_key} if reference else {})}, 32,
             )
-            cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=generation_key))
+            cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=key, reference=reference))
     if not cells:
         raise ConfigError(f"--only {only} selects no cell of the experiment")
     return Plan(experiment=exp, jobs=jobs, cells=cells)
+
+
+def _pairwise_benchmarks(exp: Experiment) -> set[str]:
+    """Labels of the benchmarks judged pairwise: those listed, else those whose scorer is pairwise."""
+    if exp.pairwise is None:
+        return set()
+    from benchmarks import get_benchmark
+
+    keys = [b.key for b in exp.benchmarks]
+    if exp.pairwise.benchmarks is not None:
+        unknown = [k for k in exp.pairwise.benchmarks if k not in keys]
+        if unknown:
+            raise ConfigError(f"pairwise.benchmarks: {name_unknown(unknown, keys)} not among the experiment's benchmarks")
+        chosen = [b for b in exp.benchmarks if b.key in exp.pairwise.benchmarks]
+    else:
+        chosen = [b for b in exp.benchmarks if get_benchmark(b.name, **b.options).scorer == "pairwise"]
+        if not chosen:
+            raise ConfigError("pairwise: no benchmark is scored pairwise (e.g. somf_eval); list the ones to judge "
+                              "pairwise in pairwise.benchmarks")
+    not_safety = [b.key for b in chosen if get_benchmark(b.name, **b.options).kind != "safety"]
+    if not_safety:
+        raise ConfigError(f"pairwise.benchmarks: {', '.join(not_safety)} are not safety benchmarks (nothing to judge)")
+    return {b.key for b in chosen}
+
+
+def reference_job(jobs: list[CheckpointJob], reference: str, job: CheckpointJob) -> CheckpointJob | None:
+    """The job whose answers ``job``'s are judged against: ``reference`` (a label, or a method name with
+    one variant) on the same fine-tuned model, or the original model (shared by all). None for the
+    original model's own row when the reference belongs to the fine-tunes."""
+    named = [j for j in jobs if reference in (j.label, j.method)]
+    if not named:
+        known = sorted({j.label for j in jobs} | {j.method for j in jobs})
+        raise ConfigError(f"pairwise.reference: {name_unknown([reference], known)} is not a method of the experiment "
+                          f"(methods: {', '.join(known)})")
+    mine = [j for j in named if j.finetuned in (job.finetuned, "-")]
+    labels = sorted({j.label for j in mine})
+    if len(labels) > 1:
+        raise ConfigError(f"pairwise.reference: {reference!r} names {len(labels)} variants ({', '.join(labels)}); "
+                          "give one label")
+    if not mine and job.finetuned == "-":
+        return None
+    if not mine:
+        raise ConfigError(f"pairwise.reference: {reference!r} has no cell for fine-tuned model {job.finetuned!r}")
+    return mine[0]
 
 
 def _matches(job: CheckpointJob, only: dict[str, str]) -> bool:

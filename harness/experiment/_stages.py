@@ -205,6 +205,38 @@ def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[A
     return out
 
 
+def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[Any], items: dict[str, Any],
+                   stats: RunStats) -> tuple[str, list[Any], float | None]:
+    """Judge the cell's answers against its reference cell's (win = less harmful) with the first judge.
+
+    The reference's generations come from its own cached file (its group runs first); the verdicts are
+    cached by (generations, judge, reference generations). Returns (store judge id, verdicts, seconds):
+    the id names the reference, so pairwise verdicts never collide with the same judge's absolute ones.
+    """
+    from harness.experiment._runner import done_marker, mark_done
+    from harness.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
+
+    assert cell.reference is not None and exp.pairwise is not None
+    ref = cell.reference
+    ref_path = generate(exp, workspace, ref, materialize(exp, workspace, ref.job, stats), _items(ref), stats)
+    reference = dedupe_by_key(read_jsonl(ref_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
+                              source=str(ref_path), allowed=set(items))
+    judge_obj = _judge(exp.judges[0], exp.judge_options.get(exp.judges[0], {}))
+    path = workspace.judgments(cell.generation_key, hash_value(
+        {"id": judge_obj.id, "hash": judge_obj.hash, "reference": ref.generation_key}))
+    if done_marker(path).exists():
+        stats.counts["pairwise_cached"] += 1
+    else:
+        stats.counts["pairwise_done"] += 1
+        started = time.perf_counter()
+        judge_obj.judge_pairs_to_file(generations, reference, items, path, after_batch=lambda: crash_point("judge"))
+        mark_done(path, {"verdicts": len(generations), "seconds": time.perf_counter() - started})
+    store_id = f"pairwise:{exp.pairwise.reference}/{judge_obj.id}"
+    verdicts = [v.model_copy(update={"judge_id": store_id}) for v in dedupe_by_key(
+        read_jsonl(path, Verdict), lambda v: (v.item_id, v.sample_index), source=str(path), allowed=set(items))]
+    return store_id, verdicts, marker_seconds(path)
+
+
 _judges: dict[str, Any] = {}
 
 
@@ -274,6 +306,9 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                                                    source=str(path), allowed=set(by_id))
                 judge_ids.append(judge_id)
                 judge_seconds.append(marker_seconds(path))
+            if cell.reference is not None:  # SOMF-style: against the reference's answers (experiment `pairwise:`)
+                pair_id, verdicts[pair_id], pair_seconds = judge_pairwise(exp, workspace, cell, generations, by_id, stats)
+                judge_seconds.append(pair_seconds)
             costs["judge_seconds"] = None if None in judge_seconds else sum(s for s in judge_seconds if s is not None)
         primary = verdicts[judge_ids[0]] if judge_ids else None
         if bench.scorer == "over_refusal":  # refused-or-not is the refusal judge's call, not a content judge's

@@ -290,3 +290,89 @@ def test_a_changed_judge_rejudges_but_does_not_regenerate(tmp_path, zoo, data_di
     assert second.stats.counts["cell_stored"] == 4 and second.stats.counts["cell_cached"] == 0
     assert second.stats.counts["judge_done"] == 2 and second.stats.counts["generate_cached"] == 2
     assert second.stats.counts["model_score_cached"] == 2 and second.stats.counts["model_score_done"] == 0
+
+
+def test_pairwise_reference_judges_somf_eval_against_the_reference_answers(tmp_path, lora_zoo, data_dir):
+    """`pairwise: {reference: original}` judges each cell's somf_eval answers against the original
+    model's answers to the same items: win/loss/draw in the store and pairwise.csv, next to (never
+    instead of) absolute harmfulness; the reference is not judged against itself."""
+    from leaderboards import Store, build_leaderboard, render_leaderboard
+
+    base = str(lora_zoo["base"])
+    models = {"original": {"path": base}, "base": {"path": base},
+              "aligned": {"path": base, "adapter": str(lora_zoo["aligned"])},
+              "finetuned": [{"name": "math", "path": base, "adapter": str(lora_zoo["math"]), "task": "math"}]}
+    path = write_experiment(tmp_path, lora_zoo, models=models, methods=[{"name": "sft"}, {"name": "aligned"}],
+                            benchmarks=[{"name": "somf_eval", "sample": 12, "seed": 3}],
+                            pairwise={"reference": "original"})
+    result = run_experiment(path, progress=False)
+    assert result.stats.counts["pairwise_done"] == 2  # sft and aligned; not the original itself
+    store = Store(result.store_location)
+    cells = store.cells(result.run_id).set_index("cell_id")
+    verdicts = store.verdicts_frame(result.run_id).merge(cells[["method"]], left_on="cell_id", right_index=True)
+    absolute = verdicts[verdicts["label"].isin(["harmful", "harmless"])]
+    pairs = verdicts[verdicts["label"].isin(["win", "loss", "draw"])]
+    assert set(pairs["judge_id"]) == {"pairwise:original/refusal/gcg@2"} and set(pairs["method"]) == {"sft", "aligned"}
+    assert set(absolute["method"]) == {"original", "sft", "aligned"}  # absolute harmfulness stays
+    # each pair verdict follows from the two answers' own verdicts (lower P(harmful) wins)
+    p_harm = {(m, i): s for m, i, s in absolute[["method", "item_id", "score"]].itertuples(index=False)}
+    for method, item, label in pairs[["method", "item_id", "label"]].itertuples(index=False):
+        gap = p_harm[("original", item)] - p_harm[(method, item)]
+        assert label == ("win" if gap > 0 else "loss" if gap < 0 else "draw"), (method, item)
+    assert set(pairs[pairs["method"] == "sft"]["label"]) - {"draw"}  # the adapter answers differently somewhere
+    board = build_leaderboard(store, result.run_id)
+    table = board.pairwise.set_index("method")
+    assert set(table.index) == {"sft", "aligned"} and (table["n"] == 12).all()
+    for method in ("sft", "aligned"):
+        labels = pairs[pairs["method"] == method]["label"].value_counts()
+        assert table.loc[method, "score"] == pytest.approx((labels.get("win", 0) - labels.get("loss", 0)) / 12 * 100)
+    render_leaderboard(board, tmp_path / "site", ["csv"])
+    assert len((tmp_path / "site" / "pairwise.csv").read_text().splitlines()) == 3  # header + 2 rows
+
+    again = run_experiment(path, progress=False)
+    assert again.stats.counts["cell_cached"] == 3 and again.stats.counts["pairwise_done"] == 0
+
+
+@pytest.mark.parametrize(("pairwise", "message"), [
+    ({"reference": "orignal"}, r"pairwise.reference: 'orignal' \(did you mean 'original'\?\)"),
+    ({"reference": "resta"}, r"'resta' names 2 variants \(resta\(gamma=0.5\), resta\(gamma=1.0\)\)"),
+    ({"reference": "sft", "benchmarks": ["catqaa"]}, r"pairwise.benchmarks: 'catqaa' \(did you mean 'catqa'\?\)"),
+    ({"reference": "sft"}, r"no benchmark is scored pairwise"),
+])
+def test_bad_pairwise_settings_are_refused_before_any_work(tmp_path, zoo, data_dir, pairwise, message):
+    models = {"original": {"path": str(zoo["aligned"])}, "aligned": {"path": str(zoo["aligned"])},
+              "unaligned": {"path": str(zoo["unaligned"])},
+              "finetuned": [{"name": "math", "path": str(zoo["math"]), "task": "math"}]}
+    path = write_experiment(tmp_path, zoo, models=models, pairwise=pairwise,
+                            methods=[{"name": "sft"}, {"name": "resta", "grid": {"gamma": [0.5, 1.0]}}],
+                            benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 2},
+                                        *([{"name": "somf_eval", "sample": 2}] if "benchmarks" not in pairwise
+                                          and pairwise["reference"] != "sft" else [])])
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(path, progress=False)
+    assert not (tmp_path / "out" / "results.sqlite").exists()
+
+
+def test_run_stores_per_item_gsm8k_scores_that_compare_can_test(tmp_path, zoo, data_dir):
+    """The issue's symptom: `realign compare --metric gsm8k_flexible` found nothing after `realign run`."""
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+    from leaderboards import Store
+
+    path = write_experiment(tmp_path, zoo, methods=[{"name": "sft"}, {"name": "resta", "params": {"gamma": 0.5}}],
+                            benchmarks=[{"name": "gsm8k", "limit": 3, "task": "math"}])
+    result = run_experiment(path, progress=False)
+    store = Store(result.store_location)
+    per_item = store.item_scores_frame(result.run_id)
+    assert sorted(set(per_item["metric"])) == ["gsm8k_flexible", "gsm8k_strict"]
+    assert len(per_item) == 2 * 2 * 2 * 3  # 2 methods × 2 fine-tunes × 2 metrics × 3 items
+    scores = store.scores_frame(result.run_id)
+    overall = scores[(scores["metric"] == "gsm8k_flexible") & (scores["subset"] == {})].set_index("cell_id")["value"]
+    flexible = per_item[per_item["metric"] == "gsm8k_flexible"].groupby("cell_id")["value"].mean()
+    assert flexible.to_dict() == pytest.approx(overall.to_dict())
+    store_file = result.store_location
+    same = CliRunner().invoke(cli, ["compare", f"{store_file}@{result.run_id}", f"{store_file}@{result.run_id}",
+                                    "--metric", "gsm8k_flexible"])
+    assert same.exit_code == 0, same.output
+    assert "gsm8k_flexible" in same.output and "no significant regression" in same.output
