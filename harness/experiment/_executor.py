@@ -116,16 +116,21 @@ def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: Ru
         # Methods that train on data (SOMF's masks) first: the longest groups start early and overlap
         # the short ones.
         pending.sort(key=lambda job: not _trains(job.method))
-        refs = {task.remote(exp_json, only or {}, job.key, run_id): job for job in pending}
-        waiting = list(refs)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            job = refs[done[0]]
-            stats.counts.update(Counter(ray.get(done[0])))
-            log.info("checkpoint %s on %s: %d cells done", job.label, job.finetuned, len(cells_of[job.key]))
-            if progress:
-                for _ in cells_of[job.key]:
-                    progress.advance()
+        # Pairwise references form a first wave: the others read their generations, and two workers
+        # must never generate the same reference file at once.
+        references = {c.reference.job.key for c in plan.cells if c.reference is not None}
+        waves = [[j for j in pending if j.key in references], [j for j in pending if j.key not in references]]
+        for wave in (w for w in waves if w):
+            refs = {task.remote(exp_json, only or {}, job.key, run_id): job for job in wave}
+            waiting = list(refs)
+            while waiting:
+                done, waiting = ray.wait(waiting, num_returns=1)
+                job = refs[done[0]]
+                stats.counts.update(Counter(ray.get(done[0])))
+                log.info("checkpoint %s on %s: %d cells done", job.label, job.finetuned, len(cells_of[job.key]))
+                if progress:
+                    for _ in cells_of[job.key]:
+                        progress.advance()
     finally:
         if started_here:
             ray.shutdown()

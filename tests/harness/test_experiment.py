@@ -179,11 +179,16 @@ def test_ray_executor_runs_cells_as_ray_tasks(tmp_path, zoo, data_dir):
     pytest.importorskip("ray")
     from leaderboards import Store
 
-    path = write_experiment(tmp_path, zoo, methods=[{"name": "sft"}, {"name": "resta", "params": {"gamma": 0.5}}])
+    path = write_experiment(tmp_path, zoo, methods=[{"name": "sft"}, {"name": "resta", "params": {"gamma": 0.5}}],
+                            pairwise={"reference": "sft", "benchmarks": ["catqa"]})
     result = run_experiment(path, executor="ray", progress=False)
     assert result.stats.counts["merge_done"] == 2  # counted inside the Ray workers and sent back
+    # the sft groups ran as a first wave: the resta workers found their answers on disk
+    assert result.stats.counts["pairwise_done"] == 2 and result.stats.counts["generate_done"] == 4
     store = Store(result.store_location)
     assert len(store.complete_cells()) == 4
+    pairs = store.verdicts_frame(result.run_id)
+    assert (pairs["judge_id"] == "pairwise:sft/refusal/gcg@2").sum() == 2 * 5
     again = run_experiment(path, progress=False)  # the local executor sees the Ray run's cache
     assert again.stats.counts["cell_cached"] == 4 and again.stats.counts["merge_done"] == 0
 
