@@ -381,3 +381,28 @@ def test_run_stores_per_item_gsm8k_scores_that_compare_can_test(tmp_path, zoo, d
                                     "--metric", "gsm8k_flexible"])
     assert same.exit_code == 0, same.output
     assert "gsm8k_flexible" in same.output and "no significant regression" in same.output
+
+
+def test_somf_mask_training_time_is_recorded_apart_from_the_merge(tmp_path, lora_zoo, data_dir, monkeypatch):
+    """Cost columns: SOMF's mask training is its own column; a data-free merge trains nothing."""
+    from leaderboards import Store
+
+    monkeypatch.setenv("REALIGN_CACHE_DIR", str(tmp_path / "cache"))  # a fresh mask cache: the mask is trained here
+    base = str(lora_zoo["base"])
+    path = write_experiment(
+        tmp_path, lora_zoo,
+        models={"base": {"path": base}, "aligned": {"path": base, "adapter": str(lora_zoo["aligned"])},
+                "unaligned": {"path": base, "adapter": str(lora_zoo["unaligned"])},
+                "finetuned": [{"name": "math", "path": base, "adapter": str(lora_zoo["math"]), "task": "math"}]},
+        methods=[{"name": "somf", "params": {"steps": 1, "max_pairs": 16, "batch_size": 4, "micro_batch_size": 4,
+                                             "max_length": 48, "max_prompt_length": 24}},
+                 {"name": "resta"}],
+        benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 2}])
+    result = run_experiment(path, progress=False)
+    cells = Store(result.store_location).cells(result.run_id).set_index("method")
+    (summary,) = [p for p in (tmp_path / "cache" / "somf").glob("*/somf.json")]
+    import json
+
+    assert cells.loc["somf", "train_seconds"] == pytest.approx(json.loads(summary.read_text())["train_seconds"])
+    assert cells.loc["somf", "train_seconds"] > 0 and cells.loc["somf", "merge_seconds"] > 0
+    assert cells.loc["resta", "train_seconds"] == 0.0 and cells.loc["resta", "merge_seconds"] > 0
