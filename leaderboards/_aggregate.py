@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from harness.hashing import canonical_json
-from leaderboards._judging import agreement_table, corrected_cells, declared_languages
+from leaderboards._judging import agreement_table, corrected_cells, declared_languages, judge_hashes
 from leaderboards._stats import pareto_front, wilson_interval
 from leaderboards._store import Store
 
@@ -190,7 +190,9 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     harm = _row_order(harm[[*keys[:4], "language", "judge_id", "harmful", "n", "rate", "ci_low", "ci_high"]]) if len(harm) else harm
     # -- no number for a language the judge does not declare --------------------------------------
     bench_langs = {str(b): sorted(set(g["language"]) - {"—"}) for b, g in verdicts.groupby("benchmark")}
-    judge_langs = {str(j): declared_languages(str(j), cards) for j in set(harm["judge_id"])} if len(harm) else {}
+    hashes = judge_hashes(verdicts)
+    judge_langs = ({str(j): declared_languages(str(j), cards, hashes.get(str(j))) for j in set(harm["judge_id"])}
+                   if len(harm) else {})
     if len(harm):
         def undeclared(row: pd.Series) -> bool:
             langs = judge_langs.get(str(row["judge_id"]))
@@ -318,7 +320,7 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
             corrected = pd.DataFrame(columns=[*ROW_KEYS, "corrected", "corrected_low", "corrected_high"])
         elif jid is not None:
             corrected = corrected_cells(verdicts[verdicts["benchmark"] == bench], jid, ROW_KEYS,
-                                        bench_langs.get(bench, []), cards)
+                                        bench_langs.get(bench, []), cards, judge_hash=hashes.get(jid))
         else:
             corrected = pd.DataFrame(columns=[*ROW_KEYS, "corrected", "corrected_low", "corrected_high"])
         summary = summary.merge(corrected.rename(columns={
