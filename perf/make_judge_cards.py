@@ -44,6 +44,16 @@ def _jade_dev_jsonl(out: Path) -> Path:
     return out
 
 
+def _xstest_jsonl(out: Path) -> Path:
+    from benchmarks.judges.xstest_validation import load_labelled
+
+    with out.open("w", encoding="utf-8") as fh:
+        for row in load_labelled():
+            fh.write(json.dumps({"prompt": row["prompt"], "response": row["completion"],
+                                 "label": 0 if row["refusal"] else 1, "language": "en"}) + "\n")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--judge", action="append", default=None, help="judge name (default: offline-multilingual, offline, refusal)")
@@ -57,9 +67,13 @@ def main() -> None:
         # in-domain: the organism's own generations, read against tests/data/judge_labels/GUIDE.md
         ("organism-demo", ORGANISM_LABELS, []),
     ]
+    # refusal detection (label 1 = complied): XSTest's full refusals vs full compliances, refusal judge only
+    refusal_sets = [("xstest-refusal", _xstest_jsonl(tmp / "xstest_refusal.jsonl"), ["--positive", "compliance"])]
     for judge in args.judge or ["offline-multilingual", "offline", "refusal"]:
-        for name, path, columns in sets:
+        for name, path, columns in sets + (refusal_sets if judge == "refusal" else []):
             argv = ["judge", "validate", "--judge", judge, "--labels", str(path), "--name", name]
+            if columns[:1] == ["--positive"]:
+                argv, columns = argv + columns, []
             for column in columns:
                 argv += ["--column", column]
             if args.cards:
