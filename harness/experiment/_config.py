@@ -97,6 +97,8 @@ class BenchmarkEntry(_Frozen):
     data_path: str | None = None
     system_prompt: str | None = None
     options: dict[str, Any] = Field(default_factory=dict, description="benchmark-specific options")
+    judge: str | None = Field(default=None, description="primary judge of this benchmark (one of `judges`; "
+                              "default: the first); it must declare the benchmark's languages")
     # not part of a cell's generation identity: it only tells the leaderboard what the numbers are for
     task: str | None = Field(default=None, description="the fine-tune task this utility benchmark measures (e.g. "
                              "math): utility retained of a fine-tune with that `task:` is read from it")
@@ -157,6 +159,18 @@ class Experiment(_Frozen):
         if len(set(judges)) != len(judges):
             raise ValueError("judges: duplicate judge names")
         return judges
+
+    @model_validator(mode="after")
+    def _benchmark_judges_listed(self) -> Experiment:
+        for index, bench in enumerate(self.benchmarks):
+            if bench.judge is not None and bench.judge not in self.judges:
+                raise ValueError(f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} is not in `judges` "
+                                 f"({', '.join(self.judges) or 'none'}); add it there")
+        return self
+
+    def primary_judge(self, bench: BenchmarkEntry) -> str | None:
+        """The judge whose verdicts score ``bench`` (its own ``judge``, else the first of ``judges``)."""
+        return bench.judge or (self.judges[0] if self.judges else None)
 
     @model_validator(mode="after")
     def _no_clashing_labels(self) -> Experiment:

@@ -194,6 +194,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         except RealignError as exc:
             raise ConfigError(f"benchmarks[{index}] ({bench.key}): {exc}") from None
     judge_identities: list[dict[str, str]] = []
+    judge_languages: dict[str, set[str]] = {}
     for judge in exp.judges:
         try:
             get_judge_class(judge)
@@ -202,6 +203,16 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         except ConfigError as exc:
             raise ConfigError(f"judges: {exc}") from None
         judge_identities.append({"id": built.id, "hash": built.hash})
+        judge_languages[judge] = set(built.languages)
+    for index, bench in enumerate(exp.benchmarks):
+        # A judge chosen for a benchmark must read it: no number for a language it does not declare.
+        wanted = set(bench.languages or get_benchmark(bench.name, **bench.options).languages)
+        if bench.judge is not None and not wanted <= judge_languages[bench.judge]:
+            raise ConfigError(
+                f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} reads "
+                f"{'+'.join(sorted(judge_languages[bench.judge]))} but the benchmark has "
+                f"{'+'.join(sorted(wanted - judge_languages[bench.judge]))}; choose a judge that declares them "
+                "or restrict `languages`")
 
     models: dict[str, ResolvedModel] = {}
     for role in ("original", "base", "aligned", "unaligned"):
@@ -256,7 +267,8 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
     gen = exp.generation.model_dump(mode="json")
 
     def generation_key(job: CheckpointJob, bench: BenchmarkEntry) -> str:
-        bench_spec = bench.model_dump(mode="json", exclude={"label", "task"})
+        # the primary judge picks which verdicts score the cell, and `task` what it measures: not what is generated
+        bench_spec = bench.model_dump(mode="json", exclude={"label", "judge", "task"})
         return hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen, "seed": exp.seed}, 32)
 
     cells: list[Cell] = []
@@ -267,17 +279,20 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
             reference = None
             if bench.key in pairwise_benchmarks and exp.pairwise is not None:
                 ref_job = reference_job(all_jobs, exp.pairwise.reference, job)
-                if ref_job is not None and ref_job.key != job.key:  # the reference itself is not judged against its own answers
+                if ref_job is not None and ref_job.key != job.key:  # the reference is not judged against itself
                     reference = Cell(cell_id="", job=ref_job, benchmark=bench,
                                      generation_key=generation_key(ref_job, bench))
             key = generation_key(job, bench)
-            cell_id = hash_value(
-                {"generation": key, "judges": judge_identities,
-                 "method": job.label, "finetuned": job.finetuned, "task": job.task,
-                 # only when set, so the ids of cells from before these fields existed stay the same
-                 **({"benchmark_task": bench.task} if bench.task else {}),
-                 **({"pairwise_reference": reference.generation_key} if reference else {})}, 32,
-            )
+            identity: dict[str, Any] = {"generation": key, "judges": judge_identities,
+                                        "method": job.label, "finetuned": job.finetuned, "task": job.task}
+            # each only when set, so cells of experiments without it keep their ids
+            if bench.judge is not None:
+                identity["primary_judge"] = bench.judge
+            if bench.task is not None:
+                identity["benchmark_task"] = bench.task
+            if reference is not None:
+                identity["pairwise_reference"] = reference.generation_key
+            cell_id = hash_value(identity, 32)
             cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=key, reference=reference))
     if not cells:
         raise ConfigError(f"--only {only} selects no cell of the experiment")

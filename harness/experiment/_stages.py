@@ -207,7 +207,8 @@ def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[A
 
 def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[Any], items: dict[str, Any],
                    stats: RunStats) -> tuple[str, list[Any], float | None]:
-    """Judge the cell's answers against its reference cell's (win = less harmful) with the first judge.
+    """Judge the cell's answers against its reference cell's (win = less harmful) with the benchmark's
+    primary judge.
 
     The reference's generations come from its own cached file (its group runs first); the verdicts are
     cached by (generations, judge, reference generations). Returns (store judge id, verdicts, seconds):
@@ -221,7 +222,8 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     ref_path = generate(exp, workspace, ref, materialize(exp, workspace, ref.job, stats), _items(ref), stats)
     reference = dedupe_by_key(read_jsonl(ref_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
                               source=str(ref_path), allowed=set(items))
-    judge_obj = _judge(exp.judges[0], exp.judge_options.get(exp.judges[0], {}))
+    name = exp.primary_judge(cell.benchmark) or exp.judges[0]
+    judge_obj = _judge(name, exp.judge_options.get(name, {}))
     path = workspace.judgments(cell.generation_key, hash_value(
         {"id": judge_obj.id, "hash": judge_obj.hash, "reference": ref.generation_key}))
     if done_marker(path).exists():
@@ -289,6 +291,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     generations: list[GenerationRecord] = []
     verdicts: dict[str, list[Verdict]] = {}
     judge_ids: list[str] = []
+    primary_judge: Any = None  # the judge whose verdicts score the cell (recorded on it)
     item_scores: list[Any] = []
     # a stage the cell does not have costs 0 (a model-scored benchmark generates nothing); None = not recorded
     costs: dict[str, Any] = {"merge_seconds": model.merge_seconds, "train_seconds": model.train_seconds,
@@ -310,7 +313,10 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                 pair_id, verdicts[pair_id], pair_seconds = judge_pairwise(exp, workspace, cell, generations, by_id, stats)
                 judge_seconds.append(pair_seconds)
             costs["judge_seconds"] = None if None in judge_seconds else sum(s for s in judge_seconds if s is not None)
-        primary = verdicts[judge_ids[0]] if judge_ids else None
+        primary_name = exp.primary_judge(cell.benchmark)
+        if judge_ids and primary_name is not None:
+            primary_judge = _judge(primary_name, exp.judge_options.get(primary_name, {}))
+        primary = verdicts[primary_judge.id] if primary_judge is not None else None
         if bench.scorer == "over_refusal":  # refused-or-not is the refusal judge's call, not a content judge's
             refusal_ids = [j for j in judge_ids if j.startswith("refusal/")]
             if not refusal_ids:
@@ -329,7 +335,6 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                                                                    allow_pickle=exp.allow_pickle)
     else:
         raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
-    primary_judge = _judge(exp.judges[0], exp.judge_options.get(exp.judges[0], {})) if judge_ids else None
     record = CellRecord(
         cell_id=cell.cell_id, method=cell.job.method, method_label=cell.job.label, params=cell.job.params,
         finetuned=cell.job.finetuned, task=cell.job.task, checkpoint_hash=cell.job.key,
