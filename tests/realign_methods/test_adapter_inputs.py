@@ -228,3 +228,39 @@ def test_combined_update_is_not_written_as_an_adapter(zoo: dict[str, Path], tmp_
         merge(MergeSpec(method="task_arithmetic", aligned=zoo["aligned"], adapters=[zoo["math"]],
                         out=tmp_path / "x", output="adapter"))
     assert not (tmp_path / "x").exists()
+
+
+def test_somf_refuses_adapter_folders_it_would_read_as_their_base(zoo: dict[str, Path], tmp_path: Path) -> None:
+    spec = MergeSpec(method="somf", aligned=zoo["aligned"], finetuned=[zoo["math_dense"]], out=tmp_path / "o",
+                     params={"setting": "full", "steps": 1})
+    with pytest.raises(ConfigError, match=r"somf reads its models as directories, but aligned .*aligned is a LoRA"):
+        merge(spec)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_the_organism_command(smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12's command on the shipped organism: folders resolved onto the bundled SmolLM2 their configs
+    name; -f (dense θ_F) and --adapter (Δ_F − Δ_A, math continues θ_A's adapter) agree with the closed form."""
+    from harness.checkpoints import LoraAdapter
+
+    organism = Path(__file__).resolve().parents[2] / "organism"
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / "SmolLM2-135M-Instruct").symlink_to(smollm2_dir)  # 'smollm2-135m-instruct' resolves here
+    monkeypatch.setenv("REALIGN_CACHE_DIR", str(cache))
+    models = {"aligned": organism / "aligned", "unaligned": organism / "unaligned"}
+    dense = _load(merge(MergeSpec(method="resta", finetuned=[organism / "math"], out=tmp_path / "f",
+                                  params={"gamma": GAMMA}, **models)))
+    factors = _load(merge(MergeSpec(method="resta", adapters=[organism / "math"], out=tmp_path / "a",
+                                    params={"gamma": GAMMA}, **models)))
+    base = _load(smollm2_dir)
+    a, u, f = (LoraAdapter.load(organism / n) for n in ("aligned", "unaligned", "math"))
+    worst = 0.0
+    for name, weight in base.items():
+        deltas = [x.delta(name) for x in (a, u, f)]
+        d_a, d_u, d_f = (torch.zeros_like(weight.float()) if d is None else d for d in deltas)
+        expected = weight.float() + d_f + GAMMA * (d_a - d_u)
+        for out in (dense, factors):
+            worst = max(worst, float((out[name].float() - expected).abs().max()))
+    assert worst <= 1e-5 * max(1.0, max(float(w.abs().max()) for w in base.values()))
