@@ -145,10 +145,6 @@ class CombinedAdapter:
             return None
         return torch.cat([a for a, _ in pieces], dim=0), torch.cat([b for _, b in pieces], dim=1)
 
-    def delta(self, weight_name: str) -> torch.Tensor | None:
-        pair = self.factors(weight_name)
-        return None if pair is None else pair[1] @ pair[0]
-
     def check_base(self, base: CheckpointReader) -> None:
         for part, _ in self.parts:
             part.check_base(base)

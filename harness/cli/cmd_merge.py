@@ -45,7 +45,7 @@ def _load_config(path: str) -> dict[str, Any]:
 
 @click.command("merge")
 @click.option("--method", "-m", help="Registered method name (see `realign methods list`).")
-@click.option("--aligned", type=click.Path(), help="Safety-aligned model directory (or LoRA adapter folder, see below).")
+@click.option("--aligned", type=click.Path(), help="Safety-aligned model directory (or a LoRA adapter folder, see above).")
 @click.option("--unaligned", type=click.Path(), help="Unaligned model (aligned model fine-tuned on harmful data).")
 @click.option("--base", type=click.Path(),
               help="Pre-trained base model: anchor of task vectors for methods that take one, and the model "

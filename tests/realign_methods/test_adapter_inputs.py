@@ -197,6 +197,18 @@ def test_adapter_trained_on_the_dense_aligned_model(method: str, zoo: dict[str, 
     assert _max_error(_load(again), expected) <= TOL
 
 
+def test_adapter_on_theta_a_with_a_base_anchor_adds_theta_a_adapter(zoo: dict[str, Path], dense, tmp_path: Path) -> None:
+    """Task arithmetic anchored at B with an adapter trained on θ_A = B + Δ_A: the task vector is Δ_A + Δ_F."""
+    fields = {"method": "task_arithmetic", "base": zoo["base"], "aligned": zoo["aligned"],
+              "adapters": [zoo["on_aligned"]], "params": {"lam": LAM}}
+    # its config names the dense copy of θ_A, not the aligned input (an adapter folder): not the same model
+    with pytest.raises(ConfigError, match=r"adapters\[0\] .*on_aligned is relative to .*aligned_dense"):
+        merge(MergeSpec(out=tmp_path / "a", **fields))
+    out = merge(MergeSpec(out=tmp_path / "b", adapter_base="aligned", **fields))
+    assert _max_error(_load(out), _task_arithmetic(dense, "base", "on_aligned_dense")) <= TOL
+    assert f"+ {zoo['aligned']}" in json.loads((out / "realign_merge.json").read_text())["adapter_updates"]["adapters[0]"]
+
+
 def test_base_relative_adapter_on_a_dense_aligned_model_is_refused(zoo: dict[str, Path], tmp_path: Path) -> None:
     spec = MergeSpec(method="resta", aligned=zoo["aligned_dense"], unaligned=zoo["unaligned_dense"],
                      adapters=[zoo["math"]], out=tmp_path / "o")
