@@ -474,11 +474,13 @@ class MergePlan:
     write_bytes: int
     out: str
     output_dtype: str
+    adapter_updates: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         gib = 1024**3
         rows = [f"method {self.method} with {self.params}", f"tensor names from {self.reference}: {self.num_tensors}"]
         rows += [f"read  {label:<14} {path}  ({size / gib:.2f} GiB)" for label, path, size in self.reads]
+        rows += [f"update {label:<13} {note}" for label, note in self.adapter_updates.items()]
         rows.append(f"write {self.out}  ({self.write_bytes / gib:.2f} GiB, {self.output_dtype})")
         return rows
 
@@ -491,7 +493,8 @@ def plan(spec: MergeSpec) -> MergePlan:
         for role, readers in prepared.readers.items():
             for index, reader in enumerate(readers):
                 size = sum(reader.nbytes(n) for n in reader.names())
-                reads.append((f"{role}[{index}]" if role == "finetuned" else role, str(reader.path), size))
+                what = f"{reader.path} + adapter {reader.adapter.path}" if hasattr(reader, "adapter") else str(reader.path)
+                reads.append((f"{role}[{index}]" if role == "finetuned" else role, what, size))
         for index, adapter in enumerate(prepared.adapters):
             size = sum(adapter.reader.nbytes(n) for n in adapter.reader.names())
             reads.append((f"adapters[{index}]", str(adapter.path), size))
@@ -507,6 +510,7 @@ def plan(spec: MergeSpec) -> MergePlan:
             write_bytes=write,
             out=str(spec.out),
             output_dtype=",".join(dtypes),
+            adapter_updates=dict(prepared.adapter_notes),
         )
     finally:
         prepared.close()

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from harness.checkpoints import CheckpointReader, merge_adapter
 from harness.errors import CheckpointError, ConfigError
 from harness.testing import continue_adapter, make_lora_adapter
-from realign_methods import MergeSpec, merge
+from realign_methods import MergeSpec, merge, plan
 
 TOL = 1e-6  # fp32 throughout
 GAMMA, LAM = 0.5, 0.7
@@ -163,6 +163,9 @@ def test_adapter_continuing_the_aligned_adapter(method: str, zoo: dict[str, Path
     assert _max_error(_load(out), expected) <= TOL
     notes = json.loads((out / "realign_merge.json").read_text())["adapter_updates"]
     assert f"- {zoo['aligned']}" in notes["adapters[0]"]
+    lines = plan(spec.model_copy(update={"out": tmp_path / "dry"})).lines()  # --dry-run says the same
+    assert f"read  aligned        {zoo['base']} + adapter {zoo['aligned']}" in "\n".join(lines)
+    assert any(line.startswith("update adapters[0]") and notes["adapters[0]"] in line for line in lines)
     # what the engine computed before: Δ_F on top of θ_A; the difference is Δ_A (·λ for task arithmetic)
     from harness.checkpoints import LoraAdapter
 
