@@ -95,9 +95,30 @@ def resolve_model(exp: Experiment, role: str, ref: ModelRef, hashes: HashCache) 
     adapter = exp.resolve(ref.adapter) if ref.adapter else None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"{where}.adapter: {adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    if adapter is None:
+        path, adapter = _adapter_as_model(exp, where, path)
     _check_weights(exp, where, path, adapter)
     digest = hash_value({"model": hashes.dir_hash(path), "adapter": hashes.dir_hash(adapter) if adapter else None}, 32)
     return ResolvedModel(role=role, path=path, adapter=adapter, hash=digest)
+
+
+def _adapter_as_model(exp: Experiment, where: str, path: Path) -> tuple[Path, Path | None]:
+    """``(path, None)`` for a model; for an adapter folder given as the model, ``(its base, the folder)``
+    with the base its adapter_config.json names (a local model or the bundled model's name)."""
+    from harness.checkpoints import LoraAdapter, adapter_base_path, is_adapter_dir
+
+    if not is_adapter_dir(path):
+        return path, None
+    try:
+        base = adapter_base_path(LoraAdapter.load(path, allow_pickle=exp.allow_pickle))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{where}.path: {exc}") from None
+    if base is None:
+        raise ConfigError(
+            f"{where}.path: {path} is a PEFT LoRA adapter, not a model, and its adapter_config.json names no local "
+            f"base model (base_model_name_or_path); set {where}.path to the base model and {where}.adapter to {path}"
+        )
+    return base, path
 
 
 def _check_weights(exp: Experiment, where: str, path: Path, adapter: Path | None) -> None:

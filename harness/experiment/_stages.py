@@ -64,6 +64,9 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
     finetuned = job.finetuned_models
     if job.use_adapter:  # the method reads the LoRA factors; a dense copy would be refused as an extra input
         spec_fields["adapters"] = [m.adapter for m in finetuned if m.adapter is not None]
+        bases = {m.path.resolve() for m in finetuned if m.adapter is not None}
+        if len(bases) == 1:  # the run knows what the adapters apply to: say so rather than have it guessed
+            spec_fields["adapter_base"] = str(bases.pop())
     else:
         spec_fields["finetuned"] = [dense_input(workspace, m, stats, allow_pickle=pickle) for m in finetuned]
     crash_point("merge")
