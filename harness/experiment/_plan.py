@@ -113,6 +113,20 @@ def _check_weights(exp: Experiment, where: str, path: Path, adapter: Path | None
         raise type(exc)(f"{where}: {exc}") from None
 
 
+def benchmark_for(exp: Experiment, entry: BenchmarkEntry) -> Any:
+    """The Benchmark of an experiment entry: registered by name, or a spec file relative to the
+    experiment file, with the entry's column mapping. Every stage resolves it here (never by the
+    spec's own name, which is not registered)."""
+    from benchmarks import get_benchmark, is_spec_path
+
+    name = str(exp.resolve(entry.name)) if is_spec_path(entry.name) else entry.name
+    return get_benchmark(name, **entry.options)
+
+
+def data_path_for(exp: Experiment, entry: BenchmarkEntry) -> Path | None:
+    return exp.resolve(entry.data_path) if entry.data_path else None
+
+
 def check_generation(exp: Experiment) -> None:
     """The generation settings as the backend will see them: decoding config and backend options."""
     from pydantic import ValidationError
@@ -178,19 +192,22 @@ def method_inputs(
 
 def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None = None) -> Plan:
     """Validate everything cheap-to-check and expand the matrix. Raises ConfigError before any work."""
-    from benchmarks import get_benchmark
+    from benchmarks import is_spec_path
     from benchmarks.judges import get_judge, get_judge_class
 
     only = only or {}
     check_generation(exp)
+    spec_contents: dict[str, Any] = {}
     for index, bench in enumerate(exp.benchmarks):
         try:
             # Loading one item checks data files, languages and categories (cheap: local files).
-            get_benchmark(bench.name, **bench.options).load(
-                limit=1, languages=bench.languages, categories=bench.categories, data_path=bench.data_path
-            )
+            resolved = benchmark_for(exp, bench)
+            resolved.load(limit=1, languages=bench.languages, categories=bench.categories,
+                          data_path=data_path_for(exp, bench))
         except RealignError as exc:
             raise ConfigError(f"benchmarks[{index}] ({bench.key}): {exc}") from None
+        if is_spec_path(bench.name):  # an edited spec file (template, mapping) makes new generations
+            spec_contents[bench.key] = resolved.spec.model_dump(mode="json")
     judge_identities: list[dict[str, str]] = []
     for judge in exp.judges:
         try:
@@ -256,6 +273,8 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
             if only.get("benchmark") and bench.key != only["benchmark"]:
                 continue
             bench_spec = bench.model_dump(mode="json", exclude={"label"})
+            if bench.key in spec_contents:
+                bench_spec["spec"] = spec_contents[bench.key]
             generation_key = hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen,
                                          "seed": exp.seed}, 32)
             cell_id = hash_value(
