@@ -629,9 +629,8 @@ def load_spec(path_or_text: str | Path) -> Benchmark:
             where = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 loc = err["loc"]
-                parent = {"fields": FieldMap, "sources": SourceSpec}.get(str(loc[0]), BenchmarkSpec)
-                if len(loc) == 1:
-                    parent = BenchmarkSpec
+                models: dict[str, type[BaseModel]] = {"fields": FieldMap, "sources": SourceSpec}
+                parent = models.get(str(loc[0]), BenchmarkSpec) if len(loc) > 1 else BenchmarkSpec
                 lines.append(f"{'.'.join(map(str, loc[:-1])) or '(top level)'}: unknown key "
                              f"{name_unknown([str(loc[-1])], list(parent.model_fields))}")
             else:
