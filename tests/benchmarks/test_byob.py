@@ -75,7 +75,7 @@ def test_field_mapping_and_its_errors(tmp_path: Path) -> None:
 
 
 def test_a_list_template_leaves_out_empty_parts(tmp_path: Path) -> None:
-    data = write_csv(tmp_path / "c.csv", ["Behavior", "ContextString"], [["Do X", ""], ["Do Y", "Some context"]])
+    write_csv(tmp_path / "c.csv", ["Behavior", "ContextString"], [["Do X", ""], ["Do Y", "Some context"]])
     spec = tmp_path / "ctx.yaml"
     spec.write_text('name: ctx\nkind: safety\nsources: [{path: c.csv}]\n'
                     'fields: {prompt: Behavior, context: ContextString}\nprompt_template: ["{context}", "{prompt}"]\n')

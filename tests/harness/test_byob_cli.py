@@ -167,7 +167,7 @@ def write_experiment(folder: Path, model: Path, bench: dict) -> Path:
 
 def test_realign_run_with_a_spec_path(heldout, tmp_path: Path, tiny_llama_factory, capsys,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from leaderboards import Store
+    from leaderboards import Store, build_leaderboard
 
     exp_dir = heldout["root"] / "exp"
     exp_dir.mkdir(exist_ok=True)
@@ -183,6 +183,7 @@ def test_realign_run_with_a_spec_path(heldout, tmp_path: Path, tiny_llama_factor
     per_category = sorted(s["category"] for s in scores["subset"] if "category" in s)
     assert per_category == heldout["categories"]
     assert len(store.items_frame()) == 12
+    assert build_leaderboard(store, store.resolve_run(None)) is not None
     code, out, err = run(["run", str(path), "--no-progress"], capsys)  # a re-run is a cache hit
     assert code == 0 and "generations: 0 done" in out and "cells stored: 0 new, 1 cached" in out, out
 
