@@ -150,13 +150,13 @@ def test_generate_hf_on_a_tiny_llama_through_a_spec_path(heldout, tmp_path: Path
     assert all(r.backend == "hf" and "<|im_start|>user" in r.prompt_text for r in records)
 
 
-def write_experiment(folder: Path, model: Path, bench: dict) -> Path:
+def write_experiment(folder: Path, model: Path, benchmarks: list[dict]) -> Path:
     config = {
         "name": "byob",
         "output_dir": "out",
         "models": {"finetuned": [{"name": "ft", "path": str(model)}]},
         "methods": [{"name": "sft"}],
-        "benchmarks": [bench],
+        "benchmarks": benchmarks,
         "judges": ["refusal"],
         "generation": {"backend": "dummy", "max_new_tokens": 8},
     }
@@ -171,21 +171,23 @@ def test_realign_run_with_a_spec_path(heldout, tmp_path: Path, tiny_llama_factor
 
     exp_dir = heldout["root"] / "exp"
     exp_dir.mkdir(exist_ok=True)
-    # relative to the experiment file, and run from elsewhere
-    path = write_experiment(exp_dir, tiny_llama_factory("byob-run"), {"name": "../heldout.yaml"})
+    # paths relative to the experiment file, run from elsewhere; the csv entry maps its columns in YAML
+    mapped = {"name": "csv", "data_path": "../heldout.csv", "options": {"prompt": "Behavior", "id": "BehaviorID"}}
+    path = write_experiment(exp_dir, tiny_llama_factory("byob-run"), [{"name": "../heldout.yaml"}, mapped])
     monkeypatch.chdir(tmp_path)
     code, out, err = run(["run", str(path), "--no-progress"], capsys)
     assert code == 0, err
     store = Store(str(exp_dir / "out" / "results.sqlite"))
     cells = store.cells()
-    assert list(cells["benchmark"]) == ["heldout"] and list(cells["benchmark_label"]) == ["heldout"]
+    assert sorted(cells["benchmark"]) == ["csv", "heldout"] and sorted(cells["benchmark_label"]) == ["csv", "heldout"]
     scores = store.scores_frame()
-    per_category = sorted(s["category"] for s in scores["subset"] if "category" in s)
-    assert per_category == heldout["categories"]
-    assert len(store.items_frame()) == 12
+    for name in ("csv", "heldout"):
+        subsets = scores[scores["benchmark"] == name]["subset"]
+        assert sorted(s["category"] for s in subsets if "category" in s) == heldout["categories"]
+    assert len(store.items_frame()) == 24
     assert build_leaderboard(store, store.resolve_run(None)) is not None
     code, out, err = run(["run", str(path), "--no-progress"], capsys)  # a re-run is a cache hit
-    assert code == 0 and "generations: 0 done" in out and "cells stored: 0 new, 1 cached" in out, out
+    assert code == 0 and "generations: 0 done" in out and "cells stored: 0 new, 2 cached" in out, out
 
     # an edited spec (another template) is new generations, not a stale cache hit or a prompt clash
     spec = heldout["spec"]
@@ -193,7 +195,9 @@ def test_realign_run_with_a_spec_path(heldout, tmp_path: Path, tiny_llama_factor
     try:
         spec.write_text(original.replace('["{context}", "{prompt}"]', '["{prompt}"]'))
         dry = run(["run", str(path), "--dry-run", "--no-progress"], capsys)[1]
-        assert "generate" in dry and "1 of 1 cells would run" in dry
+        assert "1 of 2 cells would run" in dry
+        code, out, err = run(["run", str(path), "--no-progress"], capsys)
+        assert code == 0 and "generations: 1 done" in out, err
     finally:
         spec.write_text(original)
 
