@@ -532,8 +532,8 @@ class Benchmark:
             values["prompt"] = row[prompt_column]
         for name in CONVENTIONAL:
             column = getattr(self.spec.fields, name)
-            if column is not None and column in row:
-                values[name] = row[column]
+            if column is not None:  # a mapped column must exist (the error names it, not the field)
+                values[name] = self._column(path, number, row, column)
         parts = [template] if isinstance(template, str) else template
         kept: list[str] = []
         for part in parts:

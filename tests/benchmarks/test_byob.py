@@ -92,6 +92,8 @@ def test_a_list_template_leaves_out_empty_parts(tmp_path: Path) -> None:
     typo.write_text(spec.read_text().replace('"{context}"', '"{contxt}"'))
     with pytest.raises(DataError, match=r"c.csv: row 2: prompt template needs column 'contxt'"):
         get_benchmark(str(typo)).load()
+    with pytest.raises(DataError, match=r"c.csv: row 2: column 'Ctx' \(from the column mapping\) not found"):
+        get_benchmark(str(spec), context="Ctx").load()
 
 
 def test_spec_file_names_its_data_relative_to_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
