@@ -367,8 +367,8 @@ class Benchmark:
         known = list(FieldMap.model_fields)
         unknown = [k for k in mapping if k not in known]
         if unknown:
-            raise ConfigError(f"benchmark {self.name!r}: unknown field {name_unknown(unknown, known)}; "
-                              f"fields that take a column: {', '.join(known)}")
+            raise ConfigError(f"benchmark {self.name!r}: unknown option {name_unknown(unknown, known)}; "
+                              f"accepted options (item fields that take a column): {', '.join(known)}")
         given = {k: v for k, v in mapping.items() if v is not None}
         try:
             fields = FieldMap.model_validate({**self.spec.fields.model_dump(), **given})

@@ -61,7 +61,7 @@ def test_field_mapping_and_its_errors(tmp_path: Path) -> None:
     assert items[1].metadata["context"] == "CVE-2021-44228 ..." and "context" not in items[0].metadata
     assert items[0].metadata["BehaviorID"] == "phish"
 
-    with pytest.raises(ConfigError, match=r"unknown field 'promt' \(did you mean 'prompt'\?\)"):
+    with pytest.raises(ConfigError, match=r"unknown option 'promt' \(did you mean 'prompt'\?\)"):
         get_benchmark("csv", promt="Behavior")
     with pytest.raises(DataError, match=r"hb.csv: row 2: column 'Behaviour' \(from the column mapping\) not found; "
                                         r"columns present: Behavior, FunctionalCategory"):

@@ -113,7 +113,7 @@ def test_csv_with_field_flags_and_the_old_flag_name(heldout, tmp_path: Path, cap
     code, _, err = run(["generate", "--model", "none", "--backend", "dummy", "--benchmark", "csv",
                         "--data", str(heldout["csv"]), "--field", "promt=Behavior", "--out", str(tmp_path / "x.jsonl")],
                        capsys)
-    assert code == 2 and "unknown field 'promt' (did you mean 'prompt'?)" in err
+    assert code == 2 and "unknown option 'promt' (did you mean 'prompt'?)" in err
     code, _, err = run(["generate", "--model", "none", "--backend", "dummy", "--benchmark", "csv",
                         "--data", str(heldout["csv"]), "--out", str(tmp_path / "x.jsonl")], capsys)
     assert code == 2 and "heldout.csv: row 2: column 'prompt'" in err and "columns present: BehaviorID, Behavior" in err
