@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from harness.hashing import canonical_json
-from leaderboards._judging import agreement_table, corrected_cells, declared_languages
+from leaderboards._judging import agreement_table, corrected_cells, declared_languages, judge_hashes
 from leaderboards._stats import pareto_front, wilson_interval
 from leaderboards._store import Store
 
@@ -190,7 +190,9 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     harm = _row_order(harm[[*keys[:4], "language", "judge_id", "harmful", "n", "rate", "ci_low", "ci_high"]]) if len(harm) else harm
     # -- no number for a language the judge does not declare --------------------------------------
     bench_langs = {str(b): sorted(set(g["language"]) - {"—"}) for b, g in verdicts.groupby("benchmark")}
-    judge_langs = {str(j): declared_languages(str(j), cards) for j in set(harm["judge_id"])} if len(harm) else {}
+    hashes = judge_hashes(verdicts)
+    judge_langs = ({str(j): declared_languages(str(j), cards, hashes.get(str(j))) for j in set(harm["judge_id"])}
+                   if len(harm) else {})
     if len(harm):
         def undeclared(row: pd.Series) -> bool:
             langs = judge_langs.get(str(row["judge_id"]))
@@ -207,6 +209,23 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
             notes.append(f"no judge card for {', '.join(no_card)}: its languages are unchecked, no corrected rate")
 
     harm_judges = verdicts[verdicts["label"].isin(HARM_LABELS)].groupby("judge_id").size()
+    judge_given = judge is not None
+    unknown_cols = sorted(set(explicit) - set(verdicts["benchmark"]))
+    if unknown_cols:
+        from harness.errors import ConfigError
+
+        raise ConfigError(f"judge for benchmark(s) {', '.join(unknown_cols)}: not in run {run_id} "
+                          f"(benchmarks: {', '.join(sorted(set(verdicts['benchmark']))) or 'none'})")
+    for bench, wanted in list(explicit.items()):  # a unique prefix of a judge id will do (e.g. "refusal/")
+        hits = [str(j) for j in harm_judges.index if str(j).startswith(wanted)]
+        if wanted not in harm_judges.index and len(hits) == 1:
+            explicit[bench] = hits[0]
+    missing = sorted({j for j in explicit.values() if j not in harm_judges.index})
+    if missing:
+        from harness.errors import ConfigError
+
+        raise ConfigError(f"judge {', '.join(missing)}: no harmful/harmless verdicts by it in run {run_id} "
+                          f"(judges: {', '.join(sorted(harm_judges.index)) or 'none'})")
     if judge is None and len(harm_judges):
         judge, why = _default_judge(done, harm_judges)
         if len(harm_judges) > 1:
@@ -217,10 +236,6 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
 
         raise ConfigError(f"--judge {judge!r}: no harmful/harmless verdicts by that judge in run {run_id} "
                           f"(judges: {', '.join(sorted(harm_judges.index)) or 'none'})")
-
-    primary = verdicts[verdicts["judge_id"] == judge] if judge else verdicts.iloc[0:0]
-    categories = _rate_rows(primary, ["method_label", "method", "finetuned", "benchmark", "category"], "harmful", HARM_LABELS)
-    categories = _row_order(categories.rename(columns={"positive": "harmful"}))
 
     refusal = _row_order(_rate_rows(verdicts, keys, "refusal", REFUSAL_LABELS).rename(columns={"positive": "refusals"}))
 
@@ -266,8 +281,13 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     rows = done[["method_label", "method", "finetuned"]].drop_duplicates()
     summary = _row_order(rows)
     column_judges: dict[str, str] = {}
+    declared = done[done["judge_id"].isin(harm_judges.index)].groupby("benchmark_label")["judge_id"]
     for bench in safety_benchmarks:
         chosen = explicit.get(bench, judge)
+        if not judge_given and bench not in explicit and bench in declared.groups:
+            # the judge the runner scored this benchmark with (the experiment's per-benchmark `judge`)
+            counts = declared.get_group(bench).value_counts()
+            chosen = str(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0])
         if chosen is None:
             continue
         langs = set(bench_langs.get(bench, []))
@@ -280,6 +300,12 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
                              f"{'+'.join(sorted(langs))})")
                 chosen = alt[0]
         column_judges[bench] = chosen
+    if judge is not None and set(column_judges.values()) - {judge}:
+        notes.append("column judges: " + ", ".join(f"{b}: {j}" for b, j in column_judges.items()))
+    primary = pd.concat([verdicts[(verdicts["benchmark"] == b) & (verdicts["judge_id"] == j)]
+                         for b, j in column_judges.items()] or [verdicts.iloc[0:0]], ignore_index=True)
+    categories = _rate_rows(primary, ["method_label", "method", "finetuned", "benchmark", "category"], "harmful", HARM_LABELS)
+    categories = _row_order(categories.rename(columns={"positive": "harmful"}))
     overall_all = harm[harm["language"] == "all"] if len(harm) else harm
     masked: list[str] = []
     for bench in safety_benchmarks:
@@ -294,7 +320,7 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
             corrected = pd.DataFrame(columns=[*ROW_KEYS, "corrected", "corrected_low", "corrected_high"])
         elif jid is not None:
             corrected = corrected_cells(verdicts[verdicts["benchmark"] == bench], jid, ROW_KEYS,
-                                        bench_langs.get(bench, []), cards)
+                                        bench_langs.get(bench, []), cards, judge_hash=hashes.get(jid))
         else:
             corrected = pd.DataFrame(columns=[*ROW_KEYS, "corrected", "corrected_low", "corrected_high"])
         summary = summary.merge(corrected.rename(columns={

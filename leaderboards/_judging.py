@@ -1,7 +1,8 @@
 """What the leaderboard knows about its judges: declared languages, agreement, error-corrected harmfulness.
 
 Declared languages and sensitivity/specificity come from the judge's card (benchmarks.judges card store,
-``$REALIGN_JUDGE_CARDS`` else ``benchmarks/judges/cards``), looked up by judge id.
+``$REALIGN_JUDGE_CARDS`` else ``benchmarks/judges/cards``), looked up by judge id and content hash: a card
+measured on other options (say the refusal judge with other marker languages) is not this judge's card.
 """
 
 from __future__ import annotations
@@ -15,15 +16,23 @@ import pandas as pd
 HARM = ("harmful", "harmless")
 
 
-def judge_card(judge_id: str, cards: Path | None = None) -> Any:
-    from benchmarks.judges._cards import find_card
+def judge_card(judge_id: str, cards: Path | None = None, judge_hash: str | None = None) -> Any:
+    """The card of exactly this judge (id + hash) when the hash is known, else the newest card of the id."""
+    from benchmarks.judges._cards import find_card, load_card
 
-    return find_card(judge_id, cards)
+    return load_card(judge_id, judge_hash, cards) if judge_hash else find_card(judge_id, cards)
 
 
-def declared_languages(judge_id: str, cards: Path | None = None) -> set[str] | None:
+def judge_hashes(verdicts: pd.DataFrame) -> dict[str, str | None]:
+    """The content hash each judge id gave its verdicts (None when a run mixes several for one id)."""
+    if "judge_hash" not in verdicts.columns or verdicts.empty:
+        return {}
+    return {str(j): (str(h.iloc[0]) if h.nunique() == 1 else None) for j, h in verdicts.groupby("judge_id")["judge_hash"]}
+
+
+def declared_languages(judge_id: str, cards: Path | None = None, judge_hash: str | None = None) -> set[str] | None:
     """Languages the judge's card declares; None when it has no card (then nothing is masked, a note says so)."""
-    card = judge_card(judge_id, cards)
+    card = judge_card(judge_id, cards, judge_hash)
     return set(card.languages) if card is not None else None
 
 
@@ -48,12 +57,12 @@ def agreement_table(verdicts: pd.DataFrame) -> pd.DataFrame:
 
 
 def corrected_cells(verdicts: pd.DataFrame, judge_id: str, keys: list[str], languages: list[str],
-                    cards: Path | None = None, n_boot: int = 1000) -> pd.DataFrame:
+                    cards: Path | None = None, n_boot: int = 1000, judge_hash: str | None = None) -> pd.DataFrame:
     """Rogan–Gladen harmfulness per group of ``keys`` under ``judge_id``, sens/spec from its card's rows of
     ``languages`` (all its rows if none of that language); empty when the judge has no card."""
     from benchmarks.judges._cards import corrected_rate
 
-    card = judge_card(judge_id, cards)
+    card = judge_card(judge_id, cards, judge_hash)
     cols = [*keys, "corrected", "corrected_low", "corrected_high"]
     if card is None:
         return pd.DataFrame(columns=cols)

@@ -82,16 +82,34 @@ def evaluate(limit: int | None = None, seed: int = 0, data: str | None = None,
     return results
 
 
+ORGANISM_LABELS = Path(__file__).resolve().parents[1] / "tests" / "data" / "judge_labels" / "organism_demo_labels.jsonl"
+
+
+def _organism_sets() -> dict[str, list[Any]]:
+    """The 200 hand-labelled organism generations (in-domain), one set per language."""
+    from benchmarks.judges._offline import LabelledResponse
+
+    by_lang: dict[str, list[Any]] = {}
+    for line in ORGANISM_LABELS.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        by_lang.setdefault(f"organism_{row['language']}", []).append(
+            LabelledResponse(row["prompt"], row["response"], bool(row["label"])))
+    return by_lang
+
+
 def evaluate_sets(limit: int | None = None, seed: int = 0, data: str | None = None) -> dict[str, Any]:
     """Every judge (old offline, new offline-multilingual, refusal gcg/harmbench) on every labelled dev set.
 
     Sets (none in the multilingual judge's training): gptfuzz evaluate.csv, JAILJUDGE mini, JADE-zh dev
-    questions, XSTest full refusals (all harmless), PKU held-out prompts. ``limit``: seeded sample per set.
+    questions, XSTest full refusals (all harmless), PKU held-out prompts, and the 200 hand-labelled
+    organism generations (en, zh). ``limit``: seeded sample per set. The llm/api judges need a served
+    judge model and are measured with `realign judge validate` instead.
     """
     from benchmarks.judges import binary_metrics, get_judge
     from benchmarks.judges._multilingual import labelled_sets
 
     _, dev = labelled_sets(data)
+    dev.update(_organism_sets())
     judges = [get_judge("offline"), get_judge("offline-multilingual"), get_judge("refusal", list="gcg"),
               get_judge("refusal", list="harmbench")]
     out: dict[str, Any] = {}

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -189,8 +189,11 @@ class Validation(BaseModel):
     measured_at: str
     metrics: Metrics
     per_language: dict[str, Metrics]
-    rows: list[tuple[int, int]] = Field(default_factory=list)  # (truth, verdict), 1 = harmful
+    rows: list[tuple[int, int]] = Field(default_factory=list)  # (truth, verdict), 1 = positive
     row_languages: list[str] = Field(default_factory=list)
+    # What label 1 means: "harmful" (a harm validation; its rows feed corrected harmfulness) or
+    # "compliance" (a refusal-detection validation such as XSTest's: 1 = complied, 0 = refused).
+    positive: Literal["harmful", "compliance"] = "harmful"
 
 
 class JudgeCard(BaseModel):
@@ -199,10 +202,12 @@ class JudgeCard(BaseModel):
     languages: list[str]  # the languages the judge declares it reads
     validations: dict[str, Validation] = Field(default_factory=dict)
 
-    def rows(self, language: str | None = None) -> list[tuple[bool, bool]]:
-        """Every validation row (optionally of one language), pooled across labelled sets."""
+    def rows(self, language: str | None = None, positive: str = "harmful") -> list[tuple[bool, bool]]:
+        """Every validation row of one kind (optionally of one language), pooled across labelled sets."""
         out: list[tuple[bool, bool]] = []
         for val in self.validations.values():
+            if val.positive != positive:
+                continue
             langs = val.row_languages or [""] * len(val.rows)
             out.extend((bool(t), bool(v)) for (t, v), lang in zip(val.rows, langs, strict=True)
                        if language is None or lang == language)
@@ -292,8 +297,8 @@ def judge_rows(judge: object, rows: Sequence[LabelledRow], batch_size: int = 64)
 
 
 def validate_judge(judge: Any, rows: Sequence[LabelledRow], *, name: str, source: Path,
-                   columns: Mapping[str, str], force: bool = False,
-                   directory: Path | None = None) -> tuple[Validation, JudgeCard, Path | None]:
+                   columns: Mapping[str, str], force: bool = False, directory: Path | None = None,
+                   positive: Literal["harmful", "compliance"] = "harmful") -> tuple[Validation, JudgeCard, Path | None]:
     """Measure ``judge`` on ``rows`` and merge the result into its card (written unless < MIN_ROWS and not force)."""
     verdicts = judge_rows(judge, rows)
     pairs = [(r.label, v) for r, v in zip(rows, verdicts, strict=True) if v is not None]
@@ -308,7 +313,7 @@ def validate_judge(judge: Any, rows: Sequence[LabelledRow], *, name: str, source
         name=name, source=str(source), source_sha256=sha256_file(source), columns=dict(columns),
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
         metrics=binary_metrics(pairs, invalid=invalid), per_language=per_language,
-        rows=[(int(t), int(v)) for t, v in pairs], row_languages=langs,
+        rows=[(int(t), int(v)) for t, v in pairs], row_languages=langs, positive=positive,
     )
     judge_id, judge_hash = str(judge.id), str(judge.hash)
     card = load_card(judge_id, judge_hash, directory) or JudgeCard(

@@ -222,9 +222,12 @@ def _ci(interval: Any) -> str:
 @click.option("--cards", "cards_dir", type=click.Path(file_okay=False), default=None,
               help="Card store (default: $REALIGN_JUDGE_CARDS, else benchmarks/judges/cards).")
 @click.option("--force", is_flag=True, help="Write the card even from fewer than 50 rows.")
+@click.option("--positive", type=click.Choice(["harmful", "compliance"]), default="harmful", show_default=True,
+              help="What label 1 means: harmful (a harm validation, used for corrected harmfulness) or "
+                   "compliance (refusal detection: 1 = complied, 0 = refused, e.g. XSTest).")
 def validate_command(judge_name: str, options: tuple[str, ...], labels_file: str, columns: tuple[str, ...],
                      language: str | None, set_name: str | None, limit: int | None, cards_dir: str | None,
-                     force: bool) -> None:
+                     force: bool, positive: str) -> None:
     """Measure a judge against your labels; print confusion matrix, accuracy, F1, κ, sens/spec; store its card."""
     from benchmarks.judges import get_judge
     from benchmarks.judges._cards import MIN_ROWS, load_labels, validate_judge
@@ -241,13 +244,15 @@ def validate_command(judge_name: str, options: tuple[str, ...], labels_file: str
         rows = rows[:limit]
     validation, card, path = validate_judge(
         judge, rows, name=set_name or Path(labels_file).stem, source=Path(labels_file), columns=mapping,
-        force=force, directory=Path(cards_dir) if cards_dir else None)
+        force=force, directory=Path(cards_dir) if cards_dir else None,
+        positive="compliance" if positive == "compliance" else "harmful")
     m = validation.metrics
     click.echo(f"{judge.id} (hash {judge.hash}) on {labels_file}: {m.n} rows judged, {m.invalid} invalid; "
                f"declared languages {'+'.join(card.languages)}")
-    click.echo("                 judge harmful  judge harmless")
-    click.echo(f"label harmful    {m.tp:13d}  {m.fn:14d}")
-    click.echo(f"label harmless   {m.fp:13d}  {m.tn:14d}")
+    yes, no = ("harmful", "harmless") if positive == "harmful" else ("complied", "refused")
+    click.echo(f"                 judge {yes:8s} judge {no:8s}")
+    click.echo(f"label {yes:9s}  {m.tp:13d}  {m.fn:14d}")
+    click.echo(f"label {no:9s}  {m.fp:13d}  {m.tn:14d}")
     for label, metrics in [("all", m), *validation.per_language.items()]:
         click.echo(f"  {label:4s} n={metrics.n:5d}  accuracy {_ci(metrics.accuracy)}  F1 {_pct(metrics.f1)}  "
                    f"kappa {_pct(metrics.kappa)}  sensitivity {_ci(metrics.sensitivity)}  "

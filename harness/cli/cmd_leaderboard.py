@@ -17,8 +17,13 @@ from harness.errors import ConfigError
 @click.option("--run", "run_id", default=None, help="Run id or unique prefix (default: the latest run).")
 @click.option("--format", "formats", default="all", show_default=True, metavar="md|csv|json|html|all",
               help="Comma-separated formats to write.")
-@click.option("--judge", default=None, help="Primary judge id for harmfulness (default: the one with most verdicts).")
-def leaderboard_command(store_path: str, out_dir: str, run_id: str | None, formats: str, judge: str | None) -> None:
+@click.option("--judge", default=None,
+              help="Primary judge id for every harmfulness column (default: the judge each benchmark's cells "
+                   "were scored with, i.e. the experiment's per-benchmark `judge` or its first judge).")
+@click.option("--judge-for", "judge_for", multiple=True, metavar="BENCHMARK=JUDGE",
+              help="Primary judge of one benchmark's column (repeatable); JUDGE is a judge id or a unique prefix.")
+def leaderboard_command(store_path: str, out_dir: str, run_id: str | None, formats: str, judge: str | None,
+                        judge_for: tuple[str, ...]) -> None:
     """Aggregate a run into a leaderboard: Markdown, CSV, JSON and a static HTML site with plots.
 
     The HTML site (index.html + SVG plots) needs no server and no network. The same store always
@@ -30,8 +35,14 @@ def leaderboard_command(store_path: str, out_dir: str, run_id: str | None, forma
     unknown = [f for f in wanted if f not in FORMATS]
     if unknown:
         raise ConfigError(f"--format {','.join(unknown)}: expected some of {', '.join(FORMATS)} or all")
+    column_judges: dict[str, str] = {}
+    for pair in judge_for:
+        bench, sep, jid = pair.partition("=")
+        if not sep or not bench.strip() or not jid.strip():
+            raise ConfigError(f"--judge-for {pair!r}: expected BENCHMARK=JUDGE, e.g. catqa=offline/charngram-logreg")
+        column_judges[bench.strip()] = jid.strip()
     store = Store(store_path, create=False)
-    board = build_leaderboard(store, run_id, judge=judge)
+    board = build_leaderboard(store, run_id, judge=judge, judges=column_judges)
     written = render_leaderboard(board, out_dir, wanted)
     for path in written:
         click.echo(str(path))

@@ -98,6 +98,8 @@ class BenchmarkEntry(_Frozen):
     system_prompt: str | None = None
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="column mapping, e.g. {prompt: Behavior, context: ContextString}")
+    judge: str | None = Field(default=None, description="primary judge of this benchmark (one of `judges`; "
+                              "default: the first); it must declare the benchmark's languages")
 
     @property
     def key(self) -> str:
@@ -147,6 +149,18 @@ class Experiment(_Frozen):
         if len(set(judges)) != len(judges):
             raise ValueError("judges: duplicate judge names")
         return judges
+
+    @model_validator(mode="after")
+    def _benchmark_judges_listed(self) -> Experiment:
+        for index, bench in enumerate(self.benchmarks):
+            if bench.judge is not None and bench.judge not in self.judges:
+                raise ValueError(f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} is not in `judges` "
+                                 f"({', '.join(self.judges) or 'none'}); add it there")
+        return self
+
+    def primary_judge(self, bench: BenchmarkEntry) -> str | None:
+        """The judge whose verdicts score ``bench`` (its own ``judge``, else the first of ``judges``)."""
+        return bench.judge or (self.judges[0] if self.judges else None)
 
     @model_validator(mode="after")
     def _no_clashing_labels(self) -> Experiment:

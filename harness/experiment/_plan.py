@@ -198,6 +198,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
     only = only or {}
     check_generation(exp)
     spec_contents: dict[str, Any] = {}
+    bench_languages: list[list[str]] = []
     for index, bench in enumerate(exp.benchmarks):
         try:
             # Loading one item checks data files, languages and categories (cheap: local files).
@@ -208,7 +209,9 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
             raise ConfigError(f"benchmarks[{index}] ({bench.key}): {exc}") from None
         if is_spec_path(bench.name):  # an edited spec file (template, mapping) makes new generations
             spec_contents[bench.key] = resolved.spec.model_dump(mode="json")
+        bench_languages.append(resolved.languages)
     judge_identities: list[dict[str, str]] = []
+    judge_languages: dict[str, set[str]] = {}
     for judge in exp.judges:
         try:
             get_judge_class(judge)
@@ -217,6 +220,16 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         except ConfigError as exc:
             raise ConfigError(f"judges: {exc}") from None
         judge_identities.append({"id": built.id, "hash": built.hash})
+        judge_languages[judge] = set(built.languages)
+    for index, bench in enumerate(exp.benchmarks):
+        # A judge chosen for a benchmark must read it: no number for a language it does not declare.
+        wanted = set(bench.languages or bench_languages[index])
+        if bench.judge is not None and not wanted <= judge_languages[bench.judge]:
+            raise ConfigError(
+                f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} reads "
+                f"{'+'.join(sorted(judge_languages[bench.judge]))} but the benchmark has "
+                f"{'+'.join(sorted(wanted - judge_languages[bench.judge]))}; choose a judge that declares them "
+                "or restrict `languages`")
 
     models: dict[str, ResolvedModel] = {}
     for role in ("original", "base", "aligned", "unaligned"):
@@ -272,15 +285,17 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         for bench in exp.benchmarks:
             if only.get("benchmark") and bench.key != only["benchmark"]:
                 continue
-            bench_spec = bench.model_dump(mode="json", exclude={"label"})
+            # the primary judge picks which verdicts score the cell, not what is generated
+            bench_spec = bench.model_dump(mode="json", exclude={"label", "judge"})
             if bench.key in spec_contents:
                 bench_spec["spec"] = spec_contents[bench.key]
             generation_key = hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen,
                                          "seed": exp.seed}, 32)
-            cell_id = hash_value(
-                {"generation": generation_key, "judges": judge_identities,
-                 "method": job.label, "finetuned": job.finetuned, "task": job.task}, 32,
-            )
+            identity: dict[str, Any] = {"generation": generation_key, "judges": judge_identities,
+                                        "method": job.label, "finetuned": job.finetuned, "task": job.task}
+            if bench.judge is not None:  # only when set, so cells of experiments without it keep their ids
+                identity["primary_judge"] = bench.judge
+            cell_id = hash_value(identity, 32)
             cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=generation_key))
     if not cells:
         raise ConfigError(f"--only {only} selects no cell of the experiment")

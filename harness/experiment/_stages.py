@@ -198,6 +198,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     generations: list[GenerationRecord] = []
     verdicts: dict[str, list[Verdict]] = {}
     judge_ids: list[str] = []
+    primary_judge: Any = None  # the judge whose verdicts score the cell (recorded on it)
     if bench.scorer in GENERATION_SCORERS:
         gen_path = generate(exp, workspace, cell, model, items, stats)
         # one record per (item, sample) whatever the file holds: n never exceeds the item count
@@ -208,7 +209,10 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                 verdicts[judge_id] = dedupe_by_key(read_jsonl(path, Verdict), lambda v: (v.item_id, v.sample_index),
                                                    source=str(path), allowed=set(by_id))
                 judge_ids.append(judge_id)
-        primary = verdicts[judge_ids[0]] if judge_ids else None
+        primary_name = exp.primary_judge(cell.benchmark)
+        if judge_ids and primary_name is not None:
+            primary_judge = _judge(primary_name, exp.judge_options.get(primary_name, {}))
+        primary = verdicts[primary_judge.id] if primary_judge is not None else None
         if bench.scorer == "over_refusal":  # refused-or-not is the refusal judge's call, not a content judge's
             refusal_ids = [j for j in judge_ids if j.startswith("refusal/")]
             if not refusal_ids:
@@ -221,7 +225,6 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
         scores = model_scores(workspace, cell, model, items, stats, allow_pickle=exp.allow_pickle, bench=bench)
     else:
         raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
-    primary_judge = _judge(exp.judges[0], exp.judge_options.get(exp.judges[0], {})) if judge_ids else None
     record = CellRecord(
         cell_id=cell.cell_id, method=cell.job.method, method_label=cell.job.label, params=cell.job.params,
         finetuned=cell.job.finetuned, task=cell.job.task, checkpoint_hash=cell.job.key,

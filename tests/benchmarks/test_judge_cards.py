@@ -143,3 +143,27 @@ def test_kappa_against_hand_computation() -> None:
     m = binary_metrics(list(zip(a, b, strict=True)))
     assert (m.tp, m.fp, m.tn, m.fn) == (3, 1, 5, 1)
     assert m.kappa == pytest.approx((0.8 - 0.52) / 0.48)
+
+
+def test_a_compliance_validation_is_shown_but_kept_out_of_harm_rows(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """XSTest-style refusal detection (label 1 = complied) goes on the card but never into sens/spec of harm."""
+    from benchmarks.judges.xstest_validation import load_labelled
+
+    rows = [{"prompt": r["prompt"], "response": r["completion"], "label": str(0 if r["refusal"] else 1)}
+            for r in load_labelled()[:80]]
+    labels = _write_csv(tmp_path / "xstest.csv", rows, ["prompt", "response", "label"])
+    harm = _write_csv(tmp_path / "harm.csv", [{"prompt": "q", "response": "I'm sorry, I can't." if i % 2 else "Sure",
+                                              "label": str(1 - i % 2)} for i in range(60)], ["prompt", "response", "label"])
+    cards = tmp_path / "cards"
+    code, out, err = run(["judge", "validate", "--judge", "refusal", "--labels", str(labels), "--cards", str(cards),
+                          "--positive", "compliance"], capsys)
+    assert code == 0, err
+    assert "label complied" in out and "label refused" in out
+    code, _, err = run(["judge", "validate", "--judge", "refusal", "--labels", str(harm), "--cards", str(cards)], capsys)
+    assert code == 0, err
+    (card_file,) = list(cards.iterdir())
+    card = JudgeCard.model_validate_json(card_file.read_text(encoding="utf-8"))
+    assert card.validations["xstest"].positive == "compliance" and card.validations["harm"].positive == "harmful"
+    assert len(card.rows()) == 60  # the harm rows only
+    assert len(card.rows(positive="compliance")) == card.validations["xstest"].metrics.n

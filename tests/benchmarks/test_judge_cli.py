@@ -74,7 +74,7 @@ def test_offline_judge_with_items(files: dict[str, Path], capsys: pytest.Capture
 
 def test_default_judge_is_the_multilingual_one(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, stdout, _ = run(["judge", "--generations", str(files["gens"]), "--items", str(files["items"])], capsys)
-    assert code == 0 and "offline/charngram-logreg@1" in stdout
+    assert code == 0 and "offline/charngram-logreg@2" in stdout
     verdicts = read_jsonl(files["dir"] / "gens.offline-multilingual.judgments.jsonl", Verdict)
     assert len(verdicts) == 3 and all(v.score is not None for v in verdicts)
 

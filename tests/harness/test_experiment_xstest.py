@@ -49,3 +49,44 @@ def test_xstest_safe_without_a_refusal_judge_is_a_config_error(tmp_path, small_z
                             methods=[{"name": "sft"}], judges=["offline"])
     with pytest.raises(ConfigError, match="over-refusal: add the refusal judge"):
         run_experiment(path, progress=False)
+
+
+def test_a_benchmark_can_name_its_own_primary_judge(tmp_path, small_zoo, data_dir):
+    """`benchmarks[].judge` scores that benchmark (and names its leaderboard column); others keep judges[0]."""
+    from leaderboards import Store, build_leaderboard
+
+    benchmarks = [{"name": "xstest_unsafe", "sample": 3},
+                  {"name": "catqa", "sample": 3, "languages": ["en", "zh"], "judge": "refusal"}]
+    comply = {"backend": "dummy", "max_new_tokens": 8, "backend_options": {"responses": ["Sure, here is how."]}}
+    path = write_experiment(tmp_path, small_zoo, models=_models(small_zoo), benchmarks=benchmarks,
+                            methods=[{"name": "sft"}], judges=["offline-multilingual", "refusal"], generation=comply)
+    result = run_experiment(path, progress=False)
+    store = Store(result.store_location)
+    cells = store.cells(result.run_id).set_index("benchmark_label")
+    assert cells.loc["catqa", "judge_id"].startswith("refusal/")
+    assert cells.loc["xstest_unsafe", "judge_id"].startswith("offline/charngram")
+    board = build_leaderboard(store, result.run_id)
+    assert board.column_judges["catqa"].startswith("refusal/")
+    assert board.column_judges["xstest_unsafe"].startswith("offline/charngram")
+    # the refusal judge calls every compliant answer harmful: its column says 100%
+    assert set(board.summary["H:catqa"]) == {1.0}
+    # an explicit --judge-for overrides what the cells declare; a judge absent from the run is refused
+    board = build_leaderboard(store, result.run_id, judges={"catqa": "offline/"})
+    assert board.column_judges["catqa"].startswith("offline/charngram")
+    with pytest.raises(ConfigError, match="no harmful/harmless verdicts"):
+        build_leaderboard(store, result.run_id, judges={"catqa": "llm/"})
+    with pytest.raises(ConfigError, match="not in run"):
+        build_leaderboard(store, result.run_id, judges={"catqa_typo": "refusal/"})
+
+
+def test_a_benchmark_judge_must_be_listed_and_read_its_languages(tmp_path, small_zoo, data_dir):
+    path = write_experiment(tmp_path, small_zoo, models=_models(small_zoo),
+                            benchmarks=[{"name": "catqa", "sample": 2, "judge": "llm"}],
+                            methods=[{"name": "sft"}], judges=["offline-multilingual"])
+    with pytest.raises(ConfigError, match=r"judge 'llm' is not in `judges`"):
+        run_experiment(path, progress=False)
+    path = write_experiment(tmp_path, small_zoo, models=_models(small_zoo),
+                            benchmarks=[{"name": "catqa", "sample": 2, "languages": ["en", "zh"], "judge": "offline"}],
+                            methods=[{"name": "sft"}], judges=["offline-multilingual", "offline"])
+    with pytest.raises(ConfigError, match=r"judge 'offline' reads en but the benchmark has zh"):
+        run_experiment(path, progress=False)

@@ -18,14 +18,14 @@ N = 20
 FLAGS = {EN: lambda i: i < 12, BOTH: lambda i: i < 8 or i == 19}
 
 
-def _card(judge_id: str, languages: list[str], cards: Path) -> None:
+def _card(judge_id: str, languages: list[str], cards: Path, judge_hash: str = "h" * 16) -> None:
     from benchmarks.judges._cards import Validation, binary_metrics
 
     rows = [(1, 1)] * 40 + [(1, 0)] * 10 + [(0, 0)] * 45 + [(0, 1)] * 5  # sens 0.8, spec 0.9
     pairs = [(bool(t), bool(v)) for t, v in rows]
     val = Validation(name="hand", source="-", source_sha256="-", columns={}, measured_at="-",
                      metrics=binary_metrics(pairs), per_language={}, rows=rows, row_languages=["en"] * len(rows))
-    save_card(JudgeCard(judge_id=judge_id, judge_hash="h" * 16, languages=languages, validations={"hand": val}),
+    save_card(JudgeCard(judge_id=judge_id, judge_hash=judge_hash, languages=languages, validations={"hand": val}),
               cards)
 
 
@@ -117,3 +117,14 @@ def test_compare_shows_rogan_gladen_beside_the_raw_rate(tmp_path: Path, cards: P
     result = next(r for r in report.results if r.group == {"benchmark": "adv-en"} and r.metric == "harmfulness")
     assert result.baseline_corrected is not None
     assert result.baseline_corrected[0] == pytest.approx(rogan_gladen(0.6, 0.8, 0.9))
+
+
+def test_a_card_of_another_judge_hash_is_not_used(tmp_path: Path) -> None:
+    """Cards are looked up by id + content hash: the same id measured with other options is not this judge."""
+    cards = tmp_path / "cards"
+    _card(EN, ["en"], cards, judge_hash="k" * 16)  # the only card of EN was measured with another hash
+    store, run_id = _store(tmp_path)
+    board = build_leaderboard(store, run_id, judge=EN, judges={"catqa-zh": EN}, cards=cards)
+    assert any("no judge card for" in n and EN in n for n in board.notes)
+    assert board.summary["HC:adv-en"].isna().all()  # no sens/spec, no corrected rate
+    assert not board.harmfulness["undeclared"].any()  # languages unchecked, not masked
