@@ -277,11 +277,18 @@ def answer_nll(model: Any, items: Sequence[Item], batch_size: int = 8, max_lengt
                  higher_is_better=False)
 
 
-def score_with_model(benchmark: str, model: Any, items: Sequence[Item]) -> list[Score]:
-    """Scorers that read the model itself rather than generations (log-likelihood, answer NLL)."""
-    from benchmarks._core import get_benchmark
+def _benchmark(benchmark: str | Any) -> Any:
+    """A Benchmark as given (a spec loaded from a path keeps its own scorer), else looked up by name."""
+    from benchmarks._core import Benchmark, get_benchmark
 
-    scorer = get_benchmark(benchmark).scorer
+    return benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
+
+
+def score_with_model(benchmark: str | Any, model: Any, items: Sequence[Item]) -> list[Score]:
+    """Scorers that read the model itself rather than generations (log-likelihood, answer NLL).
+    ``benchmark``: a name, a spec path or a Benchmark."""
+    bench = _benchmark(benchmark)
+    scorer, benchmark = bench.scorer, bench.name
     if scorer == "loglik_accuracy":
         return [loglik_accuracy(model, items, benchmark=benchmark)]
     if scorer == "nll":
@@ -335,14 +342,13 @@ def _groups(items: Sequence[Any], key: Callable[[Any], dict[str, str]]) -> dict[
     return groups
 
 
-def score(benchmark: str, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
+def score(benchmark: str | Any, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
           items: Mapping[str, Item], *, allow_code_execution: bool = False, ks: Sequence[int] = (1,),
           sandbox_options: Mapping[str, Any] | None = None) -> list[Score]:
-    """Score saved generations/verdicts for `benchmark`, overall and per language / per category."""
-    from benchmarks._core import get_benchmark
-
-    bench = get_benchmark(benchmark)
-    scorer = bench.scorer
+    """Score saved generations/verdicts for `benchmark` (a name, a spec path or a Benchmark),
+    overall and per language / per category."""
+    bench = _benchmark(benchmark)
+    scorer, benchmark = bench.scorer, bench.name
 
     def facets(item_id: str) -> dict[str, str]:
         item = items.get(item_id)

@@ -134,6 +134,20 @@ def _check_weights(exp: Experiment, where: str, path: Path, adapter: Path | None
         raise type(exc)(f"{where}: {exc}") from None
 
 
+def benchmark_for(exp: Experiment, entry: BenchmarkEntry) -> Any:
+    """The Benchmark of an experiment entry: registered by name, or a spec file relative to the
+    experiment file, with the entry's column mapping. Every stage resolves it here (never by the
+    spec's own name, which is not registered)."""
+    from benchmarks import get_benchmark, is_spec_path
+
+    name = str(exp.resolve(entry.name)) if is_spec_path(entry.name) else entry.name
+    return get_benchmark(name, **entry.options)
+
+
+def data_path_for(exp: Experiment, entry: BenchmarkEntry) -> Path | None:
+    return exp.resolve(entry.data_path) if entry.data_path else None
+
+
 def check_generation(exp: Experiment) -> None:
     """The generation settings as the backend will see them: decoding config and backend options."""
     from pydantic import ValidationError
@@ -199,19 +213,24 @@ def method_inputs(
 
 def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None = None) -> Plan:
     """Validate everything cheap-to-check and expand the matrix. Raises ConfigError before any work."""
-    from benchmarks import get_benchmark
+    from benchmarks import is_spec_path
     from benchmarks.judges import get_judge, get_judge_class
 
     only = only or {}
     check_generation(exp)
+    spec_contents: dict[str, Any] = {}
+    bench_languages: list[list[str]] = []
     for index, bench in enumerate(exp.benchmarks):
         try:
             # Loading one item checks data files, languages and categories (cheap: local files).
-            get_benchmark(bench.name, **bench.options).load(
-                limit=1, languages=bench.languages, categories=bench.categories, data_path=bench.data_path
-            )
+            resolved = benchmark_for(exp, bench)
+            resolved.load(limit=1, languages=bench.languages, categories=bench.categories,
+                          data_path=data_path_for(exp, bench))
         except RealignError as exc:
             raise ConfigError(f"benchmarks[{index}] ({bench.key}): {exc}") from None
+        if is_spec_path(bench.name):  # an edited spec file (template, mapping) makes new generations
+            spec_contents[bench.key] = resolved.spec.model_dump(mode="json")
+        bench_languages.append(resolved.languages)
     judge_identities: list[dict[str, str]] = []
     judge_languages: dict[str, set[str]] = {}
     for judge in exp.judges:
@@ -225,7 +244,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         judge_languages[judge] = set(built.languages)
     for index, bench in enumerate(exp.benchmarks):
         # A judge chosen for a benchmark must read it: no number for a language it does not declare.
-        wanted = set(bench.languages or get_benchmark(bench.name, **bench.options).languages)
+        wanted = set(bench.languages or bench_languages[index])
         if bench.judge is not None and not wanted <= judge_languages[bench.judge]:
             raise ConfigError(
                 f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} reads "
@@ -289,6 +308,8 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
                 continue
             # the primary judge picks which verdicts score the cell, not what is generated
             bench_spec = bench.model_dump(mode="json", exclude={"label", "judge"})
+            if bench.key in spec_contents:
+                bench_spec["spec"] = spec_contents[bench.key]
             generation_key = hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen,
                                          "seed": exp.seed}, 32)
             identity: dict[str, Any] = {"generation": generation_key, "judges": judge_identities,

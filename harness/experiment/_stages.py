@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError
 from harness.experiment._faults import crash_point
-from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel
+from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel, benchmark_for, data_path_for
 from harness.hashing import hash_value
 
 if TYPE_CHECKING:
@@ -78,14 +78,12 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
     return Materialized(out, None, job.key)
 
 
-def _items(cell: Cell) -> list[Any]:
-    from benchmarks import get_benchmark
-
+def _items(exp: Experiment, bench: Any, cell: Cell) -> list[Any]:
     b = cell.benchmark
-    return get_benchmark(b.name, **b.options).load(
+    return list(bench.load(
         limit=b.limit, sample=b.sample, seed=b.seed, languages=b.languages, categories=b.categories,
-        data_path=b.data_path,
-    )
+        data_path=data_path_for(exp, b),
+    ))
 
 
 def generate(exp: Experiment, workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats) -> Path:
@@ -169,7 +167,7 @@ def _judge(name: str, options: dict[str, Any]) -> Any:
 
 
 def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats, *,
-                 allow_pickle: bool = False) -> list[Any]:
+                 allow_pickle: bool = False, bench: Any = None) -> list[Any]:
     """Scores of a model-reading scorer, cached like generations (by checkpoint × benchmark), so a
     cell re-made for another reason (a changed judge) does not run the model again."""
     from benchmarks.scoring import score_with_model
@@ -184,7 +182,7 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
     from harness.generate import check_model_weights
 
     check_model_weights(dense, allow_pickle=allow_pickle)  # the scorer loads it: same rules as generation
-    scores = score_with_model(cell.benchmark.name, dense, items)
+    scores = score_with_model(bench if bench is not None else cell.benchmark.name, dense, items)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps([s.model_dump(mode="json") for s in scores]), encoding="utf-8")
     os.replace(tmp, path)
@@ -193,13 +191,12 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
 
 
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
-    from benchmarks import get_benchmark
     from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score
     from harness.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
     from leaderboards import CellRecord
 
-    bench = get_benchmark(cell.benchmark.name, **cell.benchmark.options)
-    items = _items(cell)
+    bench = benchmark_for(exp, cell.benchmark)
+    items = _items(exp, bench, cell)
     by_id = {item.id: item for item in items}
     generations: list[GenerationRecord] = []
     verdicts: dict[str, list[Verdict]] = {}
@@ -225,10 +222,10 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                 raise ConfigError(f"benchmark {bench.name!r} measures over-refusal: add the refusal judge to "
                                   f"`judges` (have: {', '.join(judge_ids) or 'none'})")
             primary = verdicts[refusal_ids[0]]
-        scores = score(bench.name, generations, primary, by_id, allow_code_execution=exp.allow_code_execution,
+        scores = score(bench, generations, primary, by_id, allow_code_execution=exp.allow_code_execution,
                        sandbox_options={"isolation": exp.sandbox})
     elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
-        scores = model_scores(workspace, cell, model, items, stats, allow_pickle=exp.allow_pickle)
+        scores = model_scores(workspace, cell, model, items, stats, allow_pickle=exp.allow_pickle, bench=bench)
     else:
         raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
     record = CellRecord(
