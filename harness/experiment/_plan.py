@@ -287,10 +287,13 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
                     key = hash_value({"passthrough": resolved.hash}, 32)
                 else:
                     inputs, use_adapter, extra = method_inputs(method, full_params, models, resolved, where)
-                    key = hash_value(
-                        {"method": canonical, "params": full_params, "seed": exp.seed, "adapter": use_adapter,
-                         "inputs": {r: m.hash for r, m in inputs.items()}, "finetuned": [resolved.hash]}, 32,
-                    )
+                    job_identity: dict[str, Any] = {
+                        "method": canonical, "params": full_params, "seed": exp.seed, "adapter": use_adapter,
+                        "inputs": {r: m.hash for r, m in inputs.items()}, "finetuned": [resolved.hash]}
+                    if use_adapter:  # adapter updates are now taken relative to the model they are added to;
+                        # a checkpoint cached before that fix counted θ_A's adapter twice: never reuse it
+                        job_identity["adapter_updates"] = "relative@1"
+                    key = hash_value(job_identity, 32)
                 jobs.append(
                     CheckpointJob(
                         key=key, method=canonical, label=label, params={**full_params, **extra},
