@@ -432,7 +432,7 @@ class Benchmark:
                         raise DataError(f"{path}: row {number}: cannot parse ({exc!r})") from exc
                     item = self._make_item(path, number, data, item_lang, category or file_category,
                                            subcategory, (file_category or path.stem) if multi_source else None)
-                    if source.split is None or SPLITS[source.split](item.prompt):
+                    if source.split is None or SPLITS[source.split](item):
                         items.append(item)
         return items
 
