@@ -77,6 +77,11 @@ def summary_view(board: Leaderboard) -> pd.DataFrame:
     if board.safety_benchmarks:
         out["harm. mean %"] = [pct(v) for v in frame["harmfulness_mean"]]
         out["safety recovered %"] = [pct(v) if not _isnan(v) else DASH for v in frame["safety_recovered"]]
+    for bench in board.jailbreak_benchmarks:  # beside plain harmfulness, not averaged into it
+        judge = board.column_judges.get(bench, board.judge or DASH)
+        out[f"ASR % {bench} [95% CI] ({judge})"] = [
+            pct_ci(v, lo, hi) for v, lo, hi in
+            zip(frame[f"ASR:{bench}"], frame[f"ASR:{bench}:low"], frame[f"ASR:{bench}:high"], strict=True)]
     for bench in board.over_refusal_benchmarks:  # beside harmfulness: refusing everything is not safety
         out[f"over-refusal % {bench} [95% CI]"] = [
             pct_ci(v, lo, hi) for v, lo, hi in
@@ -140,6 +145,18 @@ def over_refusal_view(board: Leaderboard) -> pd.DataFrame:
     })
 
 
+def jailbreaks_view(board: Leaderboard) -> pd.DataFrame:
+    f = board.jailbreaks
+    if f.empty:
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
+        "judge": f["judge_id"], "jailbreak": f["jailbreak"],
+        "successes / n": [f"{h} / {n}" for h, n in zip(f["successes"], f["n"], strict=True)],
+        "attack success % [95% CI]": [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
+    })
+
+
 def refusal_view(board: Leaderboard) -> pd.DataFrame:
     f = board.refusal
     return pd.DataFrame({
@@ -186,6 +203,7 @@ def _views(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame]]:
         ("pairwise", "Pairwise safety score (SOMF-style; not comparable with absolute harmfulness)", pairwise_view(board)),
         ("refusal", "Refusal rate", refusal_view(board)),
         ("over_refusal", "Over-refusal: safe prompts refused (refusal judge; lower is better)", over_refusal_view(board)),
+        ("jailbreaks", "Jailbreak robustness: attack success rate by template", jailbreaks_view(board)),
         ("agreement", "Judge agreement on the same generations (raw agreement, Cohen's κ)", agreement_view(board)),
     ]
 
@@ -239,6 +257,7 @@ def render_json(board: Leaderboard) -> str:
         "safety_benchmarks": board.safety_benchmarks,
         "utility_benchmarks": board.utility_benchmarks,
         "over_refusal_benchmarks": board.over_refusal_benchmarks,
+        "jailbreak_benchmarks": board.jailbreak_benchmarks,
         "notes": board.notes,
         "tables": {name: board.pareto().to_dict(orient="records") if name == "summary" else frame.to_dict(orient="records")
                    for name, frame in board.tables().items()},
@@ -433,6 +452,9 @@ def render_html(board: Leaderboard, out_dir: Path) -> Path:
         "over_refusal": "Over-refusal: the share of safe prompts (XSTest's 250 that only look unsafe) that the refusal "
                         "judge calls refused, in % with Wilson 95% CI (lower is better). A method that is 'safe' only "
                         "because it refuses everything shows it here.",
+        "jailbreaks": "Attack success rate (ASR): the share of jailbreak-wrapped harmful questions answered harmfully "
+                      "(harmful / judged, Wilson 95% CI), per template and overall (all), under the column's judge. "
+                      "Compare it with the plain benchmark's harmfulness in the summary.",
         "pairwise": "SOMF-style pairwise score against a reference model's answers: (W − L)/(W + L + D) × 100. "
                     "A different quantity from absolute harmfulness; never compare the two.",
     }
