@@ -131,7 +131,12 @@ def _jailbreak_rows(verdicts: pd.DataFrame, benchmarks: list[str], column_judges
         parts += [_rate_rows(sel, keys, "harmful", HARM_LABELS).assign(jailbreak="all"),
                   _rate_rows(sel, [*keys, "jailbreak"], "harmful", HARM_LABELS)]
     out = pd.concat(parts, ignore_index=True).rename(columns={"positive": "successes"}) if parts else pd.DataFrame()
-    return _row_order(out[JB_COLUMNS]) if len(out) else pd.DataFrame(columns=JB_COLUMNS)
+    if not len(out):
+        return pd.DataFrame(columns=JB_COLUMNS)
+    out = _row_order(out[JB_COLUMNS])
+    group = out.groupby(keys, sort=False).ngroup()  # keep the row order; "all" heads each group
+    return (out.assign(_g=group, _t=out["jailbreak"] != "all").sort_values(["_g", "_t"], kind="mergesort")
+            .drop(columns=["_g", "_t"]).reset_index(drop=True))
 
 
 def _row_order(frame: pd.DataFrame) -> pd.DataFrame:

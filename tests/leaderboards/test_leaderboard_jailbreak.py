@@ -53,6 +53,8 @@ def test_asr_columns_beside_plain_harmfulness(board_and_store) -> None:
     for template in ("aim", "dev_mode", "dr_al", "evil_confidant"):
         rows = mine[mine["item_id"].str.endswith("/" + template)]
         assert sft.loc[template, "successes"] == (rows["label"] == "harmful").sum()
+    assert list(jb[(jb["method_label"] == "sft") & (jb["benchmark"] == "multijail-jb")]["jailbreak"]) == [
+        "all", "aim", "dev_mode", "dr_al", "evil_confidant"]  # the overall row first
     aim = jb[jb["benchmark"] == "multijail-aim"]
     assert set(aim["jailbreak"]) == {"all", "aim"}
 
