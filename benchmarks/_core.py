@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from benchmarks._jailbreaks import apply_jailbreak, jailbreak_template
 from benchmarks._splits import SPLITS
 from harness.errors import ConfigError, DataError, name_unknown
 from harness.paths import cache_dir, data_dirs
@@ -110,6 +111,16 @@ class BenchmarkSpec(BaseModel):
     conventional_columns: bool = True  # unmapped fields take a column of their own name (see FieldMap)
     system_prompt: str | None = None
     default_scorer: str = "harmfulness"
+    # Jailbreak variant: each item once per template (benchmarks/jailbreaks/<name>.txt); the template
+    # name becomes the item's subcategory (so `categories: [aim]` picks one) and metadata["jailbreak"].
+    jailbreaks: list[str] = Field(default_factory=list)
+
+    @field_validator("jailbreaks")
+    @classmethod
+    def _known_jailbreaks(cls, names: list[str]) -> list[str]:
+        for name in names:
+            jailbreak_template(name)  # unknown name or a malformed file: the error names it
+        return names
 
 
 # ---------------------------------------------------------------- quirks (Python only where needed)
@@ -457,8 +468,8 @@ class Benchmark:
                         raise DataError(f"{path}: row {number}: cannot parse ({exc!r})") from exc
                     item = self._make_item(path, number, data, item_lang, category or file_category,
                                            subcategory, (file_category or path.stem) if multi_source else None)
-                    if source.split is None or SPLITS[source.split](item.prompt):
-                        items.append(item)
+                    if source.split is None or SPLITS[source.split](item):
+                        items.extend(self._jailbroken(item) if spec.jailbreaks else [item])
         first: dict[str, Item] = {}
         for item in items:  # an id column with a repeat would make two items one (generation resumes by id)
             seen = first.setdefault(item.id, item)
@@ -467,6 +478,13 @@ class Benchmark:
                 raise DataError(f"{m['source_file']}: row {m['source_row']}: item id {item.id!r} repeats row "
                                 f"{s['source_row']} of {s['source_file']}; ids must be unique (check the id column)")
         return items
+
+    def _jailbroken(self, item: Item) -> list[Item]:
+        """One item per jailbreak template, the question inside it (ids ``<plain id>/<template>``)."""
+        return [item.model_copy(update={
+            "id": f"{item.id}/{name}", "prompt": apply_jailbreak(name, item.prompt), "subcategory": name,
+            "metadata": {**item.metadata, "jailbreak": name, "question": item.prompt}})
+            for name in self.spec.jailbreaks]
 
     def _rows(self, path: Path) -> Iterator[tuple[int, Row, str | None, str | None]]:
         if self.spec.layout != "nested":

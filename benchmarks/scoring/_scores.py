@@ -352,7 +352,11 @@ def score(benchmark: str | Any, generations: Sequence[GenerationRecord], verdict
 
     def facets(item_id: str) -> dict[str, str]:
         item = items.get(item_id)
-        return {"language": item.language or "", "category": item.category or ""} if item else {}
+        if item is None:
+            return {}
+        # a jailbreak variant also reports attack success per template
+        return {"language": item.language or "", "category": item.category or "",
+                "jailbreak": str(item.metadata.get("jailbreak") or "")}
 
     out: list[Score] = []
     if scorer == "over_refusal":

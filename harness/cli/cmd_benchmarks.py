@@ -106,7 +106,7 @@ def show_cmd(name: str, samples: int, data_path: str | None, fields: tuple[str, 
 
 
 @click.command("score")
-@click.option("--benchmark", "benchmark", required=True, help="Benchmark name (or a YAML spec path).")
+@click.option("--benchmark", "benchmark", help="Benchmark name (or a YAML spec path).")
 @click.option("--generations", type=click.Path(exists=True, dir_okay=False), help="GenerationRecord JSONL.")
 @click.option("--verdicts", type=click.Path(exists=True, dir_okay=False), help="Verdict JSONL (safety).")
 @data_option("Data file or folder for the items (your CSV/JSONL for csv|jsonl).")
@@ -119,21 +119,46 @@ def show_cmd(name: str, samples: int, data_path: str | None, fields: tuple[str, 
                    "audit: NO namespaces (uid nobody + audit hook); only when asked for, with a warning.")
 @click.option("-k", "ks", multiple=True, type=int, default=(1,), show_default=True, help="pass@k values.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Append Score rows to this JSONL file.")
-def score_cmd(benchmark: str, generations: str | None, verdicts: str | None, data_path: str | None,
-              fields: tuple[str, ...], allow_code_execution: bool, sandbox: str, ks: tuple[int, ...],
-              out: str | None) -> None:
-    """Score saved generations / verdicts: overall and per language and category."""
+@click.option("--model", "model", default=None,
+              help="Model directory (or smollm2-135m-instruct) for the scorers that read the model, not "
+                   "generations: xcopa_zh (log-likelihood accuracy), task_nll (answer NLL), --lm-eval-task.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
+              help="PEFT LoRA adapter on --model (merged in memory).")
+@click.option("--lm-eval-task", "lm_eval_task", type=click.Path(exists=True), default=None,
+              help="An lm-eval task YAML (or a folder of them) run offline on --model; no --benchmark needed.")
+@click.option("--lang", "languages", multiple=True, help="With --model: language filter, repeatable.")
+@click.option("--category", "categories", multiple=True, help="With --model: category filter (task_nll: math, "
+              "code, chinese, english), repeatable.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="With --model: first N items only.")
+@click.option("--allow-pickle", is_flag=True, help="Load pickle weights (weights_only=True); refused by default.")
+def score_cmd(benchmark: str | None, generations: str | None, verdicts: str | None, data_path: str | None,
+              fields: tuple[str, ...], allow_code_execution: bool, sandbox: str, ks: tuple[int, ...], out: str | None,
+              model: str | None, adapter: str | None, lm_eval_task: str | None, languages: tuple[str, ...],
+              categories: tuple[str, ...], limit: int | None, allow_pickle: bool) -> None:
+    """Score saved generations / verdicts: overall and per language and category.
+
+    With --model, score the model itself instead: a benchmark whose scorer reads the model (xcopa_zh,
+    task_nll), or an lm-eval task YAML with --lm-eval-task.
+    """
     from benchmarks.scoring import score
     from harness.records import GenerationRecord, Verdict, append_jsonl, read_jsonl
 
-    if not generations and not verdicts:
-        raise ConfigError("realign score: give --generations (and --verdicts for a safety benchmark)")
-    bench = load_benchmark(benchmark, fields)
-    items = {i.id: i for i in bench.load(data_path=data_path)}
-    gens = _checked(generations, read_jsonl(generations, GenerationRecord), bench.name, items) if generations else []
-    verds = _checked(verdicts, read_jsonl(verdicts, Verdict), bench.name, items) if verdicts else []
-    scores = score(bench, gens, verds, items, allow_code_execution=allow_code_execution, ks=ks,
-                   sandbox_options={"isolation": sandbox})
+    if model is not None or lm_eval_task is not None:
+        scores = _score_model(benchmark, model, adapter, lm_eval_task, data_path=data_path,
+                              languages=languages, categories=categories, limit=limit,
+                              allow_pickle=allow_pickle, given=bool(generations or verdicts))
+    else:
+        if benchmark is None:
+            raise ConfigError("realign score: give --benchmark (or --lm-eval-task with --model)")
+        if not generations and not verdicts:
+            raise ConfigError("realign score: give --generations (and --verdicts for a safety benchmark), "
+                              "or --model for a benchmark scored from the model (xcopa_zh, task_nll)")
+        bench = load_benchmark(benchmark, fields)
+        items = {i.id: i for i in bench.load(data_path=data_path)}
+        gens = _checked(generations, read_jsonl(generations, GenerationRecord), bench.name, items) if generations else []
+        verds = _checked(verdicts, read_jsonl(verdicts, Verdict), bench.name, items) if verdicts else []
+        scores = score(bench, gens, verds, items, allow_code_execution=allow_code_execution, ks=ks,
+                       sandbox_options={"isolation": sandbox})
     for row in scores:
         ci = f" [{row.ci_low:.3f}, {row.ci_high:.3f}]" if row.ci_low is not None else ""
         subset = ",".join(f"{k}={v}" for k, v in row.subset.items()) or "all"
@@ -141,6 +166,55 @@ def score_cmd(benchmark: str, generations: str | None, verdicts: str | None, dat
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(out, scores)
+
+
+def _score_model(benchmark: str | None, model: str | None, adapter: str | None, lm_eval_task: str | None, *,
+                 data_path: str | None, languages: tuple[str, ...], categories: tuple[str, ...],
+                 limit: int | None, allow_pickle: bool, given: bool) -> list[Any]:
+    """Scores read from the model itself: a model-scored benchmark, or an lm-eval task."""
+    from benchmarks import get_benchmark
+    from benchmarks.scoring import MODEL_SCORERS, run_lm_eval_task, score_with_model
+
+    if model is None:
+        raise ConfigError("realign score: --lm-eval-task runs on a model: give --model DIR")
+    if given:
+        raise ConfigError("realign score: --model scores the model itself; it takes no --generations/--verdicts")
+    if (benchmark is None) == (lm_eval_task is None):
+        raise ConfigError("realign score --model: give exactly one of --benchmark and --lm-eval-task")
+    loaded = _scoring_model(model, adapter, allow_pickle)
+    if lm_eval_task is not None:
+        scores = run_lm_eval_task(loaded, lm_eval_task, limit=limit)
+        if not scores:
+            raise ConfigError(f"{lm_eval_task}: lm-eval returned no metrics (no `task:` in the YAML?)")
+        return scores
+    assert benchmark is not None
+    bench = get_benchmark(benchmark)
+    if bench.scorer not in MODEL_SCORERS:
+        raise ConfigError(f"benchmark {bench.name!r} is scored from saved generations (scorer {bench.scorer!r}), "
+                          f"not from the model: run `realign generate` and pass --generations; "
+                          f"--model scores {', '.join(sorted(MODEL_SCORERS))} benchmarks")
+    items = bench.load(limit=limit, languages=list(languages) or None, categories=list(categories) or None,
+                       data_path=data_path)
+    if not items:
+        raise ConfigError(f"benchmark {bench.name!r}: no items after the filters; nothing to score")
+    return score_with_model(bench.name, loaded, items)
+
+
+def _scoring_model(model: str, adapter: str | None, allow_pickle: bool) -> Any:
+    """An HF (model, tokenizer) for the log-likelihood scorers; an adapter is merged in memory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.checkpoints import resolve_model
+    from harness.generate import check_model_weights
+
+    path = Path(resolve_model(model))
+    check_model_weights(path, adapter, allow_pickle=allow_pickle)  # the same refusals as generation
+    hf = AutoModelForCausalLM.from_pretrained(path)
+    if adapter is not None:
+        from peft import PeftModel
+
+        hf = PeftModel.from_pretrained(hf, adapter).merge_and_unload()
+    return hf.eval(), AutoTokenizer.from_pretrained(path)
 
 
 def _checked(path: str, records: list[Any], benchmark: str, items: dict[str, Any]) -> list[Any]:

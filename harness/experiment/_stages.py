@@ -236,7 +236,9 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
         gen_config_hash=generations[0].gen_config_hash if generations else None,
         judge_id=primary_judge.id if primary_judge else None,
         judge_hash=primary_judge.hash if primary_judge else None,
-        primary_metric="over_refusal" if bench.scorer == "over_refusal" else None,
+        # the leaderboard keeps these out of plain harmfulness: over-refusal, and jailbreak attack success
+        primary_metric="over_refusal" if bench.scorer == "over_refusal" else (
+            "attack_success" if bench.spec.jailbreaks else None),
     )
     crash_point("store")
     store.write_cell(run_id, record, generations, verdicts, scores, items=items)
