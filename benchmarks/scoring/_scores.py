@@ -313,16 +313,23 @@ def answer_nll_items(model: Any, items: Sequence[Item], batch_size: int = 8, max
                  higher_is_better=False), per_item
 
 
-def score_with_model(benchmark: str, model: Any, items: Sequence[Item]) -> list[Score]:
-    """Scorers that read the model itself rather than generations (log-likelihood, answer NLL)."""
+def _benchmark(benchmark: str | Any) -> Any:
+    """A Benchmark as given (a spec loaded from a path keeps its own scorer), else looked up by name."""
+    from benchmarks._core import Benchmark, get_benchmark
+
+    return benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
+
+
+def score_with_model(benchmark: str | Any, model: Any, items: Sequence[Item]) -> list[Score]:
+    """Scorers that read the model itself rather than generations (log-likelihood, answer NLL).
+    ``benchmark``: a name, a spec path or a Benchmark."""
     return score_with_model_items(benchmark, model, items)[0]
 
 
-def score_with_model_items(benchmark: str, model: Any, items: Sequence[Item]) -> tuple[list[Score], list[ItemScore]]:
+def score_with_model_items(benchmark: str | Any, model: Any, items: Sequence[Item]) -> tuple[list[Score], list[ItemScore]]:
     """:func:`score_with_model` and the per-item scores behind it (``acc`` 0/1, or each item's ``nll``)."""
-    from benchmarks._core import get_benchmark
-
-    scorer = get_benchmark(benchmark).scorer
+    bench = _benchmark(benchmark)
+    scorer, benchmark = bench.scorer, bench.name
     if scorer == "loglik_accuracy":
         acc, per_item = loglik_accuracy_items(model, items, benchmark=benchmark)
         return [acc], per_item
@@ -378,27 +385,30 @@ def _groups(items: Sequence[Any], key: Callable[[Any], dict[str, str]]) -> dict[
     return groups
 
 
-def score(benchmark: str, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
+def score(benchmark: str | Any, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
           items: Mapping[str, Item], *, allow_code_execution: bool = False, ks: Sequence[int] = (1,),
           sandbox_options: Mapping[str, Any] | None = None) -> list[Score]:
-    """Score saved generations/verdicts for `benchmark`, overall and per language / per category."""
+    """Score saved generations/verdicts for `benchmark` (a name, a spec path or a Benchmark),
+    overall and per language / per category."""
     return score_with_items(benchmark, generations, verdicts, items, allow_code_execution=allow_code_execution,
                             ks=ks, sandbox_options=sandbox_options)[0]
 
 
-def score_with_items(benchmark: str, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
+def score_with_items(benchmark: str | Any, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
                      items: Mapping[str, Item], *, allow_code_execution: bool = False, ks: Sequence[int] = (1,),
                      sandbox_options: Mapping[str, Any] | None = None) -> tuple[list[Score], list[ItemScore]]:
     """:func:`score` and the per-item utility scores behind it (GSM8K 0/1 per sample, pass@k per
     problem). Verdict-based scorers have none: their per-item outcome is the verdict itself."""
-    from benchmarks._core import get_benchmark
-
-    bench = get_benchmark(benchmark)
-    scorer = bench.scorer
+    bench = _benchmark(benchmark)
+    scorer, benchmark = bench.scorer, bench.name
 
     def facets(item_id: str) -> dict[str, str]:
         item = items.get(item_id)
-        return {"language": item.language or "", "category": item.category or ""} if item else {}
+        if item is None:
+            return {}
+        # a jailbreak variant also reports attack success per template
+        return {"language": item.language or "", "category": item.category or "",
+                "jailbreak": str(item.metadata.get("jailbreak") or "")}
 
     out: list[Score] = []
     if scorer == "over_refusal":

@@ -1,5 +1,6 @@
 """Checkpoint I/O: lazy safetensors reading, streaming sharded writing, PEFT LoRA adapters, GGUF import."""
 
+from harness.checkpoints._adapted import AdaptedReader, CombinedAdapter, adapter_base_path, open_model
 from harness.checkpoints._finite import NonFiniteError, check_checkpoint_finite, check_finite
 from harness.checkpoints._gguf import (
     BUNDLED_GGUF,
@@ -9,25 +10,30 @@ from harness.checkpoints._gguf import (
     resolve_model,
 )
 from harness.checkpoints._lora import LoraAdapter, LoraModule, merge_adapter, save_adapter
-from harness.checkpoints._reader import CheckpointReader, is_weight_file
+from harness.checkpoints._reader import CheckpointReader, is_adapter_dir, is_weight_file
 from harness.checkpoints._writer import PROVENANCE_FILE, CheckpointWriter, copy_aux_files, parse_size
 
 __all__ = [
     "BUNDLED_GGUF",
     "PROVENANCE_FILE",
+    "AdaptedReader",
     "CheckpointReader",
     "CheckpointWriter",
+    "CombinedAdapter",
     "LoraAdapter",
     "LoraModule",
     "NonFiniteError",
+    "adapter_base_path",
     "check_checkpoint_finite",
     "check_finite",
     "checkpoint_hash",
     "copy_aux_files",
     "find_bundled_gguf",
     "import_gguf",
+    "is_adapter_dir",
     "is_weight_file",
     "merge_adapter",
+    "open_model",
     "parse_size",
     "resolve_model",
     "save_adapter",

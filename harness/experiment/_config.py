@@ -87,16 +87,17 @@ class MethodEntry(_Frozen):
 
 
 class BenchmarkEntry(_Frozen):
-    name: str
+    name: str = Field(description="a registered benchmark, or a YAML spec file (relative to the experiment file)")
     label: str | None = None
     limit: int | None = Field(default=None, ge=1)
     sample: int | None = Field(default=None, ge=1, description="seeded random subset of this size")
     seed: int = 0
     languages: list[str] | None = None
     categories: list[str] | None = None
-    data_path: str | None = None
+    data_path: str | None = Field(default=None, description="data file or folder (relative to the experiment file)")
     system_prompt: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict, description="benchmark-specific options")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="column mapping, e.g. {prompt: Behavior, context: ContextString}")
     judge: str | None = Field(default=None, description="primary judge of this benchmark (one of `judges`; "
                               "default: the first); it must declare the benchmark's languages")
     # not part of a cell's generation identity: it only tells the leaderboard what the numbers are for
@@ -105,7 +106,10 @@ class BenchmarkEntry(_Frozen):
 
     @property
     def key(self) -> str:
-        return self.label or self.name
+        """The leaderboard name: the label, else the name (a spec file's stem for a spec path)."""
+        if self.label:
+            return self.label
+        return Path(self.name).stem if self.name.endswith((".yaml", ".yml")) else self.name
 
 
 class GenerationSettings(_Frozen):

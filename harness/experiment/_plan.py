@@ -97,9 +97,30 @@ def resolve_model(exp: Experiment, role: str, ref: ModelRef, hashes: HashCache) 
     adapter = exp.resolve(ref.adapter) if ref.adapter else None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"{where}.adapter: {adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    if adapter is None:
+        path, adapter = _adapter_as_model(exp, where, path)
     _check_weights(exp, where, path, adapter)
     digest = hash_value({"model": hashes.dir_hash(path), "adapter": hashes.dir_hash(adapter) if adapter else None}, 32)
     return ResolvedModel(role=role, path=path, adapter=adapter, hash=digest)
+
+
+def _adapter_as_model(exp: Experiment, where: str, path: Path) -> tuple[Path, Path | None]:
+    """``(path, None)`` for a model; for an adapter folder given as the model, ``(its base, the folder)``
+    with the base its adapter_config.json names (a local model or the bundled model's name)."""
+    from harness.checkpoints import LoraAdapter, adapter_base_path, is_adapter_dir
+
+    if not is_adapter_dir(path):
+        return path, None
+    try:
+        base = adapter_base_path(LoraAdapter.load(path, allow_pickle=exp.allow_pickle))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{where}.path: {exc}") from None
+    if base is None:
+        raise ConfigError(
+            f"{where}.path: {path} is a PEFT LoRA adapter, not a model, and its adapter_config.json names no local "
+            f"base model (base_model_name_or_path); set {where}.path to the base model and {where}.adapter to {path}"
+        )
+    return base, path
 
 
 def _check_weights(exp: Experiment, where: str, path: Path, adapter: Path | None) -> None:
@@ -113,6 +134,20 @@ def _check_weights(exp: Experiment, where: str, path: Path, adapter: Path | None
                 LoraAdapter.load(adapter, allow_pickle=exp.allow_pickle).check_base(reader)
     except CheckpointError as exc:
         raise type(exc)(f"{where}: {exc}") from None
+
+
+def benchmark_for(exp: Experiment, entry: BenchmarkEntry) -> Any:
+    """The Benchmark of an experiment entry: registered by name, or a spec file relative to the
+    experiment file, with the entry's column mapping. Every stage resolves it here (never by the
+    spec's own name, which is not registered)."""
+    from benchmarks import get_benchmark, is_spec_path
+
+    name = str(exp.resolve(entry.name)) if is_spec_path(entry.name) else entry.name
+    return get_benchmark(name, **entry.options)
+
+
+def data_path_for(exp: Experiment, entry: BenchmarkEntry) -> Path | None:
+    return exp.resolve(entry.data_path) if entry.data_path else None
 
 
 def check_generation(exp: Experiment) -> None:
@@ -180,19 +215,24 @@ def method_inputs(
 
 def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None = None) -> Plan:
     """Validate everything cheap-to-check and expand the matrix. Raises ConfigError before any work."""
-    from benchmarks import get_benchmark
+    from benchmarks import is_spec_path
     from benchmarks.judges import get_judge, get_judge_class
 
     only = only or {}
     check_generation(exp)
+    spec_contents: dict[str, Any] = {}
+    bench_languages: list[list[str]] = []
     for index, bench in enumerate(exp.benchmarks):
         try:
             # Loading one item checks data files, languages and categories (cheap: local files).
-            get_benchmark(bench.name, **bench.options).load(
-                limit=1, languages=bench.languages, categories=bench.categories, data_path=bench.data_path
-            )
+            resolved = benchmark_for(exp, bench)
+            resolved.load(limit=1, languages=bench.languages, categories=bench.categories,
+                          data_path=data_path_for(exp, bench))
         except RealignError as exc:
             raise ConfigError(f"benchmarks[{index}] ({bench.key}): {exc}") from None
+        if is_spec_path(bench.name):  # an edited spec file (template, mapping) makes new generations
+            spec_contents[bench.key] = resolved.spec.model_dump(mode="json")
+        bench_languages.append(resolved.languages)
     judge_identities: list[dict[str, str]] = []
     judge_languages: dict[str, set[str]] = {}
     for judge in exp.judges:
@@ -206,7 +246,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         judge_languages[judge] = set(built.languages)
     for index, bench in enumerate(exp.benchmarks):
         # A judge chosen for a benchmark must read it: no number for a language it does not declare.
-        wanted = set(bench.languages or get_benchmark(bench.name, **bench.options).languages)
+        wanted = set(bench.languages or bench_languages[index])
         if bench.judge is not None and not wanted <= judge_languages[bench.judge]:
             raise ConfigError(
                 f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} reads "
@@ -249,10 +289,13 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
                     key = hash_value({"passthrough": resolved.hash}, 32)
                 else:
                     inputs, use_adapter, extra = method_inputs(method, full_params, models, resolved, where)
-                    key = hash_value(
-                        {"method": canonical, "params": full_params, "seed": exp.seed, "adapter": use_adapter,
-                         "inputs": {r: m.hash for r, m in inputs.items()}, "finetuned": [resolved.hash]}, 32,
-                    )
+                    job_identity: dict[str, Any] = {
+                        "method": canonical, "params": full_params, "seed": exp.seed, "adapter": use_adapter,
+                        "inputs": {r: m.hash for r, m in inputs.items()}, "finetuned": [resolved.hash]}
+                    if use_adapter:  # adapter updates are now taken relative to the model they are added to;
+                        # a checkpoint cached before that fix counted θ_A's adapter twice: never reuse it
+                        job_identity["adapter_updates"] = "relative@1"
+                    key = hash_value(job_identity, 32)
                 jobs.append(
                     CheckpointJob(
                         key=key, method=canonical, label=label, params={**full_params, **extra},
@@ -269,6 +312,8 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
     def generation_key(job: CheckpointJob, bench: BenchmarkEntry) -> str:
         # the primary judge picks which verdicts score the cell, and `task` what it measures: not what is generated
         bench_spec = bench.model_dump(mode="json", exclude={"label", "judge", "task"})
+        if bench.key in spec_contents:
+            bench_spec["spec"] = spec_contents[bench.key]
         return hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen, "seed": exp.seed}, 32)
 
     cells: list[Cell] = []

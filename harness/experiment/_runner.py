@@ -22,7 +22,7 @@ from harness.experiment import _stages as stages
 from harness.experiment._config import Experiment
 from harness.experiment._faults import crash_point
 from harness.experiment._hashcache import HashCache
-from harness.experiment._plan import Cell, CheckpointJob, Plan, build_plan
+from harness.experiment._plan import Cell, CheckpointJob, Plan, benchmark_for, build_plan
 
 log = logging.getLogger("realign.run")
 
@@ -110,7 +110,6 @@ def plan_experiment(exp: Experiment, only: dict[str, str] | None = None, *,
 
 def describe_plan(plan: Plan, workspace: Workspace, store: Any | None) -> list[dict[str, Any]]:
     """One row per cell with what is cached, for `--dry-run`."""
-    from benchmarks import get_benchmark
     from benchmarks.scoring import MODEL_SCORERS
 
     rows = []
@@ -119,7 +118,7 @@ def describe_plan(plan: Plan, workspace: Workspace, store: Any | None) -> list[d
         job = cell.job
         ckpt_cached = job.passthrough is not None or workspace.checkpoint(job.key).is_dir()
         gen_path = workspace.generations(cell.generation_key)
-        model_scored = get_benchmark(cell.benchmark.name, **cell.benchmark.options).scorer in MODEL_SCORERS
+        model_scored = benchmark_for(plan.experiment, cell.benchmark).scorer in MODEL_SCORERS
         rows.append({
             "cell": cell.cell_id[:12],
             "method": job.label,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError
 from harness.experiment._faults import crash_point
-from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel
+from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel, benchmark_for, data_path_for
 from harness.hashing import hash_value
 
 if TYPE_CHECKING:
@@ -71,6 +71,9 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
     finetuned = job.finetuned_models
     if job.use_adapter:  # the method reads the LoRA factors; a dense copy would be refused as an extra input
         spec_fields["adapters"] = [m.adapter for m in finetuned if m.adapter is not None]
+        bases = {m.path.resolve() for m in finetuned if m.adapter is not None}
+        if len(bases) == 1:  # the run knows what the adapters apply to: say so rather than have it guessed
+            spec_fields["adapter_base"] = str(bases.pop())
     else:
         spec_fields["finetuned"] = [dense_input(workspace, m, stats, allow_pickle=pickle) for m in finetuned]
     crash_point("merge")
@@ -124,14 +127,12 @@ def marker_seconds(path: Path) -> float | None:
     return float(value) if value is not None else None
 
 
-def _items(cell: Cell) -> list[Any]:
-    from benchmarks import get_benchmark
-
+def _items(exp: Experiment, bench: Any, cell: Cell) -> list[Any]:
     b = cell.benchmark
-    return get_benchmark(b.name, **b.options).load(
+    return list(bench.load(
         limit=b.limit, sample=b.sample, seed=b.seed, languages=b.languages, categories=b.categories,
-        data_path=b.data_path,
-    )
+        data_path=data_path_for(exp, b),
+    ))
 
 
 def generate(exp: Experiment, workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats) -> Path:
@@ -219,7 +220,8 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
 
     assert cell.reference is not None and exp.pairwise is not None
     ref = cell.reference
-    ref_path = generate(exp, workspace, ref, materialize(exp, workspace, ref.job, stats), _items(ref), stats)
+    # the same benchmark entry: the cell's own items, in their order
+    ref_path = generate(exp, workspace, ref, materialize(exp, workspace, ref.job, stats), list(items.values()), stats)
     reference = dedupe_by_key(read_jsonl(ref_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
                               source=str(ref_path), allowed=set(items))
     name = exp.primary_judge(cell.benchmark) or exp.judges[0]
@@ -252,7 +254,7 @@ def _judge(name: str, options: dict[str, Any]) -> Any:
 
 
 def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats, *,
-                 allow_pickle: bool = False) -> tuple[list[Any], list[Any], float | None]:
+                 allow_pickle: bool = False, bench: Any = None) -> tuple[list[Any], list[Any], float | None]:
     """(scores, per-item scores, seconds) of a model-reading scorer, cached like generations (by
     checkpoint × benchmark), so a cell re-made for another reason (a changed judge) does not run the
     model again."""
@@ -271,7 +273,7 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
     from harness.generate import check_model_weights
 
     check_model_weights(dense, allow_pickle=allow_pickle)  # the scorer loads it: same rules as generation
-    scores, per_item = score_with_model_items(cell.benchmark.name, dense, items)
+    scores, per_item = score_with_model_items(bench if bench is not None else cell.benchmark.name, dense, items)
     seconds = time.perf_counter() - started
     write_json_atomic(path, {"scores": [s.model_dump(mode="json") for s in scores],
                              "items": [s.model_dump(mode="json") for s in per_item], "seconds": seconds})
@@ -280,13 +282,12 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
 
 
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
-    from benchmarks import get_benchmark
     from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score_with_items
     from harness.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
     from leaderboards import CellRecord
 
-    bench = get_benchmark(cell.benchmark.name, **cell.benchmark.options)
-    items = _items(cell)
+    bench = benchmark_for(exp, cell.benchmark)
+    items = _items(exp, bench, cell)
     by_id = {item.id: item for item in items}
     generations: list[GenerationRecord] = []
     verdicts: dict[str, list[Verdict]] = {}
@@ -324,7 +325,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                                   f"`judges` (have: {', '.join(judge_ids) or 'none'})")
             primary = verdicts[refusal_ids[0]]
         started = time.perf_counter()
-        scores, item_scores = score_with_items(bench.name, generations, primary, by_id,
+        scores, item_scores = score_with_items(bench, generations, primary, by_id,
                                                allow_code_execution=exp.allow_code_execution,
                                                sandbox_options={"isolation": exp.sandbox})
         costs["score_seconds"] = time.perf_counter() - started
@@ -332,7 +333,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                                      if generations and all(g.num_tokens is not None for g in generations) else None)
     elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
         scores, item_scores, costs["score_seconds"] = model_scores(workspace, cell, model, items, stats,
-                                                                   allow_pickle=exp.allow_pickle)
+                                                                   allow_pickle=exp.allow_pickle, bench=bench)
     else:
         raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
     record = CellRecord(
@@ -343,7 +344,9 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
         gen_config_hash=generations[0].gen_config_hash if generations else None,
         judge_id=primary_judge.id if primary_judge else None,
         judge_hash=primary_judge.hash if primary_judge else None,
-        primary_metric="over_refusal" if bench.scorer == "over_refusal" else None,
+        # the leaderboard keeps these out of plain harmfulness: over-refusal, and jailbreak attack success
+        primary_metric="over_refusal" if bench.scorer == "over_refusal" else (
+            "attack_success" if bench.spec.jailbreaks else None),
         **costs,
     )
     crash_point("store")

@@ -83,6 +83,15 @@ class _SomfState:
 
 
 def _paths(ctx: PrepareContext, role: str) -> list[Path]:
+    from harness.checkpoints import AdaptedReader
+
+    for reader in ctx.readers.get(role, []):
+        if isinstance(reader, AdaptedReader):  # SOMF re-reads its inputs by directory, which would be the base
+            raise ConfigError(
+                f"somf reads its models as directories, but {role} {reader.adapter.path} is a LoRA adapter folder: "
+                "pass its dense copy (realign models merge-adapter), or use setting lora "
+                "(--base BASE -p aligned_adapter=ADAPTER --adapter ...)"
+            )
     return [Path(reader.path) for reader in ctx.readers.get(role, [])]
 
 

@@ -60,6 +60,37 @@ def test_unsafe_probability_from_logprobs(tiny_llama_factory) -> None:
     assert unsafe_probability({}, tokenizer) is None
 
 
+def test_cpu_engine_defaults_fit_the_machine(tmp_path: Path, classifier_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's default would reserve 0.92 of host RAM on CPU: the judge sizes its KV cache instead."""
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    options = get_judge("llm", model=str(classifier_dir)).engine_options
+    assert options["enforce_eager"] is True and options["kv_cache_memory_bytes"] == 2**30
+    assert "gpu_memory_utilization" not in options
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    assert get_judge("llm", model=str(classifier_dir)).engine_options["kv_cache_memory_bytes"] == 3 * 2**30
+    sized = get_judge("llm", model=str(classifier_dir), kv_cache_gib=0.5, enforce_eager=False).engine_options
+    assert sized["kv_cache_memory_bytes"] == 2**29 and sized["enforce_eager"] is False
+    with pytest.raises(ConfigError, match=r"kv_cache_gib=0; expected a positive size"):
+        get_judge("llm", model=str(classifier_dir), kv_cache_gib=0)
+
+
+def test_llm_judge_runs_on_cpu_with_its_defaults(classifier_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No engine options at all: the judge starts vLLM on this CPU and gives a verdict per answer."""
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    items = {"a": Item(id="a", benchmark="toy", prompt="How do I bake bread?")}
+    gens = [GenerationRecord(item_id="a", benchmark="toy", prompt_text="-", prompt_hash="-",
+                             completion="Mix flour and water, then bake.", model_hash="-", gen_config_hash="-",
+                             backend="dummy")]
+    try:
+        (verdict,) = get_judge("llm", model=str(classifier_dir)).judge(gens, items)
+    finally:
+        close_engines()
+    # A random classifier's one token parses as Yes/No or not at all; either way the raw answer is kept.
+    assert verdict.label in {"harmful", "harmless", "invalid"} and "classifier said" in (verdict.rationale or "")
+    assert verdict.judge_id == "llm/harmbench@1"
+
+
 @pytest.mark.slow
 def test_three_kinds_run_through_one_vllm_engine(classifier_dir: Path, engine_env: None) -> None:
     items = {

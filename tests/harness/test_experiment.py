@@ -406,3 +406,31 @@ def test_somf_mask_training_time_is_recorded_apart_from_the_merge(tmp_path, lora
     assert cells.loc["somf", "train_seconds"] == pytest.approx(json.loads(summary.read_text())["train_seconds"])
     assert cells.loc["somf", "train_seconds"] > 0 and cells.loc["somf", "merge_seconds"] > 0
     assert cells.loc["resta", "train_seconds"] == 0.0 and cells.loc["resta", "merge_seconds"] > 0
+
+
+def test_an_adapter_folder_as_a_model_path_is_resolved_onto_its_base(tmp_path, lora_zoo):
+    """`path: ADAPTER_DIR` (no `adapter:`) means the adapter on the base its config names, the same
+    model (and cache key) as `path: BASE, adapter: ADAPTER_DIR`; with no local base named it is refused."""
+    import json
+    import shutil
+
+    from harness.experiment._config import ModelRef
+    from harness.experiment._hashcache import HashCache
+    from harness.experiment._plan import resolve_model
+
+    exp = load_experiment(write_experiment(tmp_path, lora_zoo, models={
+        "aligned": {"path": str(lora_zoo["aligned"])},
+        "finetuned": [{"name": "math", "path": str(lora_zoo["math"])}]}))
+    hashes = HashCache(tmp_path / "hashes.json")
+    folder = resolve_model(exp, "aligned", ModelRef(path=str(lora_zoo["aligned"])), hashes)
+    explicit = resolve_model(exp, "aligned", ModelRef(path=str(lora_zoo["base"]), adapter=str(lora_zoo["aligned"])),
+                             hashes)
+    assert (folder.path, folder.adapter) == (lora_zoo["base"], lora_zoo["aligned"])
+    assert folder.hash == explicit.hash
+    orphan = tmp_path / "orphan"
+    shutil.copytree(lora_zoo["aligned"], orphan)
+    config = json.loads((orphan / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "some-org/not-here"
+    (orphan / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"models.aligned.path: .*orphan is a PEFT LoRA adapter.*models.aligned.adapter"):
+        resolve_model(exp, "aligned", ModelRef(path=str(orphan)), hashes)

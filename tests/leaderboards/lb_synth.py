@@ -159,3 +159,55 @@ def write_synthetic_run(
 def build_store(path: Path, **kwargs: object) -> tuple[Store, str]:
     store = Store(path)
     return store, write_synthetic_run(store, **kwargs)  # type: ignore[arg-type]
+
+
+# -- a crowded run shaped like `make demo`'s: many methods at close harmfulness, every utility 0 -------------
+DEMO_METHODS = {  # label -> (method, params, harmful of 20 on catqa for the two fine-tunes)
+    "aligned": ("aligned", {}, (3, 3)),
+    "sft": ("sft", {}, (15, 16)),
+    "resta(gamma=0.5)": ("resta", {"gamma": 0.5}, (17, 15)),
+    "resta(gamma=1.0)": ("resta", {"gamma": 1.0}, (14, 12)),
+    "resta_dare": ("resta_dare", {"gamma": 1.0, "p": 0.3}, (14, 13)),
+    "safe_lora": ("safe_lora", {"threshold": 0.35}, (10, 11)),
+    "somf_ta": ("somf", {"fusion": "task_arithmetic"}, (13, 12)),
+    "somf_ties": ("somf", {"fusion": "ties"}, (13, 13)),
+    "task_arithmetic": ("task_arithmetic", {"lam": 0.5}, (16, 16)),
+}
+
+
+def write_demo_like_run(store: Store, name: str = "demo-like") -> str:
+    """9 methods × 2 fine-tunes × catqa (20 items, en) + gsm8k whose exact match is 0 everywhere, scored
+    overall and per language as the runner's scorer does (so every utility row has an identical en twin)."""
+    run_id = store.begin_run(name, {"name": name}, collect_provenance(seeds={"seed": 0}, device="cpu (synthetic)"))
+    def demo_cell(label: str, finetuned: str, benchmark: str, kind: str) -> CellRecord:
+        method, params, _ = DEMO_METHODS[label]
+        return CellRecord(
+            cell_id=cell_id(label, finetuned, benchmark, name), method=method, method_label=label,
+            params=params, finetuned=finetuned, task=FINETUNED[finetuned],
+            checkpoint_hash=hash_value([label, finetuned], 32), benchmark=benchmark,
+            benchmark_kind=kind,  # type: ignore[arg-type]
+            benchmark_options={"limit": 20}, backend="dummy", gen_config_hash="gen0",
+            judge_id=JUDGE if kind == "safety" else None, judge_hash="jh0" if kind == "safety" else None,
+            primary_metric="exact_match" if benchmark == "gsm8k" else None)
+
+    for label, (_, _, harmful) in DEMO_METHODS.items():
+        for f_index, finetuned in enumerate(FINETUNED):
+            gens, verdicts = [], []
+            for i in range(20):
+                is_harmful = i < harmful[f_index]
+                gens.append(GenerationRecord(
+                    item_id=item_id("catqa", i), benchmark="catqa", prompt_text=f"q{i}", prompt_hash=hash_value(["c", i]),
+                    completion="Sure." if is_harmful else "No.", model_hash=hash_value([label, finetuned]),
+                    gen_config_hash="gen0", backend="dummy", language="en", category=category(i)))
+                verdicts.append(Verdict(item_id=item_id("catqa", i), judge_id=JUDGE, judge_hash="jh0",
+                                        label="harmful" if is_harmful else "harmless"))
+            store.write_cell(run_id, demo_cell(label, finetuned, "catqa", "safety"), gens, verdicts, [])
+            gsm = [GenerationRecord(item_id=item_id("gsm8k", i), benchmark="gsm8k", prompt_text=f"g{i}",
+                                    prompt_hash=hash_value(["g", i]), completion="#### 7",
+                                    model_hash=hash_value([label, finetuned]), gen_config_hash="gen0", backend="dummy",
+                                    language="en") for i in range(20)]
+            scores = [Score(benchmark="gsm8k", metric=m, value=0.0, n=20, subset=subset)
+                      for m in ("exact_match", "flexible_match") for subset in ({}, {"language": "en"})]
+            store.write_cell(run_id, demo_cell(label, finetuned, "gsm8k", "utility"), gsm, [], scores)
+    store.finish_run(run_id, "done")
+    return run_id

@@ -55,3 +55,21 @@ def test_screenshot_shows_plots_and_tables(site: Path, tmp_path: Path) -> None:
     reds = sum(1 for r, g, b in pixels if r > 150 and g < 110 and b < 110)
     assert reds > 5000  # the heatmap's red cells (and red scatter points) are on screen
     assert len(set(pixels[::7])) > 200  # text, plots and tables, not a flat fill
+
+
+def test_crowded_demo_like_page(tmp_path: Path) -> None:
+    """The demo's shape (9 methods, every utility 0, per-language score twins) as a reader sees it."""
+    from lb_synth import DEMO_METHODS, write_demo_like_run
+
+    store = Store(tmp_path / "results.sqlite")
+    site = tmp_path / "site"
+    render_leaderboard(build_leaderboard(store, write_demo_like_run(store)), site, ["html"])
+    found, dom = probe_site(site, tmp_path / "profile")
+    tables = {t["id"]: t for t in found["tables"]}
+    assert tables["table-summary"]["rows"] == len(DEMO_METHODS) * 2
+    assert tables["table-utility"]["rows"] == len(DEMO_METHODS) * 2 * 2  # each value once, not twice
+    assert "{&quot;language" not in dom and '{"language' not in dom
+    images = {i["id"]: i for i in found["images"]}
+    assert images["plot-scatter"]["w"] > 300 and images["plot-scatter"]["shown"] > 300
+    svg = (site / "scatter.svg").read_text(encoding="utf-8")
+    assert "every utility is 0" in svg and 'id="pareto-front-0"' in svg

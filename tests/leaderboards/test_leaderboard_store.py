@@ -234,6 +234,22 @@ def test_urls(tmp_path: Path) -> None:
     assert "s3cret" not in str(info.value) and "127.0.0.1" in str(info.value)
 
 
+def test_postgres_driver_is_an_extra_the_readme_and_the_error_name() -> None:
+    """Postgres URLs are supported: psycopg is the `postgres` extra, and both the README and a missing-driver
+    error say how to add it."""
+    import importlib.util
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")  # tomllib needs 3.11; we support 3.10
+    assert re.search(r'^postgres = \["psycopg\[binary\]>=3', pyproject, re.MULTILINE)
+    assert "pip install -e '.[postgres]'" in (root / "README.md").read_text(encoding="utf-8")
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg is installed: no missing-driver error to check")
+    with pytest.raises(StoreError, match=r"database driver missing .*pip install 'realign-bench\[postgres\]'"):
+        Store("postgresql://alice@127.0.0.1:1/realign")
+
+
 _KILLED_WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
