@@ -51,7 +51,8 @@ def evaluate(limit: int | None = None, seed: int = 0, data: str | None = None,
     truth = [e.harmful for e in held]
     results: dict[str, Any] = {"n": len(held), "positives": int(sum(truth)), "benign_n": len(benign), "judges": {}}
     scores: dict[str, list[float]] = {}
-    for name, options in (("offline", {}), ("refusal", {"list": "gcg"}), ("refusal", {"list": "harmbench"})):
+    for name, options in (("offline", {}), ("offline-multilingual", {}), ("refusal", {"list": "gcg"}),
+                          ("refusal", {"list": "harmbench"})):
         judge = get_judge(name, **options)
         started = time.perf_counter()
         verdicts = judge.judge(gens, items)
