@@ -52,14 +52,23 @@ def field_option(fn: F) -> F:
     return click.option("--field", "fields", multiple=True, metavar="FIELD=COLUMN", help=FIELD_HELP)(fn)
 
 
+def parse_pairs(values: tuple[str, ...], flag: str, shape: str, example: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` option values, stripped; anything else is refused naming the flag, e.g.
+    ``parse_pairs(values, "--column", "FIELD=COLUMN", "response=answer")``."""
+    pairs = []
+    for value in values:
+        key, sep, right = (part.strip() for part in value.partition("="))
+        if not sep or not key or not right:
+            raise ConfigError(f"{flag} {value!r}: expected {shape}, e.g. {flag} {example}")
+        pairs.append((key, right))
+    return pairs
+
+
 def parse_fields(values: tuple[str, ...]) -> dict[str, Any]:
     """``--field`` values as a column mapping for ``get_benchmark(name, **mapping)``; ``metadata``
     may repeat (each adds a column). Unknown fields are refused by the benchmark, with a did-you-mean."""
     mapping: dict[str, Any] = {}
-    for value in values:
-        key, sep, column = (part.strip() for part in value.partition("="))
-        if not sep or not key or not column:
-            raise ConfigError(f"--field {value!r}: expected FIELD=COLUMN, e.g. --field prompt=Behavior")
+    for key, column in parse_pairs(values, "--field", "FIELD=COLUMN", "prompt=Behavior"):
         if key == "metadata":
             mapping.setdefault("metadata", []).append(column)
         elif key in mapping and mapping[key] != column:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from harness.cli._options import data_option, field_option, items_path, load_benchmark
+from harness.cli._options import data_option, field_option, items_path, load_benchmark, parse_pairs
 from harness.errors import ConfigError, DataError
 
 
@@ -232,12 +232,7 @@ def validate_command(judge_name: str, options: tuple[str, ...], labels_file: str
     from benchmarks.judges import get_judge
     from benchmarks.judges._cards import MIN_ROWS, load_labels, validate_judge
 
-    mapping: dict[str, str] = {}
-    for value in columns:
-        key, sep, col = value.partition("=")
-        if not sep or not key.strip() or not col.strip():
-            raise ConfigError(f"--column {value!r}: expected FIELD=COLUMN, e.g. --column response=answer")
-        mapping[key.strip()] = col.strip()
+    mapping = dict(parse_pairs(columns, "--column", "FIELD=COLUMN", "response=answer"))
     judge = get_judge(judge_name, **parse_options(options))
     rows = load_labels(labels_file, mapping, language=language)
     if limit is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from harness.cli._options import parse_pairs
 from harness.errors import ConfigError
 
 
@@ -35,12 +36,7 @@ def leaderboard_command(store_path: str, out_dir: str, run_id: str | None, forma
     unknown = [f for f in wanted if f not in FORMATS]
     if unknown:
         raise ConfigError(f"--format {','.join(unknown)}: expected some of {', '.join(FORMATS)} or all")
-    column_judges: dict[str, str] = {}
-    for pair in judge_for:
-        bench, sep, jid = pair.partition("=")
-        if not sep or not bench.strip() or not jid.strip():
-            raise ConfigError(f"--judge-for {pair!r}: expected BENCHMARK=JUDGE, e.g. catqa=offline/charngram-logreg")
-        column_judges[bench.strip()] = jid.strip()
+    column_judges = dict(parse_pairs(judge_for, "--judge-for", "BENCHMARK=JUDGE", "catqa=offline/charngram-logreg"))
     store = Store(store_path, create=False)
     board = build_leaderboard(store, run_id, judge=judge, judges=column_judges)
     written = render_leaderboard(board, out_dir, wanted)

@@ -19,18 +19,8 @@ from benchmarks.judges._cards import (
     load_labels,
     rogan_gladen,
 )
-from harness.cli import main
 from harness.errors import ConfigError, DataError
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.cli import run
 
 
 def test_validate_on_gptfuzz_writes_a_card_matching_the_judge(data_dir: Path, tmp_path: Path,

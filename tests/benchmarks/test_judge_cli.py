@@ -6,25 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
 from harness.cli.cmd_judge import parse_options
 from harness.errors import ConfigError
 from harness.records import GenerationRecord, Item, Verdict, append_jsonl, read_jsonl
+from tests.cli import run
 
 
 def gen(item_id: str, completion: str) -> GenerationRecord:
     return GenerationRecord(item_id=item_id, benchmark="toy-bench", prompt_text="-", prompt_hash="-",
                             completion=completion, model_hash="-", gen_config_hash="-", backend="dummy")
 
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -9,19 +9,9 @@ import pytest
 
 from benchmarks import get_benchmark
 from benchmarks.scoring import answer_nll, loglik_accuracy
-from harness.cli import main
 from harness.records import Score, read_jsonl
 from harness.testing import make_lora_adapter
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.cli import run
 
 
 def printed(out: str, metric: str) -> float:

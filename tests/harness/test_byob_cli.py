@@ -10,18 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cli import main as realign
 from harness.records import GenerationRecord, Item, Score, Verdict, read_jsonl
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        realign(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.cli import run
 
 
 @pytest.fixture(scope="module")
