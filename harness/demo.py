@@ -1,8 +1,9 @@
 """`make demo`: the whole study end to end, offline, on the shipped model organism.
 
 Runs the experiment in ``configs/demo.yaml`` with the matrix runner (`realign run`): every method
-× every shipped fine-tune × CatQA en/zh, HarmfulQA and held-out task NLL, judged by the offline and
-refusal judges; writes the SQLite store and the static leaderboard site, prints the Markdown
+× every shipped fine-tune × CatQA en/zh, HarmfulQA, XSafety-en (categories θ_A never saw), XSTest
+(harmfulness on its unsafe prompts, over-refusal on its safe ones) and held-out task NLL, judged by
+the default offline-multilingual judge (primary, en and zh) and the refusal judge; writes the SQLite store and the static leaderboard site, prints the Markdown
 leaderboard and ends with the path to open. Every artifact is cached by content, so a second run is
 a cache hit. ``--quick`` runs the same file on the subset in ``QUICK_OVERRIDES``.
 """
