@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from harness.yaml_strict import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
@@ -55,7 +55,7 @@ def load_demo(config: Path, quick: bool, output_dir: Path | None = None) -> Any:
 
     if not config.is_file():
         raise ConfigError(f"{config}: demo experiment file not found")
-    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data = load_yaml(config.read_text(encoding="utf-8"), str(config))
     if output_dir is not None:
         data["output_dir"] = str(output_dir.resolve())
     return parse_experiment(quick_variant(data) if quick else data, source=str(config),

@@ -106,3 +106,22 @@ def test_score_refuses_empty_foreign_or_duplicated_files(tmp_path, capsys, case,
 def test_score_of_a_clean_file_still_works(tmp_path, capsys):
     realign(["score", "--benchmark", "gsm8k", "--generations", str(_gens(tmp_path / "g.jsonl", "gsm8k", 3))])
     assert "n=3" in capsys.readouterr().out
+
+
+def test_yaml_merge_keys_still_work_and_may_be_overridden():
+    """`<<: *anchor` (configs/demo.yaml uses it) is not a duplicate; a key given twice by hand still is."""
+    from harness.yaml_strict import load_yaml
+
+    text = "base: &b {fusion: ta, steps: 16}\nvariant: {<<: *b, fusion: ties}\n"
+    assert load_yaml(text, "x.yaml")["variant"] == {"fusion": "ties", "steps": 16}
+    with pytest.raises(ConfigError, match="duplicate key 'fusion'"):
+        load_yaml("variant: {fusion: ta, fusion: ties}\n", "x.yaml")
+
+
+def test_the_demo_experiment_loads_through_realign_run_s_loader():
+    from pathlib import Path
+
+    from harness.experiment import load_experiment
+
+    exp = load_experiment(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+    assert {m.label for m in exp.methods if m.name == "somf"} == {"somf_ta", "somf_ties"}
