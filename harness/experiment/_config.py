@@ -144,7 +144,7 @@ class Experiment(_Frozen):
     judge_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     pairwise: PairwiseSettings | None = Field(default=None, description="judge safety answers pairwise (win/loss/draw) "
-                                              "against a reference method's, with the first of `judges`")
+                                              "against a reference method's, with each benchmark's primary judge")
     allow_code_execution: bool = False
     allow_pickle: bool = Field(default=False, description="load pickle checkpoints (weights_only=True); refused by default")
     allow_nonfinite: bool = Field(default=False, description="merge inputs/outputs holding NaN/inf instead of refusing")
