@@ -176,28 +176,27 @@ def pairwise_view(board: Leaderboard) -> pd.DataFrame:
     })
 
 
-def over_refusal_view(board: Leaderboard) -> pd.DataFrame:
-    f = board.over_refusal
+def _rate_view(f: pd.DataFrame, by: tuple[str, str], count: tuple[str, str], rate: str) -> pd.DataFrame:
+    """A per-row rate table: who, one breakdown column ``by`` = (column, header), ``count`` = (column,
+    header) as "k / n", and the rate with its Wilson CI under header ``rate``."""
     if f.empty:
         return pd.DataFrame()
     return pd.DataFrame({
         "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
-        "judge": f["judge_id"], "category": f["category"],
-        "refused / n": [f"{h} / {n}" for h, n in zip(f["refused"], f["n"], strict=True)],
-        "over-refusal % [95% CI]": [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
+        "judge": f["judge_id"], by[1]: f[by[0]],
+        count[1]: [f"{h} / {n}" for h, n in zip(f[count[0]], f["n"], strict=True)],
+        rate: [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
     })
+
+
+def over_refusal_view(board: Leaderboard) -> pd.DataFrame:
+    return _rate_view(board.over_refusal, ("category", "category"), ("refused", "refused / n"),
+                      "over-refusal % [95% CI]")
 
 
 def jailbreaks_view(board: Leaderboard) -> pd.DataFrame:
-    f = board.jailbreaks
-    if f.empty:
-        return pd.DataFrame()
-    return pd.DataFrame({
-        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
-        "judge": f["judge_id"], "jailbreak": f["jailbreak"],
-        "successes / n": [f"{h} / {n}" for h, n in zip(f["successes"], f["n"], strict=True)],
-        "attack success % [95% CI]": [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
-    })
+    return _rate_view(board.jailbreaks, ("jailbreak", "jailbreak"), ("successes", "successes / n"),
+                      "attack success % [95% CI]")
 
 
 def refusal_view(board: Leaderboard) -> pd.DataFrame:

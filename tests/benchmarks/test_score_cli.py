@@ -11,6 +11,7 @@ from benchmarks import get_benchmark
 from benchmarks.scoring import answer_nll, loglik_accuracy
 from harness.records import Score, read_jsonl
 from harness.testing import make_lora_adapter
+from tests.benchmarks.test_scoring import xcopa_lm_eval_task
 from tests.cli import run
 
 
@@ -56,14 +57,7 @@ def test_task_nll_with_and_without_an_adapter(tiny: Path, tmp_path: Path, capsys
 
 def test_lm_eval_task_from_the_cli(tiny: Path, tmp_path: Path, data_dir: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    task = tmp_path / "xcopa_zh_local.yaml"
-    task.write_text(
-        "task: xcopa_zh_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {data_dir / 'xcopa_zh/test.zh.jsonl'}\n"
-        "output_type: multiple_choice\ntest_split: test\n"
-        "doc_to_text: \"{{premise.strip()[:-1]}} {{ {'cause': '因为', 'effect': '所以'}[question] }}\"\n"
-        "doc_to_target: label\ndoc_to_choice: \"{{[choice1, choice2]}}\"\nmetric_list:\n  - metric: acc\n"
-    )
+    task = xcopa_lm_eval_task(tmp_path, data_dir)
     code, out, err = run(["score", "--lm-eval-task", str(task), "--model", str(tiny), "--limit", "8"], capsys)
     assert code == 0, err
     ours = loglik_accuracy(str(tiny), get_benchmark("xcopa_zh").load(limit=8))

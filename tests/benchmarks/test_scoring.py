@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,11 +154,9 @@ def test_loglik_accuracy_and_nll_on_a_tiny_model(tiny_llama_factory) -> None:
     assert nll.value > 0 and not nll.higher_is_better
 
 
-def test_xcopa_loglik_agrees_with_lm_eval_bridge(tiny_llama_factory, tmp_path, data_dir) -> None:
-    """Our batched log-likelihood accuracy == lm-eval's xcopa_zh format run through the offline bridge."""
-    from benchmarks.scoring import run_lm_eval_task
-
-    task = tmp_path / "xcopa_zh_local.yaml"
+def xcopa_lm_eval_task(folder: Path, data_dir: Path) -> Path:
+    """lm-eval's xcopa_zh format as a local task YAML over the shared data (task ``xcopa_zh_local``)."""
+    task = folder / "xcopa_zh_local.yaml"
     task.write_text(
         "task: xcopa_zh_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {data_dir / 'xcopa_zh/test.zh.jsonl'}\n"
@@ -165,6 +164,14 @@ def test_xcopa_loglik_agrees_with_lm_eval_bridge(tiny_llama_factory, tmp_path, d
         "doc_to_text: \"{{premise.strip()[:-1]}} {{ {'cause': '因为', 'effect': '所以'}[question] }}\"\n"
         "doc_to_target: label\ndoc_to_choice: \"{{[choice1, choice2]}}\"\nmetric_list:\n  - metric: acc\n"
     )
+    return task
+
+
+def test_xcopa_loglik_agrees_with_lm_eval_bridge(tiny_llama_factory, tmp_path, data_dir) -> None:
+    """Our batched log-likelihood accuracy == lm-eval's xcopa_zh format run through the offline bridge."""
+    from benchmarks.scoring import run_lm_eval_task
+
+    task = xcopa_lm_eval_task(tmp_path, data_dir)
     model_dir = tiny_llama_factory()
     theirs = {s.metric: s for s in run_lm_eval_task(str(model_dir), task, limit=16)}
     ours = loglik_accuracy(str(model_dir), get_benchmark("xcopa_zh").load(limit=16))
