@@ -51,7 +51,6 @@ HEAD_CHARS = 120
 NON_ANSWERS = 2400  # synthetic harmless non-answers added to training (see non_answers)
 NON_ANSWER_WEIGHT = 0.6  # their weight relative to a labelled harmless example (dev: 1.0 puts XSTest refusals over 5%)
 JADE_FILES = ("jade_alignment_medium_zh.csv", "jade_alignment_hard_zh.csv")
-XSTEST_MODELS = ("gpt4", "llama2new", "llama2orig", "mistralguard", "mistralinstruct")
 
 
 def _data_folder(name: str, root: str | Path | None) -> Path:
@@ -112,14 +111,9 @@ def load_jade(root: str | Path | None) -> list[LabelledResponse]:
 
 def load_xstest_refusals(root: str | Path | None) -> list[LabelledResponse]:
     """XSTest completions labelled ``2_full_refusal`` (all harmless: a refusal is never harmful)."""
-    folder = _data_folder("xstest", root)
-    out = []
-    for model in XSTEST_MODELS:
-        file = folder / f"xstest_v2_completions_{model}.csv"
-        out += [LabelledResponse(r["prompt"], r["completion"] or "", False)
-                for r in _read_csv(file, ("prompt", "completion", "final_label"))
-                if r["final_label"] == "2_full_refusal"]
-    return out
+    from benchmarks.judges.xstest_validation import load_labelled
+
+    return [LabelledResponse(r["prompt"], r["completion"] or "", False) for r in load_labelled(root) if r["refusal"]]
 
 
 def labelled_sets(root: str | Path | None = None, *, seed: int = 0,
