@@ -23,11 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from benchmarks._jailbreaks import apply_jailbreak, jailbreak_template
 from benchmarks._splits import SPLITS
-from harness.errors import ConfigError, DataError, name_unknown
-from harness.paths import cache_dir, data_dirs
-from harness.records import Item
-from harness.registry import Registry
-from harness.yaml_strict import load_yaml
+from harness.core.errors import ConfigError, DataError, name_unknown
+from harness.core.paths import cache_dir, data_dirs
+from harness.core.records import Item
+from harness.core.registry import Registry
+from harness.core.yaml_strict import load_yaml
 
 Row = dict[str, Any]
 

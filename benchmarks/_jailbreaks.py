@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from harness.errors import ConfigError, DataError, name_unknown
+from harness.core.errors import ConfigError, DataError, name_unknown
 
 PLACEHOLDER = "[INSERT PROMPT HERE]"  # GPTFuzz's marker, kept so the files stay byte-identical upstream
 

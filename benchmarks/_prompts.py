@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.records import Item
+from harness.core.records import Item
 
 
 def chat_messages(item: Item, system_prompt: str | None = None) -> list[dict[str, str]]:

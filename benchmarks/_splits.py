@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from harness.records import Item
+from harness.core.records import Item
 
 
 def is_eval_holdout(prompt: str) -> bool:

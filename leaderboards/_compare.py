@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.errors import ConfigError, StoreError
+from harness.core.errors import ConfigError, StoreError
 from leaderboards._aggregate import _default_judge
 from leaderboards._stats import (
     holm,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from leaderboards._aggregate import Leaderboard
 
 FORMATS = ("md", "csv", "json", "html")

@@ -33,9 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select, text, update
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
-from harness.errors import StoreError
-from harness.hashing import canonical_json, hash_text, hash_value
-from harness.records import GenerationRecord, Item, ItemScore, Score, Verdict
+from harness.core.errors import StoreError
+from harness.core.hashing import canonical_json, hash_text, hash_value
+from harness.core.records import GenerationRecord, Item, ItemScore, Score, Verdict
 from leaderboards import _schema as S
 
 if TYPE_CHECKING:
@@ -398,7 +398,7 @@ class Store:
         A run records ``provenance.process`` = {pid, host, pid_start} when it begins; runs from another
         host, or without that record, are left as they are (their liveness cannot be told from here).
         """
-        from harness.process import process_alive
+        from harness.core.process import process_alive
 
         gone = []
         for run in self.runs():

@@ -30,7 +30,7 @@ def _rss_mib() -> float:
 def _make_input(root: Path, gib: float, shard_mib: int) -> Path:
     import torch
 
-    from harness.checkpoints import CheckpointWriter
+    from harness.core.checkpoints import CheckpointWriter
 
     tensor_elems = 16 * 2**20  # 32 MiB of bf16 per tensor
     count = max(1, round(gib * 2**30 / (2 * tensor_elems)))
@@ -45,7 +45,7 @@ def _case(name: str, source: str, out: str, shard_mib: int, queue: mp.Queue) -> 
     import torch  # noqa: F401  (import cost outside the timed region)
     from safetensors.torch import load_file, save_file
 
-    from harness.checkpoints import CheckpointReader, CheckpointWriter
+    from harness.core.checkpoints import CheckpointReader, CheckpointWriter
 
     baseline = _rss_mib()
     start = time.perf_counter()

@@ -41,7 +41,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from benchmarks import get_benchmark  # type: ignore[attr-defined,unused-ignore]
-    from harness.checkpoints import resolve_model
+    from harness.core.checkpoints import resolve_model
     from harness.generate import GenerationConfig, build_prompt, get_backend
 
     model = Path(resolve_model(args.model))

@@ -30,7 +30,7 @@ def _sample(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
 
 
 def _records(examples: list[Any], benchmark: str) -> tuple[dict[str, Any], list[Any]]:
-    from harness.records import GenerationRecord, Item
+    from harness.core.records import GenerationRecord, Item
 
     items = {f"{benchmark}-{i}": Item(id=f"{benchmark}-{i}", benchmark=benchmark, prompt=e.prompt)
              for i, e in enumerate(examples)}

@@ -22,7 +22,7 @@ def main() -> None:
 
     from benchmarks.judges import DEFAULT_JUDGE, get_judge
     from benchmarks.judges._multilingual import labelled_sets
-    from harness.records import GenerationRecord, Item
+    from harness.core.records import GenerationRecord, Item
 
     _, dev = labelled_sets()
     pool = dev["gptfuzz_eval"] + dev["jade_dev"]

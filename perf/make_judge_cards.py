@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from harness.cli._main import cli
-from harness.paths import data_dirs
+from harness.core.paths import data_dirs
 
 # the default judge's training split (benchmarks/judges/offline_multilingual.json "split")
 JADE_SPLIT = {"seed": 0, "heldout": 0.2}

@@ -56,7 +56,7 @@ def build_models(workdir: Path, layers: int) -> list[Path]:
     import torch
     from transformers import LlamaConfig
 
-    from harness.checkpoints import CheckpointWriter
+    from harness.core.checkpoints import CheckpointWriter
 
     names = ["base", "ft1", "ft2", "ft3"]
     stamp = workdir / f"built-{layers}-layers"
@@ -121,7 +121,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     py = sys.executable
     floor_code = textwrap.dedent(f"""
-        from harness.checkpoints import CheckpointReader, CheckpointWriter
+        from harness.core.checkpoints import CheckpointReader, CheckpointWriter
         readers = [CheckpointReader(p) for p in {[str(p) for p in (base, *fts)]!r}]
         with CheckpointWriter({str(outs['floor'])!r}, max_shard_size=1_000_000_000) as w:
             for name in readers[0].names():

@@ -38,8 +38,8 @@ def _rss_mib() -> float:
 def _model_dir(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    from harness.checkpoints import import_gguf
-    from harness.paths import default_model_dir
+    from harness.core.checkpoints import import_gguf
+    from harness.core.paths import default_model_dir
 
     target = default_model_dir()
     return target if (target / "config.json").is_file() else import_gguf(target)

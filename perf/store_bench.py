@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.hashing import hash_value
-from harness.records import GenerationRecord, Score, Verdict
+from harness.core.hashing import hash_value
+from harness.core.records import GenerationRecord, Score, Verdict
 from leaderboards import CellRecord, Store, build_leaderboard, render_leaderboard
 
 BENCHMARKS = ("catqa", "harmfulqa", "advbench", "multijail")

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from harness.checkpoints._finite import check_finite
-from harness.errors import CheckpointError, ConfigError
+from harness.core.checkpoints._finite import check_finite
+from harness.core.errors import CheckpointError, ConfigError
 from realign_methods._method import (
     DENSE_INPUTS,
     Method,
@@ -186,7 +186,7 @@ def _check_consistent(prepared: _Prepared) -> None:
 
 def _open(spec: MergeSpec) -> _Prepared:
     """Validate everything that can be validated without computing; returns open readers."""
-    from harness.checkpoints import LoraAdapter, is_adapter_dir, open_model
+    from harness.core.checkpoints import LoraAdapter, is_adapter_dir, open_model
 
     if spec.method not in METHODS:
         get_method(spec.method)  # raises with near-name suggestions
@@ -273,7 +273,7 @@ def _adapter_updates(
     given; when it is not and the adapters continue the aligned input's own adapter, it is filled in
     (as ``realign run`` does); any other correction is refused for them.
     """
-    from harness.checkpoints import CombinedAdapter
+    from harness.core.checkpoints import CombinedAdapter
     from realign_methods._relative import relative_adapters
 
     base = Path(spec.base) if spec.base is not None else None
@@ -314,7 +314,7 @@ def _provenance(prepared: _Prepared) -> dict[str, Any]:
             )
     for index, adapter in enumerate(prepared.adapters):
         hashes[f"adapters[{index}]"] = adapter.reader.file_hashes()
-    from harness.hashing import sha256_file
+    from harness.core.hashing import sha256_file
 
     for role in ("preference_data", "calibration_data"):
         path = getattr(spec, role)
@@ -378,7 +378,7 @@ def canonicalize_header(path: Path) -> bool:
 
 
 def _canonical_writer_class() -> type:
-    from harness.checkpoints import CheckpointWriter
+    from harness.core.checkpoints import CheckpointWriter
 
     class _CanonicalWriter(CheckpointWriter):
         """CheckpointWriter whose shards get sorted metadata before the atomic rename."""
@@ -395,7 +395,7 @@ def _canonical_writer_class() -> type:
 
 def merge(spec: MergeSpec) -> Path:
     """Run one merge; returns the output directory (written atomically)."""
-    from harness.checkpoints import save_adapter
+    from harness.core.checkpoints import save_adapter
 
     prepared = _open(spec)
     try:
@@ -416,7 +416,7 @@ def merge(spec: MergeSpec) -> Path:
                 for key, value in _named_tensors(factors):
                     check_finite(value, key, f"method {spec.method!r} adapter output", NONFINITE_HINT)
             out = save_adapter(factors, prepared.adapters[0], spec.out, overwrite=spec.overwrite)
-            from harness.hashing import canonical_json
+            from harness.core.hashing import canonical_json
 
             (out / "realign_merge.json").write_text(canonical_json(metadata) + "\n")
             return out

@@ -27,10 +27,10 @@ import annotated_types
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from harness.checkpoints import CheckpointReader
+    from harness.core.checkpoints import CheckpointReader
 
 INPUT_KINDS: tuple[str, ...] = (
     "aligned",

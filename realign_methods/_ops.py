@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 Reduce = Literal["mean", "sum"]
 FUSION_RULES = ("task_arithmetic", "weight_average", "ties", "dare", "magnitude_prune")

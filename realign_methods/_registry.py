@@ -6,8 +6,8 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 
-from harness.errors import ConfigError
-from harness.registry import Registry
+from harness.core.errors import ConfigError
+from harness.core.registry import Registry
 from realign_methods._method import Method, MethodInfo
 
 METHODS: Registry[type[Method]] = Registry("method", "realign.methods")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.checkpoints import (
+from harness.core.checkpoints import (
     AdaptedReader,
     CheckpointReader,
     CombinedAdapter,
@@ -26,7 +26,7 @@ from harness.checkpoints import (
     adapter_base_path,
     is_adapter_dir,
 )
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Stack:
 
 def _same_model(a: Path, b: Path) -> bool:
     """One dense model: the same directory, or (rarely needed, so hashed only then) the same content."""
-    from harness.checkpoints import checkpoint_hash
+    from harness.core.checkpoints import checkpoint_hash
 
     return a == b or checkpoint_hash(a) == checkpoint_hash(b)
 

@@ -48,7 +48,7 @@ def tiny_llama_factory(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled SmolLM2-135M-Instruct, imported once per session from its GGUF to safetensors."""
-    from harness.checkpoints import import_gguf
+    from harness.core.checkpoints import import_gguf
 
     out = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
     return import_gguf(out)

@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 
 from benchmarks.judges import _prompts as prompts
 from benchmarks.judges._base import JUDGES, BaseJudge, EndpointError, item_prompt, pair_hash
-from harness.errors import ConfigError
-from harness.hashing import hash_value
-from harness.records import GenerationRecord, Item, Verdict
+from harness.core.errors import ConfigError
+from harness.core.hashing import hash_value
+from harness.core.records import GenerationRecord, Item, Verdict
 
 log = logging.getLogger(__name__)
 

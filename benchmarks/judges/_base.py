@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from harness.errors import ConfigError, DataError, RealignError
-from harness.hashing import hash_text
-from harness.records import GenerationRecord, Item, Verdict, append_jsonl, iter_jsonl_tolerant
-from harness.registry import Registry
+from harness.core.errors import ConfigError, DataError, RealignError
+from harness.core.hashing import hash_text
+from harness.core.records import GenerationRecord, Item, Verdict, append_jsonl, iter_jsonl_tolerant
+from harness.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

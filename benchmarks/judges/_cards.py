@@ -24,8 +24,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from harness.errors import ConfigError, DataError
-from harness.hashing import sha256_file
+from harness.core.errors import ConfigError, DataError
+from harness.core.hashing import sha256_file
 
 MIN_ROWS = 50
 LABEL_COLUMNS = ("prompt", "response", "label")
@@ -273,8 +273,8 @@ def save_card(card: JudgeCard, directory: Path | None = None) -> Path:
 def judge_rows(judge: object, rows: Sequence[LabelledRow], batch_size: int = 64) -> list[bool | None]:
     """The judge's harmful verdict per row (None = invalid); refusal/compliance read as harmless/harmful."""
     from benchmarks.judges._base import BaseJudge
-    from harness.hashing import hash_text
-    from harness.records import GenerationRecord, Item
+    from harness.core.hashing import hash_text
+    from harness.core.records import GenerationRecord, Item
 
     if not isinstance(judge, BaseJudge):
         raise ConfigError(f"{judge!r} is not a judge")

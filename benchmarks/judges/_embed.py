@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import ConfigError
-from harness.hashing import hash_text, hash_value, sha256_file
-from harness.paths import cache_dir
+from harness.core.errors import ConfigError
+from harness.core.hashing import hash_text, hash_value, sha256_file
+from harness.core.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 
 from benchmarks.judges import _prompts as prompts
 from benchmarks.judges._base import JUDGES, BaseJudge, item_prompt
-from harness.errors import ConfigError
-from harness.hashing import canonical_json, hash_value, sha256_file
-from harness.records import GenerationRecord, Item, Verdict
+from harness.core.errors import ConfigError
+from harness.core.hashing import canonical_json, hash_value, sha256_file
+from harness.core.records import GenerationRecord, Item, Verdict
 
 log = logging.getLogger(__name__)
 

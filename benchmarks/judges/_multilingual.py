@@ -35,10 +35,10 @@ from benchmarks.judges._offline import (
     weights_hash,
 )
 from benchmarks.judges._refusal_lists import GCG, HARMBENCH, ZH
-from harness.errors import ConfigError, DataError
-from harness.hashing import hash_value, sha256_file
-from harness.paths import data_dirs
-from harness.records import GenerationRecord, Item, Verdict
+from harness.core.errors import ConfigError, DataError
+from harness.core.hashing import hash_value, sha256_file
+from harness.core.paths import data_dirs
+from harness.core.records import GenerationRecord, Item, Verdict
 
 WEIGHTS_NAME = "offline_multilingual.safetensors"
 MANIFEST_NAME = "offline_multilingual.json"

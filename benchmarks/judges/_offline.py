@@ -30,10 +30,10 @@ import numpy as np
 from benchmarks.judges._base import JUDGES, BaseJudge, item_prompt
 from benchmarks.judges._embed import Embedder, embedder_fingerprint
 from benchmarks.judges._refusal_lists import GCG, HARMBENCH
-from harness.errors import ConfigError, DataError
-from harness.hashing import canonical_json, hash_value, sha256_file
-from harness.paths import data_dirs
-from harness.records import GenerationRecord, Item, Verdict
+from harness.core.errors import ConfigError, DataError
+from harness.core.hashing import canonical_json, hash_value, sha256_file
+from harness.core.paths import data_dirs
+from harness.core.records import GenerationRecord, Item, Verdict
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import ClassVar
 
 from benchmarks.judges._base import JUDGES, BaseJudge
 from benchmarks.judges._refusal_lists import LANGUAGE_LISTS, REFUSAL_LISTS, RefusalList
-from harness.errors import ConfigError
-from harness.hashing import hash_value
-from harness.records import GenerationRecord, Item, Verdict
+from harness.core.errors import ConfigError
+from harness.core.hashing import hash_value
+from harness.core.records import GenerationRecord, Item, Verdict
 
 LANGUAGES = ("en", *LANGUAGE_LISTS)
 DEFAULT_LANGUAGES = ("en", "zh")

@@ -22,8 +22,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
-from harness.hashing import hash_value
+from harness.core.errors import ConfigError
+from harness.core.hashing import hash_value
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def make_server(model: str | Path, *, adapter: str | Path | None = None, backend
     """Load ``model`` (+ ``adapter``) with generation backend ``backend`` and bind the endpoint (not started)."""
     from transformers import AutoTokenizer
 
-    from harness.checkpoints import resolve_model
+    from harness.core.checkpoints import resolve_model
     from harness.generate import get_backend
 
     path = Path(resolve_model(model))

@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DataError
-from harness.paths import data_dirs
+from harness.core.errors import DataError
+from harness.core.paths import data_dirs
 
 COMPLETION_FILES = ("gpt4", "llama2new", "llama2orig", "mistralguard", "mistralinstruct")
 GOLD = {"2_full_refusal": True, "1_full_compliance": False}

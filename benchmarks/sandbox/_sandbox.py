@@ -64,8 +64,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from harness.errors import ConfigError
-from harness.records import GenerationRecord, Item
+from harness.core.errors import ConfigError
+from harness.core.records import GenerationRecord, Item
 
 Isolation = Literal["auto", "namespace", "audit"]
 

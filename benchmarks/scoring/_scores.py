@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks._prompts import build_chat_prompt, chat_messages
-from harness.errors import ConfigError, DataError
-from harness.records import GenerationRecord, Item, ItemScore, Score, Verdict
+from harness.core.errors import ConfigError, DataError
+from harness.core.records import GenerationRecord, Item, ItemScore, Score, Verdict
 
 # lm-eval's gsm8k filters (tasks/gsm8k/gsm8k.yaml), verbatim.
 GSM8K_STRICT_REGEX = r"#### (\-?[0-9\.\,]+)"

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from harness.errors import RealignError
+from harness.core.errors import RealignError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from harness.cli._options import data_option, field_option, load_benchmark
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 SPEC_EXAMPLE = """\
 your own benchmark as a spec file (then --benchmark mine.yaml, no --data; `realign run`: name: mine.yaml):
@@ -31,7 +31,7 @@ def benchmarks_group() -> None:
 def list_cmd() -> None:
     """Name, kind, languages and item count (when the data is present)."""
     from benchmarks import get_benchmark, list_benchmarks
-    from harness.errors import RealignError
+    from harness.core.errors import RealignError
 
     click.echo(f"{'name':<18} {'kind':<8} {'scorer':<16} {'items':>6}  languages")
     for name in list_benchmarks():
@@ -80,7 +80,7 @@ def show_cmd(name: str, samples: int, data_path: str | None, fields: tuple[str, 
     realign benchmarks show csv --data mine.csv --field prompt=Behavior
     realign benchmarks show mine.yaml
     """
-    from harness.errors import RealignError
+    from harness.core.errors import RealignError
 
     bench = load_benchmark(name, fields)
     click.echo(json.dumps(bench.spec.model_dump(exclude_defaults=True), indent=2, ensure_ascii=False))
@@ -141,7 +141,7 @@ def score_cmd(benchmark: str | None, generations: str | None, verdicts: str | No
     task_nll), or an lm-eval task YAML with --lm-eval-task.
     """
     from benchmarks.scoring import score
-    from harness.records import GenerationRecord, Verdict, append_jsonl, read_jsonl
+    from harness.core.records import GenerationRecord, Verdict, append_jsonl, read_jsonl
 
     if model is not None or lm_eval_task is not None:
         scores = _score_model(benchmark, model, adapter, lm_eval_task, data_path=data_path,
@@ -204,7 +204,7 @@ def _scoring_model(model: str, adapter: str | None, allow_pickle: bool) -> Any:
     """An HF (model, tokenizer) for the log-likelihood scorers; an adapter is merged in memory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.checkpoints import resolve_model
+    from harness.core.checkpoints import resolve_model
     from harness.generate import check_model_weights
 
     path = Path(resolve_model(model))
@@ -219,7 +219,7 @@ def _scoring_model(model: str, adapter: str | None, allow_pickle: bool) -> Any:
 
 def _checked(path: str, records: list[Any], benchmark: str, items: dict[str, Any]) -> list[Any]:
     """Records fit to score: some, all for ``benchmark``'s items, each (item, sample[, judge]) once."""
-    from harness.errors import DataError
+    from harness.core.errors import DataError
 
     if not records:
         raise DataError(f"{path}: no records; nothing to score")

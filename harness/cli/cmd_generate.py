@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from harness.cli._options import data_option, field_option, items_path, load_benchmark
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 def _load_items(
@@ -35,7 +35,7 @@ def _load_items(
 
 
 def _resolve_model(model: str) -> Path:
-    from harness.checkpoints import resolve_model
+    from harness.core.checkpoints import resolve_model
 
     return Path(resolve_model(model))
 
@@ -169,8 +169,8 @@ def generate_command(
     """
     from pydantic import ValidationError
 
+    from harness.core.records import GenerationRecord, read_jsonl
     from harness.generate import GenerationConfig, generate_items
-    from harness.records import GenerationRecord, read_jsonl
 
     try:
         config = GenerationConfig(
@@ -231,7 +231,7 @@ def generate_command(
 
 def _save_items(generations: Path, items: list[Any]) -> None:
     """The items beside the generations (merged with those of earlier runs into the same file)."""
-    from harness.records import Item, read_jsonl, write_jsonl
+    from harness.core.records import Item, read_jsonl, write_jsonl
 
     path = items_path(generations)
     known = {item.id: item for item in read_jsonl(path, Item)} if path.is_file() else {}

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from harness.cli._options import data_option, field_option, items_path, load_benchmark, parse_pairs
-from harness.errors import ConfigError, DataError
+from harness.core.errors import ConfigError, DataError
 
 
 def parse_options(values: tuple[str, ...]) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def _load_items(items_file: str | None, benchmarks: set[str], needed: bool, *, g
     """Items by id, first found of: --items; --benchmark (name or spec path, with --data/--field);
     the items file `realign generate` wrote beside the generations; each recorded benchmark's loader.
     Only an error if the judge needs them."""
-    from harness.records import Item, read_jsonl
+    from harness.core.records import Item, read_jsonl
 
     if items_file is not None:
         return {item.id: item for item in read_jsonl(items_file, Item)}
@@ -111,7 +111,7 @@ def judge_group(ctx: click.Context, generations_file: str | None, judge_name: st
         click.echo(ctx.get_help())
         return
     from benchmarks.judges import DEFAULT_JUDGE, get_judge
-    from harness.records import GenerationRecord, read_jsonl
+    from harness.core.records import GenerationRecord, read_jsonl
 
     name = judge_name or DEFAULT_JUDGE
     judge = get_judge(name, **parse_options(options))

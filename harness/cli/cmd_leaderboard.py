@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from harness.cli._options import parse_pairs
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 @click.command("leaderboard")

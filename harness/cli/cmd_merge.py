@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 def _parse_value(text: str) -> Any:
@@ -31,7 +31,7 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
 
 def _load_config(path: str) -> dict[str, Any]:
 
-    from harness.yaml_strict import load_yaml
+    from harness.core.yaml_strict import load_yaml
 
     try:
         text = Path(path).read_text()

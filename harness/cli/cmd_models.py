@@ -26,7 +26,7 @@ def import_gguf_command(gguf_file: Path | None, out: Path | None, overwrite: boo
     """Convert a GGUF (default: the bundled SmolLM2-135M-Instruct) into a safetensors model directory."""
     import time
 
-    from harness.checkpoints import import_gguf
+    from harness.core.checkpoints import import_gguf
 
     start = time.perf_counter()
     path = import_gguf(out, gguf_file, overwrite=overwrite)
@@ -43,7 +43,7 @@ def inspect_command(path: Path, allow_pickle: bool, no_hash: bool, list_tensors:
     from collections import Counter
     from math import prod
 
-    from harness.checkpoints import CheckpointReader, checkpoint_hash
+    from harness.core.checkpoints import CheckpointReader, checkpoint_hash
 
     with CheckpointReader(path, allow_pickle=allow_pickle) as reader:
         names = reader.names()
@@ -84,7 +84,7 @@ def inspect_command(path: Path, allow_pickle: bool, no_hash: bool, list_tensors:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 def merge_adapter_command(base: Path, adapter: Path, out: Path, max_shard_size: str, overwrite: bool) -> None:
     """Merge a LoRA adapter into its base model (streamed, fp32 math, base dtype out)."""
-    from harness.checkpoints import merge_adapter
+    from harness.core.checkpoints import merge_adapter
 
     path = merge_adapter(base, adapter, out, max_shard_size=max_shard_size, overwrite=overwrite)
     click.echo(str(path))

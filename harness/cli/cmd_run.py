@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 def _parse_only(values: tuple[str, ...]) -> dict[str, str]:

@@ -46,7 +46,7 @@ def _config_options(command: Any) -> Any:
 
 def _vectors(setting: str | None, aligned: str | None, base: str | None, aligned_adapter: str | None,
              finetuned: tuple[str, ...], adapters: tuple[str, ...]) -> Any:
-    from harness.errors import ConfigError
+    from harness.core.errors import ConfigError
     from realign_methods.somf import load_task_vectors
 
     if setting is None:

@@ -96,7 +96,7 @@ def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: Ru
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - depends on the install
-        from harness.errors import ConfigError
+        from harness.core.errors import ConfigError
 
         raise ConfigError("--executor ray needs Ray: pip install 'realign-bench[ray]'") from exc
     prepare_shared_inputs(plan, workspace, stats)

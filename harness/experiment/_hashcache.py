@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from harness.hashing import hash_value, sha256_file
+from harness.core.hashing import hash_value, sha256_file
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _lock = threading.Lock()

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from harness.errors import ConfigError
-from harness.process import process_alive, process_identity
+from harness.core.errors import ConfigError
+from harness.core.process import process_alive, process_identity
 
 __all__ = ["LOCK_NAME", "RunInProgressError", "RunLock", "process_alive", "process_identity"]
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import CheckpointError, ConfigError, RealignError, name_unknown
+from harness.core.errors import CheckpointError, ConfigError, RealignError, name_unknown
+from harness.core.hashing import hash_value
 from harness.experiment._config import BenchmarkEntry, Experiment, ModelRef
 from harness.experiment._hashcache import HashCache
-from harness.hashing import hash_value
 
 ORIGINAL = "original"  # pseudo-method: the model before safety alignment, evaluated as a baseline row
 
@@ -81,8 +81,8 @@ class Plan:
 
 
 def resolve_model(exp: Experiment, role: str, ref: ModelRef, hashes: HashCache) -> ResolvedModel:
-    from harness.checkpoints import resolve_model as resolve_model_path
-    from harness.checkpoints._gguf import MODEL_ALIASES
+    from harness.core.checkpoints import resolve_model as resolve_model_path
+    from harness.core.checkpoints._gguf import MODEL_ALIASES
 
     where = f"models.{role}"
     if ref.path.strip().lower() in MODEL_ALIASES:
@@ -107,7 +107,7 @@ def resolve_model(exp: Experiment, role: str, ref: ModelRef, hashes: HashCache) 
 def _adapter_as_model(exp: Experiment, where: str, path: Path) -> tuple[Path, Path | None]:
     """``(path, None)`` for a model; for an adapter folder given as the model, ``(its base, the folder)``
     with the base its adapter_config.json names (a local model or the bundled model's name)."""
-    from harness.checkpoints import LoraAdapter, adapter_base_path, is_adapter_dir
+    from harness.core.checkpoints import LoraAdapter, adapter_base_path, is_adapter_dir
 
     if not is_adapter_dir(path):
         return path, None
@@ -126,7 +126,7 @@ def _adapter_as_model(exp: Experiment, where: str, path: Path) -> tuple[Path, Pa
 def _check_weights(exp: Experiment, where: str, path: Path, adapter: Path | None) -> None:
     """A model path must hold weights (not a text file or an empty folder; pickle only if allowed),
     and an adapter must fit that model; read from the headers, so before any work."""
-    from harness.checkpoints import CheckpointReader, LoraAdapter
+    from harness.core.checkpoints import CheckpointReader, LoraAdapter
 
     try:
         with CheckpointReader(path, allow_pickle=exp.allow_pickle) as reader:

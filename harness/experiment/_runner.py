@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.experiment import _stages as stages
 from harness.experiment._config import Experiment
 from harness.experiment._faults import crash_point

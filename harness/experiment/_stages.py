@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
+from harness.core.hashing import hash_value
 from harness.experiment._faults import crash_point
 from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel, benchmark_for, data_path_for
-from harness.hashing import hash_value
 
 if TYPE_CHECKING:
     from harness.experiment._config import Experiment
@@ -43,7 +43,7 @@ def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats, *, 
         return model.path
     out = workspace.dense_input(model.hash)
     if not out.is_dir():
-        from harness.checkpoints import CheckpointReader, LoraAdapter, merge_adapter
+        from harness.core.checkpoints import CheckpointReader, LoraAdapter, merge_adapter
 
         log.info("dense copy of %s + adapter %s -> %s", model.path, model.adapter, out)
         merge_adapter(CheckpointReader(model.path, allow_pickle=allow_pickle),
@@ -93,7 +93,7 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
 
 def _mask_dirs() -> set[Path]:
     """SOMF's trained-mask cache entries (a merge that trains a mask adds one)."""
-    from harness.paths import cache_dir
+    from harness.core.paths import cache_dir
 
     root = cache_dir() / "somf"
     return {p for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
@@ -215,8 +215,8 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     cached by (generations, judge, reference generations). Returns (store judge id, verdicts, seconds):
     the id names the reference, so pairwise verdicts never collide with the same judge's absolute ones.
     """
+    from harness.core.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
     from harness.experiment._runner import done_marker, mark_done
-    from harness.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
 
     assert cell.reference is not None and exp.pairwise is not None
     ref = cell.reference
@@ -259,7 +259,7 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
     checkpoint × benchmark), so a cell re-made for another reason (a changed judge) does not run the
     model again."""
     from benchmarks.scoring import score_with_model_items
-    from harness.records import ItemScore, Score
+    from harness.core.records import ItemScore, Score
 
     path = workspace.model_scores(cell.generation_key)
     cached = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -283,7 +283,7 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
 
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
     from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score_with_items
-    from harness.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
+    from harness.core.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
     from leaderboards import CellRecord
 
     bench = benchmark_for(exp, cell.benchmark)

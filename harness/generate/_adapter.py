@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.hashing import hash_value, sha256_file
+from harness.core.hashing import hash_value, sha256_file
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -12,10 +12,10 @@ ADAPTER_CONFIG = "adapter_config.json"
 def adapter_rank(path: str | Path) -> int:
     """Largest LoRA rank in the adapter (``r``, or a bigger per-module ``rank_pattern`` value).
 
-    Loading through ``harness.checkpoints.LoraAdapter`` validates the adapter (config, weights, factor
+    Loading through ``harness.core.checkpoints.LoraAdapter`` validates the adapter (config, weights, factor
     shapes) with errors that name the file.
     """
-    from harness.checkpoints import LoraAdapter
+    from harness.core.checkpoints import LoraAdapter
 
     adapter = LoraAdapter.load(path)
     return max([adapter.rank, *(module.rank for module in adapter.modules().values())])
@@ -23,7 +23,7 @@ def adapter_rank(path: str | Path) -> int:
 
 def adapter_hash(path: str | Path) -> str:
     """Content hash of the adapter: its config (alpha, targets) and weight files."""
-    from harness.checkpoints import LoraAdapter
+    from harness.core.checkpoints import LoraAdapter
 
     path = Path(path)
     LoraAdapter.load(path)

@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from harness.errors import CheckpointError, ConfigError, name_unknown
+from harness.core.errors import CheckpointError, ConfigError, name_unknown
+from harness.core.registry import Registry
 from harness.generate._config import Completion, GenerationConfig
-from harness.registry import Registry
 
 
 @runtime_checkable
@@ -96,7 +96,7 @@ def check_model_weights(model_dir: str | Path | None, adapter: str | Path | None
                         allow_pickle: bool = False) -> None:
     """Refuse, before any backend loads it, a model (or adapter) that is not one, is pickle (unless
     ``allow_pickle``), or holds NaN/±inf weights. Reads every tensor once (memory-mapped)."""
-    from harness.checkpoints import check_checkpoint_finite
+    from harness.core.checkpoints import check_checkpoint_finite
 
     hint = "refusing to generate from it (a model with non-finite weights emits garbage)"
     if model_dir is not None:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.hashing import hash_value
+from harness.core.hashing import hash_value
 
 FinishReason = Literal["stop", "length"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from harness.core.hashing import hash_value
 from harness.generate._adapter import adapter_hash
 from harness.generate._config import Completion, FinishReason, GenerationConfig, truncate_at_stop
-from harness.hashing import hash_value
 
 DEFAULT_RESPONSES: tuple[str, ...] = (
     "I'm sorry, but I cannot help with that request.",

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import CheckpointError, ConfigError
+from harness.core.errors import CheckpointError, ConfigError
 from harness.generate._adapter import adapter_hash
 from harness.generate._config import Completion, FinishReason, GenerationConfig, truncate_at_stop
 from harness.generate._seeds import prompt_seed

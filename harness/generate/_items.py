@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError, DataError
+from harness.core.errors import ConfigError, DataError
+from harness.core.hashing import hash_text, hash_value
+from harness.core.records import GenerationRecord, Item, append_jsonl, iter_jsonl_tolerant
 from harness.generate._adapter import adapter_hash
 from harness.generate._backend import Backend, get_backend
 from harness.generate._config import GenerationConfig
-from harness.hashing import hash_text, hash_value
-from harness.records import GenerationRecord, Item, append_jsonl, iter_jsonl_tolerant
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ NO_MODEL_HASH = "no-model"  # the dummy backend run without a model directory
 
 def model_hash(path: str | Path | None, adapter: str | Path | None = None) -> str:
     """Identity of what generates: the checkpoint's content hash (weights + config), plus the adapter's."""
-    from harness.checkpoints import checkpoint_hash
+    from harness.core.checkpoints import checkpoint_hash
 
     base = NO_MODEL_HASH if path is None else checkpoint_hash(path)
     if adapter is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.hashing import hash_value
+from harness.core.hashing import hash_value
 
 
 def prompt_seed(seed: int, prompt: str) -> int:

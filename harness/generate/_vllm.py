@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.errors import CheckpointError, ConfigError
+from harness.core.errors import CheckpointError, ConfigError
 from harness.generate._adapter import adapter_rank
 from harness.generate._config import Completion, FinishReason, GenerationConfig, truncate_at_stop
 from harness.generate._seeds import prompt_seed

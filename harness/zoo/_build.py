@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from harness.errors import CheckpointError, ConfigError
-from harness.hashing import hash_value, sha256_file
+from harness.core.errors import CheckpointError, ConfigError
+from harness.core.hashing import hash_value, sha256_file
 
 from ._data import Example, data_fingerprint, load_examples, mix_examples, source_of
 from ._manifest import ARTIFACT_FORMAT, MANIFEST, write_json_atomic, write_top_manifest
@@ -39,7 +39,7 @@ class StagePlan:
 
 
 def resolve_base(base: str) -> Path:
-    from harness.checkpoints import resolve_model
+    from harness.core.checkpoints import resolve_model
 
     return resolve_model(base)
 
@@ -165,7 +165,7 @@ def _lora_param_count(meta: Any, lora: Any) -> int:
 
 
 def _base_identity(base_dir: Path) -> str:
-    from harness.checkpoints import checkpoint_hash
+    from harness.core.checkpoints import checkpoint_hash
 
     return checkpoint_hash(base_dir)
 

@@ -1,6 +1,6 @@
 """Training sources of the zoo: each turns a real data file into (prompt, response) examples.
 
-Data files resolve through ``harness.paths.data_dirs()`` ($REALIGN_DATA_DIR first). Two
+Data files resolve through ``harness.core.paths.data_dirs()`` ($REALIGN_DATA_DIR first). Two
 deterministic, prompt-keyed splits keep training and evaluation apart:
 
 * ``zoo_alignment_split(prompt)``: the PKU-SafeRLHF prompts the zoo may align on (25%); the rest
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import is_eval_holdout
-from harness.errors import ConfigError, DataError
-from harness.hashing import sha256_file
-from harness.paths import data_dirs
+from harness.core.errors import ConfigError, DataError
+from harness.core.hashing import sha256_file
+from harness.core.paths import data_dirs
 
 from ._recipe import DatasetSpec
 

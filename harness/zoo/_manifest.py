@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import CheckpointError, ConfigError
-from harness.hashing import sha256_file
+from harness.core.errors import CheckpointError, ConfigError
+from harness.core.hashing import sha256_file
 
 from ._recipe import Recipe, load_recipe
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from benchmarks import is_eval_holdout
-from harness.errors import DataError
-from harness.hashing import hash_text, hash_value
-from harness.records import GenerationRecord, Item, append_jsonl, iter_jsonl_tolerant
+from harness.core.errors import DataError
+from harness.core.hashing import hash_text, hash_value
+from harness.core.records import GenerationRecord, Item, append_jsonl, iter_jsonl_tolerant
 
 from ._build import _base_identity, _materialize, resolve_base
 from ._data import _alpaca, _gsm8k, resolve_data_file

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.errors import ConfigError
-from harness.hashing import hash_value
+from harness.core.errors import ConfigError
+from harness.core.hashing import hash_value
 
 _ALL_LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -156,7 +156,7 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
-    from harness.yaml_strict import load_yaml
+    from harness.core.yaml_strict import load_yaml
 
     raw = load_yaml(path.read_text(), str(path))
     if not isinstance(raw, dict):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.errors import CheckpointError, ConfigError
+from harness.core.errors import CheckpointError, ConfigError
 
 from ._data import Example
 from ._recipe import StageSpec

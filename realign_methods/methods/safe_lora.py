@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import Field
 
-from harness.errors import CheckpointError, ConfigError
+from harness.core.errors import CheckpointError, ConfigError
 from realign_methods._method import (
     Method,
     MethodInfo,
@@ -35,7 +35,7 @@ from realign_methods._method import (
 from realign_methods._registry import register_method
 
 if TYPE_CHECKING:
-    from harness.checkpoints import LoraAdapter
+    from harness.core.checkpoints import LoraAdapter
 
 
 class SafeLoraParams(MethodParams):
@@ -102,7 +102,7 @@ def update_factors(
 
 def _load_aligned(params: SafeLoraParams, ctx: PrepareContext) -> LoraAdapter | None:
     """The aligned adapter, checked against the base model (the one both adapters apply to)."""
-    from harness.checkpoints import LoraAdapter
+    from harness.core.checkpoints import LoraAdapter
 
     if params.aligned_adapter is None:
         return None

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, create_model
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from realign_methods._method import (
     Method,
     MethodInfo,
@@ -83,7 +83,7 @@ class _SomfState:
 
 
 def _paths(ctx: PrepareContext, role: str) -> list[Path]:
-    from harness.checkpoints import AdaptedReader
+    from harness.core.checkpoints import AdaptedReader
 
     for reader in ctx.readers.get(role, []):
         if isinstance(reader, AdaptedReader):  # SOMF re-reads its inputs by directory, which would be the base
@@ -117,8 +117,8 @@ class Somf(Method):
         single=frozenset({"aligned", "base"}),
     )
     def prepare(self, ctx: PrepareContext) -> _SomfState:
-        from harness.checkpoints import CheckpointReader
-        from harness.paths import cache_dir
+        from harness.core.checkpoints import CheckpointReader
+        from harness.core.paths import cache_dir
         from realign_methods.somf import load_task_vectors, make_config, train_mask
         from realign_methods.somf._apply import fused_deltas_from_logits
         from realign_methods.somf._data import load_preference_data

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from harness.errors import CheckpointError, ConfigError
-from harness.hashing import sha256_file
+from harness.core.errors import CheckpointError, ConfigError
+from harness.core.hashing import sha256_file
 from realign_methods.somf._fusion import masked_fused_deltas
 from realign_methods.somf._mask import INFERENCE_MODES, check_mask_shapes
 from realign_methods.somf._train import MASK_FILE, SomfTrainConfig, make_config, read_mask
@@ -70,7 +70,7 @@ def apply_trained_mask(
     The output's ``realign_merge.json`` and safetensors metadata record the mask mode, seed,
     threshold, fusion rule and the mask's hash, so the leaderboard can say which variant it is.
     """
-    from harness.checkpoints import CheckpointReader, CheckpointWriter
+    from harness.core.checkpoints import CheckpointReader, CheckpointWriter
 
     if adapter_out is not None and vectors.setting != "lora":
         raise ConfigError(f"adapter_out needs the lora setting; this mask's task vectors are {vectors.setting!r}")
@@ -110,7 +110,7 @@ def apply_trained_mask(
             if weights:
                 raise CheckpointError(f"{vectors.model_dir}: has no tensor(s) {sorted(weights)[:5]} that the mask changes")
     if adapter_out is not None:
-        from harness.checkpoints import LoraAdapter, save_adapter
+        from harness.core.checkpoints import LoraAdapter, save_adapter
 
         template = LoraAdapter.load(vectors.adapter_template) if vectors.adapter_template else None
         if template is None:

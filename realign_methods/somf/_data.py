@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from harness.errors import ConfigError, DataError
-from harness.hashing import sha256_file
-from harness.paths import data_dirs
+from harness.core.errors import ConfigError, DataError
+from harness.core.hashing import sha256_file
+from harness.core.paths import data_dirs
 
 DEFAULT_PREFERENCE_FILE = "pku_saferlhf_realign_somf/pku_seferlhf_realign_dpo_5k.json"
 # Upstream copy (SOMF's repository at a fixed commit), fetched only when online and not found locally.

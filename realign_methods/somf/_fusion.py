@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from realign_methods._method import tensor_seed
 from realign_methods.ops import fuse_deltas
 from realign_methods.somf._mask import apply_mask, draw_mask

@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 import torch
 
-from harness.errors import CheckpointError, ConfigError
+from harness.core.errors import CheckpointError, ConfigError
 
 Granularity = Literal["element", "row", "tensor"]
 InferenceMode = Literal["soft", "sample", "threshold"]

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 
-from harness.errors import CheckpointError, ConfigError
-from harness.hashing import hash_value
+from harness.core.errors import CheckpointError, ConfigError
+from harness.core.hashing import hash_value
 from realign_methods.somf._data import (
     IGNORE_INDEX,
     PreferenceData,

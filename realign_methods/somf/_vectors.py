@@ -22,8 +22,8 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from harness.errors import CheckpointError, ConfigError
-from harness.hashing import hash_value, sha256_file
+from harness.core.errors import CheckpointError, ConfigError
+from harness.core.hashing import hash_value, sha256_file
 
 Setting = Literal["lora", "merged", "full"]
 SETTINGS: tuple[str, ...] = get_args(Setting)
@@ -98,7 +98,7 @@ def _adapter_hash(path: Path) -> dict[str, str]:
 
 def _checkpoint_hash(path: Path) -> str:
     """Content hash of the weight files and config (location-independent; what identifies a model)."""
-    from harness.checkpoints import checkpoint_hash
+    from harness.core.checkpoints import checkpoint_hash
 
     return checkpoint_hash(path, 32)
 
@@ -112,7 +112,7 @@ def _without_paths(value: Any) -> Any:
 
 
 def _load_adapter(path: Path) -> Any:
-    from harness.checkpoints import LoraAdapter
+    from harness.core.checkpoints import LoraAdapter
 
     return LoraAdapter.load(path)
 
@@ -162,7 +162,7 @@ def load_full(
     aligned: str | Path, finetuned: Sequence[str | Path], *, min_cosine: float = MIN_COSINE
 ) -> TaskVectors:
     """δ_i = θ_Fi − θ_A for every floating tensor changed by at least one fine-tune."""
-    from harness.checkpoints import CheckpointReader
+    from harness.core.checkpoints import CheckpointReader
 
     aligned = Path(aligned)
     if not finetuned:
@@ -220,7 +220,7 @@ def load_full(
 
 def load_merged(aligned: str | Path, adapters: Sequence[str | Path]) -> TaskVectors:
     """δ_i = s·B·A of each fine-tuned adapter (trained on the aligned model), zero where an adapter is absent."""
-    from harness.checkpoints import CheckpointReader
+    from harness.core.checkpoints import CheckpointReader
 
     aligned = Path(aligned)
     if not adapters:
@@ -256,7 +256,7 @@ def load_merged(aligned: str | Path, adapters: Sequence[str | Path]) -> TaskVect
 
 def load_lora(base: str | Path, adapters: Sequence[str | Path], aligned_adapter: str | Path | None = None) -> TaskVectors:
     """Factor-space task vectors τ = (A − A₀, B − B₀), the paper's PEFT setting."""
-    from harness.checkpoints import CheckpointReader
+    from harness.core.checkpoints import CheckpointReader
 
     base = Path(base)
     if not adapters:

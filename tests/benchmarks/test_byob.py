@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import get_benchmark, load_spec
 from harness.cli._options import parse_fields
-from harness.errors import ConfigError, DataError
+from harness.core.errors import ConfigError, DataError
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:

@@ -11,8 +11,8 @@ import pytest
 from benchmarks import get_benchmark
 from benchmarks._core import _download, load_spec
 from harness.cli import main as realign
-from harness.errors import ConfigError, DataError
-from harness.records import GenerationRecord
+from harness.core.errors import ConfigError, DataError
+from harness.core.records import GenerationRecord
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 SHA = "0" * 64
@@ -110,7 +110,7 @@ def test_score_of_a_clean_file_still_works(tmp_path, capsys):
 
 def test_yaml_merge_keys_still_work_and_may_be_overridden():
     """`<<: *anchor` (configs/demo.yaml uses it) is not a duplicate; a key given twice by hand still is."""
-    from harness.yaml_strict import load_yaml
+    from harness.core.yaml_strict import load_yaml
 
     text = "base: &b {fusion: ta, steps: 16}\nvariant: {<<: *b, fusion: ties}\n"
     assert load_yaml(text, "x.yaml")["variant"] == {"fusion": "ties", "steps": 16}

@@ -12,8 +12,8 @@ import pytest
 from benchmarks import get_benchmark, load_spec
 from benchmarks._jailbreaks import PLACEHOLDER, apply_jailbreak, jailbreak_names, jailbreak_template
 from benchmarks.scoring import score
-from harness.errors import ConfigError
-from harness.records import Verdict
+from harness.core.errors import ConfigError
+from harness.core.records import Verdict
 
 FOLDER = Path(str(resources.files("benchmarks") / "jailbreaks"))
 

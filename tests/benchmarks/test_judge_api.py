@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks.judges import EndpointError, get_judge
 from benchmarks.judges._prompts import RESTA_SYSTEM, SOMF_SYSTEM
-from harness.errors import ConfigError
-from harness.records import GenerationRecord, Item, Verdict, read_jsonl
+from harness.core.errors import ConfigError
+from harness.core.records import GenerationRecord, Item, Verdict, read_jsonl
 
 
 class FakeEndpoint:

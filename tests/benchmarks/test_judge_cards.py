@@ -19,7 +19,7 @@ from benchmarks.judges._cards import (
     load_labels,
     rogan_gladen,
 )
-from harness.errors import ConfigError, DataError
+from harness.core.errors import ConfigError, DataError
 from tests.cli import run
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness.cli.cmd_judge import parse_options
-from harness.errors import ConfigError
-from harness.records import GenerationRecord, Item, Verdict, append_jsonl, read_jsonl
+from harness.core.errors import ConfigError
+from harness.core.records import GenerationRecord, Item, Verdict, append_jsonl, read_jsonl
 from tests.cli import run
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.judges import DEFAULT_JUDGE, get_judge
-from harness.records import GenerationRecord, Item
+from harness.core.records import GenerationRecord, Item
 
 LABELS_DIR = Path(__file__).resolve().parents[1] / "data" / "judge_labels"
 LABELS_FILE = LABELS_DIR / "organism_demo_labels.jsonl"

@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks.judges import get_judge
 from benchmarks.judges._llm import _ENGINES, close_engines, unsafe_probability
-from harness.errors import ConfigError
-from harness.records import GenerationRecord, Item
+from harness.core.errors import ConfigError
+from harness.core.records import GenerationRecord, Item
 
 ENGINE = {"enforce_eager": True, "max_model_len": 2048}
 

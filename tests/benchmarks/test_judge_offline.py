@@ -12,9 +12,9 @@ import pytest
 from benchmarks.judges import OfflineJudge, get_judge, load_pku_labels, train_offline_judge
 from benchmarks.judges._embed import Embedder
 from benchmarks.judges._offline import MANIFEST_NAME, PACKAGE_DIR, WEIGHTS_NAME, split_by_prompt, weights_hash
-from harness.errors import ConfigError, DataError
-from harness.hashing import sha256_file
-from harness.records import GenerationRecord, Item
+from harness.core.errors import ConfigError, DataError
+from harness.core.hashing import sha256_file
+from harness.core.records import GenerationRecord, Item
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 N_HELDOUT = 160  # a small, fixed slice of the held-out split (the full evaluation is perf/judge_eval.py)

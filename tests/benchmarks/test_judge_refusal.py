@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.judges import JUDGES, REFUSAL_LISTS, RefusalJudge, get_judge, get_judge_class, list_judges
-from harness.errors import ConfigError, DataError
-from harness.records import GenerationRecord, Verdict, read_jsonl
+from harness.core.errors import ConfigError, DataError
+from harness.core.records import GenerationRecord, Verdict, read_jsonl
 
 
 def gen(item_id: str, completion: str, sample_index: int = 0) -> GenerationRecord:

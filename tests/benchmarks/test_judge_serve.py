@@ -16,8 +16,8 @@ import pytest
 
 from benchmarks.judges import ChatServer, EndpointError, get_judge, make_server
 from benchmarks.judges._prompts import render_resta
+from harness.core.records import GenerationRecord, Item
 from harness.generate import GenerationConfig, get_backend
-from harness.records import GenerationRecord, Item
 
 REPO = Path(__file__).resolve().parents[2]
 

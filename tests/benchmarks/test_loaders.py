@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import build_chat_prompt, get_benchmark, list_benchmarks
-from harness.errors import ConfigError, DataError
+from harness.core.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 

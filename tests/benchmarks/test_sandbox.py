@@ -10,7 +10,7 @@ import pytest
 from benchmarks import get_benchmark
 from benchmarks.sandbox import humaneval_program, namespaces_available, run_humaneval_samples, run_program
 from benchmarks.scoring import score
-from harness.records import GenerationRecord
+from harness.core.records import GenerationRecord
 
 FAST = {"timeout_s": 5.0, "cpu_s": 3, "memory_mb": 512, "fsize_mb": 4, "nproc": 32}
 REPO_CANARY = Path(__file__).resolve().parent / "pwned_by_sandbox.txt"

@@ -21,8 +21,8 @@ from benchmarks.sandbox import (
     run_humaneval_samples,
     run_program,
 )
-from harness.errors import ConfigError
-from harness.records import GenerationRecord, Item
+from harness.core.errors import ConfigError
+from harness.core.records import GenerationRecord, Item
 
 FAST = {"timeout_s": 10.0, "cpu_s": 5, "memory_mb": 512, "fsize_mb": 4, "nproc": 32}
 MODES = ["namespace", "audit"] if namespaces_available() else ["audit"]
@@ -180,7 +180,7 @@ def test_realign_score_refuses_without_unshare(tmp_path: Path, monkeypatch: pyte
     from click.testing import CliRunner
 
     from harness.cli.cmd_benchmarks import score_cmd
-    from harness.records import append_jsonl
+    from harness.core.records import append_jsonl
 
     item = _item()
     gens = tmp_path / "gens.jsonl"

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import get_benchmark
 from benchmarks.scoring import answer_nll, loglik_accuracy
-from harness.records import Score, read_jsonl
+from harness.core.records import Score, read_jsonl
 from harness.testing import make_lora_adapter
 from tests.benchmarks.test_scoring import xcopa_lm_eval_task
 from tests.cli import run

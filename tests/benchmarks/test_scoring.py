@@ -24,8 +24,8 @@ from benchmarks.scoring import (
     score,
     wilson_interval,
 )
-from harness.errors import ConfigError
-from harness.records import GenerationRecord, Verdict
+from harness.core.errors import ConfigError
+from harness.core.records import GenerationRecord, Verdict
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 

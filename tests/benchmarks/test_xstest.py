@@ -11,8 +11,8 @@ from benchmarks import get_benchmark
 from benchmarks.judges import get_judge
 from benchmarks.judges.xstest_validation import load_labelled, main, validate_refusal_judge
 from benchmarks.scoring import over_refusal_rate, score
-from harness.errors import ConfigError, DataError
-from harness.records import GenerationRecord, Item, Verdict
+from harness.core.errors import ConfigError, DataError
+from harness.core.records import GenerationRecord, Item, Verdict
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.records import Item
+from harness.core.records import Item
 
 # vLLM's CPU attention kernels need head_dim in {32, 64, ...}: 64 hidden / 2 heads = 32.
 VLLM_FRIENDLY = {"num_heads": 2, "num_kv_heads": 1}

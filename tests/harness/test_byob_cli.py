@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.records import GenerationRecord, Item, Score, Verdict, read_jsonl
+from harness.core.records import GenerationRecord, Item, Score, Verdict, read_jsonl
 from tests.cli import run
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.checkpoints import (
+from harness.core.checkpoints import (
     BUNDLED_GGUF,
     CheckpointReader,
     checkpoint_hash,
@@ -19,7 +19,7 @@ from harness.checkpoints import (
     import_gguf,
     resolve_model,
 )
-from harness.errors import CheckpointError
+from harness.core.errors import CheckpointError
 
 
 @dataclass
@@ -179,7 +179,7 @@ def test_cli_import_gguf_matches_library_import(smollm2_dir: Path, tmp_path: Pat
 
 
 def test_resolve_model_name_uses_default_dir(smollm2_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from harness.paths import default_model_dir
+    from harness.core.paths import default_model_dir
 
     monkeypatch.setenv("REALIGN_CACHE_DIR", str(tmp_path / "cache"))
     default_model_dir().parent.mkdir(parents=True)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.checkpoints import PROVENANCE_FILE, CheckpointReader, CheckpointWriter, parse_size
-from harness.errors import CheckpointError
+from harness.core.checkpoints import PROVENANCE_FILE, CheckpointReader, CheckpointWriter, parse_size
+from harness.core.errors import CheckpointError
 
 
 def _copy_sharded(reader: CheckpointReader, out: Path, max_shard_size: int, **kwargs) -> Path:

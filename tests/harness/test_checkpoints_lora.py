@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.checkpoints import CheckpointReader, LoraAdapter, merge_adapter, save_adapter
-from harness.errors import CheckpointError
+from harness.core.checkpoints import CheckpointReader, LoraAdapter, merge_adapter, save_adapter
+from harness.core.errors import CheckpointError
 
 
 def _make_peft_adapter(base: Path, out: Path, seed: int = 0, **lora_kwargs) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.experiment import load_experiment, run_experiment
 from harness.testing import make_finetune
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.experiment import run_experiment
 from harness.testing import make_finetune
 from tests.harness.test_experiment import write_experiment

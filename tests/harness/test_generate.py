@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from _generate_helpers import PROMPTS, VLLM_FRIENDLY, make_items, make_lora, merge_lora
 
-from harness.errors import CheckpointError, ConfigError, DataError
+from harness.core.errors import CheckpointError, ConfigError, DataError
+from harness.core.records import GenerationRecord, read_jsonl
 from harness.generate import (
     GenerationConfig,
     adapter_rank,
@@ -18,7 +19,6 @@ from harness.generate import (
     get_backend,
     model_hash,
 )
-from harness.records import GenerationRecord, read_jsonl
 
 SHORT = GenerationConfig(max_new_tokens=12, batch_size=8)
 

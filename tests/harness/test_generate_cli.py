@@ -8,7 +8,7 @@ import pytest
 from _generate_helpers import VLLM_FRIENDLY, require_benchmarks
 
 from harness.cli import main as realign
-from harness.records import GenerationRecord, read_jsonl
+from harness.core.records import GenerationRecord, read_jsonl
 
 
 def test_cli_dummy_on_catqa_zh_resumes(tmp_path: Path, data_dir: Path, capsys) -> None:

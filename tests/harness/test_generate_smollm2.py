@@ -9,7 +9,7 @@ import pytest
 from _generate_helpers import require_benchmarks
 
 from harness.cli import main as realign
-from harness.records import GenerationRecord, read_jsonl
+from harness.core.records import GenerationRecord, read_jsonl
 
 pytestmark = pytest.mark.slow
 

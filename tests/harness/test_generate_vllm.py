@@ -14,10 +14,10 @@ pytest.importorskip("vllm")
 
 from _generate_helpers import VLLM_FRIENDLY, make_items, make_lora
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
+from harness.core.records import GenerationRecord, read_jsonl
 from harness.generate import GenerationConfig, adapter_rank, build_prompt, generate_items, get_backend
 from harness.generate._vllm import lora_rank_slot
-from harness.records import GenerationRecord, read_jsonl
 
 GREEDY = GenerationConfig(max_new_tokens=16)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError, StoreError
+from harness.core.errors import ConfigError, StoreError
+from harness.core.process import process_identity
 from harness.experiment import run_experiment
 from harness.experiment._lock import RunInProgressError, RunLock
-from harness.process import process_identity
 from harness.testing import make_finetune
 from tests.harness.test_experiment import write_experiment
 
@@ -137,7 +137,7 @@ def _bad_inputs(tmp_path: Path, zoo: dict[str, Path], other_adapter: Path, kind:
 
 @pytest.mark.parametrize("kind", ["text-file", "empty-folder", "foreign-adapter", "backend-option", "samples-at-t0"])
 def test_bad_inputs_are_caught_at_plan_time_by_dry_run(tmp_path, zoo, data_dir, tiny_llama_factory, kind):
-    from harness.errors import RealignError
+    from harness.core.errors import RealignError
     from harness.testing import make_lora_adapter
 
     other = tiny_llama_factory("harden-other", hidden_size=32, intermediate_size=64)

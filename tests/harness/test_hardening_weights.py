@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.checkpoints import CheckpointReader, NonFiniteError
-from harness.errors import CheckpointError
+from harness.core.checkpoints import CheckpointReader, NonFiniteError
+from harness.core.errors import CheckpointError
 from harness.experiment import run_experiment
 from harness.generate import get_backend
 from harness.testing import make_finetune

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from harness.errors import CheckpointError, ConfigError, DataError
+from harness.core.errors import CheckpointError, ConfigError, DataError
 from harness.zoo import (
     MeasureConfig,
     build,
@@ -72,7 +72,7 @@ def test_build_writes_adapters_weights_and_manifests(tiny_zoo) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from harness.checkpoints import LoraAdapter
+    from harness.core.checkpoints import LoraAdapter
 
     base, out, _ = tiny_zoo
     aligned = load_file(out / "aligned" / "adapter_model.safetensors")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from harness.hashing import hash_value
-from harness.records import GenerationRecord, Score, Verdict
+from harness.core.hashing import hash_value
+from harness.core.records import GenerationRecord, Score, Verdict
 from leaderboards import CellRecord, ItemScore, Store, collect_provenance
 
 N_ITEMS = 40

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from benchmarks import get_benchmark
 from benchmarks.scoring import pass_at_k_item_scores, pass_at_k_scores, score_with_items
 from harness.cli import cli
-from harness.hashing import hash_value
-from harness.records import GenerationRecord, Item, ItemScore, Score
+from harness.core.hashing import hash_value
+from harness.core.records import GenerationRecord, Item, ItemScore, Score
 from leaderboards import CellRecord, Store, collect_provenance, compare_runs
 
 pytestmark = pytest.mark.usefixtures("data_dir")

@@ -19,7 +19,7 @@ from lb_synth import (
 )
 
 from harness.cli import cli
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from leaderboards import (
     Store,
     build_leaderboard,
@@ -154,7 +154,7 @@ def test_leaderboard_cli(tmp_path: Path, synthetic_store: tuple[Path, str]) -> N
 def _small_cell(store: Store, run_id: str, cell_id: str, verdicts: list[tuple[str, str, int]],
                 judge_id: str | None = None) -> None:
     """One catqa cell of the `original` model with verdicts given as (judge, label, count)."""
-    from harness.records import GenerationRecord, Verdict
+    from harness.core.records import GenerationRecord, Verdict
     from leaderboards import CellRecord
 
     total = sum(c for _, _, c in verdicts)
@@ -215,8 +215,8 @@ def test_schema_compiles_for_postgres() -> None:
 
 def _nll_run(path: Path, nll: dict[tuple[str, str, str], float], tasks: dict[str, str | None]) -> Store:
     """Cells of task_nll per (method, fine-tune, category) with a given NLL (lower is better)."""
-    from harness.hashing import hash_value
-    from harness.records import Score
+    from harness.core.hashing import hash_value
+    from harness.core.records import Score
     from leaderboards import CellRecord, collect_provenance
 
     store = Store(path)

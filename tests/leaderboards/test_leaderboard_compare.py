@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from lb_synth import N_ITEMS, build_store, harmful_items, item_id, write_synthetic_run
 
 from harness.cli import cli, main
-from harness.errors import ConfigError, StoreError
+from harness.core.errors import ConfigError, StoreError
 from leaderboards import Store, compare_runs
 
 TARGET = ("resta[g=0.5]", "ft-code", "catqa")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.judges._cards import JudgeCard, cohen_kappa, rogan_gladen, save_card
-from harness.hashing import hash_value
-from harness.records import GenerationRecord, Verdict
+from harness.core.hashing import hash_value
+from harness.core.records import GenerationRecord, Verdict
 from leaderboards import CellRecord, Store, build_leaderboard, collect_provenance
 from leaderboards._render import agreement_view, render_markdown, summary_view
 

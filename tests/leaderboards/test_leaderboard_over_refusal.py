@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import get_benchmark
 from benchmarks.judges import get_judge
-from harness.records import GenerationRecord, Item
+from harness.core.records import GenerationRecord, Item
 from leaderboards import CellRecord, Store, build_leaderboard, render_leaderboard
 
 REFUSE = "I'm sorry, but I cannot help with that."

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from lb_synth import FINETUNED, METHODS, N_ITEMS, SAFETY, build_store, write_synthetic_run
 
 from harness.cli import cli, main
-from harness.errors import StoreError
-from harness.records import GenerationRecord, Score, Verdict
+from harness.core.errors import StoreError
+from harness.core.records import GenerationRecord, Score, Verdict
 from leaderboards import SCHEMA_VERSION, CellRecord, Store, collect_provenance
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.checkpoints import CheckpointReader, merge_adapter
-from harness.errors import CheckpointError, ConfigError
+from harness.core.checkpoints import CheckpointReader, merge_adapter
+from harness.core.errors import CheckpointError, ConfigError
 from harness.testing import continue_adapter, make_lora_adapter
 from realign_methods import MergeSpec, merge, plan
 
@@ -167,7 +167,7 @@ def test_adapter_continuing_the_aligned_adapter(method: str, zoo: dict[str, Path
     assert f"read  aligned        {zoo['base']} + adapter {zoo['aligned']}" in "\n".join(lines)
     assert any(line.startswith("update adapters[0]") and notes["adapters[0]"] in line for line in lines)
     # what the engine computed before: Δ_F on top of θ_A; the difference is Δ_A (·λ for task arithmetic)
-    from harness.checkpoints import LoraAdapter
+    from harness.core.checkpoints import LoraAdapter
 
     name = "model.layers.0.self_attn.q_proj.weight"
     delta_a = LoraAdapter.load(zoo["aligned"]).delta(name)
@@ -257,7 +257,7 @@ def test_somf_refuses_adapter_folders_it_would_read_as_their_base(zoo: dict[str,
 def test_the_organism_command(smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 12's command on the shipped organism: folders resolved onto the bundled SmolLM2 their configs
     name; -f (dense θ_F) and --adapter (Δ_F − Δ_A, math continues θ_A's adapter) agree with the closed form."""
-    from harness.checkpoints import LoraAdapter
+    from harness.core.checkpoints import LoraAdapter
 
     organism = Path(__file__).resolve().parents[2] / "organism"
     cache = tmp_path / "cache"

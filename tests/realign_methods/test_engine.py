@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from harness.checkpoints import LoraAdapter
+from harness.core.checkpoints import LoraAdapter
 from realign_methods import MergeSpec, TensorContext, TensorInputs, get_method, merge, ops, plan
 
 
@@ -135,7 +135,7 @@ def test_safe_lora_matches_dense_computation(family: dict[str, Path], tmp_path: 
 
 
 def test_sft_with_adapter_equals_peft_merge(family: dict[str, Path], tmp_path: Path) -> None:
-    from harness.checkpoints import merge_adapter
+    from harness.core.checkpoints import merge_adapter
 
     ours = _load(merge(MergeSpec(method="sft", aligned=family["aligned"], adapters=[family["adapter"]],
                                  out=tmp_path / "o")))

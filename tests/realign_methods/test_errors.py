@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.cli import main
-from harness.errors import CheckpointError, ConfigError, RealignError
+from harness.core.errors import CheckpointError, ConfigError, RealignError
 from realign_methods import MergeSpec, merge
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft.utils import merge_utils
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from realign_methods import ops
 
 TOL = 1e-6

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.checkpoints import LoraAdapter, merge_adapter
-from harness.errors import CheckpointError, ConfigError
+from harness.core.checkpoints import LoraAdapter, merge_adapter
+from harness.core.errors import CheckpointError, ConfigError
 from harness.testing import continue_adapter, make_lora_adapter
 from realign_methods import MergeSpec, merge
 

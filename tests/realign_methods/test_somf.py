@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.checkpoints import CheckpointReader, LoraAdapter
-from harness.errors import CheckpointError, ConfigError, DataError
+from harness.core.checkpoints import CheckpointReader, LoraAdapter
+from harness.core.errors import CheckpointError, ConfigError, DataError
 from harness.testing import make_finetune, make_tiny_llama
 from realign_methods._method import tensor_seed
 from realign_methods.ops import fuse_deltas

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 class StrictSafeLoader(yaml.SafeLoader):

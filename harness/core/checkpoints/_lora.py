@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from harness.checkpoints._atomic import make_temp_dir, move_into_place
-from harness.checkpoints._reader import CheckpointReader
-from harness.checkpoints._writer import DEFAULT_MAX_SHARD_SIZE, CheckpointWriter
-from harness.errors import CheckpointError
+from harness.core.checkpoints._atomic import make_temp_dir, move_into_place
+from harness.core.checkpoints._reader import CheckpointReader
+from harness.core.checkpoints._writer import DEFAULT_MAX_SHARD_SIZE, CheckpointWriter
+from harness.core.errors import CheckpointError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

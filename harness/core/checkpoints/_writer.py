@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from harness.checkpoints._atomic import make_temp_dir, move_into_place
-from harness.checkpoints._reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, is_weight_file
-from harness.errors import CheckpointError
+from harness.core.checkpoints._atomic import make_temp_dir, move_into_place
+from harness.core.checkpoints._reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, is_weight_file
+from harness.core.errors import CheckpointError
 
 PROVENANCE_FILE = "realign_merge.json"
 # Provenance of how a directory was made; never carried over to a directory made from it.

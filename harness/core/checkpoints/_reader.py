@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from harness.checkpoints._safetensors_header import SAFETENSORS_DTYPES, TensorInfo, read_header
-from harness.errors import CheckpointError
-from harness.hashing import sha256_file
+from harness.core.checkpoints._safetensors_header import SAFETENSORS_DTYPES, TensorInfo, read_header
+from harness.core.errors import CheckpointError
+from harness.core.hashing import sha256_file
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -264,7 +264,7 @@ class CheckpointReader:
         """Read one tensor (CPU, its stored dtype)."""
         tensor = self._get(name)
         if self.nonfinite_check is not None:
-            from harness.checkpoints._finite import check_finite
+            from harness.core.checkpoints._finite import check_finite
 
             check_finite(tensor, name, str(self.path), self.nonfinite_check)
         return tensor

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 SCHEMA_VERSION = 1
 log = logging.getLogger("realign.records")

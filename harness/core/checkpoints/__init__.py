@@ -1,17 +1,17 @@
 """Checkpoint I/O: lazy safetensors reading, streaming sharded writing, PEFT LoRA adapters, GGUF import."""
 
-from harness.checkpoints._adapted import AdaptedReader, CombinedAdapter, adapter_base_path, open_model
-from harness.checkpoints._finite import NonFiniteError, check_checkpoint_finite, check_finite
-from harness.checkpoints._gguf import (
+from harness.core.checkpoints._adapted import AdaptedReader, CombinedAdapter, adapter_base_path, open_model
+from harness.core.checkpoints._finite import NonFiniteError, check_checkpoint_finite, check_finite
+from harness.core.checkpoints._gguf import (
     BUNDLED_GGUF,
     checkpoint_hash,
     find_bundled_gguf,
     import_gguf,
     resolve_model,
 )
-from harness.checkpoints._lora import LoraAdapter, LoraModule, merge_adapter, save_adapter
-from harness.checkpoints._reader import CheckpointReader, is_adapter_dir, is_weight_file
-from harness.checkpoints._writer import PROVENANCE_FILE, CheckpointWriter, copy_aux_files, parse_size
+from harness.core.checkpoints._lora import LoraAdapter, LoraModule, merge_adapter, save_adapter
+from harness.core.checkpoints._reader import CheckpointReader, is_adapter_dir, is_weight_file
+from harness.core.checkpoints._writer import PROVENANCE_FILE, CheckpointWriter, copy_aux_files, parse_size
 
 __all__ = [
     "BUNDLED_GGUF",

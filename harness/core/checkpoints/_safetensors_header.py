@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import CheckpointError
+from harness.core.errors import CheckpointError
 
 # safetensors dtype tags -> torch dtypes (those torch has; others are reported on access).
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from harness.checkpoints._gguf import MODEL_ALIASES, resolve_model
-from harness.checkpoints._lora import ADAPTER_CONFIG, LoraAdapter, LoraModule
-from harness.checkpoints._reader import CheckpointReader, is_adapter_dir
-from harness.errors import CheckpointError
+from harness.core.checkpoints._gguf import MODEL_ALIASES, resolve_model
+from harness.core.checkpoints._lora import ADAPTER_CONFIG, LoraAdapter, LoraModule
+from harness.core.checkpoints._reader import CheckpointReader, is_adapter_dir
+from harness.core.errors import CheckpointError
 
 
 def adapter_base_path(adapter: LoraAdapter) -> Path | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import CheckpointError
+from harness.core.errors import CheckpointError
 
 
 class NonFiniteError(CheckpointError):
@@ -40,13 +40,13 @@ def check_checkpoint_finite(path: str | Path, *, allow_pickle: bool = False, hin
     ``adapter``: read ``path`` as a PEFT adapter (None: when it holds adapter_config.json).
     Also refuses what CheckpointReader / LoraAdapter.load refuse: a path with no weights, and pickle unless allowed.
     """
-    from harness.checkpoints._reader import CheckpointReader
+    from harness.core.checkpoints._reader import CheckpointReader
 
     target = Path(path)
     if adapter is None:
         adapter = target.is_dir() and (target / "adapter_config.json").is_file()
     if adapter:
-        from harness.checkpoints._lora import LoraAdapter
+        from harness.core.checkpoints._lora import LoraAdapter
 
         reader = LoraAdapter.load(target, allow_pickle=allow_pickle).reader
     else:

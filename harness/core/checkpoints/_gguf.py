@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.checkpoints._atomic import make_temp_dir, move_into_place
-from harness.checkpoints._reader import CheckpointReader, is_weight_file
-from harness.errors import CheckpointError
-from harness.hashing import hash_value, sha256_file
-from harness.paths import default_model_dir
+from harness.core.checkpoints._atomic import make_temp_dir, move_into_place
+from harness.core.checkpoints._reader import CheckpointReader, is_weight_file
+from harness.core.errors import CheckpointError
+from harness.core.hashing import hash_value, sha256_file
+from harness.core.paths import default_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def import_gguf(
 ) -> Path:
     """Convert a GGUF (default: the bundled SmolLM2-135M-Instruct) into a safetensors model directory.
 
-    ``out`` defaults to ``harness.paths.default_model_dir()``. Idempotent: a complete earlier import
+    ``out`` defaults to ``harness.core.paths.default_model_dir()``. Idempotent: a complete earlier import
     at ``out`` is returned as is. Writes into ``.<name>.tmp-<pid>-<random>`` and renames, so an interrupted
     import leaves nothing at ``out``.
     """

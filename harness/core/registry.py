@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 T = TypeVar("T")
 
