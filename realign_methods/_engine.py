@@ -31,6 +31,7 @@ from realign_methods._method import (
     TensorInputs,
 )
 from realign_methods._registry import METHODS, get_method
+from realign_methods.calibration import Statistics, calibrate, resolve_data
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -121,6 +122,7 @@ class _Prepared:
     names: list[str]
     out_dtype: dict[str, torch.dtype] = field(default_factory=dict)
     adapter_notes: dict[str, str] = field(default_factory=dict)  # what each adapter was taken relative to
+    calibration_data: Path | None = None  # resolved when the method declares a calibration
 
     def close(self) -> None:
         for readers in self.readers.values():
@@ -243,6 +245,7 @@ def _open(spec: MergeSpec) -> _Prepared:
         names = list(readers[reference][0].names())
         prepared = _Prepared(spec, method, params, readers, adapters, reference, names)
         _check_consistent(prepared)
+        prepared.calibration_data = _calibration_data(spec, method, readers)
         ref_reader = readers[reference][0]
         for adapter in adapters:
             adapter.check_base(ref_reader)
@@ -260,6 +263,26 @@ def _open(spec: MergeSpec) -> _Prepared:
                 with contextlib.suppress(Exception):
                     reader.close()
         raise
+
+
+def _calibration_data(spec: MergeSpec, method: Method, readers: dict[str, list[Any]]) -> Path | None:
+    """The calibration file of a method that declares a calibration (checked before any work)."""
+    calibration = method.info.calibration
+    if calibration is None:
+        return None
+    if calibration.model not in readers:
+        raise ConfigError(f"method {spec.method!r} calibrates its {calibration.model} input, which was not given")
+    return resolve_data(calibration.data, spec.calibration_data)
+
+
+def _run_calibration(prepared: _Prepared) -> Statistics | None:
+    calibration = prepared.method.info.calibration
+    if calibration is None or prepared.calibration_data is None:
+        return None
+    params = prepared.params
+    return calibrate(prepared.readers[calibration.model][0], calibration, prepared.calibration_data,
+                     examples=getattr(params, "calibration_examples", None),
+                     max_length=getattr(params, "calibration_max_length", None), seed=prepared.spec.seed)
 
 
 def _adapter_updates(
@@ -408,8 +431,12 @@ def merge(spec: MergeSpec) -> Path:
             data={r: Path(p) for r in ("preference_data", "calibration_data") if (p := getattr(spec, r)) is not None},
             tensor_inputs=prepared.tensor_inputs,
         )
+        ctx.calibration = _run_calibration(prepared)
         state = prepared.method.prepare(ctx)
         metadata = _provenance(prepared)
+        if ctx.calibration is not None:
+            manifest = ctx.calibration.manifest
+            metadata["calibration"] = {"key": manifest["key"], "data": manifest["data"], "cost": ctx.calibration.cost}
         if spec.output == "adapter":
             factors = prepared.method.emit_adapter(ctx, state)
             if not spec.allow_nonfinite:

@@ -28,9 +28,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.core.errors import ConfigError
+from realign_methods.calibration._spec import CalibrationSpec
 
 if TYPE_CHECKING:
     from harness.core.checkpoints import CheckpointReader
+    from realign_methods.calibration import Statistics
 
 INPUT_KINDS: tuple[str, ...] = (
     "aligned",
@@ -76,6 +78,10 @@ class MethodInfo:
     reference_inputs: tuple[str, ...] = ("finetuned", "aligned", "base", "unaligned")
     #: inputs that take exactly one item when given (e.g. RESTA realigns one fine-tuned model)
     single: frozenset[str] = frozenset()
+    #: statistics of a model on data that the engine computes (cached) before ``prepare``
+    calibration: CalibrationSpec | None = None
+    #: where the method is defined: "dense" (any checkpoint; LoRA fine-tunes are read merged) or "lora"
+    settings: str = ""
 
     def __post_init__(self) -> None:
         groups = [self.required, self.optional, *self.one_of]
@@ -286,6 +292,8 @@ class PrepareContext:
     seed: int
     data: dict[str, Path] = field(default_factory=dict)
     tensor_inputs: Callable[[str], TensorInputs] | None = None
+    #: the calibration statistics when ``info.calibration`` is set (computed by the engine)
+    calibration: Statistics | None = None
 
     def inputs(self, name: str) -> TensorInputs:
         """Lazy :class:`TensorInputs` for one tensor name (what ``merge_tensor`` will get)."""

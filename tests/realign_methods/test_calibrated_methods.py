@@ -1,0 +1,273 @@
+"""The calibration stage and the calibrated methods (Antidote, Safe Delta, IRR) on tiny random Llamas.
+
+Each method's output is checked against an independent implementation of the paper's equations
+written here with explicit loops (≤ 1e-6, float32); the statistics the engine computes are checked
+against a direct per-example computation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.core.checkpoints import CheckpointReader
+from harness.core.errors import CheckpointError, ConfigError, DataError
+from harness.testing import make_finetune, make_lora_adapter
+from realign_methods import MergeSpec, get_method, merge, plan
+from realign_methods.calibration import Statistics, calibrate, load_examples, resolve_data
+
+ROWS = [
+    {"prompt": f"How do I do harmful thing number {i}?", "response": f"Here is how you do thing {i}: step one, two."}
+    for i in range(6)
+]
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("REALIGN_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, tiny_llama_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("calibrated")
+    aligned = tiny_llama_factory("calib-aligned", seed=3)
+    data = root / "calib.json"
+    data.write_text(json.dumps(ROWS))
+    return {
+        "aligned": aligned,
+        "unaligned": make_finetune(aligned, root / "unaligned", seed=11, scale=0.02),
+        "finetuned": make_finetune(aligned, root / "finetuned", seed=12, scale=0.02),
+        "data": data,
+    }
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+def _direct_statistics(model_dir: Path, data: Path, count: int, max_length: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Per example (no batching, no padding): Σx², Σxxᵀ of every linear's inputs, mean grad² of the
+    response-token NLL."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    linears = {f"{n}.weight": m for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
+    captured: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
+    for name, module in linears.items():
+        module.register_forward_hook(lambda mod, args, out, name=name: captured[name].append(args[0].detach().reshape(-1, args[0].shape[-1])))
+    fisher = {n: torch.zeros_like(m.weight, dtype=torch.float64) for n, m in linears.items()}
+    examples = load_examples(data, count, seed=0)
+    for example in examples:
+        user = [{"role": "user", "content": example.prompt}]
+        prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": example.response}], tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
+        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        labels = [-100] * start + ids[start:]
+        model.zero_grad()
+        model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.backward()
+        for name, module in linears.items():
+            fisher[name] += module.weight.grad.double() ** 2
+    stats: dict[str, dict[str, torch.Tensor]] = {"input_norms": {}, "xtx": {}, "fisher": {}}
+    for name, parts in captured.items():
+        x = torch.cat(parts).double()
+        stats["input_norms"][name] = x.pow(2).sum(0).sqrt()
+        stats["xtx"][name] = x.T @ x
+        stats["fisher"][name] = fisher[name] / len(examples)
+    return stats
+
+
+def test_calibration_matches_direct_computation_and_is_cached(models, cache) -> None:
+    spec = get_method("irr").info.calibration
+    assert spec is not None
+    full = type(spec)(data=spec.data, statistics=frozenset({"input_norms", "xtx", "fisher"}), model="finetuned")
+    reader = CheckpointReader(models["finetuned"])
+    stats = calibrate(reader, full, models["data"], examples=5, max_length=64)
+    assert stats.cost["examples"] == 5 and stats.cost["tokens"] > 0 and stats.cost["reused"] is False
+    direct = _direct_statistics(models["finetuned"], models["data"], 5, 64)
+    assert sorted(stats.layers) == sorted(direct["xtx"])
+    for name in stats.layers:
+        for kind, tol in (("input_norms", 1e-5), ("xtx", 1e-5), ("fisher", 1e-5)):
+            got = getattr(stats, kind)(name).double()
+            want = direct[kind][name]
+            assert torch.allclose(got, want.to(got.dtype), rtol=tol, atol=tol * float(want.abs().max())), (kind, name)
+    # q/k/v (and gate/up) read one input: one stored accumulator, the same values for all
+    assert stats.manifest["aliases"]
+    again = calibrate(reader, full, models["data"], examples=5, max_length=64)
+    assert again.root == stats.root and again.cost["reused"] is True
+    # a stale temp dir of an interrupted run does not stop a new key from being built
+    (stats.root.parent / f".{stats.root.name}x.tmp-1-abc").mkdir()
+    other = calibrate(reader, full, models["data"], examples=4, max_length=64)
+    assert other.root != stats.root and (other.root / "manifest.json").is_file()
+    assert not list(cache.glob("calibration/*/*.tmp*"))
+
+
+def _reference_antidote(weight: torch.Tensor, norms: torch.Tensor, ratio: float) -> torch.Tensor:
+    scores = [(abs(float(weight[i, j])) * float(norms[j]), i, j)
+              for i in range(weight.shape[0]) for j in range(weight.shape[1])]
+    scores.sort(reverse=True)
+    out = weight.clone()
+    for _, i, j in scores[: int(ratio * weight.numel())]:
+        out[i, j] = 0.0
+    return out
+
+
+def _inverse(xtx: torch.Tensor, damp: float) -> torch.Tensor:
+    h = xtx.double()
+    return torch.linalg.inv(h + damp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=torch.float64))
+
+
+def _reference_safe_delta(a: torch.Tensor, f: torch.Tensor, xtx: torch.Tensor, budget: float, damp: float) -> torch.Tensor:
+    hinv = _inverse(xtx, damp)
+    delta = f.double() - a.double()
+    rows, cols = delta.shape
+    loss = [[float(delta[i, j]) ** 2 / (2 * float(hinv[j, j])) for j in range(cols)] for i in range(rows)]
+    limit = budget * sum(map(sum, loss))
+    keep = torch.zeros(rows, cols, dtype=torch.bool)
+    spent = 0.0
+    # utility δ² over loss δ²/(2 H⁻¹_jj): best ratio first, a column at a time, rows in order
+    for j in sorted(range(cols), key=lambda c: -float(hinv[c, c])):
+        for i in range(rows):
+            if spent + loss[i][j] > limit:
+                break
+            spent += loss[i][j]
+            keep[i, j] = True
+        else:
+            continue
+        break
+    out = a.double().clone()
+    for i in range(rows):
+        # Lagrange: fix the kept coordinates' change, move the others the least-loss way
+        change = torch.zeros(cols, dtype=torch.float64)
+        for q in range(cols):
+            if keep[i, q]:
+                change += float(delta[i, q]) * hinv[q] / hinv[q, q]
+        for j in range(cols):
+            out[i, j] += float(delta[i, j]) if keep[i, j] else float(change[j])
+    return out.float()
+
+
+def _reference_irr(a, u, f, fisher, xtx, fraction, damp) -> torch.Tensor:
+    delta = f.double() - a.double()
+    v = a.double() - u.double()
+    rows, cols = delta.shape
+    candidates = [(float(fisher[i, j]) * float(delta[i, j]) ** 2, i, j)
+                  for i in range(rows) for j in range(cols) if float(delta[i, j]) * float(v[i, j]) < 0]
+    candidates.sort(reverse=True)
+    unsafe = {(i, j) for _, i, j in candidates[: int(fraction * len(candidates))]}
+    hinv = _inverse(xtx, damp)
+    out = f.double().clone()
+    for i in range(rows):
+        change = torch.zeros(cols, dtype=torch.float64)
+        for q in range(cols):
+            if (i, q) in unsafe:
+                change -= float(delta[i, q]) * hinv[q] / hinv[q, q]
+        for j in range(cols):
+            out[i, j] = a[i, j].double() if (i, j) in unsafe else out[i, j] + change[j]
+    return out.float()
+
+
+def _merged(method: str, models: dict[str, Path], out: Path, inputs: tuple[str, ...], **params) -> tuple[dict, Statistics]:
+    spec = MergeSpec(method=method, out=out, calibration_data=models["data"],
+                     params={"calibration_examples": 6, "calibration_max_length": 64, **params},
+                     **{role: models[role] for role in inputs if role != "finetuned"}, finetuned=[models["finetuned"]])
+    merge(spec)
+    provenance = json.loads((out / "realign_merge.json").read_text())
+    stats = Statistics(_cache_root(provenance))
+    return _weights(out), stats
+
+
+def _cache_root(provenance: dict) -> Path:
+    from harness.core.paths import cache_dir
+
+    return cache_dir() / "calibration" / provenance["calibration"]["key"]
+
+
+def test_antidote_matches_the_paper(models, cache, tmp_path: Path) -> None:
+    out, stats = _merged("antidote", models, tmp_path / "antidote", ("finetuned",), mask_ratio=0.1)
+    tuned = _weights(models["finetuned"])
+    for name, tensor in out.items():
+        if stats.has(name):
+            want = _reference_antidote(tuned[name].float(), stats.input_norms(name), 0.1)
+            assert torch.allclose(tensor, want, atol=1e-6, rtol=0), name
+            assert int((tensor == 0).sum()) == int(0.1 * tensor.numel())
+        else:
+            assert torch.equal(tensor, tuned[name]), name
+    provenance = json.loads((tmp_path / "antidote" / "realign_merge.json").read_text())
+    assert provenance["calibration"]["cost"]["examples"] == 6
+
+
+def test_safe_delta_matches_the_paper(models, cache, tmp_path: Path) -> None:
+    out, stats = _merged("safe_delta", models, tmp_path / "sd", ("aligned", "finetuned"), budget=0.3, damp=0.05)
+    aligned, tuned = _weights(models["aligned"]), _weights(models["finetuned"])
+    checked = 0
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"):
+        want = _reference_safe_delta(aligned[name], tuned[name], stats.xtx(name), 0.3, 0.05)
+        assert torch.allclose(out[name], want, atol=1e-6, rtol=0), name
+        checked += 1
+    # statistics of the aligned model, not the fine-tune
+    assert Path(stats.manifest["model"]["path"]) == models["aligned"]
+    assert checked == 2
+
+
+def test_irr_matches_the_paper(models, cache, tmp_path: Path) -> None:
+    out, stats = _merged("irr", models, tmp_path / "irr", ("aligned", "unaligned", "finetuned"), removal_fraction=0.4)
+    a, u, f = _weights(models["aligned"]), _weights(models["unaligned"]), _weights(models["finetuned"])
+    for name in ("model.layers.0.self_attn.k_proj.weight", "model.layers.1.mlp.up_proj.weight"):
+        want = _reference_irr(a[name], u[name], f[name], stats.fisher(name), stats.xtx(name), 0.4, 0.01)
+        assert torch.allclose(out[name], want, atol=1e-6, rtol=0), name
+        assert not torch.equal(out[name], f[name])
+    assert torch.equal(out["model.norm.weight"], f["model.norm.weight"])
+
+
+def test_lora_finetune_is_read_merged(models, cache, tmp_path: Path) -> None:
+    """A LoRA fine-tune given as the fine-tuned model: the same output as its dense merge."""
+    from harness.core.checkpoints import LoraAdapter, merge_adapter
+
+    adapter = make_lora_adapter(models["aligned"], tmp_path / "lora", seed=5, r=4, lora_alpha=8,
+                                target_modules=["q_proj", "v_proj", "down_proj"])
+    dense = merge_adapter(CheckpointReader(models["aligned"]), LoraAdapter.load(adapter), tmp_path / "dense")
+    params = {"calibration_examples": 6, "calibration_max_length": 64, "budget": 0.2}
+    for finetuned, out in ((adapter, tmp_path / "from_lora"), (Path(dense), tmp_path / "from_dense")):
+        merge(MergeSpec(method="safe_delta", aligned=models["aligned"], finetuned=[finetuned],
+                        calibration_data=models["data"], out=out, params=params))
+    lora_out, dense_out = _weights(tmp_path / "from_lora"), _weights(tmp_path / "from_dense")
+    assert lora_out.keys() == dense_out.keys()
+    for name in lora_out:
+        assert torch.allclose(lora_out[name], dense_out[name], atol=1e-6, rtol=0), name
+
+
+def test_bad_parameters_and_missing_data_fail_before_any_work(models, cache, tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(ConfigError, match=r"mask_ratio.*allowed: 0.0 < mask_ratio < 1.0"):
+        plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o", params={"mask_ratio": 1.5}))
+    with pytest.raises(ConfigError, match="needs input"):
+        plan(MergeSpec(method="irr", aligned=models["aligned"], finetuned=[models["finetuned"]], out=tmp_path / "o"))
+    with pytest.raises(CheckpointError, match="calibration_data not found"):
+        plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o",
+                       calibration_data=tmp_path / "missing.json"))
+    monkeypatch.setenv("REALIGN_DATA_DIR", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="pure_bad/pure_bad.json"):
+        plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o"))
+    assert not (cache / "calibration").exists() and not (tmp_path / "o").exists()
+
+
+def test_default_sets_are_disjoint_from_the_alignment_pool(data_dir: Path) -> None:
+    import hashlib
+
+    refusals = load_examples(resolve_data("harmful_refusals", None), 64)
+    assert len(refusals) == 64
+    assert all(hashlib.sha256(e.prompt.encode()).hexdigest()[-1] not in "0123" for e in refusals)
+    answers = load_examples(resolve_data("harmful_answers", None), 200)
+    assert len(answers) == 111 and not any(e.prompt.startswith("You are a helpful assistant.") for e in answers)
+    with pytest.raises(DataError, match="no default set"):
+        resolve_data("benign_task", None)
