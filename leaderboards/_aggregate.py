@@ -206,10 +206,11 @@ def utility_ratio(u_method: float, u_ft: float, higher_is_better: bool = True) -
     return u_ft / u_method if u_method != 0 else math.nan
 
 
-COST_SECONDS = ("merge_seconds", "train_seconds", "generate_seconds", "judge_seconds", "score_seconds")
-COST_COLUMNS = (*COST_SECONDS, "tokens_generated")
-# a checkpoint is built once for all its benchmarks: its merge/training time is counted once per row
-PER_CHECKPOINT = ("merge_seconds", "train_seconds")
+COST_SECONDS = ("merge_seconds", "train_seconds", "calibration_seconds", "generate_seconds", "judge_seconds",
+                "score_seconds")
+COST_COLUMNS = (*COST_SECONDS, "tokens_generated", "calibration_examples")
+# a checkpoint is built once for all its benchmarks: its merge/training/calibration cost is counted once per row
+PER_CHECKPOINT = ("merge_seconds", "train_seconds", "calibration_seconds", "calibration_examples")
 
 
 def cost_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -227,7 +228,10 @@ def cost_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     grouped = frame.groupby(ROW_KEYS, sort=True, dropna=False)
     agg = {c: (c, "max") if c in PER_CHECKPOINT else (c, lambda v: v.sum(min_count=len(v))) for c in COST_COLUMNS}
     per_row = grouped.agg(**agg).reset_index()
-    per_row["total_seconds"] = per_row[list(COST_SECONDS)].sum(axis=1, min_count=len(COST_SECONDS))
+    # a row from before the calibration stage was recorded calibrated nothing: its calibration adds 0
+    core = [c for c in COST_SECONDS if c != "calibration_seconds"]
+    per_row["total_seconds"] = (per_row[core].sum(axis=1, min_count=len(core))
+                                + per_row["calibration_seconds"].fillna(0.0))
     return per_cell, per_row
 
 

@@ -93,12 +93,14 @@ def summary_view(board: Leaderboard) -> pd.DataFrame:
     cost_cols = [c for c in frame.columns if c.startswith("cost:")]
     if cost_cols and frame[cost_cols].notna().any().any():  # a store from before costs were recorded: no columns
         for column, title in COST_TITLES.items():
-            out[title] = [tokens(v) if column == "tokens_generated" else seconds(v) for v in frame[f"cost:{column}"]]
+            out[title] = [tokens(v) if column in ("tokens_generated", "calibration_examples") else seconds(v)
+                          for v in frame[f"cost:{column}"]]
     out["Pareto"] = ["★" if p else "" for p in frame["pareto"]]
     return out
 
 
 COST_TITLES = {"total_seconds": "cost s", "merge_seconds": "merge s", "train_seconds": "mask train s",
+               "calibration_seconds": "calib s", "calibration_examples": "calib n",
                "generate_seconds": "gen s", "judge_seconds": "judge s", "tokens_generated": "tokens"}
 
 
@@ -117,6 +119,8 @@ def cost_view(board: Leaderboard) -> pd.DataFrame:
     return pd.DataFrame({
         "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
         "merge s": [seconds(v) for v in f["merge_seconds"]], "mask train s": [seconds(v) for v in f["train_seconds"]],
+        "calib s": [seconds(v) for v in f["calibration_seconds"]],
+        "calib n": [tokens(v) for v in f["calibration_examples"]],
         "gen s": [seconds(v) for v in f["generate_seconds"]], "judge s": [seconds(v) for v in f["judge_seconds"]],
         "score s": [seconds(v) for v in f["score_seconds"]], "tokens": [tokens(v) for v in f["tokens_generated"]],
     })

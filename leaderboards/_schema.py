@@ -24,7 +24,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -77,6 +77,8 @@ cells = Table(
     # generation's time appear on every cell built from it.
     Column("merge_seconds", Float),
     Column("train_seconds", Float),  # mask training (SOMF), apart from the merge
+    Column("calibration_seconds", Float),  # the calibration stage (statistics on data), apart from the merge
+    Column("calibration_examples", Integer),  # examples that calibration ran on
     Column("generate_seconds", Float),
     Column("judge_seconds", Float),  # all judges of the cell
     Column("score_seconds", Float),  # scorers (code execution for pass@k, the model for NLL/log-likelihood)
@@ -168,6 +170,7 @@ COST_COLUMNS = ("merge_seconds", "train_seconds", "generate_seconds", "judge_sec
 # what each version adds: (table, column DDL), applied in order by Store when it opens an older store
 MIGRATIONS: dict[int, list[tuple[str, str]]] = {
     2: [("cells", f"{name} {'INTEGER' if name == 'tokens_generated' else 'FLOAT'}") for name in COST_COLUMNS],
+    3: [("cells", "calibration_seconds FLOAT"), ("cells", "calibration_examples INTEGER")],
 }
 
 ALL_TABLES = ("meta", "runs", "cells", "run_cells", "items", "generations", "verdicts", "item_scores", "scores")

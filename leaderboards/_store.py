@@ -84,6 +84,8 @@ class CellRecord(BaseModel):
     # cost (wall seconds; None = not recorded): what users weigh beside safety and utility
     merge_seconds: float | None = Field(default=None, ge=0)
     train_seconds: float | None = Field(default=None, ge=0)
+    calibration_seconds: float | None = Field(default=None, ge=0)
+    calibration_examples: int | None = Field(default=None, ge=0)
     generate_seconds: float | None = Field(default=None, ge=0)
     judge_seconds: float | None = Field(default=None, ge=0)
     score_seconds: float | None = Field(default=None, ge=0)

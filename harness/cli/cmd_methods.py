@@ -57,6 +57,10 @@ def show_command(name: str) -> None:
     console.print(f"[bold]{info.name}[/bold]: {info.summary}")
     console.print(escape(f"inputs: {_inputs_text(info)}  (| = one of, [x] = optional)"), highlight=False)
     console.print(f"data-free: {'yes' if info.data_free else 'no'}")
+    if info.settings:
+        console.print(escape(f"defined for: {info.settings}"), highlight=False)
+    for line in _calibration_lines(info):
+        console.print(escape(line), highlight=False)
     console.print(escape(f"reference: {info.reference or '-'}"), highlight=False)
     ranges = parameter_ranges(info.params)
     table = Table(title="parameters")
@@ -68,6 +72,22 @@ def show_command(name: str) -> None:
         console.print(table)
     else:
         console.print("parameters: none")
+
+
+def _calibration_lines(info: Any) -> list[str]:
+    """The calibration stage's data needs, default set and split (methods that declare one)."""
+    from realign_methods.calibration import DEFAULT_SETS
+
+    spec = info.calibration
+    if spec is None:
+        return []
+    default = DEFAULT_SETS.get(spec.data)
+    return [
+        f"calibration: {', '.join(sorted(spec.statistics))} of the {spec.model} model on {spec.data} data "
+        f"({spec.examples} examples × ≤ {spec.max_length} tokens by default)",
+        f"calibration set: {default[0] + ' under the data dir' if default else 'none by default: pass --calibration-data'}",
+        f"calibration split: {default[1] if default else '-'}; disjoint from every benchmark (none reads this file)",
+    ]
 
 
 def register(group: click.Group) -> None:

@@ -35,6 +35,9 @@ class Materialized:
     # mask training (SOMF) is counted apart from the merge itself. None: not recorded.
     merge_seconds: float | None = None
     train_seconds: float | None = None
+    # the calibration stage (methods that declare one), apart from the merge; 0 when it was reused
+    calibration_seconds: float | None = None
+    calibration_examples: int | None = None
 
 
 def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats, *, allow_pickle: bool = False) -> Path:
@@ -55,13 +58,15 @@ def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats, *, 
 def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats: RunStats) -> Materialized:
     passthrough = job.passthrough
     if passthrough is not None:  # keyed by the model itself, so its dense copy is the shared input copy
-        return Materialized(passthrough.path, passthrough.adapter, passthrough.hash, 0.0, 0.0)
+        return Materialized(passthrough.path, passthrough.adapter, passthrough.hash, 0.0, 0.0, 0.0, 0)
     out = workspace.checkpoint(job.key)
     cost_path = workspace.cost(job.key)
     if out.is_dir():
         stats.counts["merge_cached"] += 1
         cost = json.loads(cost_path.read_text(encoding="utf-8")) if cost_path.is_file() else {}
-        return Materialized(out, None, job.key, cost.get("merge_seconds"), cost.get("train_seconds"))
+        # a cost record from before the calibration stage existed: that merge calibrated nothing
+        return Materialized(out, None, job.key, cost.get("merge_seconds"), cost.get("train_seconds"),
+                            cost.get("calibration_seconds", 0.0), cost.get("calibration_examples", 0))
     from realign_methods import MergeSpec, merge
 
     pickle = exp.allow_pickle
@@ -84,11 +89,25 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
                     allow_nonfinite=exp.allow_nonfinite, **spec_fields))
     total = time.perf_counter() - started
     train = _training_seconds(_mask_dirs() - masks_before)
-    cost = {"merge_seconds": max(total - train, 0.0), "train_seconds": train}
+    calibration_seconds, calibration_examples = _calibration_cost(out)
+    cost = {"merge_seconds": max(total - train - calibration_seconds, 0.0), "train_seconds": train,
+            "calibration_seconds": calibration_seconds, "calibration_examples": calibration_examples}
     write_json_atomic(cost_path, cost)
     stats.counts["merge_done"] += 1
     crash_point("merge")
-    return Materialized(out, None, job.key, cost["merge_seconds"], cost["train_seconds"])
+    return Materialized(out, None, job.key, cost["merge_seconds"], cost["train_seconds"], calibration_seconds,
+                        calibration_examples)
+
+
+def _calibration_cost(out: Path) -> tuple[float, int]:
+    """(wall seconds, examples) of the calibration behind a merge, from its provenance; a calibration
+    reused from the cache costs no seconds here (the run that computed it paid for them)."""
+    provenance = out / "realign_merge.json"
+    record = json.loads(provenance.read_text(encoding="utf-8")).get("calibration") if provenance.is_file() else None
+    if not record:
+        return 0.0, 0
+    cost = record["cost"]
+    return (0.0 if cost.get("reused") else float(cost["seconds"])), int(cost["examples"])
 
 
 def _mask_dirs() -> set[Path]:
@@ -296,6 +315,8 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     item_scores: list[Any] = []
     # a stage the cell does not have costs 0 (a model-scored benchmark generates nothing); None = not recorded
     costs: dict[str, Any] = {"merge_seconds": model.merge_seconds, "train_seconds": model.train_seconds,
+                             "calibration_seconds": model.calibration_seconds,
+                             "calibration_examples": model.calibration_examples,
                              "generate_seconds": 0.0, "judge_seconds": 0.0, "tokens_generated": 0}
     if bench.scorer in GENERATION_SCORERS:
         gen_path = generate(exp, workspace, cell, model, items, stats)

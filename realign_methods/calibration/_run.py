@@ -139,7 +139,7 @@ def _encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int
     if getattr(tokenizer, "chat_template", None):
         user = [{"role": "user", "content": example.prompt}]
         prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": example.response}], tokenize=False)
+        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": example.response}], tokenize=False)
     else:
         prompt = example.prompt + "\n"
         full = prompt + example.response + (tokenizer.eos_token or "")

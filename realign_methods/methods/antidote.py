@@ -13,7 +13,14 @@ import torch
 from pydantic import Field
 
 from harness.core.errors import ConfigError
-from realign_methods._method import Method, MethodInfo, MethodParams, PrepareContext, TensorContext, TensorInputs
+from realign_methods._method import (
+    Method,
+    MethodInfo,
+    MethodParams,
+    PrepareContext,
+    TensorContext,
+    TensorInputs,
+)
 from realign_methods._registry import register_method
 from realign_methods.calibration import CalibrationSpec, Statistics
 
@@ -42,7 +49,7 @@ def prune_top(weight: torch.Tensor, scores: torch.Tensor, ratio: float) -> torch
 class Antidote(Method):
     info = MethodInfo(
         name="antidote",
-        summary="prune the top mask_ratio of each linear layer by Wanda importance |W|·‖X‖ on harmful data",
+        summary="prune the top mask_ratio of each linear layer by Wanda importance |W|·‖X‖ on harmful data (arXiv 2408.09600)",
         params=AntidoteParams,
         required=frozenset({"finetuned"}),
         optional=frozenset({"calibration_data"}),

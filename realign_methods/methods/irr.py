@@ -24,7 +24,14 @@ import torch
 from pydantic import Field
 
 from harness.core.errors import ConfigError
-from realign_methods._method import Method, MethodInfo, MethodParams, PrepareContext, TensorContext, TensorInputs
+from realign_methods._method import (
+    Method,
+    MethodInfo,
+    MethodParams,
+    PrepareContext,
+    TensorContext,
+    TensorInputs,
+)
 from realign_methods._registry import register_method
 from realign_methods.calibration import CalibrationSpec, Statistics
 from realign_methods.methods._obs import damped_inverse, obs_spread
@@ -66,7 +73,7 @@ def irr(aligned: torch.Tensor, unaligned: torch.Tensor, finetuned: torch.Tensor,
 class Irr(Method):
     info = MethodInfo(
         name="irr",
-        summary="remove deltas that conflict with θ_A−θ_U and matter by Fisher on safety data; OBS-recalibrate the rest",
+        summary="remove deltas that conflict with θ_A−θ_U and matter by Fisher on safety data; OBS-recalibrate the rest (arXiv 2412.11041)",
         params=IrrParams,
         required=frozenset({"aligned", "unaligned", "finetuned"}),
         optional=frozenset({"calibration_data"}),

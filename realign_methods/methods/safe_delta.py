@@ -22,7 +22,14 @@ import torch
 from pydantic import Field
 
 from harness.core.errors import ConfigError
-from realign_methods._method import Method, MethodInfo, MethodParams, PrepareContext, TensorContext, TensorInputs
+from realign_methods._method import (
+    Method,
+    MethodInfo,
+    MethodParams,
+    PrepareContext,
+    TensorContext,
+    TensorInputs,
+)
 from realign_methods._registry import register_method
 from realign_methods.calibration import CalibrationSpec, Statistics
 from realign_methods.methods._obs import damped_inverse, obs_spread
@@ -65,7 +72,7 @@ def safe_delta(aligned: torch.Tensor, finetuned: torch.Tensor, xtx: torch.Tensor
 class SafeDelta(Method):
     info = MethodInfo(
         name="safe_delta",
-        summary="keep the delta params with most utility per OBS safety loss (XᵀX of θ_A on safety data) under a budget, + compensation",
+        summary="keep the delta params with most utility per OBS safety loss (XᵀX of θ_A on safety data) under a budget, + compensation (arXiv 2505.12038)",
         params=SafeDeltaParams,
         required=frozenset({"aligned", "finetuned"}),
         optional=frozenset({"calibration_data"}),

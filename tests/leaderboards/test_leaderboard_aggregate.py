@@ -277,10 +277,10 @@ def test_cost_columns_in_the_summary_and_the_cost_table(synthetic_store: tuple[P
     assert len(board.cost) == len(METHODS) * 2 * len(benchmarks)
     files = {p.name: p for p in render_leaderboard(board, tmp_path / "site", ["md", "csv", "html"])}
     md = files["leaderboard.md"].read_text()
-    assert "| cost s | merge s | mask train s | gen s | judge s | tokens |" in md.replace(" | Pareto |", " |")
+    assert "| cost s | merge s | mask train s | calib s | calib n | gen s | judge s | tokens |" in md.replace(" | Pareto |", " |")
     somf_line = next(line for line in md.splitlines() if line.startswith("| ft-code | somf_ta |"))
     # total 132 = merge 13 (rank 3) + mask training 100 + generation 3 × 5 + judging 2 + scoring 4 × 0.5
-    assert "| 132.0 | 13.0 | 100.0 | 15.0 | 2.0 | 480 |" in somf_line
+    assert "| 132.0 | 13.0 | 100.0 | — | — | 15.0 | 2.0 | 480 |" in somf_line  # no calibration recorded
     assert "## Cost per cell" in md and "cost.csv" in files
     assert "mask train s" in files["index.html"].read_text()
 
@@ -296,15 +296,15 @@ def test_a_version_1_store_is_migrated_and_shows_no_cost(tmp_path: Path) -> None
     store.close()
     with sqlite3.connect(path) as conn:  # make it the version-1 layout
         for column in ("merge_seconds", "train_seconds", "generate_seconds", "judge_seconds", "score_seconds",
-                       "tokens_generated"):
+                       "tokens_generated", "calibration_seconds", "calibration_examples"):
             conn.execute(f"ALTER TABLE cells DROP COLUMN {column}")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     migrated = Store(path, create=False)
-    assert migrated.schema_version == SCHEMA_VERSION == 2
+    assert migrated.schema_version == SCHEMA_VERSION == 3
     assert migrated.cells()["merge_seconds"].isna().all()
     board = build_leaderboard(migrated)
     assert board.summary["cost:total_seconds"].isna().all()
     md = render_leaderboard(board, tmp_path / "site", ["md"])[0].read_text()
     assert "merge s" not in md and "Cost per cell" not in md  # nothing recorded: no columns of dashes
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)

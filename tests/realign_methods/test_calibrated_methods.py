@@ -70,7 +70,7 @@ def _direct_statistics(model_dir: Path, data: Path, count: int, max_length: int)
     for example in examples:
         user = [{"role": "user", "content": example.prompt}]
         prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        text = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": example.response}], tokenize=False)
+        text = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": example.response}], tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
         start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         labels = [-100] * start + ids[start:]
@@ -256,7 +256,7 @@ def test_bad_parameters_and_missing_data_fail_before_any_work(models, cache, tmp
         plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o",
                        calibration_data=tmp_path / "missing.json"))
     monkeypatch.setenv("REALIGN_DATA_DIR", str(tmp_path / "empty"))
-    with pytest.raises(DataError, match="pure_bad/pure_bad.json"):
+    with pytest.raises(DataError, match=r"pure_bad/pure_bad\.json"):
         plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o"))
     assert not (cache / "calibration").exists() and not (tmp_path / "o").exists()
 
