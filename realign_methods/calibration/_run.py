@@ -1,6 +1,6 @@
 """One generic calibration pass (hf transformers, CPU, float32) with forward/backward hooks.
 
-Statistics stream per linear layer (float64 accumulators, padding masked out), so memory is one copy
+Statistics stream per linear layer (float64 for ‖X‖ and XᵀX, float32 for Fisher; padding masked out), so memory is one copy
 of the model plus one accumulator per statistic and layer. Results are cached by content under
 ``cache_dir()/calibration/<key>/`` (safetensors + ``manifest.json``), built in a temp dir renamed into
 place: a finished key is reused, an interrupted one restarts from scratch and never leaves half files.
@@ -226,7 +226,7 @@ def _run(reader: CheckpointReader, spec: CalibrationSpec, rows: list[Example], m
             for name, module in linears.items():
                 grad = module.weight.grad
                 assert grad is not None
-                fisher[name] = fisher.get(name, 0) + grad.double() ** 2
+                fisher[name] = fisher.get(name, 0) + grad * grad  # float32: one model-sized accumulator
     finally:
         for handle in handles:
             handle.remove()

@@ -7,6 +7,7 @@ against a direct per-example computation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.core.checkpoints import CheckpointReader
+from harness.core.checkpoints import CheckpointReader, LoraAdapter, merge_adapter
 from harness.core.errors import CheckpointError, ConfigError, DataError
+from harness.core.paths import cache_dir
 from harness.testing import make_finetune, make_lora_adapter
 from realign_methods import MergeSpec, get_method, merge, plan
 from realign_methods.calibration import Statistics, calibrate, load_examples, resolve_data
@@ -188,8 +190,6 @@ def _merged(method: str, models: dict[str, Path], out: Path, inputs: tuple[str, 
 
 
 def _cache_root(provenance: dict) -> Path:
-    from harness.core.paths import cache_dir
-
     return cache_dir() / "calibration" / provenance["calibration"]["key"]
 
 
@@ -232,8 +232,6 @@ def test_irr_matches_the_paper(models, cache, tmp_path: Path) -> None:
 
 def test_lora_finetune_is_read_merged(models, cache, tmp_path: Path) -> None:
     """A LoRA fine-tune given as the fine-tuned model: the same output as its dense merge."""
-    from harness.core.checkpoints import LoraAdapter, merge_adapter
-
     adapter = make_lora_adapter(models["aligned"], tmp_path / "lora", seed=5, r=4, lora_alpha=8,
                                 target_modules=["q_proj", "v_proj", "down_proj"])
     dense = merge_adapter(CheckpointReader(models["aligned"]), LoraAdapter.load(adapter), tmp_path / "dense")
@@ -262,8 +260,6 @@ def test_bad_parameters_and_missing_data_fail_before_any_work(models, cache, tmp
 
 
 def test_default_sets_are_disjoint_from_the_alignment_pool(data_dir: Path) -> None:
-    import hashlib
-
     refusals = load_examples(resolve_data("harmful_refusals", None), 64)
     assert len(refusals) == 64
     assert all(hashlib.sha256(e.prompt.encode()).hexdigest()[-1] not in "0123" for e in refusals)
