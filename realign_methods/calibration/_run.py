@@ -1,6 +1,6 @@
 """One generic calibration pass (hf transformers, CPU, float32) with forward/backward hooks.
 
-Statistics stream per linear layer (float64 for ‖X‖ and XᵀX, float32 for Fisher; padding masked out), so memory is one copy
+Statistics stream per linear layer (float32 accumulators, padding masked out), so memory is one copy
 of the model plus one accumulator per statistic and layer. Results are cached by content under
 ``cache_dir()/calibration/<key>/`` (safetensors + ``manifest.json``), built in a temp dir renamed into
 place: a finished key is reused, an interrupted one restarts from scratch and never leaves half files.
@@ -194,7 +194,7 @@ def _run(reader: CheckpointReader, spec: CalibrationSpec, rows: list[Example], m
                 aliases[name] = seen[ident][0]
                 return
             seen[ident] = (name, x)
-            flat = x.reshape(-1, x.shape[-1])[token_mask[0]].double()
+            flat = x.reshape(-1, x.shape[-1])[token_mask[0]].float()
             if "input_norms" in want:
                 norms[name] = norms.get(name, 0) + (flat * flat).sum(0)
             if "xtx" in want:
