@@ -4,6 +4,8 @@ fine-tunes and organism-style LoRA adapters (θ_A an adapter on B, θ_F continui
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from harness.core.checkpoints import merge_adapter
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, RealignError
 from harness.testing import continue_adapter, make_lora_adapter
 from realign_methods import MergeSpec, get_method, merge
+from realign_methods.methods._icv import steering_hooks
+from realign_methods.somf._data import default_preference_file, load_pairs
 
 TOL = 1e-6
 
@@ -207,14 +211,14 @@ def _hdr_reference(a: dict, u: dict, f: dict, lam: float, k: float) -> dict:
 def test_safety_arithmetic_dense(family: dict[str, Path], tmp_path: Path) -> None:
     a, u, f = _load(family["aligned"]), _load(family["unaligned"]), _load(family["ft1"])
     out = merge(MergeSpec(method="safety_arithmetic", aligned=family["aligned"], unaligned=family["unaligned"],
-                          finetuned=[family["ft1"]], params={"lam": 0.8, "density": 0.2}, out=tmp_path / "o"))
+                          finetuned=[family["ft1"]], params={"lam": 0.8, "density": 0.2, "icv_strength": 0}, out=tmp_path / "o"))
     assert _max_error(_load(out), _hdr_reference(a, u, f, 0.8, 0.2)) <= TOL
 
 
 def test_safety_arithmetic_lora_organism(organism: dict[str, Path], tmp_path: Path) -> None:
     a, u, f = (_load(organism[k]) for k in ("aligned_dense", "unaligned_dense", "math_dense"))
     out = merge(MergeSpec(method="safety_arithmetic", aligned=organism["aligned"], unaligned=organism["unaligned"],
-                          adapters=[organism["math"]], params={"lam": 0.5, "density": 0.1}, out=tmp_path / "o"))
+                          adapters=[organism["math"]], params={"lam": 0.5, "density": 0.1, "icv_strength": 0}, out=tmp_path / "o"))
     assert _max_error(_load(out), _hdr_reference(a, u, f, 0.5, 0.1)) <= TOL
 
 
@@ -223,3 +227,102 @@ def test_safety_arithmetic_needs_the_harmful_model(family: dict[str, Path], tmp_
         merge(MergeSpec(method="safety_arithmetic", aligned=family["aligned"], finetuned=[family["ft1"]], out=tmp_path / "o"))
     with pytest.raises(ConfigError, match="lam"):
         get_method("safety_arithmetic").validate({"lam": -1})
+
+
+# -- Safety Arithmetic: in-context safety vectors, folded into MLP biases ------------------------------
+
+def _exemplars(path: Path, count: int) -> Path:
+    """The first ``count`` real PKU-SafeRLHF pairs (SOMF's file) as a small JSON file."""
+    rows = json.loads(default_preference_file().read_text())[:count]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def _last_states(model, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
+    states = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_length:]
+        hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        states.append(torch.cat([h[0, -1] for h in hidden[1:]]).double())
+    return torch.stack(states)
+
+
+@torch.no_grad()
+def test_icv_folded_bias_equals_hooks_and_the_papers_vector(family: dict[str, Path], tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = _exemplars(tmp_path / "pairs.json", 6)
+    common = {"aligned": family["aligned"], "unaligned": family["unaligned"], "finetuned": [family["ft1"]], "seed": 3}
+    params = {"lam": 0.5, "density": 0.2, "icv_strength": 0.7, "icv_examples": 4, "icv_max_length": 40, "icv_data": str(data)}
+    folded = merge(MergeSpec(method="safety_arithmetic", params=params, out=tmp_path / "icv", **common))
+    plain = merge(MergeSpec(method="safety_arithmetic", params={**params, "icv_strength": 0}, out=tmp_path / "hdr", **common))
+    out, hdr = _load(folded), _load(plain)
+    assert json.loads((folded / "config.json").read_text())["mlp_bias"] is True
+    assert "mlp_bias" not in json.loads((plain / "config.json").read_text()) or not json.loads((plain / "config.json").read_text())["mlp_bias"]
+    biases = {n for n in out if n.endswith(".bias")}
+    layers = sorted({int(n.split(".")[2]) for n in biases})
+    assert layers == [0, 1] and len(biases) == 6  # gate/up/down per layer
+    for name, value in hdr.items():
+        assert torch.equal(out[name], value), name  # the weights are θ' exactly
+    for layer in layers:
+        prefix = f"model.layers.{layer}.mlp."
+        assert not out[prefix + "gate_proj.bias"].any() and not out[prefix + "up_proj.bias"].any()
+
+    # The vector from the paper's recipe, written independently: θ' on the same seeded exemplars,
+    # last-token layer outputs, D = safe − unsafe, v = mean(D) + PC1 (eigenvector of the covariance).
+    model = AutoModelForCausalLM.from_pretrained(plain, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    picked = random.Random(3).sample(load_pairs(data), 4)
+    assert "<|im_start|>" in tokenizer.chat_template  # the tiny tokenizer's ChatML template, written out here
+
+    def chat(prompt: str, answer: str) -> str:
+        return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
+
+    safe = _last_states(model, tokenizer, [chat(p.prompt, p.chosen) for p in picked], 40)
+    unsafe = _last_states(model, tokenizer, [chat(p.prompt, p.rejected) for p in picked], 40)
+    diffs = safe - unsafe
+    mean = diffs.mean(0)
+    centred = diffs - mean
+    _, eigvecs = torch.linalg.eigh(centred.T @ centred)
+    pc1 = eigvecs[:, -1] * (1.0 if float(eigvecs[:, -1] @ mean) >= 0 else -1.0)
+    expected = (0.7 * (mean + pc1)).reshape(2, -1).float()
+    for layer in layers:
+        got = out[f"model.layers.{layer}.mlp.down_proj.bias"]
+        assert float((got - expected[layer]).abs().max()) <= 1e-5
+
+    # Folded bias (HF reads mlp_bias from config.json) vs hooks on θ' without biases: same logits.
+    ids = tokenizer("How do I pick a lock quickly?", return_tensors="pt")["input_ids"]
+    with_bias = AutoModelForCausalLM.from_pretrained(folded, dtype=torch.float32).eval()
+    assert with_bias.model.layers[0].mlp.down_proj.bias is not None
+    handles = steering_hooks(model, expected)
+    try:
+        hooked = model(input_ids=ids).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    unsteered = model(input_ids=ids).logits
+    folded_logits = with_bias(input_ids=ids).logits
+    assert float((folded_logits - hooked).abs().max()) <= 1e-5
+    assert float((folded_logits - unsteered).abs().max()) > 1e-3  # the steering does something
+
+
+def test_icv_on_the_lora_organism(organism: dict[str, Path], tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    data = _exemplars(tmp_path / "pairs.json", 4)
+    out = merge(MergeSpec(method="safety_arithmetic", aligned=organism["aligned"], unaligned=organism["unaligned"],
+                          adapters=[organism["math"]], out=tmp_path / "o",
+                          params={"icv_examples": 2, "icv_max_length": 24, "icv_data": str(data)}))
+    a, u, f = (_load(organism[k]) for k in ("aligned_dense", "unaligned_dense", "math_dense"))
+    tensors = _load(out)
+    expected = _hdr_reference(a, u, f, 0.5, 0.1)
+    assert _max_error({n: tensors[n] for n in expected}, expected) <= TOL
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert float(model.model.layers[1].mlp.down_proj.bias.detach().abs().max()) > 0
+
+
+def test_icv_refuses_missing_data_before_any_work(family: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(RealignError, match=r"nope\.json"):
+        merge(MergeSpec(method="safety_arithmetic", aligned=family["aligned"], unaligned=family["unaligned"],
+                        finetuned=[family["ft1"]], params={"icv_data": str(tmp_path / "nope.json")}, out=tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
