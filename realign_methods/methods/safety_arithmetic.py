@@ -62,7 +62,7 @@ class SafetyArithmeticParams(MethodParams):
     icv_examples: int = Field(32, ge=1, le=4096, description="exemplar pairs (seeded sample) for the ICV")
     icv_max_length: int = Field(128, ge=8, le=4096, description="tokens per exemplar")
     icv_data: str | None = Field(
-        None, description="JSON/JSONL pairs (prompt + [safe, unsafe] response, or chosen/rejected); default: "
+        None, description="JSON/JSONL pairs (prompt + a two-answer response list, safe one first, or chosen/rejected); default: "
         "the preference_data input, else SOMF's PKU-SafeRLHF pairs in the data dir"
     )
 

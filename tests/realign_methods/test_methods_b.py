@@ -326,3 +326,53 @@ def test_icv_refuses_missing_data_before_any_work(family: dict[str, Path], tmp_p
         merge(MergeSpec(method="safety_arithmetic", aligned=family["aligned"], unaligned=family["unaligned"],
                         finetuned=[family["ft1"]], params={"icv_data": str(tmp_path / "nope.json")}, out=tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+# -- NLSR ------------------------------------------------------------------------------------------------
+
+def _nlsr_reference(a: dict, anchor: dict, f: dict, beta: float, fraction: float, tau: float) -> tuple[dict, int]:
+    """Row loop from the equations: θ_SA = θ_A + β(θ_A − θ_0); critical = top-fraction rows by ‖θ_SA − θ_0‖;
+    transplant critical rows with cos(θ_F − θ_0, θ_SA − θ_0) < τ."""
+    out, moved = {}, 0
+    for name in f:
+        if f[name].dim() != 2:
+            out[name] = f[name]
+            continue
+        sa = a[name].double() * (1 + beta) - beta * anchor[name].double()
+        rows = f[name].double().clone()
+        norms = [float((sa[r] - anchor[name][r].double()).norm()) for r in range(rows.shape[0])]
+        order = sorted(range(len(norms)), key=lambda r: -norms[r])[: int(fraction * len(norms))]
+        for r in order:
+            if norms[r] == 0:
+                continue
+            x, y = rows[r] - anchor[name][r].double(), sa[r] - anchor[name][r].double()
+            if float(x @ y / (x.norm() * y.norm())) < tau:
+                rows[r], moved = sa[r], moved + 1
+        out[name] = rows.float()
+    return out, moved
+
+
+def test_nlsr_dense_with_base_anchor(family: dict[str, Path], tmp_path: Path) -> None:
+    a, b, f = _load(family["aligned"]), _load(family["base"]), _load(family["ft1"])
+    params = {"beta": 0.7, "fraction": 0.5, "threshold": 0.75}
+    out = merge(MergeSpec(method="nlsr", aligned=family["aligned"], base=family["base"], finetuned=[family["ft1"]],
+                          params=params, out=tmp_path / "o"))
+    expected, moved = _nlsr_reference(a, b, f, 0.7, 0.5, 0.75)
+    assert moved > 0
+    assert _max_error(_load(out), expected) <= TOL
+
+
+def test_nlsr_lora_organism_with_unaligned_anchor(organism: dict[str, Path], tmp_path: Path) -> None:
+    a, u, f = (_load(organism[k]) for k in ("aligned_dense", "unaligned_dense", "math_dense"))
+    out = merge(MergeSpec(method="nlsr", aligned=organism["aligned"], unaligned=organism["unaligned"],
+                          adapters=[organism["math"]], params={"threshold": 0.5}, out=tmp_path / "o"))
+    expected, moved = _nlsr_reference(a, u, f, 0.5, 0.2, 0.5)
+    assert moved > 0
+    assert _max_error(_load(out), expected) <= TOL
+
+
+def test_nlsr_refuses_bad_params_and_missing_anchor(family: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fraction"):
+        get_method("nlsr").validate({"fraction": 1.5})
+    with pytest.raises(ConfigError, match="base, unaligned"):
+        merge(MergeSpec(method="nlsr", aligned=family["aligned"], finetuned=[family["ft1"]], out=tmp_path / "o"))
