@@ -45,9 +45,17 @@ class _Thresholds:
     global_thresholds: list[float | None] = field(default_factory=list)
 
 
-def topk_threshold(magnitudes: Sequence[torch.Tensor], density: float) -> float | None:
-    """The k-th largest value (k = int(density·n)) over several tensors of magnitudes."""
-    return ops.magnitude_threshold(torch.cat([m.reshape(-1) for m in magnitudes]), density)
+def topk_threshold(nonzero: Sequence[torch.Tensor], total: int, density: float) -> float | None:
+    """The k-th largest magnitude, k = int(density·total), of a task vector with ``total`` entries whose
+    non-zero magnitudes are ``nonzero`` (zeros are never localized, so they need not be held: a LoRA
+    fine-tune's task vector is mostly zeros). None: every non-zero entry is within the top k."""
+    k = int(density * total)
+    if k == 0:
+        return float("inf")
+    values = torch.cat([m.reshape(-1) for m in nonzero]) if nonzero else torch.zeros(0)
+    if k >= values.numel():
+        return None
+    return float(values.kthvalue(values.numel() - k + 1).values)
 
 
 def localize(task_vector: torch.Tensor, threshold: float | None) -> torch.Tensor:
@@ -73,6 +81,7 @@ class LocalizeStitch(Method):
     info = MethodInfo(
         name="localize_stitch",
         summary=(
+            "arXiv:2408.13656 — "
             "dataless Localize-and-Stitch: keep each task vector's top-k |τ| (k = density, over the model), average "
             "overlaps, stitch into θ_A. Settings: dense fine-tunes and LoRA adapters, one or several"
         ),
@@ -87,17 +96,20 @@ class LocalizeStitch(Method):
         params: LocalizeStitchParams = ctx.params  # type: ignore[assignment]
         if params.scope != "model":
             return _Thresholds()
-        per_task: list[list[torch.Tensor]] = []
+        nonzero: list[list[torch.Tensor]] = []
+        total = 0
         for name in ctx.names:
             inputs = ctx.inputs(name)
             if not inputs.raw("aligned").is_floating_point():
                 continue
+            total += inputs.raw("aligned").numel()
             for index, task_vector in enumerate(inputs.task_vectors("aligned")):
-                if len(per_task) <= index:
-                    per_task.append([])
-                per_task[index].append(task_vector.abs().reshape(-1))
+                if len(nonzero) <= index:
+                    nonzero.append([])
+                magnitudes = task_vector.abs().reshape(-1)
+                nonzero[index].append(magnitudes[magnitudes > 0])
             inputs.release()
-        return _Thresholds([topk_threshold(magnitudes, params.density) for magnitudes in per_task])
+        return _Thresholds([topk_threshold(values, total, params.density) for values in nonzero])
 
     def merge_tensor(self, name: str, inputs: TensorInputs, params: LocalizeStitchParams, ctx: TensorContext) -> torch.Tensor:
         state: _Thresholds = ctx.state

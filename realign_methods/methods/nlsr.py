@@ -62,6 +62,7 @@ class Nlsr(Method):
     info = MethodInfo(
         name="nlsr",
         summary=(
+            "arXiv:2412.12497 — "
             "θ_SA = θ_A + β(θ_A − θ_0); per weight the top-`fraction` rows by ‖θ_SA − θ_0‖ are safety-critical; "
             "those with cos(θ_F − θ_0, θ_SA − θ_0) < threshold are transplanted from θ_SA (θ_0 = base, else "
             "unaligned; data-free importance). Settings: dense fine-tunes and LoRA adapters"

@@ -78,6 +78,7 @@ class SafeMerge(Method):
     info = MethodInfo(
         name="safemerge",
         summary=(
+            "arXiv:2503.17239 — "
             "per layer ρ = cos(ΔW, CΔW) on the Safe LoRA subspace (V = θ_A − θ_base); layers with ρ < τ become "
             "θ_base + merge(α(θ_F − θ_base), (1−α)(θ_A − θ_base)) (linear | TIES | DARE), others keep θ_F. "
             "Settings: dense fine-tunes and LoRA adapters"

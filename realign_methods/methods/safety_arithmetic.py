@@ -122,8 +122,10 @@ class SafetyArithmetic(Method):
     info = MethodInfo(
         name="safety_arithmetic",
         summary=(
+            "arXiv:2406.11801 — "
             "harm-direction removal θ' = θ_F − λ·topk(τ_H), τ_H = θ_U − θ_A; then the in-context safety vector "
-            "α·v_l (from θ' on safe vs harmful answers to harmful prompts, default SOMF's PKU-SafeRLHF pairs) "
+            "α·v_l (from θ' on safe vs harmful answers to harmful prompts; data: safety preference pairs, default icv_examples seeded pairs of SOMF's PKU-SafeRLHF file "
+            "(shared/data/pku_saferlhf_realign_somf, PKU-SafeRLHF test-split prompts, in no benchmark scored here)) "
             "folded into MLP biases (mlp_bias: true, down_proj.bias = α·v_l) so vLLM runs it too; hook form "
             "in _icv.steering_hooks. Settings: dense fine-tunes and LoRA adapters; ICV needs a Llama-style model"
         ),
