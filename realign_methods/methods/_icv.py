@@ -25,17 +25,27 @@ def exemplar_text(tokenizer: Any, prompt: str, response: str) -> str:
 
 
 @torch.no_grad()
-def last_token_states(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> torch.Tensor:
+def last_token_states(
+    model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 16
+) -> torch.Tensor:
     """Each decoder layer's output hidden state at the last token: ``[len(texts), layers, hidden]`` (fp32).
 
-    One unpadded sequence per forward, so positions never depend on batching. A text longer than
-    ``max_length`` tokens keeps its *last* ``max_length`` (the answer, whose end is the state read).
+    A text longer than ``max_length`` tokens keeps its *last* ``max_length`` (the answer, whose end is
+    the state read). Batches are right-padded with an attention mask: under causal attention the
+    real positions do not see the padding, so each state is the unpadded sequence's.
     """
+    encoded = [list(tokenizer(text, add_special_tokens=False)["input_ids"][-max_length:]) for text in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-max_length:]
-        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-        rows.append(torch.stack([h[0, -1].float() for h in out.hidden_states[1:]]))
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch])
+        out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+        last = torch.tensor([len(ids) - 1 for ids in batch])
+        for index in range(len(batch)):
+            rows.append(torch.stack([h[index, last[index]].float() for h in out.hidden_states[1:]]))
     return torch.stack(rows)
 
 
