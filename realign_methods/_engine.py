@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.core.checkpoints._finite import check_finite
+from harness.core.checkpoints._writer import copy_aux_files
 from harness.core.errors import CheckpointError, ConfigError
 from realign_methods._method import (
     DENSE_INPUTS,
@@ -449,19 +450,43 @@ def merge(spec: MergeSpec) -> Path:
             return out
         ref_reader = prepared.readers[prepared.reference][0]
         aux = ref_reader.root if Path(ref_reader.path).is_dir() else None
+        extra = prepared.method.extra_tensors(ctx, state)
+        clashing = sorted(set(extra) & set(prepared.names))
+        if clashing:
+            raise CheckpointError(f"method {spec.method!r}: extra tensor '{clashing[0]}' is already an input tensor")
+        config_updates = prepared.method.config_updates(ctx, state)
+        if config_updates and aux is None:
+            raise CheckpointError(f"method {spec.method!r} edits config.json, but {ref_reader.path} has none to edit")
         with _canonical_writer_class()(
             spec.out,
             max_shard_size=_parse_size(spec.max_shard_size),
             metadata=metadata,
-            copy_aux_from=aux,
+            copy_aux_from=None if config_updates else aux,
             overwrite=spec.overwrite,
         ) as writer:
             for name, tensor in _iter_outputs(prepared, state):
                 writer.add(name, tensor)
+            for name, tensor in sorted(extra.items()):
+                if not spec.allow_nonfinite:
+                    check_finite(tensor, name, f"method {spec.method!r} output", NONFINITE_HINT)
+                writer.add(name, tensor)
+            if config_updates and aux is not None:  # edited inside the temp dir: the commit stays atomic
+                _write_config_updates(aux, writer.tmp_dir, config_updates)
         _fix_config_dtype(spec.out, spec.dtype)
         return writer.out_dir
     finally:
         prepared.close()
+
+
+def _write_config_updates(source: Path, tmp_dir: Path, updates: dict[str, Any]) -> None:
+    """Copy ``source``'s aux files into the writer's temp dir and set ``updates`` in its config.json."""
+    copy_aux_files(source, tmp_dir)
+    config_path = tmp_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{source} has no config.json for the method's config updates {sorted(updates)}")
+    config = json.loads(config_path.read_text())
+    config.update(updates)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

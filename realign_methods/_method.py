@@ -356,6 +356,15 @@ class Method:
         """Compute one output tensor (float32 is fine; the engine casts to the output dtype)."""
         raise NotImplementedError
 
+    def extra_tensors(self, ctx: PrepareContext, state: Any) -> dict[str, torch.Tensor]:
+        """Tensors the output gains that no input has (e.g. biases a method folds a steering vector
+        into); written after the walk. Optional; the default adds none."""
+        return {}
+
+    def config_updates(self, ctx: PrepareContext, state: Any) -> dict[str, Any]:
+        """Keys to set in the output's config.json (e.g. ``mlp_bias: true`` for new biases). Optional."""
+        return {}
+
     #: set True in factor-space methods that implement :meth:`emit_adapter`
     supports_adapter_output: ClassVar[bool] = False
 

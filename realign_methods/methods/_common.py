@@ -59,3 +59,12 @@ def map_rows(
     for sl in row_slices(raw.shape):
         out[sl] = fn(sl)
     return out
+
+
+def finetuned_weight(inputs: TensorInputs) -> torch.Tensor:
+    """θ_F of this tensor: the dense fine-tune, or θ_A + s·B A of the (θ_A-relative) adapter."""
+    if inputs.has("finetuned"):
+        return inputs.finetuned(0)
+    delta = inputs.adapter_delta(0)
+    aligned = inputs.aligned
+    return aligned if delta is None else aligned + delta.reshape(aligned.shape)

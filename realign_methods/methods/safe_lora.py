@@ -33,6 +33,7 @@ from realign_methods._method import (
     TensorInputs,
 )
 from realign_methods._registry import register_method
+from realign_methods.methods._subspace import flat_cosine, project_onto_alignment
 
 if TYPE_CHECKING:
     from harness.core.checkpoints import LoraAdapter
@@ -60,11 +61,7 @@ class SafeLoraState:
 
 def projected_b(aligned: torch.Tensor, base: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
     """C·B with C = V Vᵀ / ‖V‖_F, V = aligned − base (all float32)."""
-    v = aligned - base
-    norm = torch.linalg.vector_norm(v)
-    if norm == 0:
-        return torch.zeros_like(lora_b)
-    return v @ (v.T @ lora_b) / norm
+    return project_onto_alignment(aligned - base, lora_b)
 
 
 def _aligned_factors(aligned: LoraAdapter, name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
@@ -140,8 +137,7 @@ class SafeLora(Method):
             assert factors is not None
             lora_a, lora_b, _ = factors
             new_b = projected_b(inputs.aligned, inputs.base, lora_b)
-            original, projected = (lora_b @ lora_a).reshape(1, -1), (new_b @ lora_a).reshape(1, -1)
-            state.similarity[name] = float(torch.nn.functional.cosine_similarity(projected, original))
+            state.similarity[name] = flat_cosine(new_b @ lora_a, lora_b @ lora_a)
         if params.num_proj_layers is not None:
             ranked = sorted(state.similarity.values())
             cut = ranked[min(params.num_proj_layers, len(ranked)) - 1] if params.num_proj_layers > 0 else None
