@@ -19,7 +19,6 @@ model), both from :mod:`realign_methods`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,7 +31,7 @@ import annotated_types
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from harness.core.checkpoints import CheckpointReader
@@ -142,11 +141,7 @@ def validate_params(info: MethodInfo, values: Mapping[str, Any] | None) -> Metho
     fields = info.params.model_fields
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        messages = []
-        for name in unknown:
-            near = difflib.get_close_matches(name, list(fields), n=2, cutoff=0.5)
-            hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""
-            messages.append(f"{name!r}{hint}")
+        messages = [f"{name!r}{did_you_mean(name, fields)}" for name in unknown]
         accepted = ", ".join(fields) or "none"
         raise ConfigError(
             f"method {info.name!r}: unknown parameter {', '.join(messages)}; accepted parameters: {accepted}"
