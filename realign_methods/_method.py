@@ -269,13 +269,16 @@ class TensorInputs:
         scaling = adapter.scaling_for(self.name) if hasattr(adapter, "scaling_for") else adapter.scaling
         return lora_a.float(), lora_b.float(), float(scaling)
 
-    def adapter_delta(self, index: int = 0) -> torch.Tensor | None:
-        """``scaling · B @ A`` of adapter ``index`` for this weight (float32), or None if untouched."""
+    def adapter_delta(self, index: int = 0, rows: slice = slice(None)) -> torch.Tensor | None:
+        """``scaling · B[rows] @ A`` of adapter ``index`` for this weight (float32), or None if untouched.
+
+        The one place the LoRA update formula lives for methods (``rows`` bounds memory on big weights).
+        """
         factors = self.adapter_factors(index)
         if factors is None:
             return None
         lora_a, lora_b, scaling = factors
-        return (lora_b @ lora_a) * scaling
+        return (lora_b[rows] @ lora_a) * scaling
 
     def task_vectors(self, anchor: str) -> Iterator[torch.Tensor]:
         """Each fine-tuned model minus ``anchor``, then each adapter's delta (zeros where untouched).

@@ -29,11 +29,8 @@ class RestaDareParams(MethodParams):
 def _finetuned_rows(inputs: TensorInputs, aligned_rows: torch.Tensor, sl: slice) -> torch.Tensor:
     if inputs.has("finetuned"):
         return rows(inputs, "finetuned", 0, sl)
-    factors = inputs.adapter_factors(0)
-    if factors is None:
-        return aligned_rows
-    lora_a, lora_b, scaling = factors
-    return aligned_rows + ((lora_b[sl] @ lora_a) * scaling).reshape(aligned_rows.shape)
+    delta = inputs.adapter_delta(0, sl)
+    return aligned_rows if delta is None else aligned_rows + delta.reshape(aligned_rows.shape)
 
 
 _INPUTS = {
