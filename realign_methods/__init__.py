@@ -6,22 +6,33 @@
 
 from realign_methods._engine import MergePlan, MergeSpec, merge, plan
 from realign_methods._method import (
-    INPUT_KINDS,
+    DENSE_INPUTS,
     Method,
     MethodInfo,
     MethodParams,
     NoParams,
     PrepareContext,
+    Role,
     TensorContext,
     TensorInputs,
+    method_from_function,
     parameter_ranges,
+    params_from_signature,
     tensor_seed,
     validate_params,
 )
-from realign_methods._registry import METHODS, get_method, list_methods, load_builtin_methods, register_method
+from realign_methods._registry import (
+    METHODS,
+    check_method,
+    get_method,
+    list_methods,
+    load_builtin_methods,
+    register_method,
+    tensor_method,
+)
 
 __all__ = [
-    "INPUT_KINDS",
+    "DENSE_INPUTS",
     "METHODS",
     "MergePlan",
     "MergeSpec",
@@ -30,15 +41,20 @@ __all__ = [
     "MethodParams",
     "NoParams",
     "PrepareContext",
+    "Role",
     "TensorContext",
     "TensorInputs",
+    "check_method",
     "get_method",
     "list_methods",
     "load_builtin_methods",
     "merge",
+    "method_from_function",
     "parameter_ranges",
+    "params_from_signature",
     "plan",
     "register_method",
+    "tensor_method",
     "tensor_seed",
     "validate_params",
 ]

@@ -365,7 +365,7 @@ def _iter_outputs(prepared: _Prepared, state: Any) -> Iterator[tuple[str, torch.
         if not reference_raw.is_floating_point():
             result = reference_raw  # integer buffers are copied, never merged
         else:
-            result = prepared.method.merge_tensor(name, inputs, prepared.params, ctx)
+            result = prepared.method.merge_tensor(inputs, prepared.params, ctx)
         if tuple(result.shape) != tuple(reference_raw.shape):
             raise CheckpointError(
                 f"method {prepared.method.info.name!r} returned shape {list(result.shape)} for tensor '{name}', "

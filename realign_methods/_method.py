@@ -11,40 +11,59 @@ what ``merge_tensor`` returns. Optional hooks:
 * :meth:`Method.emit_adapter` — factor-space methods may return a LoRA adapter instead of dense
   weights (engine: ``MergeSpec(output="adapter")``).
 
-Register with ``@register_method("name", aliases=(...))`` from :mod:`realign_methods`.
+Register a class with ``@register_method`` (its name is ``info.name``, stated once), or a plain
+per-tensor function with ``@tensor_method(...)`` (its keyword-only parameters become the parameter
+model), both from :mod:`realign_methods`.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import annotated_types
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, did_you_mean
 from realign_methods.calibration._spec import CalibrationSpec
 
 if TYPE_CHECKING:
     from harness.core.checkpoints import CheckpointReader
     from realign_methods.calibration import Statistics
 
-INPUT_KINDS: tuple[str, ...] = (
-    "aligned",
-    "unaligned",
-    "base",
-    "finetuned",
-    "adapters",
-    "preference_data",
-    "calibration_data",
-)
+
+
+class Role(StrEnum):
+    """An input a method can take (a ``MergeSpec`` field / CLI option); compares equal to its string."""
+
+    ALIGNED = "aligned"
+    UNALIGNED = "unaligned"
+    BASE = "base"
+    FINETUNED = "finetuned"
+    ADAPTERS = "adapters"
+    PREFERENCE_DATA = "preference_data"
+    CALIBRATION_DATA = "calibration_data"
+
+
 #: Inputs that are model weights (dense checkpoints) rather than adapters or data.
-DENSE_INPUTS: tuple[str, ...] = ("aligned", "unaligned", "base", "finetuned")
+DENSE_INPUTS: tuple[Role, ...] = (Role.ALIGNED, Role.UNALIGNED, Role.BASE, Role.FINETUNED)
+
+
+def _roles(owner: str, field_name: str, values: Iterable[str]) -> frozenset[Role]:
+    known = {role.value for role in Role}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"method {owner!r}: unknown input kind(s) {unknown} in {field_name} (known: {', '.join(known)})"
+        )
+    return frozenset(Role(value) for value in values)
 
 
 class MethodParams(BaseModel):
@@ -67,30 +86,33 @@ class MethodInfo:
     name: str
     summary: str
     params: type[MethodParams] = NoParams
-    required: frozenset[str] = frozenset()
+    required: frozenset[Role] = frozenset()
     #: each group must have at least one member given (e.g. ``finetuned`` *or* ``adapters``)
-    one_of: tuple[frozenset[str], ...] = ()
-    optional: frozenset[str] = frozenset()
+    one_of: tuple[frozenset[Role], ...] = ()
+    optional: frozenset[Role] = frozenset()
     data_free: bool = True
     reference: str = ""
     #: dense inputs in order of preference: the first one given defines tensor names, dtype and the
     #: config/tokenizer files copied to the output
-    reference_inputs: tuple[str, ...] = ("finetuned", "aligned", "base", "unaligned")
+    reference_inputs: tuple[Role, ...] = (Role.FINETUNED, Role.ALIGNED, Role.BASE, Role.UNALIGNED)
     #: inputs that take exactly one item when given (e.g. RESTA realigns one fine-tuned model)
-    single: frozenset[str] = frozenset()
+    single: frozenset[Role] = frozenset()
     #: statistics of a model on data that the engine computes (cached) before ``prepare``
     calibration: CalibrationSpec | None = None
     #: where the method is defined: "dense" (any checkpoint; LoRA fine-tunes are read merged) or "lora"
     settings: str = ""
 
     def __post_init__(self) -> None:
-        groups = [self.required, self.optional, *self.one_of]
-        unknown = sorted({kind for group in groups for kind in group} - set(INPUT_KINDS))
-        if unknown:
-            raise ConfigError(f"method {self.name!r}: unknown input kind(s) {unknown} (known: {INPUT_KINDS})")
+        # Plain strings are accepted (plugins, YAML) and normalised to Role, with a clear error otherwise.
+        set_field = object.__setattr__
+        for field_name in ("required", "optional", "single"):
+            set_field(self, field_name, _roles(self.name, field_name, getattr(self, field_name)))
+        set_field(self, "one_of", tuple(_roles(self.name, "one_of", group) for group in self.one_of))
+        order = tuple(self.reference_inputs)
+        set_field(self, "reference_inputs", tuple(sorted(_roles(self.name, "reference_inputs", order), key=order.index)))
 
     @property
-    def accepted_inputs(self) -> frozenset[str]:
+    def accepted_inputs(self) -> frozenset[Role]:
         return self.required | self.optional | frozenset().union(*self.one_of)
 
 
@@ -125,11 +147,7 @@ def validate_params(info: MethodInfo, values: Mapping[str, Any] | None) -> Metho
     fields = info.params.model_fields
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        messages = []
-        for name in unknown:
-            near = difflib.get_close_matches(name, list(fields), n=2, cutoff=0.5)
-            hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""
-            messages.append(f"{name!r}{hint}")
+        messages = [f"{name!r}{did_you_mean(name, fields)}" for name in unknown]
         accepted = ", ".join(fields) or "none"
         raise ConfigError(
             f"method {info.name!r}: unknown parameter {', '.join(messages)}; accepted parameters: {accepted}"
@@ -257,13 +275,16 @@ class TensorInputs:
         scaling = adapter.scaling_for(self.name) if hasattr(adapter, "scaling_for") else adapter.scaling
         return lora_a.float(), lora_b.float(), float(scaling)
 
-    def adapter_delta(self, index: int = 0) -> torch.Tensor | None:
-        """``scaling · B @ A`` of adapter ``index`` for this weight (float32), or None if untouched."""
+    def adapter_delta(self, index: int = 0, rows: slice = slice(None)) -> torch.Tensor | None:
+        """``scaling · B[rows] @ A`` of adapter ``index`` for this weight (float32), or None if untouched.
+
+        The one place the LoRA update formula lives for methods (``rows`` bounds memory on big weights).
+        """
         factors = self.adapter_factors(index)
         if factors is None:
             return None
         lora_a, lora_b, scaling = factors
-        return (lora_b @ lora_a) * scaling
+        return (lora_b[rows] @ lora_a) * scaling
 
     def task_vectors(self, anchor: str) -> Iterator[torch.Tensor]:
         """Each fine-tuned model minus ``anchor``, then each adapter's delta (zeros where untouched).
@@ -336,7 +357,7 @@ class Method:
                 f"(accepted: {', '.join(sorted(info.accepted_inputs))})"
             )
 
-    def reference_input(self, given: Mapping[str, int]) -> str:
+    def reference_input(self, given: Mapping[str, int]) -> Role:
         """The dense input whose names/dtypes/aux files define the output."""
         for role in self.info.reference_inputs:
             if role in given:
@@ -350,10 +371,8 @@ class Method:
         """Optional whole-model pass before the per-tensor walk; the result becomes ``ctx.state``."""
         return None
 
-    def merge_tensor(
-        self, name: str, inputs: TensorInputs, params: Any, ctx: TensorContext
-    ) -> torch.Tensor:
-        """Compute one output tensor (float32 is fine; the engine casts to the output dtype)."""
+    def merge_tensor(self, inputs: TensorInputs, params: Any, ctx: TensorContext) -> torch.Tensor:
+        """Compute output tensor ``ctx.name`` (float32 is fine; the engine casts to the output dtype)."""
         raise NotImplementedError
 
     def extra_tensors(self, ctx: PrepareContext, state: Any) -> dict[str, torch.Tensor]:
@@ -372,3 +391,48 @@ class Method:
         """Factor-space output: ``{base weight name: (A [r, in], B [out, r])}`` written as a PEFT adapter
         (with the input adapter's config) when ``MergeSpec(output="adapter")``; optional."""
         raise ConfigError(f"method {self.info.name!r} cannot write a LoRA adapter; use dense output")
+
+
+#: ``fn(inputs, ctx, **params) -> tensor``: the per-tensor function behind a :func:`method_from_function`
+TensorFunction = Callable[..., torch.Tensor]
+
+
+def params_from_signature(fn: TensorFunction, model_name: str) -> type[MethodParams]:
+    """A :class:`MethodParams` model from ``fn``'s keyword-only parameters (annotation + default each;
+    ``Annotated[float, Field(ge=0)]`` carries ranges), so a function states its parameters once."""
+    fields: dict[str, Any] = {}
+    for parameter in inspect.signature(fn, eval_str=True).parameters.values():  # resolves string annotations
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        if parameter.annotation is inspect.Parameter.empty:
+            raise ConfigError(f"method function {fn.__qualname__}: parameter {parameter.name!r} needs a type annotation")
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[parameter.name] = (parameter.annotation, default)
+    if not fields:
+        return NoParams
+    model: type[MethodParams] = create_model(model_name, __base__=MethodParams, **fields)
+    return model
+
+
+def method_from_function(fn: TensorFunction, info: MethodInfo) -> type[Method]:
+    """A :class:`Method` subclass whose ``merge_tensor`` calls ``fn(inputs, ctx, **params)``; with
+    ``info.params`` left at ``NoParams`` the parameters come from ``fn``'s signature."""
+    if info.params is NoParams:
+        class_params = params_from_signature(fn, f"{info.name}_params")
+        info = dataclasses.replace(info, params=class_params)
+    positional = [
+        p for p in inspect.signature(fn).parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) != 2:
+        raise ConfigError(
+            f"method function {fn.__qualname__}: expected fn(inputs, ctx, *, param=default, ...), "
+            f"got positional parameters {[p.name for p in positional]}"
+        )
+
+    def merge_tensor(self: Method, inputs: TensorInputs, params: MethodParams, ctx: TensorContext) -> torch.Tensor:
+        return fn(inputs, ctx, **dict(params))
+
+    class_name = "".join(part.capitalize() for part in info.name.split("_")) or "FunctionMethod"
+    return type(class_name, (Method,), {"info": info, "merge_tensor": merge_tensor, "__doc__": fn.__doc__,
+                                       "__module__": fn.__module__})

@@ -33,3 +33,9 @@ def name_unknown(unknown: Iterable[str], known: list[str], cutoff: float = 0.6) 
         near = difflib.get_close_matches(key, known, n=2, cutoff=cutoff)
         parts.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
     return ", ".join(parts)
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the nearest of ``choices`` to ``name``, or ``""`` when none is near."""
+    near = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {near[0]!r}?)" if near else ""

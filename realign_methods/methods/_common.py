@@ -41,11 +41,8 @@ def task_vector_rows(inputs: TensorInputs, anchor_rows: torch.Tensor, anchor: st
     n_dense = inputs.count("finetuned")
     if index < n_dense:
         return rows(inputs, "finetuned", index, sl) - anchor_rows
-    factors = inputs.adapter_factors(index - n_dense)
-    if factors is None:
-        return torch.zeros_like(anchor_rows)
-    lora_a, lora_b, scaling = factors
-    return ((lora_b[sl] @ lora_a) * scaling).reshape(anchor_rows.shape)
+    delta = inputs.adapter_delta(index - n_dense, sl)
+    return torch.zeros_like(anchor_rows) if delta is None else delta.reshape(anchor_rows.shape)
 
 
 def map_rows(

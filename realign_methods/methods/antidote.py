@@ -18,6 +18,7 @@ from realign_methods._method import (
     MethodInfo,
     MethodParams,
     PrepareContext,
+    Role,
     TensorContext,
     TensorInputs,
 )
@@ -45,21 +46,21 @@ def prune_top(weight: torch.Tensor, scores: torch.Tensor, ratio: float) -> torch
     return out
 
 
-@register_method("antidote")
+@register_method
 class Antidote(Method):
     info = MethodInfo(
         name="antidote",
         summary="prune the top mask_ratio of each linear layer by Wanda importance |W|·‖X‖ on harmful data (arXiv 2408.09600)",
         params=AntidoteParams,
-        required=frozenset({"finetuned"}),
-        optional=frozenset({"calibration_data"}),
-        single=frozenset({"finetuned"}),
+        required=frozenset({Role.FINETUNED}),
+        optional=frozenset({Role.CALIBRATION_DATA}),
+        single=frozenset({Role.FINETUNED}),
         data_free=False,
         reference=(
             "Huang et al., Antidote: Post-fine-tuning Safety Alignment for Large Language Models against "
             "Harmful Fine-tuning, arXiv:2408.09600"
         ),
-        reference_inputs=("finetuned",),
+        reference_inputs=(Role.FINETUNED,),
         calibration=CalibrationSpec(data="harmful_answers", statistics=frozenset({"input_norms"}), model="finetuned"),
         settings="dense; LoRA fine-tunes are merged to dense first",
     )
@@ -69,9 +70,9 @@ class Antidote(Method):
             raise ConfigError("antidote: no calibration statistics (the engine computes them from calibration_data)")
         return ctx.calibration
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: AntidoteParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: AntidoteParams, ctx: TensorContext) -> torch.Tensor:
         stats: Statistics = ctx.state
-        if not stats.has(name):
+        if not stats.has(ctx.name):
             return inputs.raw("finetuned")
         weight = inputs.finetuned()
-        return prune_top(weight, wanda_scores(weight, stats.input_norms(name)), params.mask_ratio)
+        return prune_top(weight, wanda_scores(weight, stats.input_norms(ctx.name)), params.mask_ratio)

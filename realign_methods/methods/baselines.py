@@ -4,38 +4,38 @@ from __future__ import annotations
 
 import torch
 
-from realign_methods._method import Method, MethodInfo, TensorContext, TensorInputs
+from realign_methods._method import Method, MethodInfo, Role, TensorContext, TensorInputs
 from realign_methods._registry import register_method
 
 
-@register_method("sft")
+@register_method
 class SFT(Method):
     info = MethodInfo(
         name="sft",
         summary="The fine-tuned model unchanged (a LoRA adapter is merged into the aligned model).",
-        one_of=(frozenset({"finetuned", "adapters"}),),
-        optional=frozenset({"aligned"}),
-        single=frozenset({"finetuned", "adapters"}),
+        one_of=(frozenset({Role.FINETUNED, Role.ADAPTERS}),),
+        optional=frozenset({Role.ALIGNED}),
+        single=frozenset({Role.FINETUNED, Role.ADAPTERS}),
         reference="baseline (no realignment)",
-        reference_inputs=("finetuned", "aligned"),
+        reference_inputs=(Role.FINETUNED, Role.ALIGNED),
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: object, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: object, ctx: TensorContext) -> torch.Tensor:
         if inputs.has("finetuned"):
             return inputs.raw("finetuned")
         delta = inputs.adapter_delta(0)
         return inputs.raw("aligned") if delta is None else inputs.aligned + delta
 
 
-@register_method("aligned")
+@register_method
 class Aligned(Method):
     info = MethodInfo(
         name="aligned",
         summary="The safety-aligned model unchanged (upper bound on safety, no task skill).",
-        required=frozenset({"aligned"}),
+        required=frozenset({Role.ALIGNED}),
         reference="baseline (no fine-tuning)",
-        reference_inputs=("aligned",),
+        reference_inputs=(Role.ALIGNED,),
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: object, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: object, ctx: TensorContext) -> torch.Tensor:
         return inputs.raw("aligned")

@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 
 from realign_methods import _ops as ops
-from realign_methods._method import Method, MethodInfo, MethodParams, TensorContext, TensorInputs
+from realign_methods._method import Method, MethodInfo, MethodParams, Role, TensorContext, TensorInputs
 from realign_methods._registry import register_method
 from realign_methods.methods._common import Lam, anchor_role
 
@@ -16,18 +16,18 @@ class DareParams(MethodParams):
     lam: float = Lam
 
 
-@register_method("dare")
+@register_method
 class Dare(Method):
     info = MethodInfo(
         name="dare",
         summary="anchor + λ·Σ DARE(task vector, p); seeded per tensor (global seed + tensor name)",
         params=DareParams,
-        one_of=(frozenset({"finetuned", "adapters"}), frozenset({"base", "aligned"})),
+        one_of=(frozenset({Role.FINETUNED, Role.ADAPTERS}), frozenset({Role.BASE, Role.ALIGNED})),
         reference="Yu et al., Language Models are Super Mario (DARE), ICML 2024, arXiv:2311.03099",
-        reference_inputs=("base", "aligned"),
+        reference_inputs=(Role.BASE, Role.ALIGNED),
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: DareParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: DareParams, ctx: TensorContext) -> torch.Tensor:
         # Whole tensor, not row chunks: the Bernoulli stream must not depend on chunking.
         anchor = anchor_role(inputs)
         generator = ctx.generator()

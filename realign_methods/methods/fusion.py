@@ -12,12 +12,12 @@ import torch
 from pydantic import Field
 
 from realign_methods import _ops as ops
-from realign_methods._method import Method, MethodInfo, MethodParams, TensorContext, TensorInputs
+from realign_methods._method import Method, MethodInfo, MethodParams, Role, TensorContext, TensorInputs
 from realign_methods._registry import register_method
 from realign_methods.methods._common import Lam, anchor_role, map_rows, rows, task_vector_rows
 
-_TASKS = frozenset({"finetuned", "adapters"})
-_ANCHORS = frozenset({"base", "aligned"})
+_TASKS = frozenset({Role.FINETUNED, Role.ADAPTERS})
+_ANCHORS = frozenset({Role.BASE, Role.ALIGNED})
 
 
 class TaskArithmeticParams(MethodParams):
@@ -46,11 +46,11 @@ def _info(name: str, summary: str, params: type[MethodParams], reference: str) -
         params=params,
         one_of=(_TASKS, _ANCHORS),
         reference=reference,
-        reference_inputs=("base", "aligned"),
+        reference_inputs=(Role.BASE, Role.ALIGNED),
     )
 
 
-@register_method("task_arithmetic")
+@register_method
 class TaskArithmetic(Method):
     info = _info(
         "task_arithmetic",
@@ -59,7 +59,7 @@ class TaskArithmetic(Method):
         "Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023, arXiv:2212.04089",
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: TaskArithmeticParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: TaskArithmeticParams, ctx: TensorContext) -> torch.Tensor:
         anchor = anchor_role(inputs)
         n = inputs.num_task_vectors()
 
@@ -71,7 +71,7 @@ class TaskArithmetic(Method):
         return map_rows(inputs, ctx, anchor, chunk)
 
 
-@register_method("weight_average")
+@register_method
 class WeightAverage(Method):
     info = _info(
         "weight_average",
@@ -80,7 +80,7 @@ class WeightAverage(Method):
         "Wortsman et al., Model soups, ICML 2022, arXiv:2203.05482",
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: WeightAverageParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: WeightAverageParams, ctx: TensorContext) -> torch.Tensor:
         anchor = anchor_role(inputs)
         n = inputs.num_task_vectors()
 
@@ -101,7 +101,7 @@ def _thresholds(inputs: TensorInputs, anchor: str, density: float) -> list[float
     return out
 
 
-@register_method("magnitude_prune")
+@register_method
 class MagnitudePrune(Method):
     info = _info(
         "magnitude_prune",
@@ -110,7 +110,7 @@ class MagnitudePrune(Method):
         "Yadav et al., TIES-Merging, NeurIPS 2023, arXiv:2306.01708 (trim step); peft merge_utils.magnitude_prune",
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: MagnitudePruneParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: MagnitudePruneParams, ctx: TensorContext) -> torch.Tensor:
         anchor = anchor_role(inputs)
         thresholds = _thresholds(inputs, anchor, params.density)
 
@@ -122,7 +122,7 @@ class MagnitudePrune(Method):
         return map_rows(inputs, ctx, anchor, chunk)
 
 
-@register_method("ties")
+@register_method
 class Ties(Method):
     info = _info(
         "ties",
@@ -131,7 +131,7 @@ class Ties(Method):
         "Yadav et al., TIES-Merging: Resolving Interference When Merging Models, NeurIPS 2023, arXiv:2306.01708",
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: TiesParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: TiesParams, ctx: TensorContext) -> torch.Tensor:
         anchor = anchor_role(inputs)
         # Thresholds need the whole tensor; the elementwise elect/merge then runs in row chunks.
         thresholds = _thresholds(inputs, anchor, params.density)

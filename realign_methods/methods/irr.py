@@ -29,6 +29,7 @@ from realign_methods._method import (
     MethodInfo,
     MethodParams,
     PrepareContext,
+    Role,
     TensorContext,
     TensorInputs,
 )
@@ -69,21 +70,21 @@ def irr(aligned: torch.Tensor, unaligned: torch.Tensor, finetuned: torch.Tensor,
     return out.float()
 
 
-@register_method("irr")
+@register_method
 class Irr(Method):
     info = MethodInfo(
         name="irr",
         summary="remove deltas that conflict with θ_A−θ_U and matter by Fisher on safety data; OBS-recalibrate the rest (arXiv 2412.11041)",
         params=IrrParams,
-        required=frozenset({"aligned", "unaligned", "finetuned"}),
-        optional=frozenset({"calibration_data"}),
-        single=frozenset({"finetuned"}),
+        required=frozenset({Role.ALIGNED, Role.UNALIGNED, Role.FINETUNED}),
+        optional=frozenset({Role.CALIBRATION_DATA}),
+        single=frozenset({Role.FINETUNED}),
         data_free=False,
         reference=(
             "Wu et al., Separate the Wheat from the Chaff: A Post-Hoc Approach to Safety Re-Alignment for "
             "Fine-Tuned Language Models, arXiv:2412.11041 (github.com/pikepokenew/IRR)"
         ),
-        reference_inputs=("finetuned",),
+        reference_inputs=(Role.FINETUNED,),
         calibration=CalibrationSpec(data="harmful_refusals", statistics=frozenset({"fisher", "xtx"}), model="finetuned"),
         settings="dense; LoRA fine-tunes are merged to dense first",
     )
@@ -93,10 +94,10 @@ class Irr(Method):
             raise ConfigError("irr: no calibration statistics (the engine computes them from calibration_data)")
         return ctx.calibration
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: IrrParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: IrrParams, ctx: TensorContext) -> torch.Tensor:
         stats: Statistics = ctx.state
-        if not stats.has(name):
+        if not stats.has(ctx.name):
             return inputs.raw("finetuned")
-        xtx = stats.xtx(name) if params.recalibrate else None
-        return irr(inputs.aligned, inputs.unaligned, inputs.finetuned(), stats.fisher(name), xtx,
+        xtx = stats.xtx(ctx.name) if params.recalibrate else None
+        return irr(inputs.aligned, inputs.unaligned, inputs.finetuned(), stats.fisher(ctx.name), xtx,
                    params.removal_fraction, params.damp)

@@ -23,6 +23,7 @@ from realign_methods._method import (
     MethodInfo,
     MethodParams,
     PrepareContext,
+    Role,
     TensorContext,
     TensorInputs,
 )
@@ -76,7 +77,7 @@ def stitch(anchor: torch.Tensor, task_vectors: Sequence[torch.Tensor], masks: Se
     return anchor + total / count.clamp(min=1.0)
 
 
-@register_method("localize_stitch")
+@register_method
 class LocalizeStitch(Method):
     info = MethodInfo(
         name="localize_stitch",
@@ -86,10 +87,10 @@ class LocalizeStitch(Method):
             "overlaps, stitch into θ_A. Settings: dense fine-tunes and LoRA adapters, one or several"
         ),
         params=LocalizeStitchParams,
-        required=frozenset({"aligned"}),
-        one_of=(frozenset({"finetuned", "adapters"}),),
+        required=frozenset({Role.ALIGNED}),
+        one_of=(frozenset({Role.FINETUNED, Role.ADAPTERS}),),
         reference=_REFERENCE,
-        reference_inputs=("aligned",),
+        reference_inputs=(Role.ALIGNED,),
     )
 
     def prepare(self, ctx: PrepareContext) -> _Thresholds:
@@ -111,7 +112,7 @@ class LocalizeStitch(Method):
             inputs.release()
         return _Thresholds([topk_threshold(values, total, params.density) for values in nonzero])
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: LocalizeStitchParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: LocalizeStitchParams, ctx: TensorContext) -> torch.Tensor:
         state: _Thresholds = ctx.state
         task_vectors = list(inputs.task_vectors("aligned"))
         if params.scope == "model":

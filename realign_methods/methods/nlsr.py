@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from realign_methods._method import Method, MethodInfo, MethodParams, TensorContext, TensorInputs
+from realign_methods._method import Method, MethodInfo, MethodParams, Role, TensorContext, TensorInputs
 from realign_methods._registry import register_method
 from realign_methods.methods._common import finetuned_weight
 
@@ -57,7 +57,7 @@ def nlsr_tensor(
     return torch.where(transplant[:, None], reference, finetuned)
 
 
-@register_method("nlsr")
+@register_method
 class Nlsr(Method):
     info = MethodInfo(
         name="nlsr",
@@ -68,13 +68,13 @@ class Nlsr(Method):
             "unaligned; data-free importance). Settings: dense fine-tunes and LoRA adapters"
         ),
         params=NlsrParams,
-        required=frozenset({"aligned"}),
-        one_of=(frozenset({"base", "unaligned"}), frozenset({"finetuned", "adapters"})),
-        single=frozenset({"finetuned", "adapters"}),
+        required=frozenset({Role.ALIGNED}),
+        one_of=(frozenset({Role.BASE, Role.UNALIGNED}), frozenset({Role.FINETUNED, Role.ADAPTERS})),
+        single=frozenset({Role.FINETUNED, Role.ADAPTERS}),
         reference=_REFERENCE,
-        reference_inputs=("finetuned", "aligned"),
+        reference_inputs=(Role.FINETUNED, Role.ALIGNED),
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: NlsrParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: NlsrParams, ctx: TensorContext) -> torch.Tensor:
         anchor = inputs.base if inputs.has("base") else inputs.unaligned
         return nlsr_tensor(finetuned_weight(inputs), inputs.aligned, anchor, params)

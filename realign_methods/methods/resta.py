@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 
 from realign_methods import _ops as ops
-from realign_methods._method import Method, MethodInfo, MethodParams, TensorContext, TensorInputs
+from realign_methods._method import Method, MethodInfo, MethodParams, Role, TensorContext, TensorInputs
 from realign_methods._registry import register_method
 from realign_methods.methods._common import map_rows, rows
 
@@ -29,22 +29,19 @@ class RestaDareParams(MethodParams):
 def _finetuned_rows(inputs: TensorInputs, aligned_rows: torch.Tensor, sl: slice) -> torch.Tensor:
     if inputs.has("finetuned"):
         return rows(inputs, "finetuned", 0, sl)
-    factors = inputs.adapter_factors(0)
-    if factors is None:
-        return aligned_rows
-    lora_a, lora_b, scaling = factors
-    return aligned_rows + ((lora_b[sl] @ lora_a) * scaling).reshape(aligned_rows.shape)
+    delta = inputs.adapter_delta(0, sl)
+    return aligned_rows if delta is None else aligned_rows + delta.reshape(aligned_rows.shape)
 
 
 _INPUTS = {
-    "required": frozenset({"aligned", "unaligned"}),
-    "one_of": (frozenset({"finetuned", "adapters"}),),
-    "single": frozenset({"finetuned", "adapters"}),
-    "reference_inputs": ("finetuned", "aligned"),
+    "required": frozenset({Role.ALIGNED, Role.UNALIGNED}),
+    "one_of": (frozenset({Role.FINETUNED, Role.ADAPTERS}),),
+    "single": frozenset({Role.FINETUNED, Role.ADAPTERS}),
+    "reference_inputs": (Role.FINETUNED, Role.ALIGNED),
 }
 
 
-@register_method("resta")
+@register_method
 class Resta(Method):
     info = MethodInfo(
         name="resta",
@@ -54,7 +51,7 @@ class Resta(Method):
         **_INPUTS,  # type: ignore[arg-type]
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: RestaParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: RestaParams, ctx: TensorContext) -> torch.Tensor:
         reference = "finetuned" if inputs.has("finetuned") else "aligned"
 
         def chunk(sl: slice) -> torch.Tensor:
@@ -65,7 +62,7 @@ class Resta(Method):
         return map_rows(inputs, ctx, reference, chunk)
 
 
-@register_method("resta_dare")
+@register_method
 class RestaDare(Method):
     info = MethodInfo(
         name="resta_dare",
@@ -75,7 +72,7 @@ class RestaDare(Method):
         **_INPUTS,  # type: ignore[arg-type]
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: RestaDareParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: RestaDareParams, ctx: TensorContext) -> torch.Tensor:
         # Whole tensor: the Bernoulli stream must not depend on chunking.
         aligned = inputs.aligned
         finetuned = _finetuned_rows(inputs, aligned, slice(None))

@@ -27,6 +27,7 @@ from realign_methods._method import (
     MethodInfo,
     MethodParams,
     PrepareContext,
+    Role,
     TensorContext,
     TensorInputs,
 )
@@ -68,21 +69,21 @@ def safe_delta(aligned: torch.Tensor, finetuned: torch.Tensor, xtx: torch.Tensor
     return out.float()
 
 
-@register_method("safe_delta")
+@register_method
 class SafeDelta(Method):
     info = MethodInfo(
         name="safe_delta",
         summary="keep the delta params with most utility per OBS safety loss (XᵀX of θ_A on safety data) under a budget, + compensation (arXiv 2505.12038)",
         params=SafeDeltaParams,
-        required=frozenset({"aligned", "finetuned"}),
-        optional=frozenset({"calibration_data"}),
-        single=frozenset({"finetuned"}),
+        required=frozenset({Role.ALIGNED, Role.FINETUNED}),
+        optional=frozenset({Role.CALIBRATION_DATA}),
+        single=frozenset({Role.FINETUNED}),
         data_free=False,
         reference=(
             "Lu et al., Safe Delta: Consistently Preserving Safety when Fine-Tuning LLMs on Diverse Datasets, "
             "ICML 2025, arXiv:2505.12038 (github.com/ColinLu50/SafeDelta)"
         ),
-        reference_inputs=("finetuned",),
+        reference_inputs=(Role.FINETUNED,),
         calibration=CalibrationSpec(data="harmful_refusals", statistics=frozenset({"xtx"}), model="aligned"),
         settings="dense; LoRA fine-tunes are merged to dense first",
     )
@@ -92,8 +93,8 @@ class SafeDelta(Method):
             raise ConfigError("safe_delta: no calibration statistics (the engine computes them from calibration_data)")
         return ctx.calibration
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: SafeDeltaParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: SafeDeltaParams, ctx: TensorContext) -> torch.Tensor:
         stats: Statistics = ctx.state
-        if not stats.has(name):
+        if not stats.has(ctx.name):
             return inputs.raw("finetuned")
-        return safe_delta(inputs.aligned, inputs.finetuned(), stats.xtx(name), params.budget, params.damp, params.compensate)
+        return safe_delta(inputs.aligned, inputs.finetuned(), stats.xtx(ctx.name), params.budget, params.damp, params.compensate)

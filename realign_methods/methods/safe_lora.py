@@ -29,6 +29,7 @@ from realign_methods._method import (
     MethodInfo,
     MethodParams,
     PrepareContext,
+    Role,
     TensorContext,
     TensorInputs,
 )
@@ -111,19 +112,19 @@ def _load_aligned(params: SafeLoraParams, ctx: PrepareContext) -> LoraAdapter | 
     return aligned
 
 
-@register_method("safe_lora")
+@register_method
 class SafeLora(Method):
     info = MethodInfo(
         name="safe_lora",
         summary="project each LoRA update onto the aligned−base subspace where it strays (cos ≤ threshold or k lowest)",
         params=SafeLoraParams,
-        required=frozenset({"aligned", "base", "adapters"}),
-        single=frozenset({"adapters"}),
+        required=frozenset({Role.ALIGNED, Role.BASE, Role.ADAPTERS}),
+        single=frozenset({Role.ADAPTERS}),
         reference=(
             "Hsu et al., Safe LoRA: the Silver Lining of Reducing Safety Risks when Finetuning Large "
             "Language Models, NeurIPS 2024, arXiv:2405.16833 (github.com/IBM/SafeLoRA)"
         ),
-        reference_inputs=("aligned",),
+        reference_inputs=(Role.ALIGNED,),
     )
     supports_adapter_output = True
 
@@ -146,8 +147,9 @@ class SafeLora(Method):
             state.projected = {n for n, c in state.similarity.items() if c <= params.threshold}
         return state
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: SafeLoraParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: SafeLoraParams, ctx: TensorContext) -> torch.Tensor:
         state: SafeLoraState = ctx.state
+        name = ctx.name
         factors = update_factors(name, inputs, state.aligned_adapter)
         if factors is None:
             return inputs.raw("aligned")

@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 
 from realign_methods import _ops as ops
-from realign_methods._method import Method, MethodInfo, MethodParams, TensorContext, TensorInputs
+from realign_methods._method import Method, MethodInfo, MethodParams, Role, TensorContext, TensorInputs
 from realign_methods._registry import register_method
 from realign_methods.methods._common import finetuned_weight
 from realign_methods.methods._subspace import flat_cosine, project_onto_alignment
@@ -73,7 +73,7 @@ def safemerge_tensor(
     return safemerge_layer(finetuned, aligned, base, params, generator)
 
 
-@register_method("safemerge")
+@register_method
 class SafeMerge(Method):
     info = MethodInfo(
         name="safemerge",
@@ -84,12 +84,12 @@ class SafeMerge(Method):
             "Settings: dense fine-tunes and LoRA adapters"
         ),
         params=SafeMergeParams,
-        required=frozenset({"aligned", "base"}),
-        one_of=(frozenset({"finetuned", "adapters"}),),
-        single=frozenset({"finetuned", "adapters"}),
+        required=frozenset({Role.ALIGNED, Role.BASE}),
+        one_of=(frozenset({Role.FINETUNED, Role.ADAPTERS}),),
+        single=frozenset({Role.FINETUNED, Role.ADAPTERS}),
         reference=_REFERENCE,
-        reference_inputs=("finetuned", "aligned"),
+        reference_inputs=(Role.FINETUNED, Role.ALIGNED),
     )
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: SafeMergeParams, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: SafeMergeParams, ctx: TensorContext) -> torch.Tensor:
         return safemerge_tensor(finetuned_weight(inputs), inputs.aligned, inputs.base, params, ctx.generator())

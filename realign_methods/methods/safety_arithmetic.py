@@ -35,6 +35,7 @@ from realign_methods._method import (
     MethodInfo,
     MethodParams,
     PrepareContext,
+    Role,
     TensorContext,
     TensorInputs,
 )
@@ -117,7 +118,7 @@ def _hdr_model(ctx: PrepareContext, params: SafetyArithmeticParams, reference: A
     return model.eval(), AutoTokenizer.from_pretrained(reference.root)
 
 
-@register_method("safety_arithmetic")
+@register_method
 class SafetyArithmetic(Method):
     info = MethodInfo(
         name="safety_arithmetic",
@@ -130,13 +131,13 @@ class SafetyArithmetic(Method):
             "in _icv.steering_hooks. Settings: dense fine-tunes and LoRA adapters; ICV needs a Llama-style model"
         ),
         params=SafetyArithmeticParams,
-        required=frozenset({"aligned", "unaligned"}),
-        one_of=(frozenset({"finetuned", "adapters"}),),
-        optional=frozenset({"preference_data"}),
-        single=frozenset({"finetuned", "adapters"}),
+        required=frozenset({Role.ALIGNED, Role.UNALIGNED}),
+        one_of=(frozenset({Role.FINETUNED, Role.ADAPTERS}),),
+        optional=frozenset({Role.PREFERENCE_DATA}),
+        single=frozenset({Role.FINETUNED, Role.ADAPTERS}),
         data_free=False,
         reference=_REFERENCE,
-        reference_inputs=("finetuned", "aligned"),
+        reference_inputs=(Role.FINETUNED, Role.ALIGNED),
     )
 
     def prepare(self, ctx: PrepareContext) -> _IcvState:
@@ -159,13 +160,12 @@ class SafetyArithmetic(Method):
         dtype = reference.dtype(layers[min(layers)])
         return _IcvState(vectors, existing, {n: model.get_parameter(n).shape for n in layers.values()}, dtype)
 
-    def merge_tensor(
-        self, name: str, inputs: TensorInputs, params: SafetyArithmeticParams, ctx: TensorContext
+    def merge_tensor(self, inputs: TensorInputs, params: SafetyArithmeticParams, ctx: TensorContext
     ) -> torch.Tensor:
         state: _IcvState = ctx.state
         weight = remove_harm_direction(finetuned_weight(inputs), inputs.aligned, inputs.unaligned, params.lam, params.density)
-        if state.vectors is not None and state.existing_bias and name.endswith(".mlp.down_proj.bias"):
-            return weight + state.vectors[int(name.split(".")[2])]
+        if state.vectors is not None and state.existing_bias and ctx.name.endswith(".mlp.down_proj.bias"):
+            return weight + state.vectors[int(ctx.name.split(".")[2])]
         return weight
 
     def extra_tensors(self, ctx: PrepareContext, state: _IcvState) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from realign_methods._method import (
     MethodInfo,
     MethodParams,
     PrepareContext,
+    Role,
     TensorContext,
     TensorInputs,
 )
@@ -109,12 +110,12 @@ class Somf(Method):
         name="somf",
         summary=_SUMMARY,
         params=SomfParams,
-        one_of=(frozenset({"aligned", "base"}), frozenset({"finetuned", "adapters"})),
-        optional=frozenset({"preference_data"}),
+        one_of=(frozenset({Role.ALIGNED, Role.BASE}), frozenset({Role.FINETUNED, Role.ADAPTERS})),
+        optional=frozenset({Role.PREFERENCE_DATA}),
         data_free=False,
         reference=_REFERENCE,
-        reference_inputs=("aligned", "base"),
-        single=frozenset({"aligned", "base"}),
+        reference_inputs=(Role.ALIGNED, Role.BASE),
+        single=frozenset({Role.ALIGNED, Role.BASE}),
     )
     def prepare(self, ctx: PrepareContext) -> _SomfState:
         from harness.core.checkpoints import CheckpointReader
@@ -168,11 +169,11 @@ class Somf(Method):
             raise ConfigError("somf writes a LoRA adapter only in setting 'lora' (base + aligned_adapter + adapters)")
         return state.adapter_factors
 
-    def merge_tensor(self, name: str, inputs: TensorInputs, params: Any, ctx: TensorContext) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: Any, ctx: TensorContext) -> torch.Tensor:
         state = ctx.state
         assert isinstance(state, _SomfState)
-        if name in state.weights:
-            return state.weights[name]
+        if ctx.name in state.weights:
+            return state.weights[ctx.name]
         role = state.reference_role if inputs.has(state.reference_role) else ("aligned" if inputs.has("aligned") else "base")
         return inputs.raw(role)
 
@@ -196,6 +197,6 @@ def _preset(name: str, fusion: str) -> type[Somf]:
     return type(f"Somf_{fusion}", (Somf,), {"info": info})
 
 
-register_method("somf")(Somf)
+register_method(Somf)
 for _name, _fusion in (("somf_ta", "task_arithmetic"), ("somf_ties", "ties"), ("somf_avg", "weight_average"), ("somf_dare", "dare")):
-    register_method(_name)(_preset(_name, _fusion))
+    register_method(_preset(_name, _fusion))

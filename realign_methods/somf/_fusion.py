@@ -9,13 +9,12 @@ rule tensor for tensor.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, did_you_mean
 from realign_methods._method import tensor_seed
 from realign_methods.ops import fuse_deltas
 from realign_methods.somf._mask import apply_mask, draw_mask
@@ -35,9 +34,7 @@ _OVERRIDABLE = {"lam": (None, None), "density": (0.0, 1.0), "p": (0.0, 1.0)}
 
 def check_fusion(fusion: str) -> str:
     if fusion not in FUSIONS:
-        near = difflib.get_close_matches(fusion, list(FUSIONS), n=1, cutoff=0.5)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"somf: unknown fusion rule {fusion!r}{hint} (known: {', '.join(FUSIONS)})")
+        raise ConfigError(f"somf: unknown fusion rule {fusion!r}{did_you_mean(fusion, FUSIONS)} (known: {', '.join(FUSIONS)})")
     return fusion
 
 

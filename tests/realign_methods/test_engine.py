@@ -73,7 +73,7 @@ def test_dare_output_is_independent_of_tensor_order(family: dict[str, Path], tmp
     method, params = get_method("dare"), get_method("dare").validate({"p": 0.4})
     for name in reversed(sorted(out)):  # a different order than the engine's walk
         inputs = TensorInputs.from_tensors(name, {"aligned": a[name], "finetuned": [f[name]]})
-        value = method.merge_tensor(name, inputs, params, TensorContext(name=name, seed=7))
+        value = method.merge_tensor(inputs, params, TensorContext(name=name, seed=7))
         assert torch.equal(value, out[name]), name
 
 

@@ -422,8 +422,8 @@ def test_registry_method_trains_once_and_reuses_the_cached_mask(
     with CheckpointReader(full_setup["aligned"]) as aligned:
         name = "model.layers.1.mlp.up_proj.weight"
         inputs = TensorInputs.from_tensors(name, {"aligned": aligned.get(name)})
-        first = method.merge_tensor(name, inputs, params, TensorContext(name, 0, state))
-        second = method.merge_tensor(name, inputs, params, TensorContext(name, 0, again))
+        first = method.merge_tensor(inputs, params, TensorContext(name, 0, state))
+        second = method.merge_tensor(inputs, params, TensorContext(name, 0, again))
         torch.testing.assert_close(first, second, atol=0, rtol=0)
         assert not torch.equal(first, aligned.get(name).float())
 
@@ -444,7 +444,7 @@ def test_all_on_mask_equals_the_registered_generic_method(full_setup: dict[str, 
                                          base=lambda n: aligned.get(n).float(), mode="sample", seed=seed)
         for name in vectors.weight_names():
             inputs = TensorInputs.from_tensors(name, {"aligned": aligned.get(name), "finetuned": [ft1.get(name), ft2.get(name)]})
-            expected = generic.merge_tensor(name, inputs, generic_params, TensorContext(name, seed))
+            expected = generic.merge_tensor(inputs, generic_params, TensorContext(name, seed))
             torch.testing.assert_close(somf[name], expected.float(), atol=1e-6, rtol=0)
 
 
