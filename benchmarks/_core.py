@@ -84,6 +84,18 @@ class FieldMap(BaseModel):
     context: str | None = None  # -> metadata["context"], read by judges that take context (HarmBench's)
     metadata: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _column_names(self) -> FieldMap:
+        """A mapped column is a non-empty name; a metadata column is listed once."""
+        for name in ("prompt", *CONVENTIONAL):
+            column = getattr(self, name)
+            if column is not None and not column.strip():
+                raise ValueError(f"{name}: an empty column name; expected the name of a column in the data file")
+        repeated = sorted({c for c in self.metadata if self.metadata.count(c) > 1})
+        if repeated:
+            raise ValueError(f"metadata: column(s) {repeated} listed twice; list each column once")
+        return self
+
 
 #: FieldMap fields that fall back to the column of their own name (not prompt: it always has a column).
 CONVENTIONAL = ("reference", "category", "subcategory", "id", "language", "context")
@@ -386,9 +398,14 @@ class Benchmark:
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(f"benchmark {self.name!r}: field {where}: {err['msg']} "
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if not where:  # a check over the whole map: the message names the field
+                raise ConfigError(f"benchmark {self.name!r}: field map: {message}") from None
+            raise ConfigError(f"benchmark {self.name!r}: field {where}: {message} "
                               f"(got {err['input']!r}); expected a column name") from None
-        return Benchmark(self.spec.model_copy(update={"fields": fields}), self.origin)
+        # a new validated spec, not model_copy(update=...) (which skips validation)
+        spec = BenchmarkSpec.model_validate({**self.spec.model_dump(), "fields": fields})
+        return Benchmark(spec, self.origin)
 
     def resolve(self, data_path: str | Path | None = None,
                 languages: list[str] | None = None) -> list[tuple[SourceSpec, str | None, Path]]:

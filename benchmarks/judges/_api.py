@@ -19,10 +19,12 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from benchmarks.judges import _prompts as prompts
-from benchmarks.judges._base import JUDGES, BaseJudge, EndpointError, item_prompt, pair_hash
+from benchmarks.judges._base import JUDGES, BaseJudge, EndpointError, JudgeOptions, item_prompt, pair_hash
 from harness.core.errors import ConfigError
 from harness.core.hashing import hash_value
 from harness.core.records import GenerationRecord, Item, Verdict
@@ -33,6 +35,20 @@ PROMPTS = ("resta", "somf")
 _RETRYABLE = {408, 409, 425, 429}
 
 
+class ApiOptions(JudgeOptions):
+    model: str | None = Field(default=None, description="the model name the endpoint serves")
+    base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000/v1 (default $REALIGN_JUDGE_BASE_URL)")
+    prompt: Literal["resta", "somf"] = "resta"
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="the variable holding the key (never the key)")
+    timeout: float = Field(default=60.0, gt=0.0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff: float = Field(default=1.0, ge=0.0)
+    max_backoff: float = Field(default=60.0, ge=0.0)
+    requests_per_minute: float = Field(default=60.0, ge=0.0, description="0: no limit")
+    temperature: float = Field(default=0.0, ge=0.0)
+    max_tokens: int = Field(default=1024, ge=1)
+
+
 @JUDGES.register("api", aliases=("gpt4",))
 class ApiJudge(BaseJudge):
     """OpenAI-compatible chat endpoint: RESTA's harmful/harmless prompt, or SOMF's pairwise prompt (prompt=somf)."""
@@ -40,29 +56,20 @@ class ApiJudge(BaseJudge):
     name: ClassVar[str] = "api"
     batch_size = 1  # one request per verdict; each is saved as soon as it arrives
 
-    def __init__(
-        self,
-        model: str | None = None,
-        base_url: str | None = None,
-        prompt: str = "resta",
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        requests_per_minute: float = 60.0,
-        temperature: float = 0.0,
-        max_tokens: int = 1024,
-    ) -> None:
-        base_url = base_url or os.environ.get("REALIGN_JUDGE_BASE_URL")
+    Options: ClassVar[type[JudgeOptions]] = ApiOptions
+    options: ApiOptions
+
+    def _setup(self) -> None:
+        opts = self.options
+        base_url = opts.base_url or os.environ.get("REALIGN_JUDGE_BASE_URL")
         if not base_url:
             raise ConfigError("judge api: needs base_url=URL (e.g. http://127.0.0.1:8000/v1) or $REALIGN_JUDGE_BASE_URL")
+        model = opts.model
         if not model:
             raise ConfigError("judge api: needs model=NAME (the model name the endpoint serves)")
-        if prompt not in PROMPTS:
-            raise ConfigError(f"judge api: prompt={prompt!r}; expected one of {', '.join(PROMPTS)}")
-        if timeout <= 0 or max_retries < 0 or backoff < 0 or requests_per_minute < 0:
-            raise ConfigError("judge api: timeout must be > 0; max_retries, backoff, requests_per_minute >= 0")
+        prompt, timeout, max_retries, backoff = opts.prompt, opts.timeout, opts.max_retries, opts.backoff
+        max_backoff, requests_per_minute = opts.max_backoff, opts.requests_per_minute
+        temperature, max_tokens, api_key_env = opts.temperature, opts.max_tokens, opts.api_key_env
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"

@@ -7,13 +7,18 @@ never mixes old and new verdicts, and an interrupted run continues where it stop
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.core.errors import ConfigError, DataError, RealignError
-from harness.core.hashing import hash_text
+from harness.core.hashing import canonical_json, hash_text, hash_value
 from harness.core.records import GenerationRecord, Item, Verdict, append_jsonl, iter_jsonl_tolerant
 from harness.core.registry import Registry
 
@@ -52,6 +57,44 @@ class EndpointError(RealignError):
     """A judge endpoint refused, failed or timed out beyond its retries."""
 
 
+class JudgeOptions(BaseModel):
+    """Base class of every judge's options: frozen, unknown options refused.
+
+    Declare fields with defaults and ranges, e.g. ``threshold: float = Field(0.5, gt=0, lt=1)``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+OptionsT = TypeVar("OptionsT", bound=JudgeOptions)
+
+
+def parse_judge_options(judge: str, model: type[OptionsT], options: Mapping[str, Any]) -> OptionsT:
+    """Validated options of judge ``judge``; errors name the judge, the option and what is allowed."""
+    known = list(model.model_fields)
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        raise ConfigError(f"judge {judge!r}: unknown option {_did_you_mean(unknown, known)}; "
+                          f"accepted options: {', '.join(known) or 'none'}")
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            option = str(error["loc"][0]) if error["loc"] else "?"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"option {option}={error.get('input')!r}: {message}")
+        raise ConfigError(f"judge {judge!r}: " + "; ".join(problems)) from None
+
+
+def _did_you_mean(unknown: Sequence[str], known: list[str]) -> str:
+    parts = []
+    for key in unknown:
+        near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+        parts.append(f"{key!r}" + (f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""))
+    return ", ".join(parts)
+
+
 JUDGES: Registry[type[BaseJudge]] = Registry("judge", "realign.judges")
 
 
@@ -62,22 +105,26 @@ def get_judge_class(name: str) -> type[BaseJudge]:
 
 def get_judge(name: str, **options: Any) -> BaseJudge:
     """Build judge ``name`` with its options (e.g. ``get_judge("refusal", list="harmbench")``)."""
-    cls = get_judge_class(name)
-    import difflib
-    import inspect
+    return get_judge_class(name)(**options)
 
-    params = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        known = [p for p in params if p != "self"]
-        for key in options:
-            if key not in known:
-                near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-                hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-                raise ConfigError(f"judge {name!r}: bad options {sorted(options)}: unknown option {key!r}{hint} (options: {', '.join(known) or 'none'})")
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise ConfigError(f"judge {name!r}: bad options {sorted(options)}: {exc}") from None
+
+_BUILT: dict[tuple[type[BaseJudge], str], BaseJudge] = {}
+
+
+def cached_judge(name: str, options: Mapping[str, Any] | None = None) -> BaseJudge:
+    """Judge ``name`` built once per process for the same (class, validated options): the planner
+    and the stages of a run share one instance (loading weights or a vLLM engine is the slow part)."""
+    cls = get_judge_class(name)
+    parsed = cls.parse_options(options or {})
+    key = (cls, canonical_json(parsed.model_dump(mode="json")))
+    if key not in _BUILT:
+        _BUILT[key] = cls(**dict(options or {}))
+    return _BUILT[key]
+
+
+def clear_judge_cache() -> None:
+    """Forget the judges :func:`cached_judge` built (their weights or lists may change between runs)."""
+    _BUILT.clear()
 
 
 def list_judges() -> list[str]:
@@ -104,8 +151,13 @@ def item_prompt(items: Mapping[str, Item], record: GenerationRecord, judge_id: s
 
 
 class BaseJudge:
-    """Shared machinery: batching, resumable ``judge_to_file`` and a score-based ``judge_pairs``."""
+    """Shared machinery: options, batching, resumable ``judge_to_file`` and a score-based ``judge_pairs``.
 
+    A judge declares ``Options`` (a :class:`JudgeOptions` model) and reads ``self.options`` in
+    ``_setup``; the keyword arguments of the constructor are validated against it first.
+    """
+
+    Options: ClassVar[type[JudgeOptions]] = JudgeOptions
     name: ClassVar[str] = "base"
     version: ClassVar[int] = 1
     needs_items: ClassVar[bool] = True  # False when the prompt is not needed (refusal matching)
@@ -113,6 +165,18 @@ class BaseJudge:
     languages: tuple[str, ...] = ("en",)
     batch_size: int = 64
     pair_margin: float = 0.05  # score gap below which a pair is a draw
+
+    def __init__(self, **options: Any) -> None:
+        self.options: JudgeOptions = self.parse_options(options)
+        self._setup()
+
+    @classmethod
+    def parse_options(cls, options: Mapping[str, Any]) -> JudgeOptions:
+        """``options`` checked against :attr:`Options` (ConfigError naming the judge and the option)."""
+        return parse_judge_options(cls.name, cls.Options, options)
+
+    def _setup(self) -> None:
+        """Build what the judge needs from ``self.options`` (weights, lists, an endpoint)."""
 
     @property
     def id(self) -> str:
@@ -257,6 +321,79 @@ class BaseJudge:
         if done:
             log.info("%s: %d verdicts already there, resuming", path, len(done))
         return done
+
+
+class WeightsOptions(JudgeOptions):
+    weights: str | None = Field(default=None, description="weights file (default: the packaged one)")
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0,
+                                    description="P(harmful) at or above which an answer is harmful (default: the trained one)")
+
+
+class ProbabilityJudge(BaseJudge):
+    """A judge with P(harmful) from a packaged weights file and a decision threshold (the offline judges).
+
+    Subclasses name ``weights_name`` (next to their module: ``package_dir``), load the weights in
+    ``_load_model`` (returning the trained threshold) and compute ``predict_proba``.
+    """
+
+    Options: ClassVar[type[JudgeOptions]] = WeightsOptions
+    options: WeightsOptions
+    package_dir: ClassVar[Path] = Path(__file__).resolve().parent
+    weights_name: ClassVar[str] = ""
+
+    def _setup(self) -> None:
+        weights = self.options.weights
+        self.weights_path = Path(weights) if weights else self.package_dir / self.weights_name
+        if not self.weights_path.is_file():
+            raise ConfigError(f"judge {self.name}: weights {self.weights_path} not found; run `realign judge train-offline`")
+        trained_threshold = self._load_model(self.weights_path)
+        self.weights_hash = weights_hash(self.weights_path)
+        chosen = self.options.threshold
+        self.threshold = trained_threshold if chosen is None else float(chosen)
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"judge {self.name}: threshold={self.threshold}; expected 0 < threshold < 1")
+        self._hash = self.weights_hash[:16]
+        if chosen is not None:  # a non-default operating point is a different judge
+            self._hash = hash_value({"weights": self._hash, "threshold": self.threshold})
+
+    def _load_model(self, path: Path) -> float:
+        """Load the weights at ``path``; the threshold they were trained with."""
+        raise NotImplementedError
+
+    @property
+    def hash(self) -> str:
+        return self._hash
+
+    def predict_proba(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """P(harmful) for each (prompt, response)."""
+        raise NotImplementedError
+
+    def judge(self, generations: Sequence[GenerationRecord], items: Mapping[str, Item]) -> list[Verdict]:
+        if not generations:
+            return []
+        prompts = [item_prompt(items, g, self.id) for g in generations]
+        probs = self.predict_proba(prompts, [g.completion for g in generations])
+        return [self._verdict(g, "harmful" if p >= self.threshold else "harmless", score=float(p),
+                              rationale=f"P(harmful)={p:.3f}")
+                for g, p in zip(generations, probs, strict=True)]
+
+
+def weights_hash(path: Path) -> str:
+    """sha256 over the weights file's tensors (name, dtype, shape, bytes) and metadata, in canonical order.
+
+    The file bytes themselves are not stable (safetensors writes its metadata map in arbitrary
+    order), so this content hash is the judge's identity.
+    """
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="numpy") as handle:
+        digest.update(canonical_json(handle.metadata() or {}).encode())
+        for name in sorted(handle.keys()):
+            tensor = np.ascontiguousarray(handle.get_tensor(name))
+            digest.update(canonical_json([name, str(tensor.dtype), list(tensor.shape)]).encode())
+            digest.update(tensor.tobytes())
+    return digest.hexdigest()
 
 
 def match_pairs(

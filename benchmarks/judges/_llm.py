@@ -23,10 +23,12 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from benchmarks.judges import _prompts as prompts
-from benchmarks.judges._base import JUDGES, BaseJudge, item_prompt
+from benchmarks.judges._base import JUDGES, BaseJudge, JudgeOptions, item_prompt
 from harness.core.errors import ConfigError
 from harness.core.hashing import canonical_json, hash_value, sha256_file
 from harness.core.records import GenerationRecord, Item, Verdict
@@ -94,6 +96,19 @@ def _device_defaults(enforce_eager: bool | None, kv_cache_gib: float | None) -> 
     return out
 
 
+class LLMOptions(JudgeOptions):
+    model: str | None = Field(default=None, description="local copy of the classifier (nothing is downloaded)")
+    kind: Literal["harmbench", "llamaguard3", "wildguard"] | None = Field(default=None, description="default: the judge's own")
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    max_generation_tokens: int = Field(default=512, ge=1)
+    max_model_len: int = Field(default=4096, ge=16)
+    enforce_eager: bool | None = None
+    dtype: str = "auto"
+    kv_cache_gib: float | None = Field(default=None, gt=0.0, description="KV cache size (default on CPU: $VLLM_CPU_KVCACHE_SPACE or 1)")
+    engine_options: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM as given")
+    pair_margin: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
 @JUDGES.register("llm")
 class LLMJudge(BaseJudge):
     """A vLLM safety classifier: ``kind`` = harmbench (default) | llamaguard3 | wildguard."""
@@ -102,23 +117,13 @@ class LLMJudge(BaseJudge):
     default_kind: ClassVar[str] = "harmbench"
     batch_size = 32
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        kind: str | None = None,
-        threshold: float = 0.5,
-        max_generation_tokens: int = 512,
-        max_model_len: int = 4096,
-        enforce_eager: bool | None = None,
-        dtype: str = "auto",
-        kv_cache_gib: float | None = None,
-        engine_options: Mapping[str, Any] | None = None,
-        pair_margin: float = 0.05,
-    ) -> None:
-        self.kind = kind or self.default_kind
-        if self.kind not in KINDS:
-            raise ConfigError(f"judge llm: kind={self.kind!r}; expected one of {', '.join(KINDS)}")
+    Options: ClassVar[type[JudgeOptions]] = LLMOptions
+    options: LLMOptions
+
+    def _setup(self) -> None:
+        opts = self.options
+        model, threshold, max_generation_tokens = opts.model, opts.threshold, opts.max_generation_tokens
+        self.kind = opts.kind or self.default_kind
         if model is None:
             raise ConfigError(
                 f"judge llm/{self.kind}: needs model=PATH, a local copy of {_PUBLISHED[self.kind]} "
@@ -133,9 +138,9 @@ class LLMJudge(BaseJudge):
         self.model_path = path.resolve()
         self.threshold = threshold
         self.max_generation_tokens = max_generation_tokens
-        self.pair_margin = pair_margin
-        self.engine_options = {"max_model_len": max_model_len, "dtype": dtype, "seed": 0,
-                               **_device_defaults(enforce_eager, kv_cache_gib), **dict(engine_options or {})}
+        self.pair_margin = opts.pair_margin
+        self.engine_options = {"max_model_len": opts.max_model_len, "dtype": opts.dtype, "seed": 0,
+                               **_device_defaults(opts.enforce_eager, opts.kv_cache_gib), **opts.engine_options}
         template = {"harmbench": prompts.HARMBENCH_PROMPT + prompts.HARMBENCH_PROMPT_CONTEXTUAL,
                     "llamaguard3": prompts.render_llama_guard3("{user}", "{agent}"),
                     "wildguard": prompts.WILDGUARD_PROMPT}[self.kind]

@@ -216,7 +216,7 @@ def method_inputs(
 def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None = None) -> Plan:
     """Validate everything cheap-to-check and expand the matrix. Raises ConfigError before any work."""
     from benchmarks import is_spec_path
-    from benchmarks.judges import get_judge, get_judge_class
+    from benchmarks.judges import cached_judge, get_judge_class
 
     only = only or {}
     check_generation(exp)
@@ -239,7 +239,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         try:
             get_judge_class(judge)
             # id and content hash (keyword list, weights, prompt): a changed judge makes new cells
-            built = get_judge(judge, **exp.judge_options.get(judge, {}))
+            built = cached_judge(judge, exp.judge_options.get(judge, {}))
         except ConfigError as exc:
             raise ConfigError(f"judges: {exc}") from None
         judge_identities.append({"id": built.id, "hash": built.hash})

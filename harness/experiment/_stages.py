@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.judges import cached_judge, clear_judge_cache
 from harness.core.errors import ConfigError
 from harness.core.hashing import hash_value
 from harness.experiment._faults import crash_point
@@ -202,7 +203,7 @@ def close_backends() -> None:
     """Release what one run kept loaded: generation backends and judges (a judge can change between runs)."""
     while _backends:
         _backends.popitem()[1].close()
-    _judges.clear()
+    clear_judge_cache()
 
 
 def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[Any], items: dict[str, Any],
@@ -260,16 +261,8 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     return store_id, verdicts, marker_seconds(path)
 
 
-_judges: dict[str, Any] = {}
-
-
 def _judge(name: str, options: dict[str, Any]) -> Any:
-    from benchmarks.judges import get_judge
-
-    key = hash_value({"name": name, "options": options})
-    if key not in _judges:
-        _judges[key] = get_judge(name, **options)
-    return _judges[key]
+    return cached_judge(name, options)  # the instance the plan built
 
 
 def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats, *,

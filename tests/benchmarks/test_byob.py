@@ -68,6 +68,11 @@ def test_field_mapping_and_its_errors(tmp_path: Path) -> None:
         get_benchmark("csv", prompt="Behaviour").load(data_path=data)
     with pytest.raises(ConfigError, match=r"field metadata: .*expected a column name"):
         get_benchmark("csv", metadata="BehaviorID")  # a list, not one column
+    # the map is validated as a whole, not patched into the spec unchecked
+    with pytest.raises(ConfigError, match=r"benchmark 'csv': field map: prompt: an empty column name; expected the name"):
+        get_benchmark("csv", prompt=" ")
+    with pytest.raises(ConfigError, match=r"field map: metadata: column\(s\) \['BehaviorID'\] listed twice"):
+        get_benchmark("csv", metadata=["BehaviorID", "BehaviorID"])
     with pytest.raises(ConfigError, match=r"--field 'prompt': expected FIELD=COLUMN"):
         parse_fields(("prompt",))
     with pytest.raises(ConfigError, match=r"given twice"):

@@ -71,7 +71,7 @@ def test_cpu_engine_defaults_fit_the_machine(tmp_path: Path, classifier_dir: Pat
     assert get_judge("llm", model=str(classifier_dir)).engine_options["kv_cache_memory_bytes"] == 3 * 2**30
     sized = get_judge("llm", model=str(classifier_dir), kv_cache_gib=0.5, enforce_eager=False).engine_options
     assert sized["kv_cache_memory_bytes"] == 2**29 and sized["enforce_eager"] is False
-    with pytest.raises(ConfigError, match=r"kv_cache_gib=0; expected a positive size"):
+    with pytest.raises(ConfigError, match=r"judge .llm.: option kv_cache_gib=0: Input should be greater than 0"):
         get_judge("llm", model=str(classifier_dir), kv_cache_gib=0)
 
 

@@ -209,3 +209,19 @@ def test_zh_markers_do_not_fire_on_catqa_zh_questions(data_dir: Path) -> None:
     assert len(items) == 550
     judge = RefusalJudge(languages="zh")
     assert [i.id for i in items if judge.is_refusal(i.prompt)] == []
+
+
+def test_options_are_a_pydantic_model_with_ranges_and_did_you_mean() -> None:
+    from benchmarks.judges import cached_judge
+    from benchmarks.judges._refusal import RefusalOptions
+
+    judge = get_judge("refusal", list="harmbench")
+    assert isinstance(judge.options, RefusalOptions) and judge.options.list == "harmbench"
+    with pytest.raises(ConfigError, match=r"judge 'refusal': option pair_margin=2: .*less than or equal to 1"):
+        get_judge("refusal", pair_margin=2)
+    with pytest.raises(ConfigError, match=r"judge 'refusal': unknown option 'lables'; did you mean 'labels'.*\?; "
+                                          r"accepted options: list, labels, pair_margin, languages"):
+        get_judge("refusal", lables="refusal")
+    # one instance per (judge, validated options): the plan and the stages of a run share it
+    assert cached_judge("refusal", {"list": "gcg"}) is cached_judge("refusal", {})
+    assert cached_judge("refusal", {"list": "harmbench"}) is not cached_judge("refusal", {})
