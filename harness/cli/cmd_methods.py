@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from realign_methods import METHODS, get_method, list_methods, parameter_ranges
+
 
 @click.group("methods")
 def methods_group() -> None:
@@ -18,8 +20,6 @@ def list_command() -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
-
-    from realign_methods import METHODS, list_methods
 
     table = Table(title="realign methods")
     for column in ("method", "aliases", "inputs", "data-free", "summary"):
@@ -50,8 +50,6 @@ def show_command(name: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from realign_methods import get_method, parameter_ranges
-
     info = get_method(name).info
     console = Console()
     console.print(f"[bold]{info.name}[/bold]: {info.summary}")
@@ -68,7 +66,3 @@ def show_command(name: str) -> None:
         console.print(table)
     else:
         console.print("parameters: none")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(methods_group)
