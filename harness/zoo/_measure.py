@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from benchmarks import is_eval_holdout
+from benchmarks.judges import get_judge
+from benchmarks.scoring import wilson_interval
 from harness.core.errors import DataError
 from harness.core.hashing import hash_text, hash_value
 from harness.core.records import GenerationRecord, Item, append_jsonl, iter_jsonl_tolerant
@@ -45,8 +47,6 @@ class MeasureConfig:
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     try:  # the benchmarks package owns scoring; fall back only while it is absent
-        from benchmarks.scoring import wilson_interval
-
         low, high = wilson_interval(k, n)
         return float(low), float(high)
     except ImportError:
@@ -174,8 +174,6 @@ def measure_model(model: Any, tokenizer: Any, model_hash: str, cache_dir: Path, 
 
 
 def make_judges() -> dict[str, Any]:
-    from benchmarks.judges import get_judge
-
     return {"refusal": get_judge("refusal"), "offline": get_judge("offline"),
             "refusal_rate": get_judge("refusal", labels="refusal")}
 
