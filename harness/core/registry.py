@@ -6,12 +6,11 @@ third-party components through a setuptools entry-point group.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 
@@ -55,8 +54,8 @@ class Registry(Generic[T]):
         canonical = self._aliases.get(name, name)
         if canonical in self._items:
             return self._items[canonical]
-        near = difflib.get_close_matches(name, self.names(include_aliases=True), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+        hint = did_you_mean(name, self.names(include_aliases=True), n=3, cutoff=0.5)
+        hint = f"; {hint}" if hint else ""
         raise ConfigError(
             f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})"
         )
