@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.core.errors import ConfigError, RealignError
 from harness.core.yaml_strict import load_yaml
+from harness.experiment import parse_experiment, run_experiment
+from leaderboards import Store, build_leaderboard, render_leaderboard
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
@@ -50,8 +53,6 @@ def quick_variant(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_demo(config: Path, quick: bool, output_dir: Path | None = None) -> Any:
-    from harness.core.errors import ConfigError
-    from harness.experiment import parse_experiment
 
     if not config.is_file():
         raise ConfigError(f"{config}: demo experiment file not found")
@@ -84,9 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("realign").setLevel(logging.INFO)
     torch.set_num_threads(1)  # measured: 1 thread decodes several times faster on this shared 2-core box
-    from harness.core.errors import RealignError
-    from harness.experiment import run_experiment
-    from leaderboards import Store, build_leaderboard, render_leaderboard
 
     started = time.monotonic()
     try:

@@ -40,6 +40,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.core.errors import ConfigError
 from harness.core.hashing import canonical_json
 from leaderboards._judging import agreement_table, corrected_cells, declared_languages, judge_hashes
 from leaderboards._stats import pareto_front, wilson_interval
@@ -306,8 +307,6 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     judge_given = judge is not None
     unknown_cols = sorted(set(explicit) - set(verdicts["benchmark"]))
     if unknown_cols:
-        from harness.core.errors import ConfigError
-
         raise ConfigError(f"judge for benchmark(s) {', '.join(unknown_cols)}: not in run {run_id} "
                           f"(benchmarks: {', '.join(sorted(set(verdicts['benchmark']))) or 'none'})")
     for bench, wanted in list(explicit.items()):  # a unique prefix of a judge id will do (e.g. "refusal/")
@@ -316,8 +315,6 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
             explicit[bench] = hits[0]
     missing = sorted({j for j in explicit.values() if j not in harm_judges.index})
     if missing:
-        from harness.core.errors import ConfigError
-
         raise ConfigError(f"judge {', '.join(missing)}: no harmful/harmless verdicts by it in run {run_id} "
                           f"(judges: {', '.join(sorted(harm_judges.index)) or 'none'})")
     if judge is None and len(harm_judges):
@@ -326,8 +323,6 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
             notes.append(f"primary judge {judge} ({why}); also in the store: "
                          f"{', '.join(sorted(j for j in harm_judges.index if j != judge))}")
     elif judge is not None and judge not in harm_judges.index:
-        from harness.core.errors import ConfigError
-
         raise ConfigError(f"--judge {judge!r}: no harmful/harmless verdicts by that judge in run {run_id} "
                           f"(judges: {', '.join(sorted(harm_judges.index)) or 'none'})")
 

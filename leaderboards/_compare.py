@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.judges._cards import corrected_rate, find_card
 from harness.core.errors import ConfigError, StoreError
 from leaderboards._aggregate import _default_judge
 from leaderboards._stats import (
@@ -245,8 +246,6 @@ def compare_runs(
 
     group_cols = [_GROUP_COLUMN[b] for b in by]
     results: list[GroupResult] = []
-    from benchmarks.judges._cards import corrected_rate, find_card
-
     card = find_card(judge) if judge else None
     validation = card.rows() if card is not None else []
     if judge and card is None:

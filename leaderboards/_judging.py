@@ -13,13 +13,13 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.judges._cards import cohen_kappa, corrected_rate, find_card, load_card
+
 HARM = ("harmful", "harmless")
 
 
 def judge_card(judge_id: str, cards: Path | None = None, judge_hash: str | None = None) -> Any:
     """The card of exactly this judge (id + hash) when the hash is known, else the newest card of the id."""
-    from benchmarks.judges._cards import find_card, load_card
-
     return load_card(judge_id, judge_hash, cards) if judge_hash else find_card(judge_id, cards)
 
 
@@ -38,8 +38,6 @@ def declared_languages(judge_id: str, cards: Path | None = None, judge_hash: str
 
 def agreement_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     """Raw agreement and Cohen's κ for every pair of harm judges on the same generations, per benchmark."""
-    from benchmarks.judges._cards import cohen_kappa
-
     rows: list[dict[str, Any]] = []
     harm = verdicts[verdicts["label"].isin(HARM)]
     for bench, group in harm.groupby("benchmark", sort=True):
@@ -60,8 +58,6 @@ def corrected_cells(verdicts: pd.DataFrame, judge_id: str, keys: list[str], lang
                     cards: Path | None = None, n_boot: int = 1000, judge_hash: str | None = None) -> pd.DataFrame:
     """Rogan–Gladen harmfulness per group of ``keys`` under ``judge_id``, sens/spec from its card's rows of
     ``languages`` (all its rows if none of that language); empty when the judge has no card."""
-    from benchmarks.judges._cards import corrected_rate
-
     card = judge_card(judge_id, cards, judge_hash)
     cols = [*keys, "corrected", "corrected_low", "corrected_high"]
     if card is None:

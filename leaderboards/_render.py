@@ -10,13 +10,13 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from harness.core.checkpoints import atomic_write_bytes, atomic_write_text
 from harness.core.errors import ConfigError
 from leaderboards._aggregate import Leaderboard
 
@@ -27,12 +27,10 @@ _SVG_META = {"Date": None, "Creator": "realign-bench"}
 
 def _write(path: Path, data: str | bytes) -> None:
     """Write via a temp file + rename so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
+        atomic_write_text(path, data)
     else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+        atomic_write_bytes(path, data)
 
 
 def _isnan(value: Any) -> bool:

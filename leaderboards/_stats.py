@@ -8,19 +8,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-Z95 = 1.959963984540054
+from harness.core.stats import Z95, wilson_interval
 
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (NaN, NaN when n = 0)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
+__all__ = ["Z95", "holm", "mcnemar", "paired_bootstrap_ci", "pareto_front", "wilson_interval"]
 
 def paired_bootstrap_ci(
     baseline: Sequence[float] | np.ndarray,

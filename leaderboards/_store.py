@@ -35,6 +35,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
 from harness.core.errors import StoreError
 from harness.core.hashing import canonical_json, hash_text, hash_value
+from harness.core.process import process_alive
 from harness.core.records import GenerationRecord, Item, ItemScore, Score, Verdict
 from leaderboards import _schema as S
 
@@ -400,8 +401,6 @@ class Store:
         A run records ``provenance.process`` = {pid, host, pid_start} when it begins; runs from another
         host, or without that record, are left as they are (their liveness cannot be told from here).
         """
-        from harness.core.process import process_alive
-
         gone = []
         for run in self.runs():
             if run["status"] != "running":

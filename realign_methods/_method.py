@@ -31,7 +31,7 @@ import annotated_types
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from harness.core.errors import ConfigError, did_you_mean
+from harness.core.errors import ConfigError, name_unknown
 from realign_methods.calibration._spec import CalibrationSpec
 
 if TYPE_CHECKING:
@@ -147,10 +147,10 @@ def validate_params(info: MethodInfo, values: Mapping[str, Any] | None) -> Metho
     fields = info.params.model_fields
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        messages = [f"{name!r}{did_you_mean(name, fields)}" for name in unknown]
         accepted = ", ".join(fields) or "none"
         raise ConfigError(
-            f"method {info.name!r}: unknown parameter {', '.join(messages)}; accepted parameters: {accepted}"
+            f"method {info.name!r}: unknown parameter {name_unknown(unknown, list(fields), cutoff=0.5)}; "
+            f"accepted parameters: {accepted}"
         )
     try:
         return info.params(**values)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from harness.core.errors import ConfigError, did_you_mean
+from harness.core.errors import ConfigError, name_unknown
 
 Reduce = Literal["mean", "sum"]
 FUSION_RULES = ("task_arithmetic", "weight_average", "ties", "dare", "magnitude_prune")
@@ -188,7 +188,7 @@ def fuse_deltas(
     Differentiable in the deltas.
     """
     if rule not in _RULE_PARAMS:
-        raise ConfigError(f"unknown fusion rule {rule!r}{did_you_mean(rule, FUSION_RULES)} (known: {', '.join(FUSION_RULES)})")
+        raise ConfigError(f"unknown fusion rule {name_unknown([rule], list(FUSION_RULES), cutoff=0.5)} (known: {', '.join(FUSION_RULES)})")
     params = dict(params or {})
     unknown = sorted(set(params) - _RULE_PARAMS[rule])
     if unknown:

@@ -7,7 +7,6 @@ never mixes old and new verdicts, and an interrupted run continues where it stop
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,7 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.core.errors import ConfigError, DataError, RealignError
+from harness.core.errors import ConfigError, DataError, RealignError, did_you_mean
 from harness.core.hashing import canonical_json, hash_text, hash_value
 from harness.core.records import GenerationRecord, Item, Verdict, append_jsonl, iter_jsonl_tolerant
 from harness.core.registry import Registry
@@ -90,8 +89,8 @@ def parse_judge_options(judge: str, model: type[OptionsT], options: Mapping[str,
 def _did_you_mean(unknown: Sequence[str], known: list[str]) -> str:
     parts = []
     for key in unknown:
-        near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-        parts.append(f"{key!r}" + (f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""))
+        hint = did_you_mean(key, known, n=3, cutoff=0.5)
+        parts.append(f"{key!r}" + (f"; {hint}" if hint else ""))
     return ", ".join(parts)
 
 

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
+from benchmarks import get_benchmark
 from harness.core.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,10 +81,6 @@ def parse_fields(values: tuple[str, ...]) -> dict[str, Any]:
 
 def load_benchmark(name: str, fields: tuple[str, ...]) -> Any:
     """The benchmark named (or the YAML spec at that path) with the ``--field`` mapping applied."""
-    try:
-        from benchmarks import get_benchmark
-    except ImportError as exc:  # another area's package, looked up at run time
-        raise ConfigError(f"the benchmarks package is not available ({exc})") from exc
     return get_benchmark(name, **parse_fields(fields))
 
 

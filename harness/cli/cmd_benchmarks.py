@@ -8,8 +8,13 @@ from typing import Any
 
 import click
 
+from benchmarks import get_benchmark, list_benchmarks
+from benchmarks.scoring import MODEL_SCORERS, run_lm_eval_task, score, score_with_model
 from harness.cli._options import data_option, field_option, load_benchmark
-from harness.core.errors import ConfigError
+from harness.core.checkpoints import resolve_model
+from harness.core.errors import ConfigError, DataError, RealignError
+from harness.core.records import GenerationRecord, Verdict, append_jsonl, read_jsonl
+from harness.generate import check_model_weights
 
 SPEC_EXAMPLE = """\
 your own benchmark as a spec file (then --benchmark mine.yaml, no --data; `realign run`: name: mine.yaml):
@@ -30,8 +35,6 @@ def benchmarks_group() -> None:
 @benchmarks_group.command("list")
 def list_cmd() -> None:
     """Name, kind, languages and item count (when the data is present)."""
-    from benchmarks import get_benchmark, list_benchmarks
-    from harness.core.errors import RealignError
 
     click.echo(f"{'name':<18} {'kind':<8} {'scorer':<16} {'items':>6}  languages")
     for name in list_benchmarks():
@@ -80,8 +83,6 @@ def show_cmd(name: str, samples: int, data_path: str | None, fields: tuple[str, 
     realign benchmarks show csv --data mine.csv --field prompt=Behavior
     realign benchmarks show mine.yaml
     """
-    from harness.core.errors import RealignError
-
     bench = load_benchmark(name, fields)
     click.echo(json.dumps(bench.spec.model_dump(exclude_defaults=True), indent=2, ensure_ascii=False))
     for line in _describe_fields(bench):
@@ -140,8 +141,6 @@ def score_cmd(benchmark: str | None, generations: str | None, verdicts: str | No
     With --model, score the model itself instead: a benchmark whose scorer reads the model (xcopa_zh,
     task_nll), or an lm-eval task YAML with --lm-eval-task.
     """
-    from benchmarks.scoring import score
-    from harness.core.records import GenerationRecord, Verdict, append_jsonl, read_jsonl
 
     if model is not None or lm_eval_task is not None:
         scores = _score_model(benchmark, model, adapter, lm_eval_task, data_path=data_path,
@@ -172,8 +171,6 @@ def _score_model(benchmark: str | None, model: str | None, adapter: str | None, 
                  data_path: str | None, languages: tuple[str, ...], categories: tuple[str, ...],
                  limit: int | None, allow_pickle: bool, given: bool) -> list[Any]:
     """Scores read from the model itself: a model-scored benchmark, or an lm-eval task."""
-    from benchmarks import get_benchmark
-    from benchmarks.scoring import MODEL_SCORERS, run_lm_eval_task, score_with_model
 
     if model is None:
         raise ConfigError("realign score: --lm-eval-task runs on a model: give --model DIR")
@@ -204,9 +201,6 @@ def _scoring_model(model: str, adapter: str | None, allow_pickle: bool) -> Any:
     """An HF (model, tokenizer) for the log-likelihood scorers; an adapter is merged in memory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.core.checkpoints import resolve_model
-    from harness.generate import check_model_weights
-
     path = Path(resolve_model(model))
     check_model_weights(path, adapter, allow_pickle=allow_pickle)  # the same refusals as generation
     hf = AutoModelForCausalLM.from_pretrained(path)
@@ -219,8 +213,6 @@ def _scoring_model(model: str, adapter: str | None, allow_pickle: bool) -> Any:
 
 def _checked(path: str, records: list[Any], benchmark: str, items: dict[str, Any]) -> list[Any]:
     """Records fit to score: some, all for ``benchmark``'s items, each (item, sample[, judge]) once."""
-    from harness.core.errors import DataError
-
     if not records:
         raise DataError(f"{path}: no records; nothing to score")
     seen: dict[tuple[Any, ...], int] = {}
@@ -238,8 +230,3 @@ def _checked(path: str, records: list[Any], benchmark: str, items: dict[str, Any
                             f"(first as record {seen[key]}); a file holds each once")
         seen[key] = index
     return records
-
-
-def register(group: click.Group) -> None:
-    group.add_command(benchmarks_group)
-    group.add_command(score_cmd)

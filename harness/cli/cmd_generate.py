@@ -8,7 +8,10 @@ from typing import Any
 import click
 
 from harness.cli._options import data_option, field_option, items_path, load_benchmark
+from harness.core.checkpoints import resolve_model
 from harness.core.errors import ConfigError
+from harness.core.records import GenerationRecord, Item, read_jsonl, write_jsonl
+from harness.generate import GenerationConfig, generate_items
 
 
 def _load_items(
@@ -35,8 +38,6 @@ def _load_items(
 
 
 def _resolve_model(model: str) -> Path:
-    from harness.core.checkpoints import resolve_model
-
     return Path(resolve_model(model))
 
 
@@ -169,9 +170,6 @@ def generate_command(
     """
     from pydantic import ValidationError
 
-    from harness.core.records import GenerationRecord, read_jsonl
-    from harness.generate import GenerationConfig, generate_items
-
     try:
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -231,13 +229,7 @@ def generate_command(
 
 def _save_items(generations: Path, items: list[Any]) -> None:
     """The items beside the generations (merged with those of earlier runs into the same file)."""
-    from harness.core.records import Item, read_jsonl, write_jsonl
-
     path = items_path(generations)
     known = {item.id: item for item in read_jsonl(path, Item)} if path.is_file() else {}
     known.update({item.id: item for item in items})
     write_jsonl(path, known.values())
-
-
-def register(group: click.Group) -> None:
-    group.add_command(generate_command)

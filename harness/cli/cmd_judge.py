@@ -10,8 +10,18 @@ from typing import Any
 
 import click
 
+from benchmarks.judges import (
+    DEFAULT_JUDGE,
+    JUDGES,
+    get_judge,
+    make_server,
+    train_multilingual_judge,
+    train_offline_judge,
+)
+from benchmarks.judges._cards import MIN_ROWS, load_labels, validate_judge
 from harness.cli._options import data_option, field_option, items_path, load_benchmark, parse_pairs
 from harness.core.errors import ConfigError, DataError
+from harness.core.records import GenerationRecord, Item, read_jsonl
 
 
 def parse_options(values: tuple[str, ...]) -> dict[str, Any]:
@@ -34,8 +44,6 @@ def _load_items(items_file: str | None, benchmarks: set[str], needed: bool, *, g
     """Items by id, first found of: --items; --benchmark (name or spec path, with --data/--field);
     the items file `realign generate` wrote beside the generations; each recorded benchmark's loader.
     Only an error if the judge needs them."""
-    from harness.core.records import Item, read_jsonl
-
     if items_file is not None:
         return {item.id: item for item in read_jsonl(items_file, Item)}
     if not needed:
@@ -110,8 +118,6 @@ def judge_group(ctx: click.Context, generations_file: str | None, judge_name: st
     if generations_file is None:
         click.echo(ctx.get_help())
         return
-    from benchmarks.judges import DEFAULT_JUDGE, get_judge
-    from harness.core.records import GenerationRecord, read_jsonl
 
     name = judge_name or DEFAULT_JUDGE
     judge = get_judge(name, **parse_options(options))
@@ -132,8 +138,6 @@ def judge_group(ctx: click.Context, generations_file: str | None, judge_name: st
 @judge_group.command("list")
 def list_command() -> None:
     """List the registered judges."""
-    from benchmarks.judges import DEFAULT_JUDGE, JUDGES
-
     for name in JUDGES.names():
         doc = (JUDGES.get(name).__doc__ or "").strip().splitlines()
         marker = " (default)" if name == DEFAULT_JUDGE else ""
@@ -163,8 +167,6 @@ def train_offline_command(data: str | None, out_dir: str | None, seed: int, held
     if limit is not None and limit < 2:
         raise ConfigError(f"--limit {limit}: expected at least 2")
     if kind == "multilingual":
-        from benchmarks.judges import train_multilingual_judge
-
         result = train_multilingual_judge(data=data, out_dir=out_dir, seed=seed, heldout_fraction=heldout,
                                           limit=limit)
         t = result["training"]
@@ -179,8 +181,6 @@ def train_offline_command(data: str | None, out_dir: str | None, seed: int, held
         import torch
 
         torch.set_num_threads(threads)
-    from benchmarks.judges import train_offline_judge
-
     manifest = train_offline_judge(data=data, out_dir=out_dir, seed=seed, heldout_fraction=heldout,
                                    benign_data=benign_data, use_benign=not no_benign)
     split = manifest["split"]
@@ -229,8 +229,6 @@ def validate_command(judge_name: str, options: tuple[str, ...], labels_file: str
                      language: str | None, set_name: str | None, limit: int | None, cards_dir: str | None,
                      force: bool, positive: str) -> None:
     """Measure a judge against your labels; print confusion matrix, accuracy, F1, κ, sens/spec; store its card."""
-    from benchmarks.judges import get_judge
-    from benchmarks.judges._cards import MIN_ROWS, load_labels, validate_judge
 
     mapping = dict(parse_pairs(columns, "--column", "FIELD=COLUMN", "response=answer"))
     judge = get_judge(judge_name, **parse_options(options))
@@ -278,8 +276,6 @@ def serve_command(model: str, adapter: str | None, backend: str, name: str | Non
 
     Then: realign judge --judge api -o base_url=http://127.0.0.1:PORT/v1 -o model=NAME ...
     """
-    from benchmarks.judges import make_server
-
     server = make_server(model, adapter=adapter, backend=backend, name=name, host=host, port=port,
                          max_tokens=max_tokens, api_key_env=api_key_env, **parse_options(options))
     click.echo(f"serving {server.name!r} at {server.url} (POST /chat/completions, GET /models); Ctrl-C stops",
@@ -293,7 +289,3 @@ def serve_command(model: str, adapter: str | None, backend: str, name: str | Non
         pass
     finally:
         server.close()
-
-
-def register(group: click.Group) -> None:
-    group.add_command(judge_group)

@@ -10,6 +10,7 @@ import click
 
 from harness.cli._options import parse_pairs
 from harness.core.errors import ConfigError
+from leaderboards import FORMATS, Store, build_leaderboard, compare_runs, render_leaderboard
 
 
 @click.command("leaderboard")
@@ -30,8 +31,6 @@ def leaderboard_command(store_path: str, out_dir: str, run_id: str | None, forma
     The HTML site (index.html + SVG plots) needs no server and no network. The same store always
     renders to byte-identical files.
     """
-    from leaderboards import FORMATS, Store, build_leaderboard, render_leaderboard
-
     wanted = list(FORMATS) if formats.strip() == "all" else [f.strip() for f in formats.split(",") if f.strip()]
     unknown = [f for f in wanted if f not in FORMATS]
     if unknown:
@@ -80,8 +79,6 @@ def compare_command(baseline: str, candidate: str, store_path: str | None, alpha
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
-
-    from leaderboards import compare_runs
 
     report = compare_runs(baseline, candidate, store=store_path, alpha=alpha, metrics=list(metrics) or None,
                           judge=judge, by=[b.strip() for b in by.split(",") if b.strip()], resamples=resamples,
@@ -136,8 +133,6 @@ def status_command(store_path: str, as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from leaderboards import Store
-
     status = Store(store_path, create=False).status()
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True, default=str))
@@ -172,9 +167,3 @@ def _rg(value: tuple[float | None, float | None, float | None] | None) -> str:
     point, low, high = value
     ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
     return f" (RG {point:.3f}{ci})"
-
-
-def register(group: click.Group) -> None:
-    group.add_command(leaderboard_command)
-    group.add_command(compare_command)
-    group.add_command(status_command)

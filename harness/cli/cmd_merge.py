@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from harness.core.errors import ConfigError
+from harness.core.yaml_strict import load_yaml
+from realign_methods import MergeSpec, merge, plan
 
 
 def _parse_value(text: str) -> Any:
@@ -30,8 +32,6 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _load_config(path: str) -> dict[str, Any]:
-
-    from harness.core.yaml_strict import load_yaml
 
     try:
         text = Path(path).read_text()
@@ -85,8 +85,6 @@ def merge_command(config_path: str | None, dry_run: bool, params: tuple[str, ...
     """
     from rich.console import Console
 
-    from realign_methods import MergeSpec, merge, plan
-
     fields: dict[str, Any] = _load_config(config_path) if config_path else {}
     rename = {"output_kind": "output"}
     for key, value in options.items():
@@ -114,7 +112,3 @@ def merge_command(config_path: str | None, dry_run: bool, params: tuple[str, ...
         return
     out = merge(spec)
     console.print(f"wrote {out} (method {spec.method}; provenance in {out / 'realign_merge.json'})", highlight=False)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(merge_command)

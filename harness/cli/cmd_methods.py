@@ -6,6 +6,9 @@ from typing import Any
 
 import click
 
+from realign_methods import METHODS, get_method, list_methods, parameter_ranges
+from realign_methods.calibration import DEFAULT_SETS
+
 
 @click.group("methods")
 def methods_group() -> None:
@@ -18,8 +21,6 @@ def list_command() -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
-
-    from realign_methods import METHODS, list_methods
 
     table = Table(title="realign methods")
     for column in ("method", "aliases", "inputs", "data-free", "summary"):
@@ -50,8 +51,6 @@ def show_command(name: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from realign_methods import get_method, parameter_ranges
-
     info = get_method(name).info
     console = Console()
     console.print(f"[bold]{info.name}[/bold]: {info.summary}")
@@ -76,8 +75,6 @@ def show_command(name: str) -> None:
 
 def _calibration_lines(info: Any) -> list[str]:
     """The calibration stage's data needs, default set and split (methods that declare one)."""
-    from realign_methods.calibration import DEFAULT_SETS
-
     spec = info.calibration
     if spec is None:
         return []
@@ -89,6 +86,3 @@ def _calibration_lines(info: Any) -> list[str]:
         f"calibration split: {default[1] if default else '-'}; disjoint from every benchmark (none reads this file)",
     ]
 
-
-def register(group: click.Group) -> None:
-    group.add_command(methods_group)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-
-def register(group: click.Group) -> None:
-    group.add_command(models)
+from harness.core.checkpoints import CheckpointReader, checkpoint_hash, import_gguf, merge_adapter
 
 
 @click.group()
@@ -26,8 +24,6 @@ def import_gguf_command(gguf_file: Path | None, out: Path | None, overwrite: boo
     """Convert a GGUF (default: the bundled SmolLM2-135M-Instruct) into a safetensors model directory."""
     import time
 
-    from harness.core.checkpoints import import_gguf
-
     start = time.perf_counter()
     path = import_gguf(out, gguf_file, overwrite=overwrite)
     click.echo(f"{path}  ({time.perf_counter() - start:.1f} s)")
@@ -42,8 +38,6 @@ def inspect_command(path: Path, allow_pickle: bool, no_hash: bool, list_tensors:
     """Summarise a checkpoint: tensors, dtypes, parameters, shards, hashes."""
     from collections import Counter
     from math import prod
-
-    from harness.core.checkpoints import CheckpointReader, checkpoint_hash
 
     with CheckpointReader(path, allow_pickle=allow_pickle) as reader:
         names = reader.names()
@@ -84,7 +78,5 @@ def inspect_command(path: Path, allow_pickle: bool, no_hash: bool, list_tensors:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 def merge_adapter_command(base: Path, adapter: Path, out: Path, max_shard_size: str, overwrite: bool) -> None:
     """Merge a LoRA adapter into its base model (streamed, fp32 math, base dtype out)."""
-    from harness.core.checkpoints import merge_adapter
-
     path = merge_adapter(base, adapter, out, max_shard_size=max_shard_size, overwrite=overwrite)
     click.echo(str(path))

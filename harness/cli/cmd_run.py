@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from harness.core.errors import ConfigError
+from harness.experiment import load_experiment, run_experiment
 
 
 def _parse_only(values: tuple[str, ...]) -> dict[str, str]:
@@ -42,8 +43,6 @@ def run_command(experiment: str, dry_run: bool, only: tuple[str, ...], executor:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.experiment import load_experiment, run_experiment
-
     exp = load_experiment(experiment)
     overrides = {k: True for k, v in (("allow_pickle", allow_pickle), ("allow_nonfinite", allow_nonfinite)) if v}
     if overrides:
@@ -65,7 +64,3 @@ def run_command(experiment: str, dry_run: bool, only: tuple[str, ...], executor:
     console.print(f"store: {result.store_location}")
     if result.log_path:
         console.print(f"log: {result.log_path}")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(run_command)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-
-def register(group: click.Group) -> None:
-    group.add_command(zoo)
+from harness.zoo import build, load_recipe, measure, summary_table, verify
 
 
 @click.group()
@@ -25,15 +23,13 @@ def zoo() -> None:
               help="Multiply every stage's steps (e.g. 0.01 for a CI smoke build).")
 @click.option("--base", default=None, help="Override the recipe's base model (path or name).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-@click.option("--measure/--no-measure", default=False, show_default=True,
+@click.option("--measure/--no-measure", "measure_after", default=False, show_default=True,
               help="Run `zoo measure` on the built stages afterwards.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def build_cmd(recipe: Path, out: Path | None, only: tuple[str, ...], steps_scale: float, base: str | None,
-              threads: int | None, measure: bool, no_progress: bool) -> None:
+              threads: int | None, measure_after: bool, no_progress: bool) -> None:
     """Train the stages of RECIPE (YAML) into adapters/weights with manifests (resumable)."""
     import torch
-
-    from harness.zoo import build, load_recipe
 
     if threads:
         torch.set_num_threads(threads)
@@ -43,12 +39,8 @@ def build_cmd(recipe: Path, out: Path | None, only: tuple[str, ...], steps_scale
                   recipe_path=recipe)
     for name, path in built.items():
         click.echo(f"{name}: {path}")
-    if measure:
-        from harness.zoo import measure as run_measure
-
-        run_measure(out, base=base, stages=only or None, progress=not no_progress)
-        from harness.zoo import summary_table
-
+    if measure_after:
+        measure(out, base=base, stages=only or None, progress=not no_progress)
         click.echo(summary_table(out))
     click.echo(f"zoo: {len(built)} stage(s) in {out}")
 
@@ -57,8 +49,6 @@ def build_cmd(recipe: Path, out: Path | None, only: tuple[str, ...], steps_scale
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("organism"))
 def verify_cmd(directory: Path) -> None:
     """Recompute the sha256 of every file a zoo's manifests name (default: the shipped organism/)."""
-    from harness.zoo import verify
-
     report = verify(directory)
     click.echo(f"ok: {directory}: {len(report.stages)} stage(s) {', '.join(report.stages)}; "
                f"{report.checked_files} files match their manifests; shipped {report.shipped_bytes / 1e6:.2f} MB")
@@ -74,8 +64,6 @@ def measure_cmd(directory: Path, only: tuple[str, ...], no_original: bool, base:
                 threads: int | None) -> None:
     """Harmfulness (CatQA en/zh), over-refusal and held-out task NLL of a zoo; stored in its manifests."""
     import torch
-
-    from harness.zoo import measure, summary_table
 
     if threads:
         torch.set_num_threads(threads)

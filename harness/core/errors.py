@@ -26,16 +26,18 @@ class StoreError(RealignError):
     """The results store is corrupted, locked or of an unsupported schema version."""
 
 
+def did_you_mean(name: str, choices: Iterable[str], *, n: int = 2, cutoff: float = 0.6) -> str:
+    """``did you mean 'a' or 'b'?`` for the choices nearest ``name`` (empty when none is near): the one
+    spelling hint of every "unknown name" error."""
+    near = difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
+    return f"did you mean {' or '.join(repr(choice) for choice in near)}?" if near else ""
+
+
 def name_unknown(unknown: Iterable[str], known: list[str], cutoff: float = 0.6) -> str:
     """``'a' (did you mean 'b'?), 'c'``: each unknown name with its nearest known ones, for an error message."""
     parts = []
     for key in unknown:
-        near = difflib.get_close_matches(key, known, n=2, cutoff=cutoff)
-        parts.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
+        hint = did_you_mean(key, known, cutoff=cutoff)
+        parts.append(f"{key!r}" + (f" ({hint})" if hint else ""))
     return ", ".join(parts)
 
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """``" (did you mean 'x'?)"`` for the nearest of ``choices`` to ``name``, or ``""`` when none is near."""
-    near = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {near[0]!r}?)" if near else ""

@@ -8,12 +8,11 @@ is refused with both sources named rather than silently shadowed.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 
@@ -101,8 +100,8 @@ class Registry(Generic[T]):
         canonical = self._aliases.get(name, name)
         if canonical in self._items:
             return self._items[canonical]
-        near = difflib.get_close_matches(name, self.names(include_aliases=True), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+        hint = did_you_mean(name, self.names(include_aliases=True), n=3, cutoff=0.5)
+        hint = f"; {hint}" if hint else ""
         raise ConfigError(
             f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})"
         )

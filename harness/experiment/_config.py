@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.core.errors import ConfigError
+from harness.core.yaml_strict import load_yaml
 
 
 class _Frozen(BaseModel):
@@ -231,7 +232,5 @@ def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
-    from harness.core.yaml_strict import load_yaml
-
     data = load_yaml(path.read_text(encoding="utf-8"), str(path))  # a key given twice is an error
     return parse_experiment(data, source=str(path), base_dir=path.parent.resolve())

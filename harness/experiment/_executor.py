@@ -7,10 +7,14 @@ import logging
 from collections import Counter
 from typing import Any
 
+from harness.core.errors import ConfigError
 from harness.experiment._config import Experiment
 from harness.experiment._plan import ORIGINAL, Cell, CheckpointJob, Plan, ResolvedModel
-from harness.experiment._runner import RunStats, Workspace, run_job_cells
-from harness.experiment._stages import close_backends
+from harness.experiment._runner import plan_experiment, run_job_cells
+from harness.experiment._stages import close_backends, dense_input
+from harness.experiment._workspace import RunStats, Workspace
+from leaderboards import Store
+from realign_methods import get_method
 
 log = logging.getLogger("realign.run")
 
@@ -39,9 +43,6 @@ def run_local(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: 
 
 def _ray_group(exp_json: str, only: dict[str, str], job_key: str, run_id: str) -> dict[str, int]:
     """Body of one Ray task: re-plan in the worker (cheap, cached hashes) and run one checkpoint group."""
-    from harness.experiment._config import Experiment
-    from harness.experiment._runner import plan_experiment
-    from leaderboards import Store
 
     exp = Experiment.model_validate_json(exp_json)
     plan, workspace = plan_experiment(exp, only)
@@ -59,8 +60,6 @@ def _ray_group(exp_json: str, only: dict[str, str], job_key: str, run_id: str) -
 def prepare_shared_inputs(plan: Plan, workspace: Workspace, stats: RunStats) -> None:
     """Merge every adapter model the groups read into its dense cached copy, once, before fan-out:
     two workers must never build the same cached input at the same time."""
-    from harness.experiment._stages import dense_input
-
     needed: dict[str, ResolvedModel] = {}
     for job in plan.unique_jobs():
         for model in (*job.inputs.values(), *job.finetuned_models, *([job.passthrough] if job.passthrough else [])):
@@ -71,8 +70,6 @@ def prepare_shared_inputs(plan: Plan, workspace: Workspace, stats: RunStats) -> 
 
 
 def _trains(method: str) -> bool:
-    from realign_methods import get_method
-
     return method != ORIGINAL and not get_method(method).info.data_free
 
 
@@ -96,8 +93,6 @@ def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: Ru
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - depends on the install
-        from harness.core.errors import ConfigError
-
         raise ConfigError("--executor ray needs Ray: pip install 'realign-bench[ray]'") from exc
     prepare_shared_inputs(plan, workspace, stats)
     workspace.hashes.save()  # workers re-plan from the saved hashes instead of re-hashing every model

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
+from harness.core.checkpoints import atomic_write_json
 from harness.core.hashing import hash_value, sha256_file
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -46,8 +46,5 @@ class HashCache:
     def save(self) -> None:
         if not self._dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self._entries, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, self._entries)
         self._dirty = False

@@ -12,10 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import get_benchmark, is_spec_path
+from benchmarks.judges import cached_judge, get_judge_class
+from harness.core.checkpoints import CheckpointReader, LoraAdapter, adapter_base_path, is_adapter_dir
+from harness.core.checkpoints import resolve_model as resolve_model_path
+from harness.core.checkpoints._gguf import MODEL_ALIASES
 from harness.core.errors import CheckpointError, ConfigError, RealignError, name_unknown
 from harness.core.hashing import hash_value
 from harness.experiment._config import BenchmarkEntry, Experiment, ModelRef
 from harness.experiment._hashcache import HashCache
+from harness.generate import GenerationConfig
+from harness.generate._backend import check_backend_options
+from realign_methods import get_method
 
 ORIGINAL = "original"  # pseudo-method: the model before safety alignment, evaluated as a baseline row
 
@@ -81,8 +89,6 @@ class Plan:
 
 
 def resolve_model(exp: Experiment, role: str, ref: ModelRef, hashes: HashCache) -> ResolvedModel:
-    from harness.core.checkpoints import resolve_model as resolve_model_path
-    from harness.core.checkpoints._gguf import MODEL_ALIASES
 
     where = f"models.{role}"
     if ref.path.strip().lower() in MODEL_ALIASES:
@@ -107,8 +113,6 @@ def resolve_model(exp: Experiment, role: str, ref: ModelRef, hashes: HashCache) 
 def _adapter_as_model(exp: Experiment, where: str, path: Path) -> tuple[Path, Path | None]:
     """``(path, None)`` for a model; for an adapter folder given as the model, ``(its base, the folder)``
     with the base its adapter_config.json names (a local model or the bundled model's name)."""
-    from harness.core.checkpoints import LoraAdapter, adapter_base_path, is_adapter_dir
-
     if not is_adapter_dir(path):
         return path, None
     try:
@@ -126,8 +130,6 @@ def _adapter_as_model(exp: Experiment, where: str, path: Path) -> tuple[Path, Pa
 def _check_weights(exp: Experiment, where: str, path: Path, adapter: Path | None) -> None:
     """A model path must hold weights (not a text file or an empty folder; pickle only if allowed),
     and an adapter must fit that model; read from the headers, so before any work."""
-    from harness.core.checkpoints import CheckpointReader, LoraAdapter
-
     try:
         with CheckpointReader(path, allow_pickle=exp.allow_pickle) as reader:
             if adapter is not None:
@@ -140,8 +142,6 @@ def benchmark_for(exp: Experiment, entry: BenchmarkEntry) -> Any:
     """The Benchmark of an experiment entry: registered by name, or a spec file relative to the
     experiment file, with the entry's column mapping. Every stage resolves it here (never by the
     spec's own name, which is not registered)."""
-    from benchmarks import get_benchmark, is_spec_path
-
     name = str(exp.resolve(entry.name)) if is_spec_path(entry.name) else entry.name
     return get_benchmark(name, **entry.options)
 
@@ -154,9 +154,6 @@ def check_generation(exp: Experiment) -> None:
     """The generation settings as the backend will see them: decoding config and backend options."""
     from pydantic import ValidationError
 
-    from harness.generate import GenerationConfig
-    from harness.generate._backend import check_backend_options
-
     g = exp.generation
     try:
         GenerationConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
@@ -168,8 +165,6 @@ def check_generation(exp: Experiment) -> None:
 
 def _method(name: str, params: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
     """The method instance and its parameters with defaults filled (ConfigError names the entry)."""
-    from realign_methods import get_method
-
     try:
         method = get_method(name)
         full = method.validate(params).model_dump(mode="json")
@@ -215,8 +210,6 @@ def method_inputs(
 
 def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None = None) -> Plan:
     """Validate everything cheap-to-check and expand the matrix. Raises ConfigError before any work."""
-    from benchmarks import is_spec_path
-    from benchmarks.judges import cached_judge, get_judge_class
 
     only = only or {}
     check_generation(exp)
@@ -348,8 +341,6 @@ def _pairwise_benchmarks(exp: Experiment) -> set[str]:
     """Labels of the benchmarks judged pairwise: those listed, else those whose scorer is pairwise."""
     if exp.pairwise is None:
         return set()
-    from benchmarks import get_benchmark
-
     keys = [b.key for b in exp.benchmarks]
     if exp.pairwise.benchmarks is not None:
         unknown = [k for k in exp.pairwise.benchmarks if k not in keys]

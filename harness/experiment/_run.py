@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.sandbox import resolve_isolation
 from harness.experiment._config import Experiment, load_experiment
 from harness.experiment._executor import run_local, run_ray
 from harness.experiment._lock import RunLock, process_identity
-from harness.experiment._runner import RunStats, describe_plan, plan_experiment
+from harness.experiment._runner import describe_plan, plan_experiment
+from harness.experiment._workspace import RunStats
+from leaderboards import Store, collect_provenance
 
 log = logging.getLogger("realign.run")
 
@@ -45,14 +48,10 @@ def run_experiment(
     progress: bool = True,
     sandbox: str | None = None,
 ) -> RunResult:
-    from leaderboards import Store
-
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     if sandbox is not None:
         exp = exp.model_copy(update={"sandbox": sandbox})
     if exp.allow_code_execution:  # refuse a missing namespace sandbox before any work (no fallback)
-        from benchmarks.sandbox import resolve_isolation
-
         resolve_isolation(exp.sandbox)
     # Everything that can be refused is refused here, before any merge or generation.
     plan, workspace = plan_experiment(exp, only, create=not dry_run)
@@ -73,8 +72,6 @@ def run_experiment(
 
 def _existing_store(location: str) -> Any:
     """The store for a read-only look (dry run), or None when the SQLite file does not exist yet."""
-    from leaderboards import Store
-
     if "://" not in location and not Path(location).exists():
         return None
     return Store(location, create=False)
@@ -82,8 +79,6 @@ def _existing_store(location: str) -> Any:
 
 def _execute(exp: Experiment, plan: Any, workspace: Any, store: Any, rows: list[dict[str, Any]], *,
              only: dict[str, str] | None, executor: str | None, progress: bool) -> RunResult:
-    from leaderboards import collect_provenance
-
     handler, log_path = _attach_log_file(workspace.root / "logs")
     stats = RunStats()
     run_id = store.begin_run(exp.name, exp.model_dump(mode="json"), collect_provenance(seeds={"seed": exp.seed},

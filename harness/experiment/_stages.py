@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.judges import cached_judge, clear_judge_cache
+from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score_with_items, score_with_model_items
+from harness.core.checkpoints import CheckpointReader, LoraAdapter, atomic_write_json, merge_adapter
 from harness.core.errors import ConfigError
 from harness.core.hashing import hash_value
+from harness.core.paths import cache_dir
+from harness.core.records import GenerationRecord, ItemScore, Score, Verdict, dedupe_by_key, read_jsonl
 from harness.experiment._faults import crash_point
 from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel, benchmark_for, data_path_for
+from harness.experiment._workspace import RunStats, Workspace, done_marker, mark_done
+from harness.generate import GenerationConfig, check_model_weights, generate_items, get_backend
+from leaderboards import CellRecord
+from realign_methods import MergeSpec, merge
 
 if TYPE_CHECKING:
     from harness.experiment._config import Experiment
-    from harness.experiment._runner import RunStats, Workspace
 
 log = logging.getLogger("realign.run")
 
@@ -47,8 +53,6 @@ def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats, *, 
         return model.path
     out = workspace.dense_input(model.hash)
     if not out.is_dir():
-        from harness.core.checkpoints import CheckpointReader, LoraAdapter, merge_adapter
-
         log.info("dense copy of %s + adapter %s -> %s", model.path, model.adapter, out)
         merge_adapter(CheckpointReader(model.path, allow_pickle=allow_pickle),
                       LoraAdapter.load(model.adapter, allow_pickle=allow_pickle), out)
@@ -68,8 +72,6 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
         # a cost record from before the calibration stage existed: that merge calibrated nothing
         return Materialized(out, None, job.key, cost.get("merge_seconds"), cost.get("train_seconds"),
                             cost.get("calibration_seconds", 0.0), cost.get("calibration_examples", 0))
-    from realign_methods import MergeSpec, merge
-
     pickle = exp.allow_pickle
     spec_fields: dict[str, Any] = {
         role: dense_input(workspace, model, stats, allow_pickle=pickle) for role, model in job.inputs.items()
@@ -93,7 +95,7 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
     calibration_seconds, calibration_examples = _calibration_cost(out)
     cost = {"merge_seconds": max(total - train - calibration_seconds, 0.0), "train_seconds": train,
             "calibration_seconds": calibration_seconds, "calibration_examples": calibration_examples}
-    write_json_atomic(cost_path, cost)
+    atomic_write_json(cost_path, cost)
     stats.counts["merge_done"] += 1
     crash_point("merge")
     return Materialized(out, None, job.key, cost["merge_seconds"], cost["train_seconds"], calibration_seconds,
@@ -113,8 +115,6 @@ def _calibration_cost(out: Path) -> tuple[float, int]:
 
 def _mask_dirs() -> set[Path]:
     """SOMF's trained-mask cache entries (a merge that trains a mask adds one)."""
-    from harness.core.paths import cache_dir
-
     root = cache_dir() / "somf"
     return {p for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
 
@@ -130,16 +130,8 @@ def _training_seconds(new_masks: set[Path]) -> float:
     return total
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def marker_seconds(path: Path) -> float | None:
     """The wall time a finished artifact's ``.done`` marker records (None for markers older than that)."""
-    from harness.experiment._runner import done_marker
-
     marker = done_marker(path)
     if not marker.is_file():
         return None
@@ -156,8 +148,6 @@ def _items(exp: Experiment, bench: Any, cell: Cell) -> list[Any]:
 
 
 def generate(exp: Experiment, workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats) -> Path:
-    from harness.experiment._runner import done_marker, mark_done
-    from harness.generate import GenerationConfig, generate_items
 
     out = workspace.generations(cell.generation_key)
     if done_marker(out).exists():
@@ -186,8 +176,6 @@ _backends: dict[tuple[str, str, str | None], Any] = {}
 
 def backend_for(exp: Experiment, model: Materialized) -> Any:
     """One backend per model for the whole run (vLLM start-up is expensive)."""
-    from harness.generate import get_backend
-
     key = (exp.generation.backend, str(model.path), str(model.adapter) if model.adapter else None)
     if key not in _backends:
         for old in list(_backends):  # keep one model resident: memory matters more than reuse
@@ -209,8 +197,6 @@ def close_backends() -> None:
 def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[Any], items: dict[str, Any],
           stats: RunStats) -> dict[str, Path]:
     """Judge the cell's generations with every judge of the experiment (each cached by its own hash)."""
-    from harness.experiment._runner import done_marker, mark_done
-
     out: dict[str, Path] = {}
     for name in exp.judges:
         judge_obj = _judge(name, exp.judge_options.get(name, {}))
@@ -235,8 +221,6 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     cached by (generations, judge, reference generations). Returns (store judge id, verdicts, seconds):
     the id names the reference, so pairwise verdicts never collide with the same judge's absolute ones.
     """
-    from harness.core.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
-    from harness.experiment._runner import done_marker, mark_done
 
     assert cell.reference is not None and exp.pairwise is not None
     ref = cell.reference
@@ -270,8 +254,6 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
     """(scores, per-item scores, seconds) of a model-reading scorer, cached like generations (by
     checkpoint × benchmark), so a cell re-made for another reason (a changed judge) does not run the
     model again."""
-    from benchmarks.scoring import score_with_model_items
-    from harness.core.records import ItemScore, Score
 
     path = workspace.model_scores(cell.generation_key)
     cached = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -282,21 +264,16 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
     started = time.perf_counter()
     dense = dense_input(workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats,
                         allow_pickle=allow_pickle)
-    from harness.generate import check_model_weights
-
     check_model_weights(dense, allow_pickle=allow_pickle)  # the scorer loads it: same rules as generation
     scores, per_item = score_with_model_items(bench if bench is not None else cell.benchmark.name, dense, items)
     seconds = time.perf_counter() - started
-    write_json_atomic(path, {"scores": [s.model_dump(mode="json") for s in scores],
+    atomic_write_json(path, {"scores": [s.model_dump(mode="json") for s in scores],
                              "items": [s.model_dump(mode="json") for s in per_item], "seconds": seconds})
     stats.counts["model_score_done"] += 1
     return scores, per_item, seconds
 
 
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
-    from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score_with_items
-    from harness.core.records import GenerationRecord, Verdict, dedupe_by_key, read_jsonl
-    from leaderboards import CellRecord
 
     bench = benchmark_for(exp, cell.benchmark)
     items = _items(exp, bench, cell)

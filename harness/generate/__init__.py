@@ -5,9 +5,10 @@ generate_items(model_dir, items, backend=backend, config=GenerationConfig(), out
 """
 
 from harness.generate._adapter import adapter_hash, adapter_rank
-from harness.generate._backend import BACKENDS, Backend, check_model_weights, get_backend
+from harness.generate._backend import BACKENDS, Backend, get_backend
 from harness.generate._config import Completion, GenerationConfig
 from harness.generate._items import build_prompt, generate_items, model_hash
+from harness.generate._weights import check_model_weights
 
 __all__ = [
     "BACKENDS",

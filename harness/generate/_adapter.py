@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.core.checkpoints import LoraAdapter
 from harness.core.hashing import hash_value, sha256_file
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -15,16 +16,12 @@ def adapter_rank(path: str | Path) -> int:
     Loading through ``harness.core.checkpoints.LoraAdapter`` validates the adapter (config, weights, factor
     shapes) with errors that name the file.
     """
-    from harness.core.checkpoints import LoraAdapter
-
     adapter = LoraAdapter.load(path)
     return max([adapter.rank, *(module.rank for module in adapter.modules().values())])
 
 
 def adapter_hash(path: str | Path) -> str:
     """Content hash of the adapter: its config (alpha, targets) and weight files."""
-    from harness.core.checkpoints import LoraAdapter
-
     path = Path(path)
     LoraAdapter.load(path)
     files = sorted(

@@ -9,6 +9,10 @@ from typing import Any, Protocol, runtime_checkable
 from harness.core.errors import CheckpointError, ConfigError, name_unknown
 from harness.core.registry import Registry
 from harness.generate._config import Completion, GenerationConfig
+from harness.generate._dummy import DummyBackend
+from harness.generate._hf import HFBackend
+from harness.generate._vllm import VLLMBackend
+from harness.generate._weights import check_model_weights
 
 
 @runtime_checkable
@@ -45,20 +49,14 @@ BACKENDS: Registry[BackendFactory] = Registry("generation backend")
 
 
 def _hf(model_dir: str | Path, **opts: Any) -> Backend:
-    from harness.generate._hf import HFBackend
-
     return HFBackend(model_dir, **opts)
 
 
 def _vllm(model_dir: str | Path, **opts: Any) -> Backend:
-    from harness.generate._vllm import VLLMBackend
-
     return VLLMBackend(model_dir, **opts)
 
 
 def _dummy(model_dir: str | Path | None = None, **opts: Any) -> Backend:
-    from harness.generate._dummy import DummyBackend
-
     return DummyBackend(model_dir, **opts)
 
 
@@ -90,19 +88,6 @@ def check_backend_options(name: str, options: dict[str, Any], where: str = "back
     if unknown:
         raise ConfigError(f"{where}: unknown option {name_unknown(unknown, accepted)} for backend {name!r}; "
                           f"accepted: {', '.join(accepted)}")
-
-
-def check_model_weights(model_dir: str | Path | None, adapter: str | Path | None = None, *,
-                        allow_pickle: bool = False) -> None:
-    """Refuse, before any backend loads it, a model (or adapter) that is not one, is pickle (unless
-    ``allow_pickle``), or holds NaN/±inf weights. Reads every tensor once (memory-mapped)."""
-    from harness.core.checkpoints import check_checkpoint_finite
-
-    hint = "refusing to generate from it (a model with non-finite weights emits garbage)"
-    if model_dir is not None:
-        check_checkpoint_finite(model_dir, allow_pickle=allow_pickle, hint=hint, adapter=False)
-    if adapter is not None:
-        check_checkpoint_finite(adapter, allow_pickle=allow_pickle, hint=hint, adapter=True)
 
 
 def get_backend(

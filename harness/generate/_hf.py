@@ -14,6 +14,7 @@ from harness.core.errors import CheckpointError, ConfigError
 from harness.generate._adapter import adapter_hash
 from harness.generate._config import Completion, FinishReason, GenerationConfig, truncate_at_stop
 from harness.generate._seeds import prompt_seed
+from harness.generate._weights import check_model_weights
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ class HFBackend:
         path = Path(adapter).resolve()
         if path not in self._adapter_names:
             from peft import PeftModel
-
-            from harness.generate._backend import check_model_weights
 
             check_model_weights(None, path, allow_pickle=self.allow_pickle)  # PEFT would torch.load a .bin
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import build_chat_prompt
+from harness.core.checkpoints import checkpoint_hash
 from harness.core.errors import ConfigError, DataError
 from harness.core.hashing import hash_text, hash_value
 from harness.core.records import GenerationRecord, Item, append_jsonl, iter_jsonl_tolerant
@@ -22,8 +24,6 @@ NO_MODEL_HASH = "no-model"  # the dummy backend run without a model directory
 
 def model_hash(path: str | Path | None, adapter: str | Path | None = None) -> str:
     """Identity of what generates: the checkpoint's content hash (weights + config), plus the adapter's."""
-    from harness.core.checkpoints import checkpoint_hash
-
     base = NO_MODEL_HASH if path is None else checkpoint_hash(path)
     if adapter is None:
         return base
@@ -52,8 +52,6 @@ def build_prompt(item: Item, tokenizer: Any, system_prompt: str | None = None) -
             f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: the tokenizer has no chat template "
             "(tokenizer_config.json 'chat_template' or chat_template.jinja)"
         )
-    from benchmarks import build_chat_prompt
-
     return build_chat_prompt(item, tokenizer, system_prompt)
 
 

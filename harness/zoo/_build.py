@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from harness.core.checkpoints import checkpoint_hash, resolve_model
 from harness.core.errors import CheckpointError, ConfigError
 from harness.core.hashing import hash_value, sha256_file
 
@@ -39,8 +40,6 @@ class StagePlan:
 
 
 def resolve_base(base: str) -> Path:
-    from harness.core.checkpoints import resolve_model
-
     return resolve_model(base)
 
 
@@ -165,8 +164,6 @@ def _lora_param_count(meta: Any, lora: Any) -> int:
 
 
 def _base_identity(base_dir: Path) -> str:
-    from harness.core.checkpoints import checkpoint_hash
-
     return checkpoint_hash(base_dir)
 
 

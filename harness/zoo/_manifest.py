@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core.checkpoints import atomic_write_text
 from harness.core.errors import CheckpointError, ConfigError
 from harness.core.hashing import sha256_file
 
@@ -20,9 +20,8 @@ ZOO_FORMAT = "realign-zoo/1"
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """A manifest: indented, sorted, UTF-8 as is, newline-terminated (the shipped manifests' bytes)."""
+    atomic_write_text(path, json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -50,9 +49,7 @@ def write_top_manifest(out: Path, recipe: Recipe, recipe_text: str) -> Path:
     """(Re)write ``out/manifest.json`` from the recipe copy and the stage manifests now on disk."""
     recipe_file = out / RECIPE_FILE
     if not recipe_file.exists() or recipe_file.read_text(encoding="utf-8") != recipe_text:
-        tmp = recipe_file.with_name(f".{RECIPE_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(recipe_text, encoding="utf-8")
-        os.replace(tmp, recipe_file)
+        atomic_write_text(recipe_file, recipe_text)
     previous = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
     stages: dict[str, Any] = {}
     shipped = 0

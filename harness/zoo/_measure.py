@@ -9,7 +9,6 @@ into each artifact's manifest (``measurements``) and, for the original model, th
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -19,9 +18,11 @@ from typing import Any
 import torch
 
 from benchmarks import is_eval_holdout
+from benchmarks.judges import get_judge
 from harness.core.errors import DataError
 from harness.core.hashing import hash_text, hash_value
 from harness.core.records import GenerationRecord, Item, append_jsonl, iter_jsonl_tolerant
+from harness.core.stats import wilson_interval
 
 from ._build import _base_identity, _materialize, resolve_base
 from ._data import _alpaca, _gsm8k, resolve_data_file
@@ -43,19 +44,9 @@ class MeasureConfig:
     seed: int = 0
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    try:  # the benchmarks package owns scoring; fall back only while it is absent
-        from benchmarks.scoring import wilson_interval
-
-        low, high = wilson_interval(k, n)
-        return float(low), float(high)
-    except ImportError:
-        if n == 0:
-            return 0.0, 1.0
-        p = k / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return max(0.0, centre - half), min(1.0, centre + half)
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The zoo's 95% CI, with the z = 1.96 its shipped manifests were measured with."""
+    return wilson_interval(k, n, z=1.96)
 
 
 def catqa_items(language: str, count: int, seed: int) -> list[Item]:
@@ -174,8 +165,6 @@ def measure_model(model: Any, tokenizer: Any, model_hash: str, cache_dir: Path, 
 
 
 def make_judges() -> dict[str, Any]:
-    from benchmarks.judges import get_judge
-
     return {"refusal": get_judge("refusal"), "offline": get_judge("offline"),
             "refusal_rate": get_judge("refusal", labels="refusal")}
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from harness.core.errors import ConfigError, did_you_mean
+from harness.core.errors import ConfigError, name_unknown
 from realign_methods._method import tensor_seed
 from realign_methods.ops import fuse_deltas
 from realign_methods.somf._mask import apply_mask, draw_mask
@@ -34,7 +34,7 @@ _OVERRIDABLE = {"lam": (None, None), "density": (0.0, 1.0), "p": (0.0, 1.0)}
 
 def check_fusion(fusion: str) -> str:
     if fusion not in FUSIONS:
-        raise ConfigError(f"somf: unknown fusion rule {fusion!r}{did_you_mean(fusion, FUSIONS)} (known: {', '.join(FUSIONS)})")
+        raise ConfigError(f"somf: unknown fusion rule {name_unknown([fusion], list(FUSIONS), cutoff=0.5)} (known: {', '.join(FUSIONS)})")
     return fusion
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _generate_helpers import PROMPTS, VLLM_FRIENDLY, make_items, make_lora, merge_lora
 
-from harness.core.errors import CheckpointError, ConfigError, DataError
+from harness.core.errors import CheckpointError, ConfigError, DataError, did_you_mean
 from harness.core.records import GenerationRecord, read_jsonl
 from harness.generate import (
     GenerationConfig,
@@ -244,3 +244,10 @@ def test_bad_model_and_adapter_dirs_are_clear_errors(tmp_path: Path, tiny: Path)
         get_backend("dummy", adapter=tmp_path)
     with pytest.raises(ConfigError, match="needs a model directory"):
         get_backend("hf")
+
+
+def test_did_you_mean_is_one_spelling_hint() -> None:
+    assert did_you_mean("vlm", ["vllm", "hf", "dummy"]) == "did you mean 'vllm'?"
+    assert did_you_mean("zzz", ["vllm", "hf"]) == ""
+    with pytest.raises(ConfigError, match=r"unknown generation backend 'vlm'; did you mean 'vllm'\?"):
+        get_backend("vlm")

@@ -308,3 +308,10 @@ def test_a_version_1_store_is_migrated_and_shows_no_cost(tmp_path: Path) -> None
     assert "merge s" not in md and "Cost per cell" not in md  # nothing recorded: no columns of dashes
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+
+
+def test_wilson_interval_is_undefined_without_trials() -> None:
+    """No trials, no rate: the interval is NaN like the rate, not a made-up [0, 1]."""
+    low, high = wilson_interval(0, 0)
+    assert math.isnan(low) and math.isnan(high)
+    assert wilson_interval(0, 1)[0] == 0.0

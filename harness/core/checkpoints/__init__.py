@@ -1,6 +1,7 @@
 """Checkpoint I/O: lazy safetensors reading, streaming sharded writing, PEFT LoRA adapters, GGUF import."""
 
 from harness.core.checkpoints._adapted import AdaptedReader, CombinedAdapter, adapter_base_path, open_model
+from harness.core.checkpoints._atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from harness.core.checkpoints._finite import NonFiniteError, check_checkpoint_finite, check_finite
 from harness.core.checkpoints._gguf import (
     BUNDLED_GGUF,
@@ -24,6 +25,9 @@ __all__ = [
     "LoraModule",
     "NonFiniteError",
     "adapter_base_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
     "check_checkpoint_finite",
     "check_finite",
     "checkpoint_hash",
