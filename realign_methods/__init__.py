@@ -4,7 +4,7 @@
 >>> merge(MergeSpec(method="resta", aligned=A, unaligned=U, finetuned=[F], out=O, params={"gamma": 0.5}))
 """
 
-from realign_methods._engine import MergePlan, MergeSpec, merge, plan
+from realign_methods._engine import MergePlan, MergeSpec, merge, plan, resolve_device
 from realign_methods._method import (
     INPUT_KINDS,
     Method,
@@ -39,6 +39,7 @@ __all__ = [
     "parameter_ranges",
     "plan",
     "register_method",
+    "resolve_device",
     "tensor_seed",
     "validate_params",
 ]
