@@ -111,3 +111,18 @@ def test_writer_sorts_shard_metadata(tmp_path: Path) -> None:
         assert list(header["__metadata__"]) == sorted(header["__metadata__"])
         with safe_open(str(first), framework="pt") as handle:  # still a valid safetensors file
             assert handle.metadata()["key3"] == "3"
+
+
+def test_documented_differences_from_mergekit_ties() -> None:
+    """README: where our TIES departs from mergekit's, shown on our ops."""
+    # density semantics: k = int(density·n); 0 keeps nothing (mergekit keeps max(1, k)), ties at the threshold all kept
+    assert ops.magnitude_threshold(torch.tensor([3.0, -1.0, 2.0]), 0.2) == float("inf")
+    tied = torch.tensor([1.0, -1.0, 1.0, 0.5])
+    assert int((ops.magnitude_prune(tied, 0.25) != 0).sum()) == 3  # mergekit's argsort keeps exactly 1
+    # sign election on the unweighted trimmed mass, weights applied after (mergekit weights first):
+    # deltas +1 and −0.6 with weights 1 and 2: unweighted mass +0.4 elects +, weighted mass −0.2 would elect −
+    merged = ops.ties([torch.tensor([1.0]), torch.tensor([-0.6])], density=1.0, weights=[1.0, 2.0])
+    assert float(merged) == 1.0
+    # disjoint mean divides by the number of agreeing tasks, not by Σ weight·agree: (2·1 + 1·3) / 2
+    merged = ops.ties([torch.tensor([1.0]), torch.tensor([3.0])], density=1.0, weights=[2.0, 1.0])
+    assert float(merged) == 2.5
