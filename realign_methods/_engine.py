@@ -22,7 +22,14 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from harness.core.checkpoints import CheckpointWriter, save_adapter
+from harness.core.checkpoints import (
+    CheckpointWriter,
+    CombinedAdapter,
+    LoraAdapter,
+    is_adapter_dir,
+    open_model,
+    save_adapter,
+)
 from harness.core.checkpoints._finite import check_finite
 from harness.core.errors import CheckpointError, ConfigError
 from realign_methods._method import (
@@ -218,8 +225,6 @@ def _check_consistent(prepared: _Prepared) -> None:
 
 def _open(spec: MergeSpec) -> _Prepared:
     """Validate everything that can be validated without computing; returns open readers."""
-    from harness.core.checkpoints import LoraAdapter, is_adapter_dir, open_model
-
     if spec.method not in METHODS:
         get_method(spec.method)  # raises with near-name suggestions
     method = get_method(spec.method)
@@ -305,7 +310,6 @@ def _adapter_updates(
     given; when it is not and the adapters continue the aligned input's own adapter, it is filled in
     (as ``realign run`` does); any other correction is refused for them.
     """
-    from harness.core.checkpoints import CombinedAdapter
     from realign_methods._relative import relative_adapters
 
     base = Path(spec.base) if spec.base is not None else None
