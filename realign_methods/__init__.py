@@ -4,7 +4,7 @@
 >>> merge(MergeSpec(method="resta", aligned=A, unaligned=U, finetuned=[F], out=O, params={"gamma": 0.5}))
 """
 
-from realign_methods._engine import MergePlan, MergeSpec, merge, plan
+from realign_methods._engine import MergePlan, MergeSpec, merge, plan, resolve_device
 from realign_methods._method import (
     DENSE_INPUTS,
     Method,
@@ -54,6 +54,7 @@ __all__ = [
     "params_from_signature",
     "plan",
     "register_method",
+    "resolve_device",
     "tensor_method",
     "tensor_seed",
     "validate_params",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,6 +22,14 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from harness.core.checkpoints import (
+    CheckpointWriter,
+    CombinedAdapter,
+    LoraAdapter,
+    is_adapter_dir,
+    open_model,
+    save_adapter,
+)
 from harness.core.checkpoints._finite import check_finite
 from harness.core.checkpoints._writer import copy_aux_files
 from harness.core.errors import CheckpointError, ConfigError
@@ -124,6 +134,7 @@ class _Prepared:
     out_dtype: dict[str, torch.dtype] = field(default_factory=dict)
     adapter_notes: dict[str, str] = field(default_factory=dict)  # what each adapter was taken relative to
     calibration_data: Path | None = None  # resolved when the method declares a calibration
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def close(self) -> None:
         for readers in self.readers.values():
@@ -132,13 +143,41 @@ class _Prepared:
 
     def tensor_inputs(self, name: str) -> TensorInputs:
         loaders: dict[str, list[Callable[[], torch.Tensor]]] = {
-            role: [_getter(reader, name) for reader in readers] for role, readers in self.readers.items()
+            role: [_getter(reader, name, self.device) for reader in readers] for role, readers in self.readers.items()
         }
         return TensorInputs(name, loaders, self.adapters)
 
 
-def _getter(reader: Any, name: str) -> Callable[[], torch.Tensor]:
-    return lambda: reader.get(name)
+def _getter(reader: Any, name: str, device: torch.device) -> Callable[[], torch.Tensor]:
+    if device.type == "cpu":
+        return lambda: reader.get(name)
+    return lambda: reader.get(name).to(device, non_blocking=True)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device merges run on; ``cuda`` without a usable GPU is refused before any work."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: merges run on 'cpu' or 'cuda', not {resolved.type!r}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", built without CUDA")
+            raise ConfigError(f"device {device!r}: CUDA is not available here ({build}, no GPU visible); use --device cpu")
+        index = resolved.index or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return resolved
+
+
+def _resolve_threads(threads: int | None) -> int:
+    if threads is None:
+        return os.cpu_count() or 1
+    if threads < 1:
+        raise ConfigError(f"threads must be ≥ 1, got {threads}")
+    return threads
 
 
 def _label(role: str, index: int, readers: dict[str, list[Any]]) -> str:
@@ -189,8 +228,6 @@ def _check_consistent(prepared: _Prepared) -> None:
 
 def _open(spec: MergeSpec) -> _Prepared:
     """Validate everything that can be validated without computing; returns open readers."""
-    from harness.core.checkpoints import LoraAdapter, is_adapter_dir, open_model
-
     if spec.method not in METHODS:
         get_method(spec.method)  # raises with near-name suggestions
     method = get_method(spec.method)
@@ -297,7 +334,6 @@ def _adapter_updates(
     given; when it is not and the adapters continue the aligned input's own adapter, it is filled in
     (as ``realign run`` does); any other correction is refused for them.
     """
-    from harness.core.checkpoints import CombinedAdapter
     from realign_methods._relative import relative_adapters
 
     base = Path(spec.base) if spec.base is not None else None
@@ -357,125 +393,125 @@ def _provenance(prepared: _Prepared) -> dict[str, Any]:
     }
 
 
+def _read_all(prepared: _Prepared, name: str) -> TensorInputs:
+    """The inputs of one tensor name with every dense input already read (runs in the prefetch thread)."""
+    inputs = prepared.tensor_inputs(name)
+    for role, readers in prepared.readers.items():
+        for index in range(len(readers)):
+            inputs.raw(role, index)
+    return inputs
+
+
 def _iter_outputs(prepared: _Prepared, state: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    for name in prepared.names:
-        inputs = prepared.tensor_inputs(name)
-        ctx = TensorContext(name=name, seed=prepared.spec.seed, state=state, out_dtype=prepared.out_dtype[name])
-        reference_raw = inputs.raw(prepared.reference)
-        if not reference_raw.is_floating_point():
-            result = reference_raw  # integer buffers are copied, never merged
-        else:
-            result = prepared.method.merge_tensor(inputs, prepared.params, ctx)
-        if tuple(result.shape) != tuple(reference_raw.shape):
-            raise CheckpointError(
-                f"method {prepared.method.info.name!r} returned shape {list(result.shape)} for tensor '{name}', "
-                f"expected {list(reference_raw.shape)}"
-            )
-        out = result.to(prepared.out_dtype[name])
-        if not prepared.spec.allow_nonfinite:
-            check_finite(out, name, f"method {prepared.method.info.name!r} output", NONFINITE_HINT)
-        yield name, out
-        inputs.release()
+    """Merged tensors in name order; the next name's inputs are read while this one is computed."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as reader_pool:
+        pending: Future[TensorInputs] | None = None
+        for position, name in enumerate(prepared.names):
+            inputs = pending.result() if pending is not None else _read_all(prepared, name)
+            following = prepared.names[position + 1] if position + 1 < len(prepared.names) else None
+            pending = reader_pool.submit(_read_all, prepared, following) if following is not None else None
+            yield name, _merge_one(prepared, state, name, inputs)
+            inputs.release()
 
 
-def canonicalize_header(path: Path) -> bool:
-    """Rewrite a safetensors file's ``__metadata__`` with sorted keys, in place and at the same length.
-
-    safetensors serialises metadata from a hash map, so two identical merges would otherwise differ
-    in header byte order; sorting makes equal merges bit-identical. Returns False (file untouched)
-    if the canonical header would not have exactly the same length.
-    """
-    with open(path, "r+b") as handle:
-        size = int.from_bytes(handle.read(8), "little")
-        raw = handle.read(size)
-        header = json.loads(raw)
-        if "__metadata__" not in header:
-            return True
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-        ordered = {"__metadata__": header.pop("__metadata__"), **header}
-        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) != len(raw.rstrip(b" ")):
-            return False
-        handle.seek(8)
-        handle.write(text + b" " * (size - len(text)))
-    return True
-
-
-def _canonical_writer_class() -> type:
-    from harness.core.checkpoints import CheckpointWriter
-
-    class _CanonicalWriter(CheckpointWriter):
-        """CheckpointWriter whose shards get sorted metadata before the atomic rename."""
-
-        def _flush(self) -> None:
-            shards_before = len(getattr(self, "_shards", ()))
-            super()._flush()
-            shards = getattr(self, "_shards", [])
-            if len(shards) > shards_before:
-                canonicalize_header(self.tmp_dir / shards[-1][0])
-
-    return _CanonicalWriter
-
-
-def merge(spec: MergeSpec) -> Path:
-    """Run one merge; returns the output directory (written atomically)."""
-    from harness.core.checkpoints import save_adapter
-
-    prepared = _open(spec)
-    try:
-        ctx = PrepareContext(
-            names=prepared.names,
-            readers=prepared.readers,
-            adapters=prepared.adapters,
-            params=prepared.params,
-            seed=spec.seed,
-            data={r: Path(p) for r in ("preference_data", "calibration_data") if (p := getattr(spec, r)) is not None},
-            tensor_inputs=prepared.tensor_inputs,
+def _merge_one(prepared: _Prepared, state: Any, name: str, inputs: TensorInputs) -> torch.Tensor:
+    ctx = TensorContext(name=name, seed=prepared.spec.seed, state=state, out_dtype=prepared.out_dtype[name])
+    reference_raw = inputs.raw(prepared.reference)
+    if not reference_raw.is_floating_point():
+        result = reference_raw  # integer buffers are copied, never merged
+    else:
+        result = prepared.method.merge_tensor(inputs, prepared.params, ctx)
+    if tuple(result.shape) != tuple(reference_raw.shape):
+        raise CheckpointError(
+            f"method {prepared.method.info.name!r} returned shape {list(result.shape)} for tensor '{name}', "
+            f"expected {list(reference_raw.shape)}"
         )
-        ctx.calibration = _run_calibration(prepared)
-        state = prepared.method.prepare(ctx)
-        metadata = _provenance(prepared)
-        if ctx.calibration is not None:
-            manifest = ctx.calibration.manifest
-            metadata["calibration"] = {"key": manifest["key"], "data": manifest["data"], "cost": ctx.calibration.cost}
-        if spec.output == "adapter":
-            factors = prepared.method.emit_adapter(ctx, state)
-            if not spec.allow_nonfinite:
-                for key, value in _named_tensors(factors):
-                    check_finite(value, key, f"method {spec.method!r} adapter output", NONFINITE_HINT)
-            out = save_adapter(factors, prepared.adapters[0], spec.out, overwrite=spec.overwrite)
-            from harness.core.hashing import canonical_json
+    out = result.to(prepared.out_dtype[name])
+    if not prepared.spec.allow_nonfinite:
+        check_finite(out, name, f"method {prepared.method.info.name!r} output", NONFINITE_HINT)
+    return out
 
-            (out / "realign_merge.json").write_text(canonical_json(metadata) + "\n")
-            return out
-        ref_reader = prepared.readers[prepared.reference][0]
-        aux = ref_reader.root if Path(ref_reader.path).is_dir() else None
-        extra = prepared.method.extra_tensors(ctx, state)
-        clashing = sorted(set(extra) & set(prepared.names))
-        if clashing:
-            raise CheckpointError(f"method {spec.method!r}: extra tensor '{clashing[0]}' is already an input tensor")
-        config_updates = prepared.method.config_updates(ctx, state)
-        if config_updates and aux is None:
-            raise CheckpointError(f"method {spec.method!r} edits config.json, but {ref_reader.path} has none to edit")
-        with _canonical_writer_class()(
-            spec.out,
-            max_shard_size=_parse_size(spec.max_shard_size),
-            metadata=metadata,
-            copy_aux_from=None if config_updates else aux,
-            overwrite=spec.overwrite,
-        ) as writer:
-            for name, tensor in _iter_outputs(prepared, state):
-                writer.add(name, tensor)
-            for name, tensor in sorted(extra.items()):
-                if not spec.allow_nonfinite:
-                    check_finite(tensor, name, f"method {spec.method!r} output", NONFINITE_HINT)
-                writer.add(name, tensor)
-            if config_updates and aux is not None:  # edited inside the temp dir: the commit stays atomic
-                _write_config_updates(aux, writer.tmp_dir, config_updates)
-        _fix_config_dtype(spec.out, spec.dtype)
-        return writer.out_dir
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def merge(spec: MergeSpec, *, threads: int | None = None, device: str | torch.device = "cpu") -> Path:
+    """Run one merge; returns the output directory (written atomically).
+
+    ``threads``: torch compute threads (default: all cores); inputs are read by one extra thread,
+    one tensor ahead. ``device``: ``cuda`` computes on the GPU (inputs are copied there tensor by
+    tensor); refused with a clear error when no GPU is usable. Neither changes the merge's identity.
+    """
+    run_device = resolve_device(device)
+    thread_count = _resolve_threads(threads)
+    prepared = _open(spec)
+    prepared.device = run_device
+    try:
+        with _torch_threads(thread_count):
+            return _merge_prepared(spec, prepared)
     finally:
         prepared.close()
+
+
+def _merge_prepared(spec: MergeSpec, prepared: _Prepared) -> Path:
+    ctx = PrepareContext(
+        names=prepared.names,
+        readers=prepared.readers,
+        adapters=prepared.adapters,
+        params=prepared.params,
+        seed=spec.seed,
+        data={r: Path(p) for r in ("preference_data", "calibration_data") if (p := getattr(spec, r)) is not None},
+        tensor_inputs=prepared.tensor_inputs,
+    )
+    ctx.calibration = _run_calibration(prepared)
+    state = prepared.method.prepare(ctx)
+    metadata = _provenance(prepared)
+    if ctx.calibration is not None:
+        manifest = ctx.calibration.manifest
+        metadata["calibration"] = {"key": manifest["key"], "data": manifest["data"], "cost": ctx.calibration.cost}
+    if spec.output == "adapter":
+        factors = prepared.method.emit_adapter(ctx, state)
+        if not spec.allow_nonfinite:
+            for key, value in _named_tensors(factors):
+                check_finite(value, key, f"method {spec.method!r} adapter output", NONFINITE_HINT)
+        out = save_adapter(factors, prepared.adapters[0], spec.out, overwrite=spec.overwrite)
+        from harness.core.hashing import canonical_json
+
+        (out / "realign_merge.json").write_text(canonical_json(metadata) + "\n")
+        return out
+    ref_reader = prepared.readers[prepared.reference][0]
+    aux = ref_reader.root if Path(ref_reader.path).is_dir() else None
+    extra = prepared.method.extra_tensors(ctx, state)
+    clashing = sorted(set(extra) & set(prepared.names))
+    if clashing:
+        raise CheckpointError(f"method {spec.method!r}: extra tensor '{clashing[0]}' is already an input tensor")
+    config_updates = prepared.method.config_updates(ctx, state)
+    if config_updates and aux is None:
+        raise CheckpointError(f"method {spec.method!r} edits config.json, but {ref_reader.path} has none to edit")
+    with CheckpointWriter(
+        spec.out,
+        max_shard_size=_parse_size(spec.max_shard_size),
+        metadata=metadata,
+        copy_aux_from=None if config_updates else aux,
+        overwrite=spec.overwrite,
+    ) as writer:
+        for name, tensor in _iter_outputs(prepared, state):
+            writer.add(name, tensor)
+        for name, tensor in sorted(extra.items()):
+            if not spec.allow_nonfinite:
+                check_finite(tensor, name, f"method {spec.method!r} output", NONFINITE_HINT)
+            writer.add(name, tensor)
+        if config_updates and aux is not None:  # edited inside the temp dir: the commit stays atomic
+            _write_config_updates(aux, writer.tmp_dir, config_updates)
+    _fix_config_dtype(spec.out, spec.dtype)
+    return writer.out_dir
 
 
 def _write_config_updates(source: Path, tmp_dir: Path, updates: dict[str, Any]) -> None:

@@ -76,12 +76,47 @@ def weight_average(tensors: Sequence[torch.Tensor], weights: Sequence[float] | N
     return weighted_sum(tensors, [w / norm for w in ws])
 
 
+#: elements per sub-chunk of the no-grad fast paths: small enough that temporaries stay in cache
+_FAST_CHUNK = 1 << 18
+_MAGNITUDE_BITS = 0x7FFFFFFF  # float32 bit pattern without the sign: ordered like |x| for finite x
+_BUCKET_SHIFT = 16  # radix-select buckets: sign-less exponent + 7 mantissa bits (32768 buckets)
+
+
 def magnitude_threshold(delta: torch.Tensor, density: float) -> float | None:
     """The magnitude of the ``k = int(density·numel)``-th largest entry (None: keep everything).
 
-    Uses a selection (``kthvalue``, O(n)) rather than a sort; entries whose magnitude equals the
-    threshold are all kept, so the kept set does not depend on tie-breaking order.
+    Exact, and without a sort: a radix select over the float32 bit patterns (non-negative floats
+    order like their bits) counts entries per 16-bit bucket, finds the bucket holding the k-th
+    largest, and runs ``kthvalue`` over that bucket's few entries only. Entries whose magnitude
+    equals the threshold are all kept, so the kept set does not depend on tie-breaking order.
+    Equals :func:`magnitude_threshold_reference` exactly.
     """
+    _check_fraction("density", density, upper_open=False)
+    if density >= 1:
+        return None
+    k = int(density * delta.numel())
+    if k == 0:
+        return float("inf")
+    with torch.no_grad():
+        flat = _f32(delta.detach()).reshape(-1).contiguous()
+        if not bool(torch.isfinite(flat).all()):
+            return magnitude_threshold_reference(flat, density)  # NaN bit patterns do not order like values
+        chunks = flat.split(_FAST_CHUNK * 16)
+        histogram = torch.zeros(1 << (31 - _BUCKET_SHIFT), dtype=torch.int64, device=flat.device)
+        for chunk in chunks:
+            buckets = (chunk.view(torch.int32) & _MAGNITUDE_BITS) >> _BUCKET_SHIFT
+            histogram += torch.bincount(buckets, minlength=histogram.numel())
+        at_or_above = histogram.flip(0).cumsum(0).flip(0)  # entries in this bucket or a higher one
+        bucket = int((at_or_above >= k).nonzero()[-1])
+        rank = k - int(at_or_above[bucket] - histogram[bucket])  # rank of the threshold inside its bucket
+        candidates = torch.cat([
+            chunk[((chunk.view(torch.int32) & _MAGNITUDE_BITS) >> _BUCKET_SHIFT) == bucket] for chunk in chunks
+        ]).abs_()
+        return float(candidates.kthvalue(candidates.numel() - rank + 1).values)
+
+
+def magnitude_threshold_reference(delta: torch.Tensor, density: float) -> float | None:
+    """:func:`magnitude_threshold` by a plain ``kthvalue`` over all magnitudes (the slow reference)."""
     _check_fraction("density", density, upper_open=False)
     if density >= 1:
         return None
@@ -154,6 +189,51 @@ def elect_and_merge(
             count += mask
         count.clamp_(min=1.0)
     return merged / count
+
+
+def trim_elect_merge(
+    deltas: Sequence[torch.Tensor],
+    thresholds: Sequence[float | None],
+    weights: Sequence[float],
+    reduce: Reduce = "mean",
+) -> torch.Tensor:
+    """``elect_and_merge([apply_threshold(δ_i, t_i)], weights, reduce)`` fused, without gradients.
+
+    The fast path of the engine's TIES: one pass per cache-sized sub-chunk instead of one pass
+    per step over whole tensors. Equal to the composition of the reference ops (≤ 1e-6 in fp32).
+    """
+    if reduce not in ("mean", "sum"):
+        raise ConfigError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    if not deltas or len(deltas) != len(thresholds) or len(deltas) != len(weights):
+        raise ConfigError(
+            f"trim_elect_merge: expected matching non-empty deltas/thresholds/weights, got "
+            f"{len(deltas)}/{len(thresholds)}/{len(weights)}"
+        )
+    with torch.no_grad():
+        flats = [_f32(d.detach()).reshape(-1) for d in deltas]
+        out = torch.empty_like(flats[0])
+        for start in range(0, out.numel(), _FAST_CHUNK):
+            stop = min(start + _FAST_CHUNK, out.numel())
+            kept = []
+            for flat, threshold in zip(flats, thresholds, strict=True):
+                part = flat[start:stop]
+                if threshold is not None:
+                    part = torch.where(part.abs() >= threshold, part, 0.0)
+                kept.append(part)
+            mass = torch.stack(kept).sum(0) if len(kept) > 1 else kept[0]
+            positive = mass >= 0
+            merged = out[start:stop]
+            merged.zero_()
+            count = torch.zeros_like(merged) if reduce == "mean" else None
+            for part, weight in zip(kept, weights, strict=True):
+                # the part of δ_i whose sign agrees with the elected one (trimmed zeros agree with neither)
+                agreeing = torch.where(positive, part.clamp(min=0), part.clamp(max=0))
+                merged.add_(agreeing, alpha=weight)
+                if count is not None:
+                    count += agreeing != 0
+            if count is not None:
+                merged.div_(count.clamp_(min=1.0))
+    return out.reshape(deltas[0].shape)
 
 
 def ties(

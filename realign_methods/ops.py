@@ -11,8 +11,10 @@ from realign_methods._ops import (
     fuse_deltas,
     magnitude_prune,
     magnitude_threshold,
+    magnitude_threshold_reference,
     task_arithmetic,
     ties,
+    trim_elect_merge,
     weight_average,
     weighted_sum,
 )
@@ -25,8 +27,10 @@ __all__ = [
     "fuse_deltas",
     "magnitude_prune",
     "magnitude_threshold",
+    "magnitude_threshold_reference",
     "task_arithmetic",
     "ties",
+    "trim_elect_merge",
     "weight_average",
     "weighted_sum",
 ]

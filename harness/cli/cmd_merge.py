@@ -9,7 +9,7 @@ import click
 
 from harness.core.errors import ConfigError
 from harness.core.yaml_strict import load_yaml
-from realign_methods import MergeSpec, merge, plan
+from realign_methods import MergeSpec, merge, plan, resolve_device
 
 
 def _parse_value(text: str) -> Any:
@@ -70,7 +70,11 @@ def _load_config(path: str) -> dict[str, Any]:
 @click.option("--allow-nonfinite", is_flag=True, default=None,
               help="Merge inputs holding NaN/inf (and write such outputs) instead of refusing them.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output directory.")
-def merge_command(config_path: str | None, dry_run: bool, params: tuple[str, ...], **options: Any) -> None:
+@click.option("--threads", type=int, help="Compute threads (default: all cores).")
+@click.option("--device", default="cpu", show_default=True, help="Compute device: cpu, cuda or cuda:N.")
+def merge_command(
+    config_path: str | None, dry_run: bool, params: tuple[str, ...], threads: int | None, device: str, **options: Any
+) -> None:
     """Merge checkpoints with METHOD, e.g.
 
     realign merge --method resta --aligned A --unaligned U --finetuned F --out O -p gamma=0.5
@@ -104,11 +108,12 @@ def merge_command(config_path: str | None, dry_run: bool, params: tuple[str, ...
             details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors())
             raise ConfigError(f"merge spec: {details}") from None
         raise
+    resolve_device(device)  # a cuda request without a GPU is refused before anything else is done
     console = Console()
     if dry_run:
         for line in plan(spec).lines():
             console.print(line, highlight=False)
         console.print("dry run: nothing written", highlight=False)
         return
-    out = merge(spec)
+    out = merge(spec, threads=threads, device=device)
     console.print(f"wrote {out} (method {spec.method}; provenance in {out / 'realign_merge.json'})", highlight=False)

@@ -139,7 +139,7 @@ class Ties(Method):
 
         def chunk(sl: slice) -> torch.Tensor:
             base = rows(inputs, anchor, 0, sl)
-            kept = [ops.apply_threshold(task_vector_rows(inputs, base, anchor, i, sl), t) for i, t in enumerate(thresholds)]
-            return base + ops.elect_and_merge(kept, weights, params.reduce)
+            deltas = [task_vector_rows(inputs, base, anchor, i, sl) for i in range(len(thresholds))]
+            return base + ops.trim_elect_merge(deltas, thresholds, weights, params.reduce)
 
         return map_rows(inputs, ctx, anchor, chunk)

@@ -67,13 +67,36 @@ def _metadata_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
+def canonicalize_header(path: Path) -> bool:
+    """Rewrite a safetensors file's ``__metadata__`` with sorted keys, in place and at the same length.
+
+    safetensors serialises metadata from a hash map, so two identical writes would otherwise differ
+    in header byte order; sorting makes equal checkpoints bit-identical. Returns False (file
+    untouched) if the canonical header would not have exactly the same length.
+    """
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        header = json.loads(raw)
+        if "__metadata__" not in header:
+            return True
+        ordered = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) != len(raw.rstrip(b" ")):
+            return False
+        handle.seek(8)
+        handle.write(text + b" " * (size - len(text)))
+    return True
+
+
 class CheckpointWriter:
     """Write a Hugging Face model directory tensor by tensor, holding at most about one shard in memory.
 
     Tensors go into ``.<name>.tmp-<pid>-<random>`` next to ``out_dir``; ``commit()`` names the shards
     ``model-0000k-of-0000n.safetensors`` (or ``model.safetensors`` when there is one), writes
     ``model.safetensors.index.json`` when sharded and ``realign_merge.json`` when ``metadata`` is given,
-    then renames the temp dir to ``out_dir``. ``abort()`` (or an exception inside ``with``) removes
+    then renames the temp dir to ``out_dir``. Shard headers carry their metadata in sorted order, so
+    equal inputs give bit-identical files. ``abort()`` (or an exception inside ``with``) removes
     the temp dir, so no half-written output is ever left.
     """
 
@@ -143,6 +166,7 @@ class CheckpointWriter:
             save_file(self._buffer, str(self.tmp_dir / file_name), metadata=self._st_metadata)
         except Exception as exc:
             raise CheckpointError(f"cannot write shard {self.tmp_dir / file_name}: {exc}") from exc
+        canonicalize_header(self.tmp_dir / file_name)
         self._shards.append((file_name, list(self._buffer)))
         self._buffer = {}
         self._buffer_ptrs = set()
