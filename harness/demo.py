@@ -31,7 +31,19 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "items": 5,
     "max_new_tokens": 32,
     "somf": {"steps": 2, "max_pairs": 8},
+    # calibrated methods: a token calibration (the full demo's sizes are in configs/demo.yaml)
+    "calibration": {"calibration_examples": 4, "calibration_max_length": 64, "icv_examples": 8, "icv_max_length": 64},
 }
+
+
+def _quick_params(method: dict[str, Any]) -> dict[str, Any]:
+    params = dict(method.get("params", {}))
+    if method["name"] == "somf":
+        params.update(QUICK_OVERRIDES["somf"])
+    for key, cap in QUICK_OVERRIDES["calibration"].items():
+        if key in params:
+            params[key] = min(int(params[key]), cap)
+    return params
 
 
 def quick_variant(data: dict[str, Any]) -> dict[str, Any]:
@@ -45,10 +57,8 @@ def quick_variant(data: dict[str, Any]) -> dict[str, Any]:
         {**b, **{k: min(int(b[k]), items) for k in ("sample", "limit") if k in b}} for b in data["benchmarks"]
     ]
     out["generation"] = {**data.get("generation", {}), "max_new_tokens": QUICK_OVERRIDES["max_new_tokens"]}
-    out["methods"] = [
-        {**m, "params": {**m.get("params", {}), **QUICK_OVERRIDES["somf"]}} if m["name"] == "somf" else m
-        for m in data["methods"]
-    ]
+    out["methods"] = [{**m, "params": _quick_params(m)} if "params" in m or m["name"] == "somf" else m
+                      for m in data["methods"]]
     return out
 
 
