@@ -91,8 +91,11 @@ def summary_view(board: Leaderboard) -> pd.DataFrame:
     cost_cols = [c for c in frame.columns if c.startswith("cost:")]
     if cost_cols and frame[cost_cols].notna().any().any():  # a store from before costs were recorded: no columns
         for column, title in COST_TITLES.items():
+            values = frame[f"cost:{column}"]
+            if column in OPTIONAL_COST and not values.fillna(0).astype(float).any():
+                continue  # no method here calibrates: no columns of zeros in the summary
             out[title] = [tokens(v) if column in ("tokens_generated", "calibration_examples") else seconds(v)
-                          for v in frame[f"cost:{column}"]]
+                          for v in values]
     out["Pareto"] = ["★" if p else "" for p in frame["pareto"]]
     return out
 
@@ -100,6 +103,8 @@ def summary_view(board: Leaderboard) -> pd.DataFrame:
 COST_TITLES = {"total_seconds": "cost s", "merge_seconds": "merge s", "train_seconds": "mask train s",
                "calibration_seconds": "calib s", "calibration_examples": "calib n",
                "generate_seconds": "gen s", "judge_seconds": "judge s", "tokens_generated": "tokens"}
+#: summary cost columns shown only when some row has a value (only calibrated methods have them)
+OPTIONAL_COST = ("calibration_seconds", "calibration_examples")
 
 
 def seconds(value: Any) -> str:

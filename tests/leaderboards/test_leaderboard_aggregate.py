@@ -277,10 +277,15 @@ def test_cost_columns_in_the_summary_and_the_cost_table(synthetic_store: tuple[P
     assert len(board.cost) == len(METHODS) * 2 * len(benchmarks)
     files = {p.name: p for p in render_leaderboard(board, tmp_path / "site", ["md", "csv", "html"])}
     md = files["leaderboard.md"].read_text()
-    assert "| cost s | merge s | mask train s | calib s | calib n | gen s | judge s | tokens |" in md.replace(" | Pareto |", " |")
+    # no method here calibrates: the summary has no calibration columns
+    assert "| cost s | merge s | mask train s | gen s | judge s | tokens |" in md.replace(" | Pareto |", " |")
     somf_line = next(line for line in md.splitlines() if line.startswith("| ft-code | somf_ta |"))
     # total 132 = merge 13 (rank 3) + mask training 100 + generation 3 × 5 + judging 2 + scoring 4 × 0.5
-    assert "| 132.0 | 13.0 | 100.0 | — | — | 15.0 | 2.0 | 480 |" in somf_line  # no calibration recorded
+    assert "| 132.0 | 13.0 | 100.0 | 15.0 | 2.0 | 480 |" in somf_line
+    board.summary.loc[board.summary["method_label"] == "somf_ta", ["cost:calibration_seconds", "cost:calibration_examples"]] = [7.0, 16]
+    calibrated = render_leaderboard(board, tmp_path / "site2", ["md"])[0].read_text()
+    assert "| cost s | merge s | mask train s | calib s | calib n | gen s | judge s | tokens |" in calibrated.replace(" | Pareto |", " |")
+    assert "| 100.0 | 7.0 | 16 | 15.0 |" in next(line for line in calibrated.splitlines() if line.startswith("| ft-code | somf_ta |"))
     assert "## Cost per cell" in md and "cost.csv" in files
     assert "mask train s" in files["index.html"].read_text()
 
