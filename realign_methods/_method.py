@@ -31,6 +31,7 @@ import annotated_types
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from harness.core.checkpoints import lora_delta
 from harness.core.errors import ConfigError, did_you_mean
 from realign_methods.calibration._spec import CalibrationSpec
 
@@ -276,15 +277,13 @@ class TensorInputs:
         return lora_a.float(), lora_b.float(), float(scaling)
 
     def adapter_delta(self, index: int = 0, rows: slice = slice(None)) -> torch.Tensor | None:
-        """``scaling · B[rows] @ A`` of adapter ``index`` for this weight (float32), or None if untouched.
-
-        The one place the LoRA update formula lives for methods (``rows`` bounds memory on big weights).
-        """
+        """``scaling · B[rows] @ A`` of adapter ``index`` for this weight (float32), or None if untouched
+        (``harness.core.checkpoints.lora_delta``; ``rows`` bounds memory on big weights)."""
         factors = self.adapter_factors(index)
         if factors is None:
             return None
         lora_a, lora_b, scaling = factors
-        return (lora_b[rows] @ lora_a) * scaling
+        return lora_delta(lora_a, lora_b, scaling, rows)
 
     def task_vectors(self, anchor: str) -> Iterator[torch.Tensor]:
         """Each fine-tuned model minus ``anchor``, then each adapter's delta (zeros where untouched).

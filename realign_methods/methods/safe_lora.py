@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
 
+from harness.core.checkpoints import LoraAdapter, lora_delta
 from harness.core.errors import CheckpointError, ConfigError
 from realign_methods._method import (
     Method,
@@ -35,9 +35,6 @@ from realign_methods._method import (
 )
 from realign_methods._registry import register_method
 from realign_methods.methods._subspace import flat_cosine, project_onto_alignment
-
-if TYPE_CHECKING:
-    from harness.core.checkpoints import LoraAdapter
 
 
 class SafeLoraParams(MethodParams):
@@ -100,8 +97,6 @@ def update_factors(
 
 def _load_aligned(params: SafeLoraParams, ctx: PrepareContext) -> LoraAdapter | None:
     """The aligned adapter, checked against the base model (the one both adapters apply to)."""
-    from harness.core.checkpoints import LoraAdapter
-
     if params.aligned_adapter is None:
         return None
     try:
@@ -157,7 +152,7 @@ class SafeLora(Method):
         aligned = inputs.aligned
         if name in state.projected:
             lora_b = projected_b(aligned, inputs.base, lora_b)
-        return aligned + (lora_b @ lora_a) * scaling
+        return aligned + lora_delta(lora_a, lora_b, scaling)
 
     def emit_adapter(self, ctx: PrepareContext, state: SafeLoraState) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{weight: (A, B')}`` for ``save_adapter`` (the input adapter's config).

@@ -9,7 +9,7 @@ from harness.core.checkpoints._gguf import (
     import_gguf,
     resolve_model,
 )
-from harness.core.checkpoints._lora import LoraAdapter, LoraModule, merge_adapter, save_adapter
+from harness.core.checkpoints._lora import LoraAdapter, LoraModule, lora_delta, merge_adapter, save_adapter
 from harness.core.checkpoints._reader import CheckpointReader, is_adapter_dir, is_weight_file
 from harness.core.checkpoints._writer import PROVENANCE_FILE, CheckpointWriter, copy_aux_files, parse_size
 
@@ -32,6 +32,7 @@ __all__ = [
     "import_gguf",
     "is_adapter_dir",
     "is_weight_file",
+    "lora_delta",
     "merge_adapter",
     "open_model",
     "parse_size",
