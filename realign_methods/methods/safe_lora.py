@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from harness.core.checkpoints import LoraAdapter, lora_delta
+from harness.core.checkpoints import LoraAdapter, join_lora_factors, lora_delta
 from harness.core.errors import CheckpointError, ConfigError
 from realign_methods._method import (
     Method,
@@ -92,7 +92,9 @@ def update_factors(
             f"do not fit the fine-tune adapter {inputs.adapter(0).path}'s (A {list(a_f.shape)}, "
             f"B {list(b_f.shape)}); the two adapters must be on the same base model"
         )
-    return torch.cat([a_f, a_a], dim=0), torch.cat([b_f * s_f, -b_a * s_a], dim=1), 1.0
+    # θ_F − θ_A joined as CombinedAdapter joins; the weights only one adapter adapts keep the rules above
+    joined_a, joined_b = join_lora_factors([(a_f, b_f, s_f), (a_a, b_a, -s_a)])
+    return joined_a, joined_b, 1.0
 
 
 def _load_aligned(params: SafeLoraParams, ctx: PrepareContext) -> LoraAdapter | None:

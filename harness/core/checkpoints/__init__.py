@@ -1,6 +1,12 @@
 """Checkpoint I/O: lazy safetensors reading, streaming sharded writing, PEFT LoRA adapters, GGUF import."""
 
-from harness.core.checkpoints._adapted import AdaptedReader, CombinedAdapter, adapter_base_path, open_model
+from harness.core.checkpoints._adapted import (
+    AdaptedReader,
+    CombinedAdapter,
+    adapter_base_path,
+    join_lora_factors,
+    open_model,
+)
 from harness.core.checkpoints._finite import NonFiniteError, check_checkpoint_finite, check_finite
 from harness.core.checkpoints._gguf import (
     BUNDLED_GGUF,
@@ -32,6 +38,7 @@ __all__ = [
     "import_gguf",
     "is_adapter_dir",
     "is_weight_file",
+    "join_lora_factors",
     "lora_delta",
     "merge_adapter",
     "open_model",
