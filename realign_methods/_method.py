@@ -226,7 +226,7 @@ class TensorInputs:
         return self.count(role) > 0
 
     def count(self, role: str) -> int:
-        if role == "adapters":
+        if role == Role.ADAPTERS:
             return len(self._adapters)
         return len(self._loaders.get(role, ()))
 
@@ -250,18 +250,18 @@ class TensorInputs:
 
     @property
     def aligned(self) -> torch.Tensor:
-        return self.get("aligned")
+        return self.get(Role.ALIGNED)
 
     @property
     def unaligned(self) -> torch.Tensor:
-        return self.get("unaligned")
+        return self.get(Role.UNALIGNED)
 
     @property
     def base(self) -> torch.Tensor:
-        return self.get("base")
+        return self.get(Role.BASE)
 
     def finetuned(self, index: int = 0) -> torch.Tensor:
-        return self.get("finetuned", index)
+        return self.get(Role.FINETUNED, index)
 
     def adapter(self, index: int = 0) -> Any:
         return self._adapters[index]
@@ -291,14 +291,14 @@ class TensorInputs:
         A generator, so a caller can fold them one at a time without holding all of them.
         """
         anchor_tensor = self.get(anchor)
-        for index in range(self.count("finetuned")):
+        for index in range(self.count(Role.FINETUNED)):
             yield self.finetuned(index) - anchor_tensor
-        for index in range(self.count("adapters")):
+        for index in range(self.count(Role.ADAPTERS)):
             delta = self.adapter_delta(index)
             yield torch.zeros_like(anchor_tensor) if delta is None else delta.reshape(anchor_tensor.shape)
 
     def num_task_vectors(self) -> int:
-        return self.count("finetuned") + self.count("adapters")
+        return self.count(Role.FINETUNED) + self.count(Role.ADAPTERS)
 
 
 @dataclass

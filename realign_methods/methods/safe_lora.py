@@ -103,7 +103,7 @@ def _load_aligned(params: SafeLoraParams, ctx: PrepareContext) -> LoraAdapter | 
         return None
     try:
         aligned = LoraAdapter.load(Path(params.aligned_adapter))
-        aligned.check_base(ctx.readers["base"][0])
+        aligned.check_base(ctx.readers[Role.BASE][0])
     except CheckpointError as exc:
         raise CheckpointError(f"safe_lora parameter aligned_adapter: {exc}") from None
     return aligned
@@ -149,7 +149,7 @@ class SafeLora(Method):
         name = ctx.name
         factors = update_factors(name, inputs, state.aligned_adapter)
         if factors is None:
-            return inputs.raw("aligned")
+            return inputs.raw(Role.ALIGNED)
         lora_a, lora_b, scaling = factors
         aligned = inputs.aligned
         if name in state.projected:

@@ -84,7 +84,7 @@ class SomfParams(MethodParams, SomfTrainingFields):
 @dataclass
 class _SomfState:
     weights: dict[str, torch.Tensor]
-    reference_role: str
+    reference_role: Role
     mask_dir: Path
     adapter_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # lora setting only
 
@@ -128,7 +128,7 @@ class Somf(Method):
         setting = params.setting
         if setting == "auto":
             setting = "merged" if adapters else "full"
-        aligned, base, finetuned = _paths(ctx, "aligned"), _paths(ctx, "base"), _paths(ctx, "finetuned")
+        aligned, base, finetuned = _paths(ctx, Role.ALIGNED), _paths(ctx, Role.BASE), _paths(ctx, Role.FINETUNED)
         if setting == "full" and adapters and not finetuned:
             raise ConfigError("somf setting 'full' needs dense fine-tuned models; with adapters use setting merged or lora")
         vectors = load_task_vectors(
@@ -140,7 +140,7 @@ class Somf(Method):
             aligned_adapter=params.aligned_adapter,
         )
         config = params.train_config(ctx.seed)
-        preference = ctx.data.get("preference_data") or params.preference_file
+        preference = ctx.data.get(Role.PREFERENCE_DATA) or params.preference_file
         data = load_preference_data(preference, val_fraction=config.val_fraction, seed=config.seed, max_pairs=config.max_pairs)
         key = train_cache_key(vectors, data.sha256, config)
         mask_dir = train_mask(vectors, config, cache_dir() / "somf" / key, preference_file=data.path)
@@ -149,7 +149,7 @@ class Somf(Method):
         with CheckpointReader(vectors.model_dir) as reader:
             weights = vectors.weights(fused, lambda name: reader.get(name).float())
         factors = vectors.adapter_factors(fused) if setting == "lora" else None
-        return _SomfState(weights, "base" if setting == "lora" else "aligned", mask_dir, factors)
+        return _SomfState(weights, Role.BASE if setting == "lora" else Role.ALIGNED, mask_dir, factors)
 
     def emit_adapter(self, ctx: PrepareContext, state: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Setting lora: the realigned adapter (A₀ + fused masked τ_A, B₀ + fused masked τ_B)."""
@@ -163,7 +163,7 @@ class Somf(Method):
         assert isinstance(state, _SomfState)
         if ctx.name in state.weights:
             return state.weights[ctx.name]
-        role = state.reference_role if inputs.has(state.reference_role) else ("aligned" if inputs.has("aligned") else "base")
+        role = state.reference_role if inputs.has(state.reference_role) else (Role.ALIGNED if inputs.has(Role.ALIGNED) else Role.BASE)
         return inputs.raw(role)
 
 
