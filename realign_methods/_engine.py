@@ -38,6 +38,7 @@ from realign_methods._method import (
     Method,
     MethodParams,
     PrepareContext,
+    Role,
     TensorContext,
     TensorInputs,
 )
@@ -102,10 +103,10 @@ class MergeSpec(BaseModel):
 
     def given(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for role in ("aligned", "unaligned", "base", "preference_data", "calibration_data"):
+        for role in (Role.ALIGNED, Role.UNALIGNED, Role.BASE, Role.PREFERENCE_DATA, Role.CALIBRATION_DATA):
             if getattr(self, role) is not None:
                 counts[role] = 1
-        for role in ("finetuned", "adapters"):
+        for role in (Role.FINETUNED, Role.ADAPTERS):
             if getattr(self, role):
                 counts[role] = len(getattr(self, role))
         return counts
@@ -113,11 +114,11 @@ class MergeSpec(BaseModel):
     def input_paths(self) -> list[tuple[str, Path]]:
         """``(label, path)`` of every input, labels like ``aligned`` or ``finetuned[1]``."""
         out: list[tuple[str, Path]] = []
-        for role in ("aligned", "unaligned", "base", "preference_data", "calibration_data"):
+        for role in (Role.ALIGNED, Role.UNALIGNED, Role.BASE, Role.PREFERENCE_DATA, Role.CALIBRATION_DATA):
             value = getattr(self, role)
             if value is not None:
                 out.append((role, value))
-        for role in ("finetuned", "adapters"):
+        for role in (Role.FINETUNED, Role.ADAPTERS):
             out.extend((f"{role}[{i}]", p) for i, p in enumerate(getattr(self, role)))
         return out
 
@@ -181,7 +182,7 @@ def _resolve_threads(threads: int | None) -> int:
 
 
 def _label(role: str, index: int, readers: dict[str, list[Any]]) -> str:
-    return f"{role}[{index}]" if role in ("finetuned",) and len(readers[role]) > 1 else role
+    return f"{role}[{index}]" if role in (Role.FINETUNED,) and len(readers[role]) > 1 else role
 
 
 def _check_consistent(prepared: _Prepared) -> None:
@@ -233,13 +234,13 @@ def _open(spec: MergeSpec) -> _Prepared:
     method = get_method(spec.method)
     params = method.validate(spec.params)
     given = spec.given()
-    model_folders = [label for label, p in spec.input_paths() if not label.startswith(("adapters", "base"))
+    model_folders = [label for label, p in spec.input_paths() if not label.startswith((Role.ADAPTERS, Role.BASE))
                      and label.split("[")[0] in DENSE_INPUTS and is_adapter_dir(p)]
     # A base the method does not read is still the base that adapter inputs are resolved onto.
-    base_for_adapters_only = (spec.base is not None and "base" not in method.info.accepted_inputs
+    base_for_adapters_only = (spec.base is not None and Role.BASE not in method.info.accepted_inputs
                               and bool(model_folders or spec.adapters))
     if base_for_adapters_only:
-        given.pop("base")
+        given.pop(Role.BASE)
     method.check_inputs(given)
     if spec.output == "adapter" and not method.supports_adapter_output:
         raise ConfigError(f"method {spec.method!r} cannot write a LoRA adapter (output='adapter'); use output='dense'")
@@ -259,14 +260,14 @@ def _open(spec: MergeSpec) -> _Prepared:
     prepared: _Prepared | None = None
     try:
         for role in DENSE_INPUTS:
-            if role == "base" and base_for_adapters_only:
+            if role == Role.BASE and base_for_adapters_only:
                 continue
             paths = getattr(spec, role)
             paths = paths if isinstance(paths, list) else ([paths] if paths is not None else [])
             if paths:
                 readers[role] = [
-                    open_model(p, base=spec.base if role != "base" else None, allow_pickle=spec.allow_pickle,
-                               label=f"{role}[{i}]" if role == "finetuned" else role,
+                    open_model(p, base=spec.base if role != Role.BASE else None, allow_pickle=spec.allow_pickle,
+                               label=f"{role}[{i}]" if role == Role.FINETUNED else role,
                                base_hint="--base BASE_DIR (base= in a MergeSpec)")
                     for i, p in enumerate(paths)
                 ]
@@ -344,7 +345,7 @@ def _adapter_updates(
     if not combined:
         return params, updates, notes
     if "aligned_adapter" in type(params).model_fields:
-        aligned = readers.get("aligned", [None])[0]
+        aligned = readers.get(Role.ALIGNED, [None])[0]
         own = getattr(aligned, "adapter", None)
         if own is not None and all(len(u.parts) == 2 and u.parts[1][1] < 0 and u.parts[1][0] is own for _, u in combined):
             filled = method.validate({**spec.params, "aligned_adapter": str(own.path)})
@@ -369,14 +370,14 @@ def _provenance(prepared: _Prepared) -> dict[str, Any]:
     hashes: dict[str, dict[str, str]] = {}
     for role, readers in prepared.readers.items():
         for index, reader in enumerate(readers):
-            hashes[_label(role, index, prepared.readers) if role != "finetuned" else f"finetuned[{index}]"] = (
+            hashes[_label(role, index, prepared.readers) if role != Role.FINETUNED else f"finetuned[{index}]"] = (
                 reader.file_hashes()
             )
     for index, adapter in enumerate(prepared.adapters):
         hashes[f"adapters[{index}]"] = adapter.reader.file_hashes()
     from harness.core.hashing import sha256_file
 
-    for role in ("preference_data", "calibration_data"):
+    for role in (Role.PREFERENCE_DATA, Role.CALIBRATION_DATA):
         path = getattr(spec, role)
         if path is not None and Path(path).is_file():
             hashes[role] = {Path(path).name: sha256_file(path)}
@@ -467,7 +468,7 @@ def _merge_prepared(spec: MergeSpec, prepared: _Prepared) -> Path:
         adapters=prepared.adapters,
         params=prepared.params,
         seed=spec.seed,
-        data={r: Path(p) for r in ("preference_data", "calibration_data") if (p := getattr(spec, r)) is not None},
+        data={r: Path(p) for r in (Role.PREFERENCE_DATA, Role.CALIBRATION_DATA) if (p := getattr(spec, r)) is not None},
         tensor_inputs=prepared.tensor_inputs,
     )
     ctx.calibration = _run_calibration(prepared)
@@ -582,7 +583,7 @@ def plan(spec: MergeSpec) -> MergePlan:
             for index, reader in enumerate(readers):
                 size = sum(reader.nbytes(n) for n in reader.names())
                 what = f"{reader.path} + adapter {reader.adapter.path}" if hasattr(reader, "adapter") else str(reader.path)
-                reads.append((f"{role}[{index}]" if role == "finetuned" else role, what, size))
+                reads.append((f"{role}[{index}]" if role == Role.FINETUNED else role, what, size))
         for index, adapter in enumerate(prepared.adapters):
             size = sum(adapter.reader.nbytes(n) for n in adapter.reader.names())
             reads.append((f"adapters[{index}]", str(adapter.path), size))

@@ -31,6 +31,7 @@ import annotated_types
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from harness.core.checkpoints import lora_delta
 from harness.core.errors import ConfigError, name_unknown
 from realign_methods.calibration._spec import CalibrationSpec
 
@@ -225,7 +226,7 @@ class TensorInputs:
         return self.count(role) > 0
 
     def count(self, role: str) -> int:
-        if role == "adapters":
+        if role == Role.ADAPTERS:
             return len(self._adapters)
         return len(self._loaders.get(role, ()))
 
@@ -249,18 +250,18 @@ class TensorInputs:
 
     @property
     def aligned(self) -> torch.Tensor:
-        return self.get("aligned")
+        return self.get(Role.ALIGNED)
 
     @property
     def unaligned(self) -> torch.Tensor:
-        return self.get("unaligned")
+        return self.get(Role.UNALIGNED)
 
     @property
     def base(self) -> torch.Tensor:
-        return self.get("base")
+        return self.get(Role.BASE)
 
     def finetuned(self, index: int = 0) -> torch.Tensor:
-        return self.get("finetuned", index)
+        return self.get(Role.FINETUNED, index)
 
     def adapter(self, index: int = 0) -> Any:
         return self._adapters[index]
@@ -276,15 +277,13 @@ class TensorInputs:
         return lora_a.float(), lora_b.float(), float(scaling)
 
     def adapter_delta(self, index: int = 0, rows: slice = slice(None)) -> torch.Tensor | None:
-        """``scaling · B[rows] @ A`` of adapter ``index`` for this weight (float32), or None if untouched.
-
-        The one place the LoRA update formula lives for methods (``rows`` bounds memory on big weights).
-        """
+        """``scaling · B[rows] @ A`` of adapter ``index`` for this weight (float32), or None if untouched
+        (``harness.core.checkpoints.lora_delta``; ``rows`` bounds memory on big weights)."""
         factors = self.adapter_factors(index)
         if factors is None:
             return None
         lora_a, lora_b, scaling = factors
-        return (lora_b[rows] @ lora_a) * scaling
+        return lora_delta(lora_a, lora_b, scaling, rows)
 
     def task_vectors(self, anchor: str) -> Iterator[torch.Tensor]:
         """Each fine-tuned model minus ``anchor``, then each adapter's delta (zeros where untouched).
@@ -292,14 +291,14 @@ class TensorInputs:
         A generator, so a caller can fold them one at a time without holding all of them.
         """
         anchor_tensor = self.get(anchor)
-        for index in range(self.count("finetuned")):
+        for index in range(self.count(Role.FINETUNED)):
             yield self.finetuned(index) - anchor_tensor
-        for index in range(self.count("adapters")):
+        for index in range(self.count(Role.ADAPTERS)):
             delta = self.adapter_delta(index)
             yield torch.zeros_like(anchor_tensor) if delta is None else delta.reshape(anchor_tensor.shape)
 
     def num_task_vectors(self) -> int:
-        return self.count("finetuned") + self.count("adapters")
+        return self.count(Role.FINETUNED) + self.count(Role.ADAPTERS)
 
 
 @dataclass

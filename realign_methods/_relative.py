@@ -27,6 +27,7 @@ from harness.core.checkpoints import (
     is_adapter_dir,
 )
 from harness.core.errors import ConfigError
+from realign_methods._method import Role
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,14 @@ def relative_to(
 ) -> tuple[Stack, str]:
     """R of one adapter and how it was found. ``base``: the base model path given (also when it is only
     used to resolve adapter folders); ``aligned_path``: the aligned input as given."""
-    aligned = readers.get("aligned", [None])[0]
+    aligned = readers.get(Role.ALIGNED, [None])[0]
     if choice == "aligned":
         if aligned is None:
             raise ConfigError(f"adapter_base 'aligned' (--adapter-base aligned): no aligned model was given ({label})")
         return Stack.of(aligned), "--adapter-base aligned"
     if choice == "base":
-        if "base" in readers:
-            return Stack.of(readers["base"][0]), "--adapter-base base"
+        if Role.BASE in readers:
+            return Stack.of(readers[Role.BASE][0]), "--adapter-base base"
         if base is not None:
             return Stack(base.resolve()), "--adapter-base base"
         if isinstance(aligned, AdaptedReader):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 from pydantic import Field
 
-from realign_methods._method import TensorContext, TensorInputs
+from realign_methods._method import Role, TensorContext, TensorInputs
 
 #: elements per float32 operand in one chunk (16 MiB): keeps temporaries small on huge embeddings
 CHUNK_ELEMENTS = 1 << 22
@@ -16,9 +16,9 @@ CHUNK_ELEMENTS = 1 << 22
 Lam = Field(1.0, ge=-10.0, le=10.0, description="scaling λ of the merged task vector")
 
 
-def anchor_role(inputs: TensorInputs) -> str:
+def anchor_role(inputs: TensorInputs) -> Role:
     """The model task vectors are measured from: ``base`` when given, else ``aligned``."""
-    return "base" if inputs.has("base") else "aligned"
+    return Role.BASE if inputs.has(Role.BASE) else Role.ALIGNED
 
 
 def row_slices(shape: torch.Size | tuple[int, ...], chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[slice]:
@@ -38,9 +38,9 @@ def rows(inputs: TensorInputs, role: str, index: int, sl: slice) -> torch.Tensor
 
 def task_vector_rows(inputs: TensorInputs, anchor_rows: torch.Tensor, anchor: str, index: int, sl: slice) -> torch.Tensor:
     """Rows ``sl`` of task vector ``index`` (fine-tuned models first, then adapters)."""
-    n_dense = inputs.count("finetuned")
+    n_dense = inputs.count(Role.FINETUNED)
     if index < n_dense:
-        return rows(inputs, "finetuned", index, sl) - anchor_rows
+        return rows(inputs, Role.FINETUNED, index, sl) - anchor_rows
     delta = inputs.adapter_delta(index - n_dense, sl)
     return torch.zeros_like(anchor_rows) if delta is None else delta.reshape(anchor_rows.shape)
 
@@ -60,7 +60,7 @@ def map_rows(
 
 def finetuned_weight(inputs: TensorInputs) -> torch.Tensor:
     """θ_F of this tensor: the dense fine-tune, or θ_A + s·B A of the (θ_A-relative) adapter."""
-    if inputs.has("finetuned"):
+    if inputs.has(Role.FINETUNED):
         return inputs.finetuned(0)
     delta = inputs.adapter_delta(0)
     aligned = inputs.aligned

@@ -73,6 +73,6 @@ class Antidote(Method):
     def merge_tensor(self, inputs: TensorInputs, params: AntidoteParams, ctx: TensorContext) -> torch.Tensor:
         stats: Statistics = ctx.state
         if not stats.has(ctx.name):
-            return inputs.raw("finetuned")
+            return inputs.raw(Role.FINETUNED)
         weight = inputs.finetuned()
         return prune_top(weight, wanda_scores(weight, stats.input_norms(ctx.name)), params.mask_ratio)

@@ -21,10 +21,10 @@ class SFT(Method):
     )
 
     def merge_tensor(self, inputs: TensorInputs, params: object, ctx: TensorContext) -> torch.Tensor:
-        if inputs.has("finetuned"):
-            return inputs.raw("finetuned")
+        if inputs.has(Role.FINETUNED):
+            return inputs.raw(Role.FINETUNED)
         delta = inputs.adapter_delta(0)
-        return inputs.raw("aligned") if delta is None else inputs.aligned + delta
+        return inputs.raw(Role.ALIGNED) if delta is None else inputs.aligned + delta
 
 
 @register_method
@@ -38,4 +38,4 @@ class Aligned(Method):
     )
 
     def merge_tensor(self, inputs: TensorInputs, params: object, ctx: TensorContext) -> torch.Tensor:
-        return inputs.raw("aligned")
+        return inputs.raw(Role.ALIGNED)

@@ -97,7 +97,7 @@ class Irr(Method):
     def merge_tensor(self, inputs: TensorInputs, params: IrrParams, ctx: TensorContext) -> torch.Tensor:
         stats: Statistics = ctx.state
         if not stats.has(ctx.name):
-            return inputs.raw("finetuned")
+            return inputs.raw(Role.FINETUNED)
         xtx = stats.xtx(ctx.name) if params.recalibrate else None
         return irr(inputs.aligned, inputs.unaligned, inputs.finetuned(), stats.fisher(ctx.name), xtx,
                    params.removal_fraction, params.damp)

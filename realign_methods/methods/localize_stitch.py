@@ -101,10 +101,10 @@ class LocalizeStitch(Method):
         total = 0
         for name in ctx.names:
             inputs = ctx.inputs(name)
-            if not inputs.raw("aligned").is_floating_point():
+            if not inputs.raw(Role.ALIGNED).is_floating_point():
                 continue
-            total += inputs.raw("aligned").numel()
-            for index, task_vector in enumerate(inputs.task_vectors("aligned")):
+            total += inputs.raw(Role.ALIGNED).numel()
+            for index, task_vector in enumerate(inputs.task_vectors(Role.ALIGNED)):
                 if len(nonzero) <= index:
                     nonzero.append([])
                 magnitudes = task_vector.abs().reshape(-1)
@@ -114,7 +114,7 @@ class LocalizeStitch(Method):
 
     def merge_tensor(self, inputs: TensorInputs, params: LocalizeStitchParams, ctx: TensorContext) -> torch.Tensor:
         state: _Thresholds = ctx.state
-        task_vectors = list(inputs.task_vectors("aligned"))
+        task_vectors = list(inputs.task_vectors(Role.ALIGNED))
         if params.scope == "model":
             thresholds = state.global_thresholds
         else:

@@ -76,5 +76,5 @@ class Nlsr(Method):
     )
 
     def merge_tensor(self, inputs: TensorInputs, params: NlsrParams, ctx: TensorContext) -> torch.Tensor:
-        anchor = inputs.base if inputs.has("base") else inputs.unaligned
+        anchor = inputs.base if inputs.has(Role.BASE) else inputs.unaligned
         return nlsr_tensor(finetuned_weight(inputs), inputs.aligned, anchor, params)

@@ -27,8 +27,8 @@ class RestaDareParams(MethodParams):
 
 
 def _finetuned_rows(inputs: TensorInputs, aligned_rows: torch.Tensor, sl: slice) -> torch.Tensor:
-    if inputs.has("finetuned"):
-        return rows(inputs, "finetuned", 0, sl)
+    if inputs.has(Role.FINETUNED):
+        return rows(inputs, Role.FINETUNED, 0, sl)
     delta = inputs.adapter_delta(0, sl)
     return aligned_rows if delta is None else aligned_rows + delta.reshape(aligned_rows.shape)
 
@@ -52,11 +52,11 @@ class Resta(Method):
     )
 
     def merge_tensor(self, inputs: TensorInputs, params: RestaParams, ctx: TensorContext) -> torch.Tensor:
-        reference = "finetuned" if inputs.has("finetuned") else "aligned"
+        reference = Role.FINETUNED if inputs.has(Role.FINETUNED) else Role.ALIGNED
 
         def chunk(sl: slice) -> torch.Tensor:
-            aligned = rows(inputs, "aligned", 0, sl)
-            safety = aligned - rows(inputs, "unaligned", 0, sl)
+            aligned = rows(inputs, Role.ALIGNED, 0, sl)
+            safety = aligned - rows(inputs, Role.UNALIGNED, 0, sl)
             return _finetuned_rows(inputs, aligned, sl) + params.gamma * safety
 
         return map_rows(inputs, ctx, reference, chunk)

@@ -96,5 +96,5 @@ class SafeDelta(Method):
     def merge_tensor(self, inputs: TensorInputs, params: SafeDeltaParams, ctx: TensorContext) -> torch.Tensor:
         stats: Statistics = ctx.state
         if not stats.has(ctx.name):
-            return inputs.raw("finetuned")
+            return inputs.raw(Role.FINETUNED)
         return safe_delta(inputs.aligned, inputs.finetuned(), stats.xtx(ctx.name), params.budget, params.damp, params.compensate)

@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
 
+from harness.core.checkpoints import LoraAdapter, join_lora_factors, lora_delta
 from harness.core.errors import CheckpointError, ConfigError
 from realign_methods._method import (
     Method,
@@ -35,9 +35,6 @@ from realign_methods._method import (
 )
 from realign_methods._registry import register_method
 from realign_methods.methods._subspace import flat_cosine, project_onto_alignment
-
-if TYPE_CHECKING:
-    from harness.core.checkpoints import LoraAdapter
 
 
 class SafeLoraParams(MethodParams):
@@ -95,18 +92,18 @@ def update_factors(
             f"do not fit the fine-tune adapter {inputs.adapter(0).path}'s (A {list(a_f.shape)}, "
             f"B {list(b_f.shape)}); the two adapters must be on the same base model"
         )
-    return torch.cat([a_f, a_a], dim=0), torch.cat([b_f * s_f, -b_a * s_a], dim=1), 1.0
+    # θ_F − θ_A joined as CombinedAdapter joins; the weights only one adapter adapts keep the rules above
+    joined_a, joined_b = join_lora_factors([(a_f, b_f, s_f), (a_a, b_a, -s_a)])
+    return joined_a, joined_b, 1.0
 
 
 def _load_aligned(params: SafeLoraParams, ctx: PrepareContext) -> LoraAdapter | None:
     """The aligned adapter, checked against the base model (the one both adapters apply to)."""
-    from harness.core.checkpoints import LoraAdapter
-
     if params.aligned_adapter is None:
         return None
     try:
         aligned = LoraAdapter.load(Path(params.aligned_adapter))
-        aligned.check_base(ctx.readers["base"][0])
+        aligned.check_base(ctx.readers[Role.BASE][0])
     except CheckpointError as exc:
         raise CheckpointError(f"safe_lora parameter aligned_adapter: {exc}") from None
     return aligned
@@ -152,12 +149,12 @@ class SafeLora(Method):
         name = ctx.name
         factors = update_factors(name, inputs, state.aligned_adapter)
         if factors is None:
-            return inputs.raw("aligned")
+            return inputs.raw(Role.ALIGNED)
         lora_a, lora_b, scaling = factors
         aligned = inputs.aligned
         if name in state.projected:
             lora_b = projected_b(aligned, inputs.base, lora_b)
-        return aligned + (lora_b @ lora_a) * scaling
+        return aligned + lora_delta(lora_a, lora_b, scaling)
 
     def emit_adapter(self, ctx: PrepareContext, state: SafeLoraState) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{weight: (A, B')}`` for ``save_adapter`` (the input adapter's config).

@@ -84,7 +84,7 @@ def remove_harm_direction(
 
 
 def _exemplar_pairs(params: SafetyArithmeticParams, ctx: PrepareContext) -> list[tuple[str, str, str]]:
-    source = Path(params.icv_data) if params.icv_data else ctx.data.get("preference_data") or default_preference_file()
+    source = Path(params.icv_data) if params.icv_data else ctx.data.get(Role.PREFERENCE_DATA) or default_preference_file()
     pairs = load_pairs(source)
     if not pairs:
         raise ConfigError(f"safety_arithmetic: {source} holds no exemplar pairs")
@@ -101,7 +101,7 @@ def _hdr_model(ctx: PrepareContext, params: SafetyArithmeticParams, reference: A
     state = {}
     for name in ctx.names:
         inputs = ctx.inputs(name)
-        raw = inputs.raw("aligned")
+        raw = inputs.raw(Role.ALIGNED)
         state[name] = (
             remove_harm_direction(finetuned_weight(inputs), inputs.aligned, inputs.unaligned, params.lam, params.density)
             if raw.is_floating_point() else raw
@@ -142,7 +142,7 @@ class SafetyArithmetic(Method):
 
     def prepare(self, ctx: PrepareContext) -> _IcvState:
         params: SafetyArithmeticParams = ctx.params  # type: ignore[assignment]
-        reference = (ctx.readers.get("finetuned") or ctx.readers["aligned"])[0]
+        reference = (ctx.readers.get(Role.FINETUNED) or ctx.readers[Role.ALIGNED])[0]
         if params.icv_strength == 0:
             return _IcvState(None, False, {}, torch.float32)
         layers = mlp_layers(ctx.names)

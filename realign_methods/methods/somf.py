@@ -14,7 +14,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, create_model
 
+from harness.core.checkpoints import AdaptedReader, CheckpointReader
 from harness.core.errors import ConfigError
+from harness.core.paths import cache_dir
 from realign_methods._method import (
     Method,
     MethodInfo,
@@ -25,8 +27,18 @@ from realign_methods._method import (
     TensorInputs,
 )
 from realign_methods._registry import register_method
-
-FusionName = Literal["task_arithmetic", "ties", "ties_mean", "weight_average", "dare"]
+from realign_methods.somf import (
+    FusionName,
+    SomfTrainConfig,
+    SomfTrainingFields,
+    fused_deltas_from_logits,
+    load_preference_data,
+    load_task_vectors,
+    make_config,
+    read_mask,
+    train_cache_key,
+    train_mask,
+)
 
 _REFERENCE = (
     "Yi et al. 2024, 'A safety realignment framework via subspace-oriented model fusion for large language "
@@ -42,8 +54,10 @@ _SUMMARY = (
 )
 
 
-class SomfParams(MethodParams):
-    fusion: FusionName = Field(default="task_arithmetic", description="fusion rule of the masked task vectors")
+class SomfParams(MethodParams, SomfTrainingFields):
+    """The training knobs (``SomfTrainingFields``, shared with ``SomfTrainConfig``) plus what only the method
+    decides: the task-vector setting, fusion overrides, the inference mask and where the inputs come from."""
+
     setting: Literal["auto", "lora", "merged", "full"] = Field(
         default="auto",
         description="task-vector space: lora = LoRA factor differences (needs base + aligned_adapter), merged = "
@@ -52,21 +66,6 @@ class SomfParams(MethodParams):
     lam: float | None = Field(default=None, description="fusion λ (default 0.3 TA/DARE, 0.4 TIES)")
     density: float | None = Field(default=None, gt=0.0, le=1.0, description="TIES kept fraction (default 0.2)")
     p: float | None = Field(default=None, ge=0.0, lt=1.0, description="DARE drop rate (default 0.2)")
-    granularity: Literal["element", "row", "tensor"] = Field(
-        default="element", description="one logit per parameter (4 B each) | per output row | per tensor"
-    )
-    temperature: float = Field(default=0.5, gt=0.0, description="binary-Concrete temperature")
-    normalize: bool = Field(default=True, description="rescale masked deltas by 1/mean(m) (paper)")
-    beta: float = Field(default=0.1, gt=0.0, description="DPO β")
-    reference: Literal["fused_init", "aligned"] = Field(default="fused_init", description="DPO reference policy")
-    lr: float = Field(default=1e-3, gt=0.0, description="AdamW learning rate of the logits")
-    steps: int = Field(default=500, ge=1, description="optimizer steps")
-    batch_size: int = Field(default=16, ge=1, description="pairs per step")
-    micro_batch_size: int = Field(default=4, ge=1, description="pairs per forward (gradient accumulation)")
-    max_length: int = Field(default=512, ge=8, description="tokens per prompt + response")
-    max_prompt_length: int = Field(default=256, ge=4)
-    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="held-out share of prompts")
-    max_pairs: int | None = Field(default=None, ge=2, description="seeded subset of the preference pairs")
     mask_mode: Literal["soft", "sample", "threshold"] = Field(
         default="sample", description="mask at inference: σ(logit) | seeded binary sample (paper) | σ > threshold"
     )
@@ -74,18 +73,23 @@ class SomfParams(MethodParams):
     aligned_adapter: str | None = Field(default=None, description="setting lora: the aligned LoRA adapter (A₀, B₀)")
     preference_file: str | None = Field(default=None, description="chosen/rejected JSONL (or use input preference_data)")
 
+    def train_config(self, seed: int) -> SomfTrainConfig:
+        """The training config these parameters stand for (micro-batches are capped at the batch size)."""
+        shared = self.model_dump(include=set(SomfTrainingFields.model_fields))
+        shared["micro_batch_size"] = min(self.micro_batch_size, self.batch_size)
+        overrides = {k: v for k, v in {"lam": self.lam, "density": self.density, "p": self.p}.items() if v is not None}
+        return make_config(**shared, fusion_params=overrides, seed=seed)
+
 
 @dataclass
 class _SomfState:
     weights: dict[str, torch.Tensor]
-    reference_role: str
+    reference_role: Role
     mask_dir: Path
     adapter_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # lora setting only
 
 
 def _paths(ctx: PrepareContext, role: str) -> list[Path]:
-    from harness.core.checkpoints import AdaptedReader
-
     for reader in ctx.readers.get(role, []):
         if isinstance(reader, AdaptedReader):  # SOMF re-reads its inputs by directory, which would be the base
             raise ConfigError(
@@ -118,20 +122,13 @@ class Somf(Method):
         single=frozenset({Role.ALIGNED, Role.BASE}),
     )
     def prepare(self, ctx: PrepareContext) -> _SomfState:
-        from harness.core.checkpoints import CheckpointReader
-        from harness.core.paths import cache_dir
-        from realign_methods.somf import load_task_vectors, make_config, train_mask
-        from realign_methods.somf._apply import fused_deltas_from_logits
-        from realign_methods.somf._data import load_preference_data
-        from realign_methods.somf._train import read_mask, train_cache_key
-
         params = ctx.params
         assert isinstance(params, SomfParams)
         adapters = _adapter_paths(ctx)
         setting = params.setting
         if setting == "auto":
             setting = "merged" if adapters else "full"
-        aligned, base, finetuned = _paths(ctx, "aligned"), _paths(ctx, "base"), _paths(ctx, "finetuned")
+        aligned, base, finetuned = _paths(ctx, Role.ALIGNED), _paths(ctx, Role.BASE), _paths(ctx, Role.FINETUNED)
         if setting == "full" and adapters and not finetuned:
             raise ConfigError("somf setting 'full' needs dense fine-tuned models; with adapters use setting merged or lora")
         vectors = load_task_vectors(
@@ -142,16 +139,8 @@ class Somf(Method):
             adapters=adapters,
             aligned_adapter=params.aligned_adapter,
         )
-        overrides = {k: v for k, v in {"lam": params.lam, "density": params.density, "p": params.p}.items() if v is not None}
-        config = make_config(
-            fusion=params.fusion, fusion_params=overrides, granularity=params.granularity,
-            temperature=params.temperature, normalize=params.normalize, beta=params.beta,
-            reference=params.reference, lr=params.lr, steps=params.steps, batch_size=params.batch_size,
-            micro_batch_size=min(params.micro_batch_size, params.batch_size), max_length=params.max_length,
-            max_prompt_length=params.max_prompt_length, val_fraction=params.val_fraction,
-            max_pairs=params.max_pairs, seed=ctx.seed,
-        )
-        preference = ctx.data.get("preference_data") or params.preference_file
+        config = params.train_config(ctx.seed)
+        preference = ctx.data.get(Role.PREFERENCE_DATA) or params.preference_file
         data = load_preference_data(preference, val_fraction=config.val_fraction, seed=config.seed, max_pairs=config.max_pairs)
         key = train_cache_key(vectors, data.sha256, config)
         mask_dir = train_mask(vectors, config, cache_dir() / "somf" / key, preference_file=data.path)
@@ -160,7 +149,7 @@ class Somf(Method):
         with CheckpointReader(vectors.model_dir) as reader:
             weights = vectors.weights(fused, lambda name: reader.get(name).float())
         factors = vectors.adapter_factors(fused) if setting == "lora" else None
-        return _SomfState(weights, "base" if setting == "lora" else "aligned", mask_dir, factors)
+        return _SomfState(weights, Role.BASE if setting == "lora" else Role.ALIGNED, mask_dir, factors)
 
     def emit_adapter(self, ctx: PrepareContext, state: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Setting lora: the realigned adapter (A₀ + fused masked τ_A, B₀ + fused masked τ_B)."""
@@ -174,7 +163,7 @@ class Somf(Method):
         assert isinstance(state, _SomfState)
         if ctx.name in state.weights:
             return state.weights[ctx.name]
-        role = state.reference_role if inputs.has(state.reference_role) else ("aligned" if inputs.has("aligned") else "base")
+        role = state.reference_role if inputs.has(state.reference_role) else (Role.ALIGNED if inputs.has(Role.ALIGNED) else Role.BASE)
         return inputs.raw(role)
 
 

@@ -5,7 +5,11 @@
 >>> apply_trained_mask(mask_dir, vectors, "runs/somf-model", mode="sample", seed=0)
 """
 
-from realign_methods.somf._apply import apply_trained_mask, fused_weights_from_logits
+from realign_methods.somf._apply import (
+    apply_trained_mask,
+    fused_deltas_from_logits,
+    fused_weights_from_logits,
+)
 from realign_methods.somf._data import PreferencePair, load_pairs, load_preference_data, split_by_prompt
 from realign_methods.somf._fusion import FUSIONS, fuse, fusion_params
 from realign_methods.somf._mask import (
@@ -17,8 +21,10 @@ from realign_methods.somf._mask import (
     init_logits,
 )
 from realign_methods.somf._train import (
+    FusionName,
     SomfModel,
     SomfTrainConfig,
+    SomfTrainingFields,
     make_config,
     read_mask,
     train_cache_key,
@@ -32,14 +38,17 @@ __all__ = [
     "GRANULARITY_COST",
     "INFERENCE_MODES",
     "SETTINGS",
+    "FusionName",
     "PreferencePair",
     "SomfModel",
     "SomfTrainConfig",
+    "SomfTrainingFields",
     "TaskVectors",
     "apply_mask",
     "apply_trained_mask",
     "draw_mask",
     "fuse",
+    "fused_deltas_from_logits",
     "fused_weights_from_logits",
     "fusion_params",
     "init_logits",

@@ -35,7 +35,7 @@ from realign_methods.somf._data import (
     load_preference_data,
     tokenize_pairs,
 )
-from realign_methods.somf._fusion import FUSIONS, check_fusion, fusion_params, masked_fused_weights
+from realign_methods.somf._fusion import check_fusion, fusion_params, masked_fused_weights
 from realign_methods.somf._mask import (
     Granularity,
     check_mask_shapes,
@@ -53,36 +53,49 @@ METRICS_FILE = "metrics.json"
 STATE_DIR = "state"
 
 
-class SomfTrainConfig(BaseModel):
-    """Every knob of mask training; its canonical JSON (with the inputs' hashes) is the cache key."""
+# SOMF's fusion rules by name (``FUSIONS`` is their definition; a test keeps the two in step).
+FusionName = Literal["task_arithmetic", "ties", "ties_mean", "weight_average", "dare"]
+
+
+class SomfTrainingFields(BaseModel):
+    """The mask-training knobs that both the training config and the registered ``somf`` method take:
+    declared once here, so defaults, ranges and descriptions cannot drift between the two."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    fusion: str = Field(default="task_arithmetic", description=f"fusion rule: {', '.join(FUSIONS)}")
-    fusion_params: dict[str, float] = Field(default_factory=dict, description="override λ / density / p of the rule")
-    granularity: Granularity = "element"
+    fusion: FusionName = Field(default="task_arithmetic", description="fusion rule of the masked task vectors")
+    granularity: Granularity = Field(
+        default="element", description="one logit per parameter (4 B each) | per output row | per tensor"
+    )
     temperature: float = Field(default=0.5, gt=0.0, description="binary-Concrete temperature")
     normalize: bool = Field(default=True, description="masked delta = δ⊙m/mean(m) (paper) instead of δ⊙m")
     beta: float = Field(default=0.1, gt=0.0, description="DPO β")
-    reference: Literal["fused_init", "aligned"] = "fused_init"
-    lr: float = Field(default=1e-3, gt=0.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
+    reference: Literal["fused_init", "aligned"] = Field(default="fused_init", description="DPO reference policy")
+    lr: float = Field(default=1e-3, gt=0.0, description="AdamW learning rate of the logits")
+    steps: int = Field(default=500, ge=1, description="optimizer steps")
     batch_size: int = Field(default=16, ge=1, description="pairs per optimizer step")
     micro_batch_size: int = Field(default=4, ge=1, description="pairs per forward (gradient accumulation)")
-    steps: int = Field(default=500, ge=1)
-    max_length: int = Field(default=512, ge=8, description="tokens per prompt+response")
-    max_prompt_length: int = Field(default=256, ge=4)
+    max_length: int = Field(default=512, ge=8, description="tokens per prompt + response")
+    max_prompt_length: int = Field(default=256, ge=4, description="tokens of the prompt (longer ones are cut)")
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of prompts held out")
-    max_pairs: int | None = Field(default=None, ge=2, description="seeded subset of the pairs (whole prompts)")
+    max_pairs: int | None = Field(default=None, ge=2, description="seeded subset of the preference pairs (whole prompts)")
+
+    @field_validator("fusion", mode="before")
+    @classmethod
+    def _known_fusion(cls, value: Any) -> Any:
+        # Before the Literal check, so a misspelt rule gets the near-name hint.
+        return check_fusion(value) if isinstance(value, str) else value
+
+
+class SomfTrainConfig(SomfTrainingFields):
+    """Every knob of mask training; its canonical JSON (with the inputs' hashes) is the cache key."""
+
+    fusion_params: dict[str, float] = Field(default_factory=dict, description="override λ / density / p of the rule")
+    weight_decay: float = Field(default=0.0, ge=0.0)
     eval_every: int = Field(default=0, ge=0, description="validation every N steps (0: only at the end)")
     eval_train_pairs: int = Field(default=32, ge=1, description="training pairs whose soft-mask loss is tracked")
     checkpoint_every: int = Field(default=50, ge=1)
     seed: int = 0
-
-    @field_validator("fusion")
-    @classmethod
-    def _known_fusion(cls, value: str) -> str:
-        return check_fusion(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> SomfTrainConfig:

@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from harness.core.checkpoints import CheckpointReader, LoraAdapter, checkpoint_hash, lora_delta
 from harness.core.errors import CheckpointError, ConfigError
 from harness.core.hashing import hash_value, sha256_file
 
@@ -79,7 +80,7 @@ class TaskVectors:
         for name, scaling in self.lora_scaling.items():
             a = self.anchors[name + LORA_A] + fused[name + LORA_A]
             b = self.anchors[name + LORA_B] + fused[name + LORA_B]
-            out[name] = base(name) + scaling * (b @ a)
+            out[name] = base(name) + lora_delta(a, b, scaling)
         return out
 
     def adapter_factors(self, fused: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -98,8 +99,6 @@ def _adapter_hash(path: Path) -> dict[str, str]:
 
 def _checkpoint_hash(path: Path) -> str:
     """Content hash of the weight files and config (location-independent; what identifies a model)."""
-    from harness.core.checkpoints import checkpoint_hash
-
     return checkpoint_hash(path, 32)
 
 
@@ -112,8 +111,6 @@ def _without_paths(value: Any) -> Any:
 
 
 def _load_adapter(path: Path) -> Any:
-    from harness.core.checkpoints import LoraAdapter
-
     return LoraAdapter.load(path)
 
 
@@ -162,8 +159,6 @@ def load_full(
     aligned: str | Path, finetuned: Sequence[str | Path], *, min_cosine: float = MIN_COSINE
 ) -> TaskVectors:
     """δ_i = θ_Fi − θ_A for every floating tensor changed by at least one fine-tune."""
-    from harness.core.checkpoints import CheckpointReader
-
     aligned = Path(aligned)
     if not finetuned:
         raise ConfigError("somf needs at least one fine-tuned model")
@@ -220,8 +215,6 @@ def load_full(
 
 def load_merged(aligned: str | Path, adapters: Sequence[str | Path]) -> TaskVectors:
     """δ_i = s·B·A of each fine-tuned adapter (trained on the aligned model), zero where an adapter is absent."""
-    from harness.core.checkpoints import CheckpointReader
-
     aligned = Path(aligned)
     if not adapters:
         raise ConfigError("somf (setting merged) needs at least one fine-tuned LoRA adapter")
@@ -256,8 +249,6 @@ def load_merged(aligned: str | Path, adapters: Sequence[str | Path]) -> TaskVect
 
 def load_lora(base: str | Path, adapters: Sequence[str | Path], aligned_adapter: str | Path | None = None) -> TaskVectors:
     """Factor-space task vectors τ = (A − A₀, B − B₀), the paper's PEFT setting."""
-    from harness.core.checkpoints import CheckpointReader
-
     base = Path(base)
     if not adapters:
         raise ConfigError("somf (setting lora) needs at least one fine-tuned LoRA adapter")

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.core.checkpoints import CheckpointReader, LoraAdapter, merge_adapter, save_adapter
+from harness.core.checkpoints import CheckpointReader, LoraAdapter, lora_delta, merge_adapter, save_adapter
 from harness.core.errors import CheckpointError
+from realign_methods import TensorInputs
 
 
 def _make_peft_adapter(base: Path, out: Path, seed: int = 0, **lora_kwargs) -> Path:
@@ -78,6 +79,25 @@ def test_adapter_metadata_and_modules(llama_adapter) -> None:
         assert lora_a.dtype == torch.float32 and lora_b.shape[1] == lora_a.shape[0]
         assert adapter.delta(name).shape == reader.shape(name)
     assert adapter.factors("model.norm.weight") is None and adapter.delta("model.norm.weight") is None
+
+
+def test_one_lora_delta_formula_for_adapters_and_methods(llama_adapter) -> None:
+    """LoraAdapter.delta and the methods' TensorInputs.adapter_delta are lora_delta, bit for bit."""
+    _, adapter_dir = llama_adapter
+    adapter = LoraAdapter.load(adapter_dir)
+    for name in adapter.modules():
+        lora_a, lora_b = adapter.factors(name)
+        scaling = adapter.scaling_for(name)
+        expected = (lora_b.double() @ lora_a.double()) * scaling  # the formula itself, in float64
+        delta = adapter.delta(name)
+        assert torch.equal(delta, lora_delta(lora_a, lora_b, scaling))
+        assert torch.allclose(delta.double(), expected, atol=1e-6)
+        inputs = TensorInputs.from_tensors(name, {}, adapters=[adapter])
+        assert torch.equal(inputs.adapter_delta(0), delta)
+        rows = slice(1, 3)
+        assert torch.equal(inputs.adapter_delta(0, rows), lora_delta(lora_a, lora_b, scaling, rows))
+        assert torch.allclose(inputs.adapter_delta(0, rows), delta[rows], atol=1e-6)
+    assert TensorInputs.from_tensors("model.norm.weight", {}, adapters=[adapter]).adapter_delta(0) is None
 
 
 def test_merge_adapter_matches_peft_merge_and_unload(llama_adapter, tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
 """A real installed plugin (tests/plugin_example): its method and judge load through entry points,
-pass the built-ins' checks and run; a plugin reusing a built-in's name is refused naming both."""
+pass the built-ins' checks and run, also inside `realign run`; a plugin reusing a built-in's name is
+refused naming both."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "tests" / "plugin_example"
@@ -23,9 +27,18 @@ def _install(source: Path, target: Path) -> None:
     )
 
 
+def _env(*paths: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), str(REPO)])}
+
+
 def _run(code: str, *paths: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), str(REPO)])}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(*paths), capture_output=True, text=True,
+                          timeout=300)
+
+
+def _cli(args: list[str], *paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], env=_env(*paths), capture_output=True, text=True,
+                          timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +79,51 @@ def test_plugin_method_and_judge_run(installed: Path, family: dict[str, Path], t
     assert result.returncode == 0, result.stderr
     labels, count = result.stdout.strip().rsplit(" ", 1)
     assert labels == "['harmful', 'harmless']" and int(count) > 0
+
+
+def test_plugin_method_and_judge_inside_realign_run(installed: Path, family: dict[str, Path], tmp_path: Path,
+                                                     data_dir: Path) -> None:
+    """`realign run` plans, merges, generates (dummy backend), judges and stores cells of the plugin's
+    method and judge like built-ins; the leaderboard has the plugin method's row."""
+    from leaderboards import Store
+
+    out = tmp_path / "out"
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "name": "plugin",
+        "output_dir": str(out),
+        "models": {"aligned": {"path": str(family["aligned"])},
+                   "finetuned": [{"name": "ft1", "path": str(family["ft1"]), "task": "math"}]},
+        "methods": [{"name": "sft"}, {"name": "example_nudge", "params": {"k": 0.25}}],
+        "benchmarks": [{"name": "catqa", "languages": ["en"], "sample": 4, "seed": 1}],
+        "judges": ["example_keyword"],
+        "generation": {"backend": "dummy", "max_new_tokens": 8},
+    }))
+    result = _cli(["run", str(experiment), "--no-progress"], installed)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    store = Store(out / "results.sqlite")
+    cells = store.cells()
+    assert sorted(cells["method"]) == ["example_nudge", "sft"]
+    nudge = cells[cells["method"] == "example_nudge"].iloc[0]
+    assert json.loads(nudge["params"]) == {"k": 0.25} and nudge["judge_id"].startswith("example_keyword@")
+    verdicts = store.verdicts_frame()
+    completions = store.items_frame(with_completions=True)
+    assert len(verdicts) == len(completions) == 2 * 4
+    assert {j.split("@")[0] for j in verdicts["judge_id"]} == {"example_keyword"}
+    joined = verdicts.merge(completions, on=["cell_id", "item_id", "sample_index"])
+    for _, row in joined.iterrows():  # the plugin judge's own rule decided every label
+        assert row["label"] == ("harmful" if "sure" in row["completion"].lower() else "harmless"), row["completion"]
+    scores = store.scores_frame()
+    assert set(scores["cell_id"]) == set(cells["cell_id"])
+
+    board = tmp_path / "board"
+    shown = _cli(["leaderboard", "--store", str(out / "results.sqlite"), "--out", str(board), "--format", "csv,md"],
+                 installed)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    with open(board / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["method"] for row in rows) == ["example_nudge", "sft"], rows
 
 
 def test_plugin_with_a_builtin_name_is_refused(installed: Path, tmp_path: Path) -> None:

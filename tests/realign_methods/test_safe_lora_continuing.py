@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.core.checkpoints import LoraAdapter, merge_adapter
+from harness.core.checkpoints import CombinedAdapter, LoraAdapter, merge_adapter
 from harness.core.errors import CheckpointError, ConfigError
 from harness.testing import continue_adapter, make_lora_adapter
-from realign_methods import MergeSpec, merge
+from realign_methods import MergeSpec, TensorInputs, merge
+from realign_methods.methods.safe_lora import update_factors
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -145,3 +146,27 @@ def test_planner_fills_aligned_adapter_only_on_the_same_base(tmp_path: Path) -> 
         assert use_adapter and extra == {}
     method, full = _method("safe_lora", {"aligned_adapter": "/given"}, "safe_lora")
     assert method_inputs(method, full, models, on_base, "safe_lora")[2] == {}  # an explicit value wins
+
+
+def test_difference_adapter_is_the_combined_adapter_where_both_adapt(organism: dict[str, Path]) -> None:
+    """Safe LoRA joins θ_F − θ_A as CombinedAdapter does (bit for bit); a weight only one adapter adapts
+    keeps Safe LoRA's own rule (the fine-tune's factors, or θ_A: None)."""
+    tuned, aligned = LoraAdapter.load(organism["other_layout"]), LoraAdapter.load(organism["aligned_adapter"])
+    combined = CombinedAdapter(tuned, [(aligned, -1.0)])
+    seen = {"both": 0, "fine-tune only": 0, "aligned only": 0}
+    for name in sorted(set(tuned.modules()) | set(aligned.modules())):
+        ours = update_factors(name, TensorInputs.from_tensors(name, {}, adapters=[tuned]), aligned)
+        if name in tuned.modules() and name in aligned.modules():
+            seen["both"] += 1
+            assert ours is not None and ours[2] == 1.0
+            joined = combined.factors(name)
+            assert joined is not None
+            assert torch.equal(ours[0], joined[0]) and torch.equal(ours[1], joined[1])
+        elif name in tuned.modules():
+            seen["fine-tune only"] += 1
+            assert ours is not None and ours[2] == tuned.scaling_for(name)
+            assert torch.equal(ours[1], tuned.factors(name)[1])  # type: ignore[index]
+        else:
+            seen["aligned only"] += 1
+            assert ours is None and combined.factors(name) is not None
+    assert all(seen.values()), seen

@@ -10,6 +10,7 @@ without writing one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -98,6 +99,12 @@ def open_model(
         raise CheckpointError(f"{label} {path} (a LoRA adapter, resolved onto base {base_path}): {exc}") from None
 
 
+def join_lora_factors(pieces: Sequence[tuple[torch.Tensor, torch.Tensor, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ s_i·B_i@A_i as one pair with scaling 1, exactly (not re-factorised): A' = [A_1; A_2; …] along the
+    rank, B' = [s_1·B_1, s_2·B_2, …]. ``pieces`` are ``(A, B, signed scaling)`` with fitting shapes."""
+    return torch.cat([a for a, _, _ in pieces], dim=0), torch.cat([b * scaling for _, b, scaling in pieces], dim=1)
+
+
 class CombinedAdapter:
     """A signed sum of LoRA adapters on one base as one low-rank update: Σ sign·s·B@A.
 
@@ -140,10 +147,8 @@ class CombinedAdapter:
         for part, sign in self.parts:
             pair = part.factors(weight_name)
             if pair is not None:
-                pieces.append((pair[0], pair[1] * (sign * part.scaling_for(weight_name))))
-        if not pieces:
-            return None
-        return torch.cat([a for a, _ in pieces], dim=0), torch.cat([b for _, b in pieces], dim=1)
+                pieces.append((pair[0], pair[1], sign * part.scaling_for(weight_name)))
+        return join_lora_factors(pieces) if pieces else None
 
     def check_base(self, base: CheckpointReader) -> None:
         for part, _ in self.parts:

@@ -61,6 +61,11 @@ class LoraModule:
     embedding: bool
 
 
+def lora_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, rows: slice = slice(None)) -> torch.Tensor:
+    """The LoRA update ``scaling · B[rows] @ A``: the one copy of the formula (``rows`` bounds memory on big weights)."""
+    return (lora_b[rows] @ lora_a) * scaling
+
+
 class LoraAdapter:
     """A PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)."""
 
@@ -216,7 +221,7 @@ class LoraAdapter:
         if pair is None:
             return None
         lora_a, lora_b = pair
-        return (lora_b @ lora_a) * self._modules[weight_name].scaling
+        return lora_delta(lora_a, lora_b, self._modules[weight_name].scaling)
 
     def apply(self, weight_name: str, tensor: torch.Tensor) -> torch.Tensor:
         """The base tensor ``weight_name`` with this adapter merged in, as PEFT's ``merge_and_unload``
