@@ -19,13 +19,17 @@ from harness.core.checkpoints import resolve_model as resolve_model_path
 from harness.core.checkpoints._gguf import MODEL_ALIASES
 from harness.core.errors import CheckpointError, ConfigError, RealignError, name_unknown
 from harness.core.hashing import hash_value
+from harness.core.roles import ReferenceRole
 from harness.experiment._config import BenchmarkEntry, Experiment, ModelRef
 from harness.experiment._hashcache import HashCache
 from harness.generate import GenerationConfig
 from harness.generate._backend import check_backend_options
-from realign_methods import get_method
+from realign_methods import Method, MethodInfo, Role, get_method
 
 ORIGINAL = "original"  # pseudo-method: the model before safety alignment, evaluated as a baseline row
+#: the reference row of ``models.original``: planned by the experiment (not listed under `methods:`)
+ORIGINAL_INFO = MethodInfo(name=ORIGINAL, summary="The model before safety alignment, evaluated unchanged.",
+                           reference_role=ReferenceRole.ORIGINAL)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class ResolvedModel:
 @dataclass(frozen=True)
 class CheckpointJob:
     key: str
-    method: str  # canonical registry name, or ORIGINAL
+    info: MethodInfo  # the method's declaration (ORIGINAL_INFO for the original model)
     label: str
     params: dict[str, Any]
     finetuned: str  # fine-tuned model name ("-" for the original model)
@@ -51,17 +55,22 @@ class CheckpointJob:
     inputs: dict[str, ResolvedModel]
     finetuned_models: tuple[ResolvedModel, ...]
     use_adapter: bool  # the method reads the fine-tune's LoRA adapter rather than its dense weights
+    implementation: Method | None = None  # the resolved method instance (None for ORIGINAL)
+
+    @property
+    def method(self) -> str:
+        """Canonical method name (what the store and ``--only method=`` see)."""
+        return self.info.name
 
     @property
     def passthrough(self) -> ResolvedModel | None:
-        """The input evaluated as-is, for baselines that do not change weights."""
-        if self.method == ORIGINAL:
-            return self.inputs["original"]
-        if self.method == "sft":
+        """The input evaluated as-is, for reference rows that do not change weights."""
+        role = self.info.reference_role
+        if role is None:
+            return None
+        if role is ReferenceRole.FINETUNED:
             return self.finetuned_models[0]
-        if self.method == "aligned":
-            return self.inputs["aligned"]
-        return None
+        return self.inputs[role.value]
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,7 @@ def check_generation(exp: Experiment) -> None:
     check_backend_options(g.backend, g.backend_options, "generation.backend_options")
 
 
-def _method(name: str, params: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
+def _method(name: str, params: dict[str, Any], where: str) -> tuple[Method, dict[str, Any]]:
     """The method instance and its parameters with defaults filled (ConfigError names the entry)."""
     try:
         method = get_method(name)
@@ -183,8 +192,10 @@ def method_inputs(
     """
     info = method.info
     accepted = info.accepted_inputs
-    use_adapter = ft.adapter is not None and "adapters" in accepted and (
-        "finetuned" not in accepted or params.get("setting") in ("lora", "merged", "auto")
+    by_setting = info.adapter_params.setting
+    use_adapter = ft.adapter is not None and Role.ADAPTERS in accepted and (
+        Role.FINETUNED not in accepted
+        or (bool(by_setting) and params.get(by_setting) in info.adapter_params.adapter_values)
     )
     inputs: dict[str, ResolvedModel] = {}
     for role in ("aligned", "unaligned"):
@@ -194,12 +205,13 @@ def method_inputs(
     if wants_base and "base" in models:
         inputs["base"] = models["base"]
     extra: dict[str, Any] = {}
-    if use_adapter and "aligned_adapter" in params and params.get("aligned_adapter") is None:
+    receiver = info.adapter_params.aligned_adapter
+    if use_adapter and receiver and params.get(receiver) is None:
         aligned = models.get("aligned")
         # Only an adapter on the same base as the fine-tune's is one it can have continued from; a
         # fine-tune adapter over the dense aligned model already is the update relative to θ_A.
         if aligned is not None and aligned.adapter is not None and aligned.path.resolve() == ft.path.resolve():
-            extra["aligned_adapter"] = str(aligned.adapter)
+            extra[receiver] = str(aligned.adapter)
     given = {role: 1 for role in inputs} | {("adapters" if use_adapter else "finetuned"): 1}
     try:
         method.check_inputs(given)
@@ -261,7 +273,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         jobs.append(
             CheckpointJob(
                 key=hash_value({"passthrough": models["original"].hash}, 32),
-                method=ORIGINAL, label=ORIGINAL, params={}, finetuned="-", task=None,
+                info=ORIGINAL_INFO, label=ORIGINAL, params={}, finetuned="-", task=None,
                 inputs={"original": models["original"]}, finetuned_models=(), use_adapter=False,
             )
         )
@@ -270,16 +282,17 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
             where = f"methods[{m_index}] ({label})"
             method, full_params = _method(entry.name, params, where)
             canonical = method.info.name
+            role = method.info.reference_role
             for ft, resolved in finetuned:
                 extra: dict[str, Any]
-                if canonical == "aligned":
-                    if "aligned" not in models:
-                        raise ConfigError(f"{where}: the 'aligned' baseline needs models.aligned")
-                    inputs, use_adapter, extra = {"aligned": models["aligned"]}, False, {}
-                    key = hash_value({"passthrough": models["aligned"].hash}, 32)
-                elif canonical == "sft":
+                if role is ReferenceRole.FINETUNED:
                     inputs, use_adapter, extra = {}, resolved.adapter is not None, {}
                     key = hash_value({"passthrough": resolved.hash}, 32)
+                elif role is not None:  # a model of the experiment, the same for every fine-tune
+                    if role.value not in models:
+                        raise ConfigError(f"{where}: the {canonical!r} baseline needs models.{role.value}")
+                    inputs, use_adapter, extra = {role.value: models[role.value]}, False, {}
+                    key = hash_value({"passthrough": models[role.value].hash}, 32)
                 else:
                     inputs, use_adapter, extra = method_inputs(method, full_params, models, resolved, where)
                     job_identity: dict[str, Any] = {
@@ -291,9 +304,9 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
                     key = hash_value(job_identity, 32)
                 jobs.append(
                     CheckpointJob(
-                        key=key, method=canonical, label=label, params={**full_params, **extra},
+                        key=key, info=method.info, label=label, params={**full_params, **extra},
                         finetuned=ft.name, task=ft.task, inputs=inputs, finetuned_models=(resolved,),
-                        use_adapter=use_adapter,
+                        use_adapter=use_adapter, implementation=method,
                     )
                 )
     pairwise_benchmarks = _pairwise_benchmarks(exp)

@@ -328,7 +328,8 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     else:
         raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
     record = CellRecord(
-        cell_id=cell.cell_id, method=cell.job.method, method_label=cell.job.label, params=cell.job.params,
+        cell_id=cell.cell_id, method=cell.job.method, method_label=cell.job.label,
+        reference_role=cell.job.info.reference_role, params=cell.job.params,
         finetuned=cell.job.finetuned, task=cell.job.task, checkpoint_hash=cell.job.key,
         benchmark=bench.name, benchmark_label=cell.benchmark.key, benchmark_kind="safety" if bench.kind == "safety" else "utility",
         benchmark_options=cell.benchmark.model_dump(mode="json"), backend=exp.generation.backend,

@@ -16,6 +16,7 @@ from pydantic import Field, create_model
 
 from harness.core.errors import ConfigError
 from realign_methods._method import (
+    AdapterParams,
     Method,
     MethodInfo,
     MethodParams,
@@ -116,6 +117,9 @@ class Somf(Method):
         reference=_REFERENCE,
         reference_inputs=(Role.ALIGNED, Role.BASE),
         single=frozenset({Role.ALIGNED, Role.BASE}),
+        # "full" reads the fine-tune's dense weights; the others its LoRA adapter
+        adapter_params=AdapterParams(aligned_adapter="aligned_adapter", setting="setting",
+                                     adapter_values=frozenset({"lora", "merged", "auto"})),
     )
     def prepare(self, ctx: PrepareContext) -> _SomfState:
         from harness.core.checkpoints import CheckpointReader
@@ -193,6 +197,7 @@ def _preset(name: str, fusion: str) -> type[Somf]:
         reference=_REFERENCE,
         reference_inputs=Somf.info.reference_inputs,
         single=Somf.info.single,
+        adapter_params=Somf.info.adapter_params,
     )
     return type(f"Somf_{fusion}", (Somf,), {"info": info})
 
