@@ -34,8 +34,8 @@ from realign_methods._registry import (
 
 __all__ = [
     "DENSE_INPUTS",
-    "AdapterParams",
     "METHODS",
+    "AdapterParams",
     "MergePlan",
     "MergeSpec",
     "Method",

@@ -282,17 +282,18 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
             where = f"methods[{m_index}] ({label})"
             method, full_params = _method(entry.name, params, where)
             canonical = method.info.name
-            role = method.info.reference_role
+            reference_role = method.info.reference_role
             for ft, resolved in finetuned:
                 extra: dict[str, Any]
-                if role is ReferenceRole.FINETUNED:
+                if reference_role is ReferenceRole.FINETUNED:
                     inputs, use_adapter, extra = {}, resolved.adapter is not None, {}
                     key = hash_value({"passthrough": resolved.hash}, 32)
-                elif role is not None:  # a model of the experiment, the same for every fine-tune
-                    if role.value not in models:
-                        raise ConfigError(f"{where}: the {canonical!r} baseline needs models.{role.value}")
-                    inputs, use_adapter, extra = {role.value: models[role.value]}, False, {}
-                    key = hash_value({"passthrough": models[role.value].hash}, 32)
+                elif reference_role is not None:  # a model of the experiment, the same for every fine-tune
+                    model_role = reference_role.value
+                    if model_role not in models:
+                        raise ConfigError(f"{where}: the {canonical!r} baseline needs models.{model_role}")
+                    inputs, use_adapter, extra = {model_role: models[model_role]}, False, {}
+                    key = hash_value({"passthrough": models[model_role].hash}, 32)
                 else:
                     inputs, use_adapter, extra = method_inputs(method, full_params, models, resolved, where)
                     job_identity: dict[str, Any] = {
