@@ -8,6 +8,7 @@ hashes the benchmark options, the generation settings and the judges.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ from harness.core.hashing import hash_value
 from harness.core.roles import ReferenceRole
 from harness.experiment._config import BenchmarkEntry, Experiment, ModelRef
 from harness.experiment._hashcache import HashCache
-from harness.generate import GenerationConfig
 from harness.generate._backend import check_backend_options
 from realign_methods import Method, MethodInfo, Role, get_method
 
@@ -81,6 +81,9 @@ class Cell:
     generation_key: str
     # the cell whose answers this one's are judged against (experiment `pairwise:`), same benchmark
     reference: Cell | None = None
+    # what the planner resolved and checked, so the stages never resolve a name again
+    resolved_benchmark: Any = None  # the Benchmark of ``benchmark`` (benchmark_for)
+    judges: Mapping[str, Any] = field(default_factory=dict)  # experiment judge name -> built judge
 
 
 @dataclass
@@ -165,8 +168,7 @@ def check_generation(exp: Experiment) -> None:
 
     g = exp.generation
     try:
-        GenerationConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                         seed=exp.seed, stop=tuple(g.stop), num_samples=g.num_samples, batch_size=g.batch_size)
+        g.decoding(exp.seed)
     except ValidationError as exc:
         raise ConfigError(f"generation: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     check_backend_options(g.backend, g.backend_options, "generation.backend_options")
@@ -227,6 +229,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
     check_generation(exp)
     spec_contents: dict[str, Any] = {}
     bench_languages: list[list[str]] = []
+    resolved_benchmarks: dict[str, Any] = {}
     for index, bench in enumerate(exp.benchmarks):
         try:
             # Loading one item checks data files, languages and categories (cheap: local files).
@@ -238,8 +241,10 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         if is_spec_path(bench.name):  # an edited spec file (template, mapping) makes new generations
             spec_contents[bench.key] = resolved.spec.model_dump(mode="json")
         bench_languages.append(resolved.languages)
+        resolved_benchmarks[bench.key] = resolved
     judge_identities: list[dict[str, str]] = []
     judge_languages: dict[str, set[str]] = {}
+    built_judges: dict[str, Any] = {}
     for judge in exp.judges:
         try:
             get_judge_class(judge)
@@ -248,6 +253,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         except ConfigError as exc:
             raise ConfigError(f"judges: {exc}") from None
         judge_identities.append({"id": built.id, "hash": built.hash})
+        built_judges[judge] = built
         judge_languages[judge] = set(built.languages)
     for index, bench in enumerate(exp.benchmarks):
         # A judge chosen for a benchmark must read it: no number for a language it does not declare.
@@ -333,7 +339,8 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
                 ref_job = reference_job(all_jobs, exp.pairwise.reference, job)
                 if ref_job is not None and ref_job.key != job.key:  # the reference is not judged against itself
                     reference = Cell(cell_id="", job=ref_job, benchmark=bench,
-                                     generation_key=generation_key(ref_job, bench))
+                                     generation_key=generation_key(ref_job, bench),
+                                     resolved_benchmark=resolved_benchmarks[bench.key], judges=built_judges)
             key = generation_key(job, bench)
             identity: dict[str, Any] = {"generation": key, "judges": judge_identities,
                                         "method": job.label, "finetuned": job.finetuned, "task": job.task}
@@ -345,7 +352,8 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
             if reference is not None:
                 identity["pairwise_reference"] = reference.generation_key
             cell_id = hash_value(identity, 32)
-            cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=key, reference=reference))
+            cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=key, reference=reference,
+                              resolved_benchmark=resolved_benchmarks[bench.key], judges=built_judges))
     if not cells:
         raise ConfigError(f"--only {only} selects no cell of the experiment")
     return Plan(experiment=exp, jobs=jobs, cells=cells)
