@@ -111,6 +111,24 @@ class CellRecord(BaseModel):
         return data
 
 
+#: columns of ``cells`` the store writes itself (not fields of a CellRecord)
+CELL_BOOKKEEPING = ("run_id", "status", "error", "updated_at")
+
+
+def check_record_columns(model: type[BaseModel], table: Any, bookkeeping: Sequence[str]) -> None:
+    """A record model and its table declare the same columns: a field added to one only is a StoreError
+    naming it (checked when the store module is imported, so the mismatch never reaches a database)."""
+    fields, columns = set(model.model_fields), {c.name for c in table.columns} - set(bookkeeping)
+    if fields != columns:
+        raise StoreError(
+            f"{model.__name__} and table {table.name!r} disagree: fields without a column "
+            f"{sorted(fields - columns) or 'none'}, columns without a field {sorted(columns - fields) or 'none'} "
+            f"(add the column to leaderboards/_schema.py with a migration, or the field to {model.__name__})")
+
+
+check_record_columns(CellRecord, S.cells, CELL_BOOKKEEPING)
+
+
 def collect_provenance(
     seeds: Mapping[str, Any] | None = None,
     *,
