@@ -21,7 +21,7 @@ from harness.core.checkpoints._gguf import MODEL_ALIASES
 from harness.core.errors import CheckpointError, ConfigError, RealignError, name_unknown
 from harness.core.hashing import hash_value
 from harness.core.roles import ReferenceRole
-from harness.experiment._config import BenchmarkEntry, Experiment, ModelRef
+from harness.experiment._config import BenchmarkEntry, Experiment, FinetunedModel, ModelRef
 from harness.experiment._hashcache import HashCache
 from harness.generate._backend import check_backend_options
 from realign_methods import Method, MethodInfo, Role, get_method
@@ -222,49 +222,78 @@ def method_inputs(
     return inputs, use_adapter, extra
 
 
+@dataclass(frozen=True)
+class _CheckedBenchmarks:
+    resolved: dict[str, Any]  # entry label -> Benchmark
+    spec_contents: dict[str, Any]  # entry label -> spec file contents (an edited spec makes new generations)
+
+
+@dataclass(frozen=True)
+class _CheckedJudges:
+    built: dict[str, Any]  # experiment judge name -> judge
+    identities: list[dict[str, str]]  # id and content hash of each, in the cells' identity
+
+
 def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None = None) -> Plan:
     """Validate everything cheap-to-check and expand the matrix. Raises ConfigError before any work."""
-
     only = only or {}
     check_generation(exp)
+    benchmarks = _check_benchmarks(exp)
+    judges = _check_judges(exp, benchmarks)
+    models, finetuned = _resolve_models(exp, hashes)
+    all_jobs = _plan_jobs(exp, models, finetuned)
+    jobs = [j for j in all_jobs if _matches(j, only)]
+    cells = _plan_cells(exp, jobs, all_jobs, benchmarks, judges, only)
+    if not cells:
+        raise ConfigError(f"--only {only} selects no cell of the experiment")
+    return Plan(experiment=exp, jobs=jobs, cells=cells)
+
+
+def _check_benchmarks(exp: Experiment) -> _CheckedBenchmarks:
+    """Every benchmark entry resolves and loads one item (data files, languages, categories: local, cheap)."""
+    resolved: dict[str, Any] = {}
     spec_contents: dict[str, Any] = {}
-    bench_languages: list[list[str]] = []
-    resolved_benchmarks: dict[str, Any] = {}
     for index, bench in enumerate(exp.benchmarks):
         try:
-            # Loading one item checks data files, languages and categories (cheap: local files).
-            resolved = benchmark_for(exp, bench)
-            resolved.load(limit=1, languages=bench.languages, categories=bench.categories,
-                          data_path=data_path_for(exp, bench))
+            benchmark = benchmark_for(exp, bench)
+            benchmark.load(limit=1, languages=bench.languages, categories=bench.categories,
+                           data_path=data_path_for(exp, bench))
         except RealignError as exc:
             raise ConfigError(f"benchmarks[{index}] ({bench.key}): {exc}") from None
-        if is_spec_path(bench.name):  # an edited spec file (template, mapping) makes new generations
-            spec_contents[bench.key] = resolved.spec.model_dump(mode="json")
-        bench_languages.append(resolved.languages)
-        resolved_benchmarks[bench.key] = resolved
-    judge_identities: list[dict[str, str]] = []
-    judge_languages: dict[str, set[str]] = {}
-    built_judges: dict[str, Any] = {}
+        if is_spec_path(bench.name):
+            spec_contents[bench.key] = benchmark.spec.model_dump(mode="json")
+        resolved[bench.key] = benchmark
+    return _CheckedBenchmarks(resolved=resolved, spec_contents=spec_contents)
+
+
+def _check_judges(exp: Experiment, benchmarks: _CheckedBenchmarks) -> _CheckedJudges:
+    """Build every judge once; a judge chosen for a benchmark must declare the benchmark's languages."""
+    built: dict[str, Any] = {}
     for judge in exp.judges:
         try:
             get_judge_class(judge)
             # id and content hash (keyword list, weights, prompt): a changed judge makes new cells
-            built = cached_judge(judge, exp.judge_options.get(judge, {}))
+            built[judge] = cached_judge(judge, exp.judge_options.get(judge, {}))
         except ConfigError as exc:
             raise ConfigError(f"judges: {exc}") from None
-        judge_identities.append({"id": built.id, "hash": built.hash})
-        built_judges[judge] = built
-        judge_languages[judge] = set(built.languages)
     for index, bench in enumerate(exp.benchmarks):
-        # A judge chosen for a benchmark must read it: no number for a language it does not declare.
-        wanted = set(bench.languages or bench_languages[index])
-        if bench.judge is not None and not wanted <= judge_languages[bench.judge]:
+        if bench.judge is None:
+            continue
+        wanted = set(bench.languages or benchmarks.resolved[bench.key].languages)
+        reads = set(built[bench.judge].languages)
+        if not wanted <= reads:  # no number for a language the judge does not declare
             raise ConfigError(
-                f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} reads "
-                f"{'+'.join(sorted(judge_languages[bench.judge]))} but the benchmark has "
-                f"{'+'.join(sorted(wanted - judge_languages[bench.judge]))}; choose a judge that declares them "
+                f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} reads {'+'.join(sorted(reads))} but the "
+                f"benchmark has {'+'.join(sorted(wanted - reads))}; choose a judge that declares them "
                 "or restrict `languages`")
+    identities = [{"id": judge.id, "hash": judge.hash} for judge in built.values()]
+    return _CheckedJudges(built=built, identities=identities)
 
+
+def _resolve_models(
+    exp: Experiment, hashes: HashCache
+) -> tuple[dict[str, ResolvedModel], list[tuple[FinetunedModel, ResolvedModel]]]:
+    """The experiment's models by role, and each fine-tune with its resolved model."""
     models: dict[str, ResolvedModel] = {}
     for role in ("original", "base", "aligned", "unaligned"):
         ref = getattr(exp.models, role)
@@ -273,7 +302,13 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
     finetuned = [
         (ft, resolve_model(exp, f"finetuned[{i}]", ft, hashes)) for i, ft in enumerate(exp.models.finetuned)
     ]
+    return models, finetuned
 
+
+def _plan_jobs(
+    exp: Experiment, models: dict[str, ResolvedModel], finetuned: list[tuple[FinetunedModel, ResolvedModel]]
+) -> list[CheckpointJob]:
+    """One checkpoint job per method variant × fine-tune (reference rows: per evaluated model), plus the original model's."""
     jobs: list[CheckpointJob] = []
     if "original" in models:
         jobs.append(
@@ -287,46 +322,53 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         for label, params in entry.variants():
             where = f"methods[{m_index}] ({label})"
             method, full_params = _method(entry.name, params, where)
-            canonical = method.info.name
-            reference_role = method.info.reference_role
             for ft, resolved in finetuned:
-                extra: dict[str, Any]
-                if reference_role is ReferenceRole.FINETUNED:
-                    inputs, use_adapter, extra = {}, resolved.adapter is not None, {}
-                    key = hash_value({"passthrough": resolved.hash}, 32)
-                elif reference_role is not None:  # a model of the experiment, the same for every fine-tune
-                    model_role = reference_role.value
-                    if model_role not in models:
-                        raise ConfigError(f"{where}: the {canonical!r} baseline needs models.{model_role}")
-                    inputs, use_adapter, extra = {model_role: models[model_role]}, False, {}
-                    key = hash_value({"passthrough": models[model_role].hash}, 32)
-                else:
-                    inputs, use_adapter, extra = method_inputs(method, full_params, models, resolved, where)
-                    job_identity: dict[str, Any] = {
-                        "method": canonical, "params": full_params, "seed": exp.seed, "adapter": use_adapter,
-                        "inputs": {r: m.hash for r, m in inputs.items()}, "finetuned": [resolved.hash]}
-                    if use_adapter:  # adapter updates are now taken relative to the model they are added to;
-                        # a checkpoint cached before that fix counted θ_A's adapter twice: never reuse it
-                        job_identity["adapter_updates"] = "relative@1"
-                    key = hash_value(job_identity, 32)
-                jobs.append(
-                    CheckpointJob(
-                        key=key, info=method.info, label=label, params={**full_params, **extra},
-                        finetuned=ft.name, task=ft.task, inputs=inputs, finetuned_models=(resolved,),
-                        use_adapter=use_adapter, implementation=method,
-                    )
-                )
-    pairwise_benchmarks = _pairwise_benchmarks(exp)
-    all_jobs = jobs
-    jobs = [j for j in jobs if _matches(j, only)]
+                jobs.append(_job(exp, method, label, full_params, models, ft, resolved, where))
+    return jobs
 
+
+def _job(exp: Experiment, method: Method, label: str, full_params: dict[str, Any], models: dict[str, ResolvedModel],
+         ft: FinetunedModel, resolved: ResolvedModel, where: str) -> CheckpointJob:
+    """One method variant on one fine-tune, keyed by everything that makes its weights."""
+    canonical = method.info.name
+    reference_role = method.info.reference_role
+    extra: dict[str, Any]
+    if reference_role is ReferenceRole.FINETUNED:
+        inputs, use_adapter, extra = {}, resolved.adapter is not None, {}
+        key = hash_value({"passthrough": resolved.hash}, 32)
+    elif reference_role is not None:  # a model of the experiment, the same for every fine-tune
+        model_role = reference_role.value
+        if model_role not in models:
+            raise ConfigError(f"{where}: the {canonical!r} baseline needs models.{model_role}")
+        inputs, use_adapter, extra = {model_role: models[model_role]}, False, {}
+        key = hash_value({"passthrough": models[model_role].hash}, 32)
+    else:
+        inputs, use_adapter, extra = method_inputs(method, full_params, models, resolved, where)
+        job_identity: dict[str, Any] = {
+            "method": canonical, "params": full_params, "seed": exp.seed, "adapter": use_adapter,
+            "inputs": {r: m.hash for r, m in inputs.items()}, "finetuned": [resolved.hash]}
+        if use_adapter:  # adapter updates are now taken relative to the model they are added to;
+            # a checkpoint cached before that fix counted θ_A's adapter twice: never reuse it
+            job_identity["adapter_updates"] = "relative@1"
+        key = hash_value(job_identity, 32)
+    return CheckpointJob(
+        key=key, info=method.info, label=label, params={**full_params, **extra},
+        finetuned=ft.name, task=ft.task, inputs=inputs, finetuned_models=(resolved,),
+        use_adapter=use_adapter, implementation=method,
+    )
+
+
+def _plan_cells(exp: Experiment, jobs: list[CheckpointJob], all_jobs: list[CheckpointJob],
+                benchmarks: _CheckedBenchmarks, judges: _CheckedJudges, only: dict[str, str]) -> list[Cell]:
+    """Each selected job × benchmark entry, named by the hash of its generation, judges and reference."""
+    pairwise_benchmarks = _pairwise_benchmarks(exp)
     gen = exp.generation.model_dump(mode="json")
 
     def generation_key(job: CheckpointJob, bench: BenchmarkEntry) -> str:
         # the primary judge picks which verdicts score the cell, and `task` what it measures: not what is generated
         bench_spec = bench.model_dump(mode="json", exclude={"label", "judge", "task"})
-        if bench.key in spec_contents:
-            bench_spec["spec"] = spec_contents[bench.key]
+        if bench.key in benchmarks.spec_contents:
+            bench_spec["spec"] = benchmarks.spec_contents[bench.key]
         return hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen, "seed": exp.seed}, 32)
 
     cells: list[Cell] = []
@@ -334,15 +376,16 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         for bench in exp.benchmarks:
             if only.get("benchmark") and bench.key != only["benchmark"]:
                 continue
+            resolved = benchmarks.resolved[bench.key]
             reference = None
             if bench.key in pairwise_benchmarks and exp.pairwise is not None:
                 ref_job = reference_job(all_jobs, exp.pairwise.reference, job)
                 if ref_job is not None and ref_job.key != job.key:  # the reference is not judged against itself
                     reference = Cell(cell_id="", job=ref_job, benchmark=bench,
                                      generation_key=generation_key(ref_job, bench),
-                                     resolved_benchmark=resolved_benchmarks[bench.key], judges=built_judges)
+                                     resolved_benchmark=resolved, judges=judges.built)
             key = generation_key(job, bench)
-            identity: dict[str, Any] = {"generation": key, "judges": judge_identities,
+            identity: dict[str, Any] = {"generation": key, "judges": judges.identities,
                                         "method": job.label, "finetuned": job.finetuned, "task": job.task}
             # each only when set, so cells of experiments without it keep their ids
             if bench.judge is not None:
@@ -351,12 +394,9 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
                 identity["benchmark_task"] = bench.task
             if reference is not None:
                 identity["pairwise_reference"] = reference.generation_key
-            cell_id = hash_value(identity, 32)
-            cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=key, reference=reference,
-                              resolved_benchmark=resolved_benchmarks[bench.key], judges=built_judges))
-    if not cells:
-        raise ConfigError(f"--only {only} selects no cell of the experiment")
-    return Plan(experiment=exp, jobs=jobs, cells=cells)
+            cells.append(Cell(cell_id=hash_value(identity, 32), job=job, benchmark=bench, generation_key=key,
+                              reference=reference, resolved_benchmark=resolved, judges=judges.built))
+    return cells
 
 
 def _pairwise_benchmarks(exp: Experiment) -> set[str]:
