@@ -261,6 +261,50 @@ def _default_judge(cells: pd.DataFrame, harm_judges: pd.Series) -> tuple[str, st
     return str(sorted(harm_judges.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]), "most verdicts"
 
 
+@dataclass(frozen=True)
+class _Recovery:
+    """Per summary row (in its order): safety recovered and utility retained; notes on undefined ones."""
+
+    safety_recovered: list[float]
+    utility_retained: list[float]
+    notes: list[str]
+
+
+def _recovery(summary: pd.DataFrame, done: pd.DataFrame, utility_benchmarks: Mapping[str, str],
+              roles: Mapping[str, ReferenceRole]) -> _Recovery:
+    """Each row against its fine-tune's reference rows: safety recovered from harmfulness, utility
+    retained from the utility benchmarks that measure the fine-tune's own task."""
+    recovered: list[float] = []
+    retained: list[float] = []
+    measures = benchmark_tasks(done[done["benchmark_kind"] == "utility"])
+    ft_tasks = {str(ft): (str(t) if isinstance(t, str) and t else None)
+                for ft, t in done.drop_duplicates("finetuned")[["finetuned", "task"]].itertuples(index=False)}
+    task_notes: dict[str, str] = {}
+    for _, row in summary.iterrows():
+        ft = row["finetuned"]
+        if roles.get(row["method"]) is ReferenceRole.ORIGINAL:  # belongs to no fine-tune: nothing to recover
+            recovered.append(math.nan)
+            retained.append(math.nan)
+            continue
+        h_ft = _reference(summary, roles, ft, ReferenceRole.FINETUNED, "harmfulness_mean")
+        h_al = _reference(summary, roles, ft, ReferenceRole.ALIGNED, "harmfulness_mean")
+        recovered.append(safety_recovered(h_ft, float(row["harmfulness_mean"]), h_al))
+        task = ft_tasks.get(str(ft))
+        own = [b for b in utility_benchmarks if task is not None and task in measures.get(b, set())]
+        if task is None and utility_benchmarks:
+            own = list(utility_benchmarks)
+            task_notes[str(ft)] = f"{ft}: no `task:`, utility retained averages every utility benchmark"
+        elif task is not None and not own and utility_benchmarks:
+            task_notes[str(ft)] = (f"{ft}: no utility benchmark measures its task {task!r} (set `task: {task}` on "
+                                   "its benchmark entry); utility retained is undefined")
+        ratios = [utility_retained(float(row[f"U:{b}"]), _reference(summary, roles, ft, ReferenceRole.FINETUNED, f"U:{b}"),
+                                   _reference(summary, roles, ft, ReferenceRole.ALIGNED, f"U:{b}"),
+                                   bool(row[f"U:{b}:hib"]) if not pd.isna(row[f"U:{b}:hib"]) else True)
+                  for b in own]
+        retained.append(float(sum(ratios) / len(ratios)) if ratios and not any(math.isnan(r) for r in ratios) else math.nan)
+    return _Recovery(recovered, retained, [task_notes[ft] for ft in sorted(task_notes)])
+
+
 def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | None = None,
                       judges: Mapping[str, str] | None = None, cards: Path | None = None) -> Leaderboard:
     """Aggregate ``run_id`` (default: the latest run) of ``store`` into a Leaderboard.
@@ -456,36 +500,10 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     if or_benchmarks and over_refusal.empty:
         notes.append(f"over-refusal ({', '.join(or_benchmarks)}): no refusal-judge verdicts; add the refusal judge")
 
-    recovered, retained = [], []
-    measures = benchmark_tasks(done[done["benchmark_kind"] == "utility"])
-    ft_tasks = {str(ft): (str(t) if isinstance(t, str) and t else None)
-                for ft, t in done.drop_duplicates("finetuned")[["finetuned", "task"]].itertuples(index=False)}
-    task_notes: dict[str, str] = {}
-    for _, row in summary.iterrows():
-        ft = row["finetuned"]
-        if roles.get(row["method"]) is ReferenceRole.ORIGINAL:  # belongs to no fine-tune: nothing to recover
-            recovered.append(math.nan)
-            retained.append(math.nan)
-            continue
-        h_ft = _reference(summary, roles, ft, ReferenceRole.FINETUNED, "harmfulness_mean")
-        h_al = _reference(summary, roles, ft, ReferenceRole.ALIGNED, "harmfulness_mean")
-        recovered.append(safety_recovered(h_ft, float(row["harmfulness_mean"]), h_al))
-        task = ft_tasks.get(str(ft))
-        own = [b for b in utility_benchmarks if task is not None and task in measures.get(b, set())]
-        if task is None and utility_benchmarks:
-            own = list(utility_benchmarks)
-            task_notes[str(ft)] = f"{ft}: no `task:`, utility retained averages every utility benchmark"
-        elif task is not None and not own and utility_benchmarks:
-            task_notes[str(ft)] = (f"{ft}: no utility benchmark measures its task {task!r} (set `task: {task}` on "
-                                   "its benchmark entry); utility retained is undefined")
-        ratios = [utility_retained(float(row[f"U:{b}"]), _reference(summary, roles, ft, ReferenceRole.FINETUNED, f"U:{b}"),
-                                   _reference(summary, roles, ft, ReferenceRole.ALIGNED, f"U:{b}"),
-                                   bool(row[f"U:{b}:hib"]) if not pd.isna(row[f"U:{b}:hib"]) else True)
-                  for b in own]
-        retained.append(float(sum(ratios) / len(ratios)) if ratios and not any(math.isnan(r) for r in ratios) else math.nan)
-    notes += [task_notes[ft] for ft in sorted(task_notes)]
-    summary["safety_recovered"] = recovered
-    summary["utility_retained"] = retained
+    recovery = _recovery(summary, done, utility_benchmarks, roles)
+    notes += recovery.notes
+    summary["safety_recovered"] = recovery.safety_recovered
+    summary["utility_retained"] = recovery.utility_retained
     cost, cost_per_row = cost_rows(done, roles)
     summary = summary.merge(cost_per_row.rename(columns={c: f"cost:{c}" for c in (*COST_COLUMNS, "total_seconds")}),
                             on=ROW_KEYS, how="left")
