@@ -305,6 +305,47 @@ def _recovery(summary: pd.DataFrame, done: pd.DataFrame, utility_benchmarks: Map
     return _Recovery(recovered, retained, [task_notes[ft] for ft in sorted(task_notes)])
 
 
+@dataclass(frozen=True)
+class _Harmfulness:
+    table: pd.DataFrame  # long: per row × benchmark × language ("all") × judge; NaN where undeclared
+    bench_languages: dict[str, list[str]]  # benchmark -> languages in its verdicts
+    judge_languages: dict[str, set[str] | None]  # judge -> declared languages (None: no card)
+    notes: list[str]
+
+
+def _harmfulness(verdicts: pd.DataFrame, keys: list[str], cards: Path | None,
+                 roles: Mapping[str, ReferenceRole]) -> _Harmfulness:
+    """Harmful rate per row, benchmark and judge, overall and per language (where there are several)."""
+    notes: list[str] = []
+    overall = _rate_rows(verdicts, keys, "harmful", HARM_LABELS).assign(language="all")
+    by_lang = _rate_rows(verdicts, [*keys, "language"], "harmful", HARM_LABELS)
+    if not by_lang.empty:  # per-language rows only where a benchmark has more than one language
+        langs = verdicts.groupby("benchmark")["language"].nunique()
+        by_lang = by_lang[by_lang["benchmark"].map(langs) > 1]
+    harm = pd.concat([overall, by_lang], ignore_index=True).rename(columns={"positive": "harmful"})
+    harm = _row_order(harm[[*keys[:4], "language", "judge_id", "harmful", "n", "rate", "ci_low", "ci_high"]], roles) if len(harm) else harm
+    # -- no number for a language the judge does not declare --------------------------------------
+    bench_langs = {str(b): sorted(set(g["language"]) - {"—"}) for b, g in verdicts.groupby("benchmark")}
+    hashes = judge_hashes(verdicts)
+    judge_langs = ({str(j): declared_languages(str(j), cards, hashes.get(str(j))) for j in set(harm["judge_id"])}
+                   if len(harm) else {})
+    if len(harm):
+        def undeclared(row: pd.Series) -> bool:
+            langs = judge_langs.get(str(row["judge_id"]))
+            wanted = bench_langs.get(str(row["benchmark"]), []) if row["language"] == "all" else [row["language"]]
+            return langs is not None and not set(wanted) <= langs
+        mask = harm.apply(undeclared, axis=1).astype(bool)
+        harm["undeclared"] = mask
+        harm.loc[mask, ["rate", "ci_low", "ci_high"]] = math.nan
+        for (jid, bench), _ in harm[mask].groupby(["judge_id", "benchmark"], sort=True):
+            notes.append(f"— : judge {jid} does not declare {'+'.join(bench_langs.get(str(bench), []))} "
+                         f"(it reads {'+'.join(sorted(judge_langs[str(jid)] or []))}); no number on {bench}")
+        no_card = sorted(j for j, d in judge_langs.items() if d is None)
+        if no_card:
+            notes.append(f"no judge card for {', '.join(no_card)}: its languages are unchecked, no corrected rate")
+    return _Harmfulness(harm, bench_langs, judge_langs, notes)
+
+
 def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | None = None,
                       judges: Mapping[str, str] | None = None, cards: Path | None = None) -> Leaderboard:
     """Aggregate ``run_id`` (default: the latest run) of ``store`` into a Leaderboard.
@@ -334,34 +375,12 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     over_refusal = _over_refusal_rows(or_verdicts, roles)
     jb_labels = set(done.loc[done["primary_metric"] == "attack_success", "benchmark_label"])
 
-    # -- absolute harmfulness ---------------------------------------------------------------------
+    # -- absolute harmfulness, no number for a language the judge does not declare ----------------
     keys = ["method_label", "method", "finetuned", "benchmark", "judge_id"]
-    overall = _rate_rows(verdicts, keys, "harmful", HARM_LABELS).assign(language="all")
-    by_lang = _rate_rows(verdicts, [*keys, "language"], "harmful", HARM_LABELS)
-    if not by_lang.empty:  # per-language rows only where a benchmark has more than one language
-        langs = verdicts.groupby("benchmark")["language"].nunique()
-        by_lang = by_lang[by_lang["benchmark"].map(langs) > 1]
-    harm = pd.concat([overall, by_lang], ignore_index=True).rename(columns={"positive": "harmful"})
-    harm = _row_order(harm[[*keys[:4], "language", "judge_id", "harmful", "n", "rate", "ci_low", "ci_high"]], roles) if len(harm) else harm
-    # -- no number for a language the judge does not declare --------------------------------------
-    bench_langs = {str(b): sorted(set(g["language"]) - {"—"}) for b, g in verdicts.groupby("benchmark")}
+    harmfulness = _harmfulness(verdicts, keys, cards, roles)
+    harm, bench_langs, judge_langs = harmfulness.table, harmfulness.bench_languages, harmfulness.judge_languages
+    notes += harmfulness.notes
     hashes = judge_hashes(verdicts)
-    judge_langs = ({str(j): declared_languages(str(j), cards, hashes.get(str(j))) for j in set(harm["judge_id"])}
-                   if len(harm) else {})
-    if len(harm):
-        def undeclared(row: pd.Series) -> bool:
-            langs = judge_langs.get(str(row["judge_id"]))
-            wanted = bench_langs.get(str(row["benchmark"]), []) if row["language"] == "all" else [row["language"]]
-            return langs is not None and not set(wanted) <= langs
-        mask = harm.apply(undeclared, axis=1).astype(bool)
-        harm["undeclared"] = mask
-        harm.loc[mask, ["rate", "ci_low", "ci_high"]] = math.nan
-        for (jid, bench), _ in harm[mask].groupby(["judge_id", "benchmark"], sort=True):
-            notes.append(f"— : judge {jid} does not declare {'+'.join(bench_langs.get(str(bench), []))} "
-                         f"(it reads {'+'.join(sorted(judge_langs[str(jid)] or []))}); no number on {bench}")
-        no_card = sorted(j for j, d in judge_langs.items() if d is None)
-        if no_card:
-            notes.append(f"no judge card for {', '.join(no_card)}: its languages are unchecked, no corrected rate")
 
     harm_judges = verdicts[verdicts["label"].isin(HARM_LABELS)].groupby("judge_id").size()
     judge_given = judge is not None
