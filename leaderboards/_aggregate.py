@@ -42,6 +42,7 @@ import pandas as pd
 
 from harness.core.errors import ConfigError
 from harness.core.hashing import canonical_json
+from harness.core.roles import REFERENCE_ORDER, ReferenceRole
 from leaderboards._judging import agreement_table, corrected_cells, declared_languages, judge_hashes
 from leaderboards._stats import pareto_front, wilson_interval
 from leaderboards._store import Store
@@ -49,7 +50,6 @@ from leaderboards._store import Store
 HARM_LABELS = ("harmful", "harmless")
 REFUSAL_LABELS = ("refusal", "compliance")
 PAIRWISE_LABELS = ("win", "loss", "draw")
-REFERENCE_METHODS = ("original", "aligned", "sft")
 ROW_KEYS = ["finetuned", "method_label", "method"]
 
 
@@ -75,6 +75,11 @@ class Leaderboard:
     cost: pd.DataFrame = field(default_factory=pd.DataFrame)  # wall seconds and tokens per row × benchmark
     jailbreak_benchmarks: list[str] = field(default_factory=list)  # attack success, kept out of the mean
     jailbreaks: pd.DataFrame = field(default_factory=pd.DataFrame)  # ASR per jailbreak template, column judge
+    reference_roles: dict[str, ReferenceRole] = field(default_factory=dict)  # method -> role, as stored
+
+    def is_reference(self, method: str) -> bool:
+        """Whether ``method``'s rows are reference rows (the original, aligned or fine-tuned model unchanged)."""
+        return method in self.reference_roles
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"summary": self.summary, "harmfulness": self.harmfulness, "categories": self.categories,
@@ -112,7 +117,13 @@ OR_COLUMNS = ["method_label", "method", "finetuned", "benchmark", "judge_id", "c
               "refused", "n", "rate", "ci_low", "ci_high"]
 
 
-def _over_refusal_rows(verdicts: pd.DataFrame) -> pd.DataFrame:
+def reference_roles(cells: pd.DataFrame) -> dict[str, ReferenceRole]:
+    """Method name -> reference role, as the runner recorded it on the cells (a role per method)."""
+    marked = cells[cells["reference_role"].notna()].drop_duplicates("method")
+    return {str(m): ReferenceRole(str(r)) for m, r in zip(marked["method"], marked["reference_role"], strict=True)}
+
+
+def _over_refusal_rows(verdicts: pd.DataFrame, roles: Mapping[str, ReferenceRole]) -> pd.DataFrame:
     """Refused / judged per benchmark × judge, overall (category "all") and per category; refusal judges only."""
     by_refusal_judge = verdicts["judge_id"].astype(str).str.startswith("refusal/")
     frame = verdicts[by_refusal_judge | verdicts["label"].isin(REFUSAL_LABELS)]
@@ -123,14 +134,15 @@ def _over_refusal_rows(verdicts: pd.DataFrame) -> pd.DataFrame:
     overall = _rate_rows(frame, keys, "refused", ("refused", "answered")).assign(category="all")
     per_category = _rate_rows(frame, [*keys, "category"], "refused", ("refused", "answered"))
     out = pd.concat([overall, per_category], ignore_index=True).rename(columns={"positive": "refused"})
-    return _row_order(out[OR_COLUMNS]) if len(out) else pd.DataFrame(columns=OR_COLUMNS)
+    return _row_order(out[OR_COLUMNS], roles) if len(out) else pd.DataFrame(columns=OR_COLUMNS)
 
 
 JB_COLUMNS = ["method_label", "method", "finetuned", "benchmark", "judge_id", "jailbreak",
               "successes", "n", "rate", "ci_low", "ci_high"]
 
 
-def _jailbreak_rows(verdicts: pd.DataFrame, benchmarks: list[str], column_judges: Mapping[str, str]) -> pd.DataFrame:
+def _jailbreak_rows(verdicts: pd.DataFrame, benchmarks: list[str], column_judges: Mapping[str, str],
+                    roles: Mapping[str, ReferenceRole]) -> pd.DataFrame:
     """Attack success (harmful / judged) per jailbreak template, the item's subcategory, under each
     benchmark's column judge; template "all" is the summary's ASR."""
     parts = []
@@ -143,27 +155,30 @@ def _jailbreak_rows(verdicts: pd.DataFrame, benchmarks: list[str], column_judges
     out = pd.concat(parts, ignore_index=True).rename(columns={"positive": "successes"}) if parts else pd.DataFrame()
     if not len(out):
         return pd.DataFrame(columns=JB_COLUMNS)
-    out = _row_order(out[JB_COLUMNS])
+    out = _row_order(out[JB_COLUMNS], roles)
     group = out.groupby(keys, sort=False).ngroup()  # keep the row order; "all" heads each group
     return (out.assign(_g=group, _t=out["jailbreak"] != "all").sort_values(["_g", "_t"], kind="mergesort")
             .drop(columns=["_g", "_t"]).reset_index(drop=True))
 
 
-def _row_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sort by fine-tuned model, then reference rows (original, aligned, sft), then method label."""
+def _row_order(frame: pd.DataFrame, roles: Mapping[str, ReferenceRole]) -> pd.DataFrame:
+    """Sort by fine-tuned model, then reference rows (original, aligned, fine-tune), then method label."""
     if frame.empty:
         return frame.reset_index(drop=True)
-    rank = frame["method"].map(lambda m: REFERENCE_METHODS.index(m) if m in REFERENCE_METHODS else len(REFERENCE_METHODS))
+    rank = frame["method"].map(lambda m: REFERENCE_ORDER.index(roles[m]) if m in roles else len(REFERENCE_ORDER))
     extra = [c for c in ("benchmark", "language", "category", "judge_id", "metric", "subset", "jailbreak")
              if c in frame.columns]
     return (frame.assign(_rank=rank).sort_values(["finetuned", "_rank", "method_label", *extra], kind="mergesort")
             .drop(columns="_rank").reset_index(drop=True))
 
 
-def _reference(summary: pd.DataFrame, finetuned: str, method: str, column: str) -> float:
-    rows = summary[(summary["method"] == method) & (summary["finetuned"] == finetuned)]
+def _reference(summary: pd.DataFrame, roles: Mapping[str, ReferenceRole], finetuned: str, role: ReferenceRole,
+               column: str) -> float:
+    """``column`` of the reference row ``role`` for ``finetuned`` (or the one shared by all fine-tunes)."""
+    of_role = summary["method"].map(lambda m: roles.get(m) == role).astype(bool)
+    rows = summary[of_role & (summary["finetuned"] == finetuned)]
     if rows.empty:  # a reference evaluated once for all fine-tuned models
-        rows = summary[summary["method"] == method]
+        rows = summary[of_role]
     values = rows[column].dropna()
     return float(values.iloc[0]) if len(values) else math.nan
 
@@ -214,7 +229,7 @@ COST_COLUMNS = (*COST_SECONDS, "tokens_generated", "calibration_examples")
 PER_CHECKPOINT = ("merge_seconds", "train_seconds", "calibration_seconds", "calibration_examples")
 
 
-def cost_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def cost_rows(done: pd.DataFrame, roles: Mapping[str, ReferenceRole]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per row × benchmark, per row) cost: wall seconds by stage and tokens generated; NaN = not recorded.
 
     Per row, merge and mask-training time are the checkpoint's (once), the others summed over benchmarks,
@@ -225,7 +240,7 @@ def cost_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         if column not in frame.columns:
             frame[column] = math.nan
     frame[list(COST_COLUMNS)] = frame[list(COST_COLUMNS)].astype(float)
-    per_cell = _row_order(frame[[*ROW_KEYS, "benchmark", *COST_COLUMNS]])
+    per_cell = _row_order(frame[[*ROW_KEYS, "benchmark", *COST_COLUMNS]], roles)
     grouped = frame.groupby(ROW_KEYS, sort=True, dropna=False)
     agg = {c: (c, "max") if c in PER_CHECKPOINT else (c, lambda v: v.sum(min_count=len(v))) for c in COST_COLUMNS}
     per_row = grouped.agg(**agg).reset_index()
@@ -246,43 +261,69 @@ def _default_judge(cells: pd.DataFrame, harm_judges: pd.Series) -> tuple[str, st
     return str(sorted(harm_judges.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]), "most verdicts"
 
 
-def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | None = None,
-                      judges: Mapping[str, str] | None = None, cards: Path | None = None) -> Leaderboard:
-    """Aggregate ``run_id`` (default: the latest run) of ``store`` into a Leaderboard.
+@dataclass(frozen=True)
+class _Recovery:
+    """Per summary row (in its order): safety recovered and utility retained; notes on undefined ones."""
 
-    ``judges`` maps a safety benchmark to the primary judge of its column (else ``judge``). A judge whose
-    card does not declare a benchmark's language reports no number there ("—" and a note); when the column
-    judge was not chosen explicitly, another judge in the store that declares the language takes the column.
-    """
-    explicit = dict(judges or {})
-    run_id = store.resolve_run(run_id)
-    run = store.run(run_id)
+    safety_recovered: list[float]
+    utility_retained: list[float]
+    notes: list[str]
+
+
+def _recovery(summary: pd.DataFrame, done: pd.DataFrame, utility_benchmarks: Mapping[str, str],
+              roles: Mapping[str, ReferenceRole]) -> _Recovery:
+    """Each row against its fine-tune's reference rows: safety recovered from harmfulness, utility
+    retained from the utility benchmarks that measure the fine-tune's own task."""
+    recovered: list[float] = []
+    retained: list[float] = []
+    measures = benchmark_tasks(done[done["benchmark_kind"] == "utility"])
+    ft_tasks = {str(ft): (str(t) if isinstance(t, str) and t else None)
+                for ft, t in done.drop_duplicates("finetuned")[["finetuned", "task"]].itertuples(index=False)}
+    task_notes: dict[str, str] = {}
+    for _, row in summary.iterrows():
+        ft = row["finetuned"]
+        if roles.get(row["method"]) is ReferenceRole.ORIGINAL:  # belongs to no fine-tune: nothing to recover
+            recovered.append(math.nan)
+            retained.append(math.nan)
+            continue
+        h_ft = _reference(summary, roles, ft, ReferenceRole.FINETUNED, "harmfulness_mean")
+        h_al = _reference(summary, roles, ft, ReferenceRole.ALIGNED, "harmfulness_mean")
+        recovered.append(safety_recovered(h_ft, float(row["harmfulness_mean"]), h_al))
+        task = ft_tasks.get(str(ft))
+        own = [b for b in utility_benchmarks if task is not None and task in measures.get(b, set())]
+        if task is None and utility_benchmarks:
+            own = list(utility_benchmarks)
+            task_notes[str(ft)] = f"{ft}: no `task:`, utility retained averages every utility benchmark"
+        elif task is not None and not own and utility_benchmarks:
+            task_notes[str(ft)] = (f"{ft}: no utility benchmark measures its task {task!r} (set `task: {task}` on "
+                                   "its benchmark entry); utility retained is undefined")
+        ratios = [utility_retained(float(row[f"U:{b}"]), _reference(summary, roles, ft, ReferenceRole.FINETUNED, f"U:{b}"),
+                                   _reference(summary, roles, ft, ReferenceRole.ALIGNED, f"U:{b}"),
+                                   bool(row[f"U:{b}:hib"]) if not pd.isna(row[f"U:{b}:hib"]) else True)
+                  for b in own]
+        retained.append(float(sum(ratios) / len(ratios)) if ratios and not any(math.isnan(r) for r in ratios) else math.nan)
+    return _Recovery(recovered, retained, [task_notes[ft] for ft in sorted(task_notes)])
+
+
+@dataclass(frozen=True)
+class _Harmfulness:
+    table: pd.DataFrame  # long: per row × benchmark × language ("all") × judge; NaN where undeclared
+    bench_languages: dict[str, list[str]]  # benchmark -> languages in its verdicts
+    judge_languages: dict[str, set[str] | None]  # judge -> declared languages (None: no card)
+    notes: list[str]
+
+
+def _harmfulness(verdicts: pd.DataFrame, keys: list[str], cards: Path | None,
+                 roles: Mapping[str, ReferenceRole]) -> _Harmfulness:
+    """Harmful rate per row, benchmark and judge, overall and per language (where there are several)."""
     notes: list[str] = []
-    cells = store.cells(run_id)
-    done = cells[cells["status"] == "done"]
-    if len(done) < len(cells):
-        notes.append(f"{len(cells) - len(done)} of {len(cells)} cells of run {run_id} are not done and are left out")
-    cell_cols = ["cell_id", "method", "method_label", "finetuned", "benchmark_label", "benchmark_kind", "primary_metric"]
-    meta = done[cell_cols].rename(columns={"benchmark_label": "benchmark"})
-
-    verdicts = store.verdicts_frame(run_id).merge(meta, on="cell_id", how="inner")
-    verdicts["language"] = verdicts["language"].fillna("—")
-    verdicts["category"] = verdicts["category"].fillna("(none)")
-    or_benchmarks = sorted(set(done.loc[done["primary_metric"] == "over_refusal", "benchmark_label"]))
-    or_verdicts = verdicts[verdicts["benchmark"].isin(or_benchmarks)]
-    verdicts = verdicts[~verdicts["benchmark"].isin(or_benchmarks)]
-    over_refusal = _over_refusal_rows(or_verdicts)
-    jb_labels = set(done.loc[done["primary_metric"] == "attack_success", "benchmark_label"])
-
-    # -- absolute harmfulness ---------------------------------------------------------------------
-    keys = ["method_label", "method", "finetuned", "benchmark", "judge_id"]
     overall = _rate_rows(verdicts, keys, "harmful", HARM_LABELS).assign(language="all")
     by_lang = _rate_rows(verdicts, [*keys, "language"], "harmful", HARM_LABELS)
     if not by_lang.empty:  # per-language rows only where a benchmark has more than one language
         langs = verdicts.groupby("benchmark")["language"].nunique()
         by_lang = by_lang[by_lang["benchmark"].map(langs) > 1]
     harm = pd.concat([overall, by_lang], ignore_index=True).rename(columns={"positive": "harmful"})
-    harm = _row_order(harm[[*keys[:4], "language", "judge_id", "harmful", "n", "rate", "ci_low", "ci_high"]]) if len(harm) else harm
+    harm = _row_order(harm[[*keys[:4], "language", "judge_id", "harmful", "n", "rate", "ci_low", "ci_high"]], roles) if len(harm) else harm
     # -- no number for a language the judge does not declare --------------------------------------
     bench_langs = {str(b): sorted(set(g["language"]) - {"—"}) for b, g in verdicts.groupby("benchmark")}
     hashes = judge_hashes(verdicts)
@@ -302,6 +343,44 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
         no_card = sorted(j for j, d in judge_langs.items() if d is None)
         if no_card:
             notes.append(f"no judge card for {', '.join(no_card)}: its languages are unchecked, no corrected rate")
+    return _Harmfulness(harm, bench_langs, judge_langs, notes)
+
+
+def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | None = None,
+                      judges: Mapping[str, str] | None = None, cards: Path | None = None) -> Leaderboard:
+    """Aggregate ``run_id`` (default: the latest run) of ``store`` into a Leaderboard.
+
+    ``judges`` maps a safety benchmark to the primary judge of its column (else ``judge``). A judge whose
+    card does not declare a benchmark's language reports no number there ("—" and a note); when the column
+    judge was not chosen explicitly, another judge in the store that declares the language takes the column.
+    """
+    explicit = dict(judges or {})
+    run_id = store.resolve_run(run_id)
+    run = store.run(run_id)
+    notes: list[str] = []
+    cells = store.cells(run_id)
+    done = cells[cells["status"] == "done"]
+    roles = reference_roles(done)
+    if len(done) < len(cells):
+        notes.append(f"{len(cells) - len(done)} of {len(cells)} cells of run {run_id} are not done and are left out")
+    cell_cols = ["cell_id", "method", "method_label", "finetuned", "benchmark_label", "benchmark_kind", "primary_metric"]
+    meta = done[cell_cols].rename(columns={"benchmark_label": "benchmark"})
+
+    verdicts = store.verdicts_frame(run_id).merge(meta, on="cell_id", how="inner")
+    verdicts["language"] = verdicts["language"].fillna("—")
+    verdicts["category"] = verdicts["category"].fillna("(none)")
+    or_benchmarks = sorted(set(done.loc[done["primary_metric"] == "over_refusal", "benchmark_label"]))
+    or_verdicts = verdicts[verdicts["benchmark"].isin(or_benchmarks)]
+    verdicts = verdicts[~verdicts["benchmark"].isin(or_benchmarks)]
+    over_refusal = _over_refusal_rows(or_verdicts, roles)
+    jb_labels = set(done.loc[done["primary_metric"] == "attack_success", "benchmark_label"])
+
+    # -- absolute harmfulness, no number for a language the judge does not declare ----------------
+    keys = ["method_label", "method", "finetuned", "benchmark", "judge_id"]
+    harmfulness = _harmfulness(verdicts, keys, cards, roles)
+    harm, bench_langs, judge_langs = harmfulness.table, harmfulness.bench_languages, harmfulness.judge_languages
+    notes += harmfulness.notes
+    hashes = judge_hashes(verdicts)
 
     harm_judges = verdicts[verdicts["label"].isin(HARM_LABELS)].groupby("judge_id").size()
     judge_given = judge is not None
@@ -326,7 +405,7 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
         raise ConfigError(f"--judge {judge!r}: no harmful/harmless verdicts by that judge in run {run_id} "
                           f"(judges: {', '.join(sorted(harm_judges.index)) or 'none'})")
 
-    refusal = _row_order(_rate_rows(verdicts, keys, "refusal", REFUSAL_LABELS).rename(columns={"positive": "refusals"}))
+    refusal = _row_order(_rate_rows(verdicts, keys, "refusal", REFUSAL_LABELS).rename(columns={"positive": "refusals"}), roles)
 
     # -- pairwise (SOMF) ----------------------------------------------------------------------------
     pair_v = verdicts[verdicts["label"].isin(PAIRWISE_LABELS)]
@@ -351,10 +430,10 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     else:
         utility = scores
     utility = _row_order(utility[["method_label", "method", "finetuned", "benchmark", "metric", "subset", "value",
-                                  "ci_low", "ci_high", "n", "higher_is_better", "primary_metric"]]) if len(utility) else \
+                                  "ci_low", "ci_high", "n", "higher_is_better", "primary_metric"]], roles) if len(utility) else \
         pd.DataFrame(columns=["method_label", "method", "finetuned", "benchmark", "metric", "subset", "value",
                               "ci_low", "ci_high", "n", "higher_is_better"])
-    pairwise = _row_order(pd.DataFrame(pair_rows, columns=[*keys, "source", "wins", "losses", "draws", "n", "score"]))
+    pairwise = _row_order(pd.DataFrame(pair_rows, columns=[*keys, "source", "wins", "losses", "draws", "n", "score"]), roles)
 
     # -- summary --------------------------------------------------------------------------------
     judged = set(harm["benchmark"]) if len(harm) else set()
@@ -370,7 +449,7 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
                      + ", ".join(f"{b}: {m}" for b, m in utility_benchmarks.items()))
 
     rows = done[["method_label", "method", "finetuned"]].drop_duplicates()
-    summary = _row_order(rows)
+    summary = _row_order(rows, roles)
     column_judges: dict[str, str] = {}
     declared = done[done["judge_id"].isin(harm_judges.index)].groupby("benchmark_label")["judge_id"]
     for bench in [*safety_benchmarks, *jailbreak_benchmarks]:
@@ -396,7 +475,7 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     primary = pd.concat([verdicts[(verdicts["benchmark"] == b) & (verdicts["judge_id"] == j)]
                          for b, j in column_judges.items()] or [verdicts.iloc[0:0]], ignore_index=True)
     categories = _rate_rows(primary, ["method_label", "method", "finetuned", "benchmark", "category"], "harmful", HARM_LABELS)
-    categories = _row_order(categories.rename(columns={"positive": "harmful"}))
+    categories = _row_order(categories.rename(columns={"positive": "harmful"}), roles)
     overall_all = harm[harm["language"] == "all"] if len(harm) else harm
     masked: list[str] = []
     for bench in [*safety_benchmarks, *jailbreak_benchmarks]:
@@ -419,7 +498,7 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
             "corrected": f"{hc}:{bench}", "corrected_low": f"{hc}:{bench}:low", "corrected_high": f"{hc}:{bench}:high"}),
             on=ROW_KEYS, how="left")
     h_cols = [f"H:{b}" for b in safety_benchmarks if b not in masked]
-    jailbreaks = _jailbreak_rows(verdicts, jailbreak_benchmarks, column_judges)
+    jailbreaks = _jailbreak_rows(verdicts, jailbreak_benchmarks, column_judges, roles)
     summary["harmfulness_mean"] = summary[h_cols].astype(float).mean(axis=1, skipna=False) if h_cols else math.nan
     if masked:
         notes.append(f"harm. mean leaves out {', '.join(masked)} (no judge declaring its language)")
@@ -440,48 +519,23 @@ def build_leaderboard(store: Store, run_id: str | None = None, *, judge: str | N
     if or_benchmarks and over_refusal.empty:
         notes.append(f"over-refusal ({', '.join(or_benchmarks)}): no refusal-judge verdicts; add the refusal judge")
 
-    recovered, retained = [], []
-    measures = benchmark_tasks(done[done["benchmark_kind"] == "utility"])
-    ft_tasks = {str(ft): (str(t) if isinstance(t, str) and t else None)
-                for ft, t in done.drop_duplicates("finetuned")[["finetuned", "task"]].itertuples(index=False)}
-    task_notes: dict[str, str] = {}
-    for _, row in summary.iterrows():
-        ft = row["finetuned"]
-        if row["method"] == "original":  # the pre-alignment baseline belongs to no fine-tune: nothing to recover
-            recovered.append(math.nan)
-            retained.append(math.nan)
-            continue
-        h_ft = _reference(summary, ft, "sft", "harmfulness_mean")
-        h_al = _reference(summary, ft, "aligned", "harmfulness_mean")
-        recovered.append(safety_recovered(h_ft, float(row["harmfulness_mean"]), h_al))
-        task = ft_tasks.get(str(ft))
-        own = [b for b in utility_benchmarks if task is not None and task in measures.get(b, set())]
-        if task is None and utility_benchmarks:
-            own = list(utility_benchmarks)
-            task_notes[str(ft)] = f"{ft}: no `task:`, utility retained averages every utility benchmark"
-        elif task is not None and not own and utility_benchmarks:
-            task_notes[str(ft)] = (f"{ft}: no utility benchmark measures its task {task!r} (set `task: {task}` on "
-                                   "its benchmark entry); utility retained is undefined")
-        ratios = [utility_retained(float(row[f"U:{b}"]), _reference(summary, ft, "sft", f"U:{b}"),
-                                   _reference(summary, ft, "aligned", f"U:{b}"),
-                                   bool(row[f"U:{b}:hib"]) if not pd.isna(row[f"U:{b}:hib"]) else True)
-                  for b in own]
-        retained.append(float(sum(ratios) / len(ratios)) if ratios and not any(math.isnan(r) for r in ratios) else math.nan)
-    notes += [task_notes[ft] for ft in sorted(task_notes)]
-    summary["safety_recovered"] = recovered
-    summary["utility_retained"] = retained
-    cost, cost_per_row = cost_rows(done)
+    recovery = _recovery(summary, done, utility_benchmarks, roles)
+    notes += recovery.notes
+    summary["safety_recovered"] = recovery.safety_recovered
+    summary["utility_retained"] = recovery.utility_retained
+    cost, cost_per_row = cost_rows(done, roles)
     summary = summary.merge(cost_per_row.rename(columns={c: f"cost:{c}" for c in (*COST_COLUMNS, "total_seconds")}),
                             on=ROW_KEYS, how="left")
     summary = summary.drop(columns=[f"U:{b}:hib" for b in utility_benchmarks])
-    if not (done["method"] == "sft").any():
-        notes.append("no `sft` cells: safety recovered and utility retained are undefined (—)")
-    if not (done["method"] == "aligned").any():
-        notes.append("no `aligned` cells: safety recovered is undefined (—)")
+    if ReferenceRole.FINETUNED not in roles.values():
+        notes.append("no cells of the fine-tune unchanged (`sft`): safety recovered and utility retained are undefined (—)")
+    if ReferenceRole.ALIGNED not in roles.values():
+        notes.append("no cells of the aligned model (`aligned`): safety recovered is undefined (—)")
 
     return Leaderboard(run=run, judge=judge, summary=summary, harmfulness=harm, categories=categories,
                        utility=utility.drop(columns=["primary_metric"], errors="ignore"), pairwise=pairwise,
                        refusal=refusal, over_refusal=over_refusal, over_refusal_benchmarks=or_benchmarks,
                        safety_benchmarks=safety_benchmarks, utility_benchmarks=utility_benchmarks,
                        notes=notes, column_judges=column_judges, agreement=agreement_table(verdicts),
-                       jailbreak_benchmarks=jailbreak_benchmarks, jailbreaks=jailbreaks, cost=cost)
+                       jailbreak_benchmarks=jailbreak_benchmarks, jailbreaks=jailbreaks, cost=cost,
+                       reference_roles=roles)

@@ -426,7 +426,7 @@ def scatter_figure(board: Leaderboard) -> Any:
         ax = axes[index // ncols][index % ncols]
         group = frame[frame["finetuned"] == ft].sort_values("method_label")
         for _, row in group.iterrows():
-            ref = row["method"] in ("sft", "aligned", "original")
+            ref = board.is_reference(row["method"])
             ax.scatter([row["harmfulness_mean"] * 100], [row[y_col] * scale], s=70 if row["pareto"] else 45,
                        marker="s" if ref else "o", color=color[row["method_label"]],
                        edgecolor="black" if row["pareto"] else "white", linewidth=1.2, zorder=3)
@@ -608,7 +608,7 @@ def render_html(board: Leaderboard, out_dir: Path) -> Path:
             frame = board.pareto()
             first_of_group = frame["finetuned"].ne(frame["finetuned"].shift()).tolist()
             first_of_group[0] = False
-            row_classes = [" ".join(c for c in ("pareto" if p else "", "ref" if m in ("sft", "aligned", "original") else "",
+            row_classes = [" ".join(c for c in ("pareto" if p else "", "ref" if board.is_reference(m) else "",
                                                 "group-start" if g else "") if c)
                            for p, m, g in zip(frame["pareto"], frame["method"], first_of_group, strict=True)]
         parts.append(_html_table(view, f"table-{table_id}", row_classes))

@@ -6,7 +6,9 @@ rewrites the same rows and never duplicates one. JSON values are stored as canon
 
 Version history: 1 — initial schema. 2 — cost columns on ``cells`` (wall seconds of merge, mask
 training, generation, judging and scoring; tokens generated); a version-1 store is migrated in place
-when opened (the new columns are NULL for its cells: not recorded).
+when opened (the new columns are NULL for its cells: not recorded). 3 — calibration cost columns.
+4 — ``cells.reference_role`` (which reference row a cell is, NULL for realignment methods), filled
+in for older stores from the method names the reference rows then had (sft, aligned, original).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -58,6 +60,7 @@ cells = Table(
     Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False),  # the run that first wrote it
     Column("method", String(128), nullable=False),  # canonical name: sft, aligned, resta, somf, ...
     Column("method_label", String(256), nullable=False),  # variant label, e.g. resta[gamma=0.5]
+    Column("reference_role", String(16)),  # original | aligned | finetuned; NULL: a realignment method
     Column("params", Text, nullable=False),
     Column("finetuned", String(256), nullable=False),
     Column("task", String(128)),
@@ -171,6 +174,13 @@ COST_COLUMNS = ("merge_seconds", "train_seconds", "generate_seconds", "judge_sec
 MIGRATIONS: dict[int, list[tuple[str, str]]] = {
     2: [("cells", f"{name} {'INTEGER' if name == 'tokens_generated' else 'FLOAT'}") for name in COST_COLUMNS],
     3: [("cells", "calibration_seconds FLOAT"), ("cells", "calibration_examples INTEGER")],
+    4: [("cells", "reference_role VARCHAR(16)")],
+}
+# rows a version's new columns are filled with, after its columns are added (SQL run in the migration)
+BACKFILLS: dict[int, list[str]] = {
+    # the reference rows were the baselines of these names before the role was recorded
+    4: ["UPDATE cells SET reference_role = CASE method WHEN 'original' THEN 'original' WHEN 'aligned' THEN "
+        "'aligned' WHEN 'sft' THEN 'finetuned' END"],
 }
 
 ALL_TABLES = ("meta", "runs", "cells", "run_cells", "items", "generations", "verdicts", "item_scores", "scores")

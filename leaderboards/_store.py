@@ -37,6 +37,7 @@ from harness.core.errors import StoreError
 from harness.core.hashing import canonical_json, hash_text, hash_value
 from harness.core.process import process_alive
 from harness.core.records import GenerationRecord, Item, ItemScore, Score, Verdict
+from harness.core.roles import ReferenceRole
 from leaderboards import _schema as S
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ class CellRecord(BaseModel):
     """What the store keeps about one cell (a checkpoint × a benchmark, judged and scored).
 
     ``cell_id`` is the runner's content hash of the cell's spec and inputs. ``method`` is the
-    canonical method name: the leaderboard finds the ``sft`` (H_ft, U_ft) and ``aligned`` (H_aligned)
-    reference rows of each fine-tuned model by it.
+    canonical method name. ``reference_role`` marks the reference rows: the leaderboard finds the
+    fine-tune's (H_ft, U_ft) and the aligned model's (H_aligned) rows of each fine-tuned model by it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -67,6 +68,7 @@ class CellRecord(BaseModel):
     cell_id: str
     method: str
     method_label: str | None = None  # defaults to ``method``
+    reference_role: ReferenceRole | None = None  # None: a realignment method, not a reference row
     params: dict[str, Any] = Field(default_factory=dict)
     finetuned: str
     task: str | None = None
@@ -97,6 +99,7 @@ class CellRecord(BaseModel):
         data.update(
             run_id=run_id,
             method_label=self.method_label or self.method,
+            reference_role=None if self.reference_role is None else self.reference_role.value,
             benchmark_label=self.benchmark_label or self.benchmark,
             params=canonical_json(self.params),
             benchmark_options=canonical_json(self.benchmark_options),
@@ -106,6 +109,24 @@ class CellRecord(BaseModel):
             updated_at=_now(),
         )
         return data
+
+
+#: columns of ``cells`` the store writes itself (not fields of a CellRecord)
+CELL_BOOKKEEPING = ("run_id", "status", "error", "updated_at")
+
+
+def check_record_columns(model: type[BaseModel], table: Any, bookkeeping: Sequence[str]) -> None:
+    """A record model and its table declare the same columns: a field added to one only is a StoreError
+    naming it (checked when the store module is imported, so the mismatch never reaches a database)."""
+    fields, columns = set(model.model_fields), {c.name for c in table.columns} - set(bookkeeping)
+    if fields != columns:
+        raise StoreError(
+            f"{model.__name__} and table {table.name!r} disagree: fields without a column "
+            f"{sorted(fields - columns) or 'none'}, columns without a field {sorted(columns - fields) or 'none'} "
+            f"(add the column to leaderboards/_schema.py with a migration, or the field to {model.__name__})")
+
+
+check_record_columns(CellRecord, S.cells, CELL_BOOKKEEPING)
 
 
 def collect_provenance(
@@ -306,8 +327,8 @@ class Store:
         self.schema_version = version
 
     def _migrate(self, version: int) -> int:
-        """Bring an older store up to SCHEMA_VERSION in one transaction (columns added, nothing
-        rewritten); a version with no migration path is refused with what to do."""
+        """Bring an older store up to SCHEMA_VERSION in one transaction (columns added and filled in,
+        nothing else rewritten); a version with no migration path is refused with what to do."""
         missing = [v for v in range(version + 1, S.SCHEMA_VERSION + 1) if v not in S.MIGRATIONS]
         if missing:
             raise StoreError(
@@ -320,9 +341,13 @@ class Store:
                     existing = {c["name"] for c in inspect(conn).get_columns(table)}
                     if column.split()[0] not in existing:
                         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+                for statement in S.BACKFILLS.get(target, []):
+                    conn.exec_driver_sql(statement)
             conn.execute(update(S.meta).where(S.meta.c.key == "schema_version").values(value=str(S.SCHEMA_VERSION)))
-        log.warning("store %s: migrated schema version %d -> %d (cost columns added, NULL for existing cells)",
-                    self.location, version, S.SCHEMA_VERSION)
+        log.warning("store %s: migrated schema version %d -> %d (columns added: %s)",
+                    self.location, version, S.SCHEMA_VERSION,
+                    ", ".join(column.split()[0] for v in range(version + 1, S.SCHEMA_VERSION + 1)
+                              for _table, column in S.MIGRATIONS[v]))
         return S.SCHEMA_VERSION
 
     def _read_version(self, conn: Connection, names: set[str]) -> int | None:

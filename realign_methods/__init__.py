@@ -7,6 +7,7 @@
 from realign_methods._engine import MergePlan, MergeSpec, merge, plan, resolve_device
 from realign_methods._method import (
     DENSE_INPUTS,
+    AdapterParams,
     Method,
     MethodInfo,
     MethodParams,
@@ -34,6 +35,7 @@ from realign_methods._registry import (
 __all__ = [
     "DENSE_INPUTS",
     "METHODS",
+    "AdapterParams",
     "MergePlan",
     "MergeSpec",
     "Method",

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from harness.core.checkpoints import lora_delta
 from harness.core.errors import ConfigError, name_unknown
+from harness.core.roles import ReferenceRole
 from realign_methods.calibration._spec import CalibrationSpec
 
 if TYPE_CHECKING:
@@ -81,6 +82,24 @@ class NoParams(MethodParams):
 
 
 @dataclass(frozen=True)
+class AdapterParams:
+    """Parameters through which the planner hands a method LoRA adapters instead of dense weights.
+
+    ``aligned_adapter``: a parameter that, left unset, receives the aligned model's adapter path when
+    the fine-tune's adapter continued from it. ``setting``: a parameter whose value chooses between
+    the fine-tune's dense weights and its adapter, with ``adapter_values`` the values that read the
+    adapter (a method taking both inputs without a ``setting`` reads the dense weights).
+    """
+
+    aligned_adapter: str = ""
+    setting: str = ""
+    adapter_values: frozenset[str] = frozenset()
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name in (self.aligned_adapter, self.setting) if name)
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """What a method is, what it needs and where it comes from (shown by ``realign methods show``)."""
 
@@ -102,6 +121,9 @@ class MethodInfo:
     calibration: CalibrationSpec | None = None
     #: where the method is defined: "dense" (any checkpoint; LoRA fine-tunes are read merged) or "lora"
     settings: str = ""
+    #: set on baselines that evaluate one input unchanged (no merge): which reference row they are
+    reference_role: ReferenceRole | None = None
+    adapter_params: AdapterParams = AdapterParams()
 
     def __post_init__(self) -> None:
         # Plain strings are accepted (plugins, YAML) and normalised to Role, with a clear error otherwise.
@@ -111,6 +133,20 @@ class MethodInfo:
         set_field(self, "one_of", tuple(_roles(self.name, "one_of", group) for group in self.one_of))
         order = tuple(self.reference_inputs)
         set_field(self, "reference_inputs", tuple(sorted(_roles(self.name, "reference_inputs", order), key=order.index)))
+        if self.reference_role is not None:
+            if self.reference_role not in tuple(ReferenceRole):
+                raise ConfigError(f"method {self.name!r}: reference_role {self.reference_role!r} is not one of "
+                                  f"{', '.join(ReferenceRole)}")
+            set_field(self, "reference_role", ReferenceRole(self.reference_role))
+        unknown = [name for name in self.adapter_params.names() if name not in self.params.model_fields]
+        if unknown:
+            raise ConfigError(f"method {self.name!r}: adapter_params name {unknown}, not parameters of "
+                              f"{self.params.__name__} (parameters: {', '.join(self.params.model_fields) or 'none'})")
+
+    @property
+    def trains(self) -> bool:
+        """Whether the method learns from data (runs long): executors schedule these first."""
+        return not self.data_free
 
     @property
     def accepted_inputs(self) -> frozenset[Role]:

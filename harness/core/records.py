@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from harness.core.checkpoints._atomic import atomic_write_text
 from harness.core.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -160,12 +161,7 @@ def dedupe_by_key(records: Iterable[R], key: Callable[[R], Hashable], *, source:
 
 def write_jsonl(path: str | Path, records: Iterable[BaseModel]) -> None:
     """Write a whole JSONL file atomically (temp file, then rename): readers never see half of it."""
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(r.model_dump_json() + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(Path(path), "".join(r.model_dump_json() + "\n" for r in records))
 
 
 def append_jsonl(path: str | Path, records: Iterable[BaseModel]) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.core.errors import ConfigError
 from harness.core.yaml_strict import load_yaml
+from harness.generate._config import GenerationConfig
 
 
 class _Frozen(BaseModel):
@@ -114,14 +115,34 @@ class BenchmarkEntry(_Frozen):
 
 
 class GenerationSettings(_Frozen):
+    """The experiment's `generation:`: a backend and its options, and the decoding settings, whose ranges
+    are GenerationConfig's (one model: checked by building it, so the two can never disagree)."""
+
     backend: Literal["hf", "vllm", "dummy"] = "hf"
-    max_new_tokens: int = Field(default=128, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    batch_size: int = Field(default=16, ge=1)
-    num_samples: int = Field(default=1, ge=1)
+    # experiment defaults (short answers); allowed values: GenerationConfig's
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    batch_size: int = 16
+    num_samples: int = 1
     stop: list[str] = Field(default_factory=list)
     backend_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _decodable(self) -> GenerationSettings:
+        try:
+            self.decoding(seed=0)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise ValueError(f"{where + ': ' if where else ''}{error['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    def decoding(self, seed: int) -> GenerationConfig:
+        """The GenerationConfig the backend receives (the experiment's seed seeds sampling)."""
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                seed=seed, stop=tuple(self.stop), num_samples=self.num_samples,
+                                batch_size=self.batch_size)
 
 
 class PairwiseSettings(_Frozen):

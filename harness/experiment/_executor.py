@@ -9,12 +9,11 @@ from typing import Any
 
 from harness.core.errors import ConfigError
 from harness.experiment._config import Experiment
-from harness.experiment._plan import ORIGINAL, Cell, CheckpointJob, Plan, ResolvedModel
+from harness.experiment._plan import Cell, CheckpointJob, Plan, ResolvedModel
 from harness.experiment._runner import plan_experiment, run_job_cells
 from harness.experiment._stages import close_backends, dense_input
 from harness.experiment._workspace import RunStats, Workspace
 from leaderboards import Store
-from realign_methods import get_method
 
 log = logging.getLogger("realign.run")
 
@@ -69,10 +68,6 @@ def prepare_shared_inputs(plan: Plan, workspace: Workspace, stats: RunStats) -> 
         dense_input(workspace, model, stats)
 
 
-def _trains(method: str) -> bool:
-    return method != ORIGINAL and not get_method(method).info.data_free
-
-
 def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: RunStats,
             only: dict[str, str] | None = None, num_gpus_per_group: float | None = None,
             address: str | None = None, progress: Any = None) -> None:
@@ -110,7 +105,7 @@ def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: Ru
         exp_json = json.dumps({**exp.model_dump(mode="json"), "base_dir": exp.base_dir})
         # Methods that train on data (SOMF's masks) first: the longest groups start early and overlap
         # the short ones.
-        pending.sort(key=lambda job: not _trains(job.method))
+        pending.sort(key=lambda job: not job.info.trains)
         # Pairwise references form a first wave: the others read their generations, and two workers
         # must never generate the same reference file at once.
         references = {c.reference.job.key for c in plan.cells if c.reference is not None}

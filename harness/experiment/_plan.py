@@ -8,6 +8,7 @@ hashes the benchmark options, the generation settings and the judges.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,16 @@ from harness.core.checkpoints import resolve_model as resolve_model_path
 from harness.core.checkpoints._gguf import MODEL_ALIASES
 from harness.core.errors import CheckpointError, ConfigError, RealignError, name_unknown
 from harness.core.hashing import hash_value
-from harness.experiment._config import BenchmarkEntry, Experiment, ModelRef
+from harness.core.roles import ReferenceRole
+from harness.experiment._config import BenchmarkEntry, Experiment, FinetunedModel, ModelRef
 from harness.experiment._hashcache import HashCache
-from harness.generate import GenerationConfig
 from harness.generate._backend import check_backend_options
-from realign_methods import get_method
+from realign_methods import Method, MethodInfo, Role, get_method
 
 ORIGINAL = "original"  # pseudo-method: the model before safety alignment, evaluated as a baseline row
+#: the reference row of ``models.original``: planned by the experiment (not listed under `methods:`)
+ORIGINAL_INFO = MethodInfo(name=ORIGINAL, summary="The model before safety alignment, evaluated unchanged.",
+                           reference_role=ReferenceRole.ORIGINAL)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class ResolvedModel:
 @dataclass(frozen=True)
 class CheckpointJob:
     key: str
-    method: str  # canonical registry name, or ORIGINAL
+    info: MethodInfo  # the method's declaration (ORIGINAL_INFO for the original model)
     label: str
     params: dict[str, Any]
     finetuned: str  # fine-tuned model name ("-" for the original model)
@@ -51,17 +55,22 @@ class CheckpointJob:
     inputs: dict[str, ResolvedModel]
     finetuned_models: tuple[ResolvedModel, ...]
     use_adapter: bool  # the method reads the fine-tune's LoRA adapter rather than its dense weights
+    implementation: Method | None = None  # the resolved method instance (None for ORIGINAL)
+
+    @property
+    def method(self) -> str:
+        """Canonical method name (what the store and ``--only method=`` see)."""
+        return self.info.name
 
     @property
     def passthrough(self) -> ResolvedModel | None:
-        """The input evaluated as-is, for baselines that do not change weights."""
-        if self.method == ORIGINAL:
-            return self.inputs["original"]
-        if self.method == "sft":
+        """The input evaluated as-is, for reference rows that do not change weights."""
+        role = self.info.reference_role
+        if role is None:
+            return None
+        if role is ReferenceRole.FINETUNED:
             return self.finetuned_models[0]
-        if self.method == "aligned":
-            return self.inputs["aligned"]
-        return None
+        return self.inputs[role.value]
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,9 @@ class Cell:
     generation_key: str
     # the cell whose answers this one's are judged against (experiment `pairwise:`), same benchmark
     reference: Cell | None = None
+    # what the planner resolved and checked, so the stages never resolve a name again
+    resolved_benchmark: Any = None  # the Benchmark of ``benchmark`` (benchmark_for)
+    judges: Mapping[str, Any] = field(default_factory=dict)  # experiment judge name -> built judge
 
 
 @dataclass
@@ -156,14 +168,13 @@ def check_generation(exp: Experiment) -> None:
 
     g = exp.generation
     try:
-        GenerationConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                         seed=exp.seed, stop=tuple(g.stop), num_samples=g.num_samples, batch_size=g.batch_size)
+        g.decoding(exp.seed)
     except ValidationError as exc:
         raise ConfigError(f"generation: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     check_backend_options(g.backend, g.backend_options, "generation.backend_options")
 
 
-def _method(name: str, params: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
+def _method(name: str, params: dict[str, Any], where: str) -> tuple[Method, dict[str, Any]]:
     """The method instance and its parameters with defaults filled (ConfigError names the entry)."""
     try:
         method = get_method(name)
@@ -183,8 +194,10 @@ def method_inputs(
     """
     info = method.info
     accepted = info.accepted_inputs
-    use_adapter = ft.adapter is not None and "adapters" in accepted and (
-        "finetuned" not in accepted or params.get("setting") in ("lora", "merged", "auto")
+    by_setting = info.adapter_params.setting
+    use_adapter = ft.adapter is not None and Role.ADAPTERS in accepted and (
+        Role.FINETUNED not in accepted
+        or (bool(by_setting) and params.get(by_setting) in info.adapter_params.adapter_values)
     )
     inputs: dict[str, ResolvedModel] = {}
     for role in ("aligned", "unaligned"):
@@ -194,12 +207,13 @@ def method_inputs(
     if wants_base and "base" in models:
         inputs["base"] = models["base"]
     extra: dict[str, Any] = {}
-    if use_adapter and "aligned_adapter" in params and params.get("aligned_adapter") is None:
+    receiver = info.adapter_params.aligned_adapter
+    if use_adapter and receiver and params.get(receiver) is None:
         aligned = models.get("aligned")
         # Only an adapter on the same base as the fine-tune's is one it can have continued from; a
         # fine-tune adapter over the dense aligned model already is the update relative to θ_A.
         if aligned is not None and aligned.adapter is not None and aligned.path.resolve() == ft.path.resolve():
-            extra["aligned_adapter"] = str(aligned.adapter)
+            extra[receiver] = str(aligned.adapter)
     given = {role: 1 for role in inputs} | {("adapters" if use_adapter else "finetuned"): 1}
     try:
         method.check_inputs(given)
@@ -208,45 +222,78 @@ def method_inputs(
     return inputs, use_adapter, extra
 
 
+@dataclass(frozen=True)
+class _CheckedBenchmarks:
+    resolved: dict[str, Any]  # entry label -> Benchmark
+    spec_contents: dict[str, Any]  # entry label -> spec file contents (an edited spec makes new generations)
+
+
+@dataclass(frozen=True)
+class _CheckedJudges:
+    built: dict[str, Any]  # experiment judge name -> judge
+    identities: list[dict[str, str]]  # id and content hash of each, in the cells' identity
+
+
 def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None = None) -> Plan:
     """Validate everything cheap-to-check and expand the matrix. Raises ConfigError before any work."""
-
     only = only or {}
     check_generation(exp)
+    benchmarks = _check_benchmarks(exp)
+    judges = _check_judges(exp, benchmarks)
+    models, finetuned = _resolve_models(exp, hashes)
+    all_jobs = _plan_jobs(exp, models, finetuned)
+    jobs = [j for j in all_jobs if _matches(j, only)]
+    cells = _plan_cells(exp, jobs, all_jobs, benchmarks, judges, only)
+    if not cells:
+        raise ConfigError(f"--only {only} selects no cell of the experiment")
+    return Plan(experiment=exp, jobs=jobs, cells=cells)
+
+
+def _check_benchmarks(exp: Experiment) -> _CheckedBenchmarks:
+    """Every benchmark entry resolves and loads one item (data files, languages, categories: local, cheap)."""
+    resolved: dict[str, Any] = {}
     spec_contents: dict[str, Any] = {}
-    bench_languages: list[list[str]] = []
     for index, bench in enumerate(exp.benchmarks):
         try:
-            # Loading one item checks data files, languages and categories (cheap: local files).
-            resolved = benchmark_for(exp, bench)
-            resolved.load(limit=1, languages=bench.languages, categories=bench.categories,
-                          data_path=data_path_for(exp, bench))
+            benchmark = benchmark_for(exp, bench)
+            benchmark.load(limit=1, languages=bench.languages, categories=bench.categories,
+                           data_path=data_path_for(exp, bench))
         except RealignError as exc:
             raise ConfigError(f"benchmarks[{index}] ({bench.key}): {exc}") from None
-        if is_spec_path(bench.name):  # an edited spec file (template, mapping) makes new generations
-            spec_contents[bench.key] = resolved.spec.model_dump(mode="json")
-        bench_languages.append(resolved.languages)
-    judge_identities: list[dict[str, str]] = []
-    judge_languages: dict[str, set[str]] = {}
+        if is_spec_path(bench.name):
+            spec_contents[bench.key] = benchmark.spec.model_dump(mode="json")
+        resolved[bench.key] = benchmark
+    return _CheckedBenchmarks(resolved=resolved, spec_contents=spec_contents)
+
+
+def _check_judges(exp: Experiment, benchmarks: _CheckedBenchmarks) -> _CheckedJudges:
+    """Build every judge once; a judge chosen for a benchmark must declare the benchmark's languages."""
+    built: dict[str, Any] = {}
     for judge in exp.judges:
         try:
             get_judge_class(judge)
             # id and content hash (keyword list, weights, prompt): a changed judge makes new cells
-            built = cached_judge(judge, exp.judge_options.get(judge, {}))
+            built[judge] = cached_judge(judge, exp.judge_options.get(judge, {}))
         except ConfigError as exc:
             raise ConfigError(f"judges: {exc}") from None
-        judge_identities.append({"id": built.id, "hash": built.hash})
-        judge_languages[judge] = set(built.languages)
     for index, bench in enumerate(exp.benchmarks):
-        # A judge chosen for a benchmark must read it: no number for a language it does not declare.
-        wanted = set(bench.languages or bench_languages[index])
-        if bench.judge is not None and not wanted <= judge_languages[bench.judge]:
+        if bench.judge is None:
+            continue
+        wanted = set(bench.languages or benchmarks.resolved[bench.key].languages)
+        reads = set(built[bench.judge].languages)
+        if not wanted <= reads:  # no number for a language the judge does not declare
             raise ConfigError(
-                f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} reads "
-                f"{'+'.join(sorted(judge_languages[bench.judge]))} but the benchmark has "
-                f"{'+'.join(sorted(wanted - judge_languages[bench.judge]))}; choose a judge that declares them "
+                f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} reads {'+'.join(sorted(reads))} but the "
+                f"benchmark has {'+'.join(sorted(wanted - reads))}; choose a judge that declares them "
                 "or restrict `languages`")
+    identities = [{"id": judge.id, "hash": judge.hash} for judge in built.values()]
+    return _CheckedJudges(built=built, identities=identities)
 
+
+def _resolve_models(
+    exp: Experiment, hashes: HashCache
+) -> tuple[dict[str, ResolvedModel], list[tuple[FinetunedModel, ResolvedModel]]]:
+    """The experiment's models by role, and each fine-tune with its resolved model."""
     models: dict[str, ResolvedModel] = {}
     for role in ("original", "base", "aligned", "unaligned"):
         ref = getattr(exp.models, role)
@@ -255,13 +302,19 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
     finetuned = [
         (ft, resolve_model(exp, f"finetuned[{i}]", ft, hashes)) for i, ft in enumerate(exp.models.finetuned)
     ]
+    return models, finetuned
 
+
+def _plan_jobs(
+    exp: Experiment, models: dict[str, ResolvedModel], finetuned: list[tuple[FinetunedModel, ResolvedModel]]
+) -> list[CheckpointJob]:
+    """One checkpoint job per method variant × fine-tune (reference rows: per evaluated model), plus the original model's."""
     jobs: list[CheckpointJob] = []
     if "original" in models:
         jobs.append(
             CheckpointJob(
                 key=hash_value({"passthrough": models["original"].hash}, 32),
-                method=ORIGINAL, label=ORIGINAL, params={}, finetuned="-", task=None,
+                info=ORIGINAL_INFO, label=ORIGINAL, params={}, finetuned="-", task=None,
                 inputs={"original": models["original"]}, finetuned_models=(), use_adapter=False,
             )
         )
@@ -269,44 +322,53 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         for label, params in entry.variants():
             where = f"methods[{m_index}] ({label})"
             method, full_params = _method(entry.name, params, where)
-            canonical = method.info.name
             for ft, resolved in finetuned:
-                extra: dict[str, Any]
-                if canonical == "aligned":
-                    if "aligned" not in models:
-                        raise ConfigError(f"{where}: the 'aligned' baseline needs models.aligned")
-                    inputs, use_adapter, extra = {"aligned": models["aligned"]}, False, {}
-                    key = hash_value({"passthrough": models["aligned"].hash}, 32)
-                elif canonical == "sft":
-                    inputs, use_adapter, extra = {}, resolved.adapter is not None, {}
-                    key = hash_value({"passthrough": resolved.hash}, 32)
-                else:
-                    inputs, use_adapter, extra = method_inputs(method, full_params, models, resolved, where)
-                    job_identity: dict[str, Any] = {
-                        "method": canonical, "params": full_params, "seed": exp.seed, "adapter": use_adapter,
-                        "inputs": {r: m.hash for r, m in inputs.items()}, "finetuned": [resolved.hash]}
-                    if use_adapter:  # adapter updates are now taken relative to the model they are added to;
-                        # a checkpoint cached before that fix counted θ_A's adapter twice: never reuse it
-                        job_identity["adapter_updates"] = "relative@1"
-                    key = hash_value(job_identity, 32)
-                jobs.append(
-                    CheckpointJob(
-                        key=key, method=canonical, label=label, params={**full_params, **extra},
-                        finetuned=ft.name, task=ft.task, inputs=inputs, finetuned_models=(resolved,),
-                        use_adapter=use_adapter,
-                    )
-                )
-    pairwise_benchmarks = _pairwise_benchmarks(exp)
-    all_jobs = jobs
-    jobs = [j for j in jobs if _matches(j, only)]
+                jobs.append(_job(exp, method, label, full_params, models, ft, resolved, where))
+    return jobs
 
+
+def _job(exp: Experiment, method: Method, label: str, full_params: dict[str, Any], models: dict[str, ResolvedModel],
+         ft: FinetunedModel, resolved: ResolvedModel, where: str) -> CheckpointJob:
+    """One method variant on one fine-tune, keyed by everything that makes its weights."""
+    canonical = method.info.name
+    reference_role = method.info.reference_role
+    extra: dict[str, Any]
+    if reference_role is ReferenceRole.FINETUNED:
+        inputs, use_adapter, extra = {}, resolved.adapter is not None, {}
+        key = hash_value({"passthrough": resolved.hash}, 32)
+    elif reference_role is not None:  # a model of the experiment, the same for every fine-tune
+        model_role = reference_role.value
+        if model_role not in models:
+            raise ConfigError(f"{where}: the {canonical!r} baseline needs models.{model_role}")
+        inputs, use_adapter, extra = {model_role: models[model_role]}, False, {}
+        key = hash_value({"passthrough": models[model_role].hash}, 32)
+    else:
+        inputs, use_adapter, extra = method_inputs(method, full_params, models, resolved, where)
+        job_identity: dict[str, Any] = {
+            "method": canonical, "params": full_params, "seed": exp.seed, "adapter": use_adapter,
+            "inputs": {r: m.hash for r, m in inputs.items()}, "finetuned": [resolved.hash]}
+        if use_adapter:  # adapter updates are now taken relative to the model they are added to;
+            # a checkpoint cached before that fix counted θ_A's adapter twice: never reuse it
+            job_identity["adapter_updates"] = "relative@1"
+        key = hash_value(job_identity, 32)
+    return CheckpointJob(
+        key=key, info=method.info, label=label, params={**full_params, **extra},
+        finetuned=ft.name, task=ft.task, inputs=inputs, finetuned_models=(resolved,),
+        use_adapter=use_adapter, implementation=method,
+    )
+
+
+def _plan_cells(exp: Experiment, jobs: list[CheckpointJob], all_jobs: list[CheckpointJob],
+                benchmarks: _CheckedBenchmarks, judges: _CheckedJudges, only: dict[str, str]) -> list[Cell]:
+    """Each selected job × benchmark entry, named by the hash of its generation, judges and reference."""
+    pairwise_benchmarks = _pairwise_benchmarks(exp)
     gen = exp.generation.model_dump(mode="json")
 
     def generation_key(job: CheckpointJob, bench: BenchmarkEntry) -> str:
         # the primary judge picks which verdicts score the cell, and `task` what it measures: not what is generated
         bench_spec = bench.model_dump(mode="json", exclude={"label", "judge", "task"})
-        if bench.key in spec_contents:
-            bench_spec["spec"] = spec_contents[bench.key]
+        if bench.key in benchmarks.spec_contents:
+            bench_spec["spec"] = benchmarks.spec_contents[bench.key]
         return hash_value({"checkpoint": job.key, "benchmark": bench_spec, "generation": gen, "seed": exp.seed}, 32)
 
     cells: list[Cell] = []
@@ -314,14 +376,16 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         for bench in exp.benchmarks:
             if only.get("benchmark") and bench.key != only["benchmark"]:
                 continue
+            resolved = benchmarks.resolved[bench.key]
             reference = None
             if bench.key in pairwise_benchmarks and exp.pairwise is not None:
                 ref_job = reference_job(all_jobs, exp.pairwise.reference, job)
                 if ref_job is not None and ref_job.key != job.key:  # the reference is not judged against itself
                     reference = Cell(cell_id="", job=ref_job, benchmark=bench,
-                                     generation_key=generation_key(ref_job, bench))
+                                     generation_key=generation_key(ref_job, bench),
+                                     resolved_benchmark=resolved, judges=judges.built)
             key = generation_key(job, bench)
-            identity: dict[str, Any] = {"generation": key, "judges": judge_identities,
+            identity: dict[str, Any] = {"generation": key, "judges": judges.identities,
                                         "method": job.label, "finetuned": job.finetuned, "task": job.task}
             # each only when set, so cells of experiments without it keep their ids
             if bench.judge is not None:
@@ -330,11 +394,9 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
                 identity["benchmark_task"] = bench.task
             if reference is not None:
                 identity["pairwise_reference"] = reference.generation_key
-            cell_id = hash_value(identity, 32)
-            cells.append(Cell(cell_id=cell_id, job=job, benchmark=bench, generation_key=key, reference=reference))
-    if not cells:
-        raise ConfigError(f"--only {only} selects no cell of the experiment")
-    return Plan(experiment=exp, jobs=jobs, cells=cells)
+            cells.append(Cell(cell_id=hash_value(identity, 32), job=job, benchmark=bench, generation_key=key,
+                              reference=reference, resolved_benchmark=resolved, judges=judges.built))
+    return cells
 
 
 def _pairwise_benchmarks(exp: Experiment) -> set[str]:

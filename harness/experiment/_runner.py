@@ -16,7 +16,7 @@ from harness.core.errors import ConfigError
 from harness.experiment import _stages as stages
 from harness.experiment._config import Experiment
 from harness.experiment._faults import crash_point
-from harness.experiment._plan import Cell, CheckpointJob, Plan, benchmark_for, build_plan
+from harness.experiment._plan import Cell, CheckpointJob, Plan, build_plan
 from harness.experiment._workspace import RunStats, Workspace, done_marker
 
 log = logging.getLogger("realign.run")
@@ -44,7 +44,7 @@ def describe_plan(plan: Plan, workspace: Workspace, store: Any | None) -> list[d
         job = cell.job
         ckpt_cached = job.passthrough is not None or workspace.checkpoint(job.key).is_dir()
         gen_path = workspace.generations(cell.generation_key)
-        model_scored = benchmark_for(plan.experiment, cell.benchmark).scorer in MODEL_SCORERS
+        model_scored = cell.resolved_benchmark.scorer in MODEL_SCORERS
         rows.append({
             "cell": cell.cell_id[:12],
             "method": job.label,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.judges import cached_judge, clear_judge_cache
+from benchmarks.judges import clear_judge_cache
 from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score_with_items, score_with_model_items
 from harness.core.checkpoints import CheckpointReader, LoraAdapter, atomic_write_json, merge_adapter
 from harness.core.errors import ConfigError
@@ -19,9 +19,9 @@ from harness.core.hashing import hash_value
 from harness.core.paths import cache_dir
 from harness.core.records import GenerationRecord, ItemScore, Score, Verdict, dedupe_by_key, read_jsonl
 from harness.experiment._faults import crash_point
-from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel, benchmark_for, data_path_for
+from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel, data_path_for
 from harness.experiment._workspace import RunStats, Workspace, done_marker, mark_done
-from harness.generate import GenerationConfig, check_model_weights, generate_items, get_backend
+from harness.generate import check_model_weights, generate_items, get_backend
 from leaderboards import CellRecord
 from realign_methods import MergeSpec, merge
 
@@ -155,11 +155,7 @@ def generate(exp: Experiment, workspace: Workspace, cell: Cell, model: Materiali
         return out
     stats.counts["generate_resumed" if out.exists() else "generate_done"] += 1
     started = time.perf_counter()
-    g = exp.generation
-    config = GenerationConfig(
-        max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, seed=exp.seed,
-        stop=tuple(g.stop), num_samples=g.num_samples, batch_size=g.batch_size,
-    )
+    config = exp.generation.decoding(exp.seed)
     backend = backend_for(exp, model)
     generate_items(
         model.path, items, backend=backend, config=config, out_path=out, adapter=model.adapter,
@@ -199,7 +195,7 @@ def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[A
     """Judge the cell's generations with every judge of the experiment (each cached by its own hash)."""
     out: dict[str, Path] = {}
     for name in exp.judges:
-        judge_obj = _judge(name, exp.judge_options.get(name, {}))
+        judge_obj = cell.judges[name]
         path = workspace.judgments(cell.generation_key, hash_value({"id": judge_obj.id, "hash": judge_obj.hash}))
         out[judge_obj.id] = path
         if done_marker(path).exists():
@@ -229,7 +225,7 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     reference = dedupe_by_key(read_jsonl(ref_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
                               source=str(ref_path), allowed=set(items))
     name = exp.primary_judge(cell.benchmark) or exp.judges[0]
-    judge_obj = _judge(name, exp.judge_options.get(name, {}))
+    judge_obj = cell.judges[name]
     path = workspace.judgments(cell.generation_key, hash_value(
         {"id": judge_obj.id, "hash": judge_obj.hash, "reference": ref.generation_key}))
     if done_marker(path).exists():
@@ -243,10 +239,6 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     verdicts = [v.model_copy(update={"judge_id": store_id}) for v in dedupe_by_key(
         read_jsonl(path, Verdict), lambda v: (v.item_id, v.sample_index), source=str(path), allowed=set(items))]
     return store_id, verdicts, marker_seconds(path)
-
-
-def _judge(name: str, options: dict[str, Any]) -> Any:
-    return cached_judge(name, options)  # the instance the plan built
 
 
 def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats, *,
@@ -275,7 +267,7 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
 
 def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
 
-    bench = benchmark_for(exp, cell.benchmark)
+    bench = cell.resolved_benchmark
     items = _items(exp, bench, cell)
     by_id = {item.id: item for item in items}
     generations: list[GenerationRecord] = []
@@ -307,7 +299,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
             costs["judge_seconds"] = None if None in judge_seconds else sum(s for s in judge_seconds if s is not None)
         primary_name = exp.primary_judge(cell.benchmark)
         if judge_ids and primary_name is not None:
-            primary_judge = _judge(primary_name, exp.judge_options.get(primary_name, {}))
+            primary_judge = cell.judges[primary_name]
         primary = verdicts[primary_judge.id] if primary_judge is not None else None
         if bench.scorer == "over_refusal":  # refused-or-not is the refusal judge's call, not a content judge's
             refusal_ids = [j for j in judge_ids if j.startswith("refusal/")]
@@ -328,7 +320,8 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     else:
         raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
     record = CellRecord(
-        cell_id=cell.cell_id, method=cell.job.method, method_label=cell.job.label, params=cell.job.params,
+        cell_id=cell.cell_id, method=cell.job.method, method_label=cell.job.label,
+        reference_role=cell.job.info.reference_role, params=cell.job.params,
         finetuned=cell.job.finetuned, task=cell.job.task, checkpoint_hash=cell.job.key,
         benchmark=bench.name, benchmark_label=cell.benchmark.key, benchmark_kind="safety" if bench.kind == "safety" else "utility",
         benchmark_options=cell.benchmark.model_dump(mode="json"), backend=exp.generation.backend,

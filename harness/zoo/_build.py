@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 import torch
 
 from harness.core.checkpoints import checkpoint_hash, resolve_model
+from harness.core.checkpoints._atomic import make_temp_dir, move_into_place
 from harness.core.errors import CheckpointError, ConfigError
 from harness.core.hashing import hash_value, sha256_file
 
@@ -308,8 +307,7 @@ def build(
         torch.manual_seed(spec.seed)  # a fresh LoRA's random init must follow the recipe seed
         model = _trainable_model(recipe, spec, base_dir, out)
         result = train(model, tokenizer, examples, spec, work, steps=stage_plan.steps, progress=progress)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=target.parent))
+        tmp = make_temp_dir(target)
         tmp.chmod(0o755)  # mkdtemp makes it private; artifacts are meant to be shared
         try:
             _save_artifact(model, tokenizer, spec, recipe, tmp)
@@ -341,11 +339,7 @@ def build(
             }
             manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             write_json_atomic(tmp / "manifest.json", manifest)
-            if target.exists():
-                trash = target.with_name(f".{target.name}.old-{os.getpid()}")
-                target.rename(trash)
-                shutil.rmtree(trash)
-            tmp.rename(target)
+            move_into_place(tmp, target)  # an old artifact is replaced only once the new one is complete
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

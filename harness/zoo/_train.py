@@ -7,9 +7,9 @@ are padded to their longest row only (dynamic padding); the loss covers the assi
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness.core.checkpoints._atomic import atomic_write_bytes
 from harness.core.errors import CheckpointError, ConfigError
 
 from ._data import Example
@@ -110,9 +111,10 @@ def _lr_lambda(spec: StageSpec):
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """The resumable training state (a tiny model's LoRA and optimizer: fits in memory), written atomically."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def train(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from harness.core.roles import ReferenceRole
 from realign_methods._method import Method, MethodInfo, Role, TensorContext, TensorInputs
 from realign_methods._registry import register_method
 
@@ -18,6 +19,7 @@ class SFT(Method):
         single=frozenset({Role.FINETUNED, Role.ADAPTERS}),
         reference="baseline (no realignment)",
         reference_inputs=(Role.FINETUNED, Role.ALIGNED),
+        reference_role=ReferenceRole.FINETUNED,
     )
 
     def merge_tensor(self, inputs: TensorInputs, params: object, ctx: TensorContext) -> torch.Tensor:
@@ -35,6 +37,7 @@ class Aligned(Method):
         required=frozenset({Role.ALIGNED}),
         reference="baseline (no fine-tuning)",
         reference_inputs=(Role.ALIGNED,),
+        reference_role=ReferenceRole.ALIGNED,
     )
 
     def merge_tensor(self, inputs: TensorInputs, params: object, ctx: TensorContext) -> torch.Tensor:

@@ -25,6 +25,7 @@ from pydantic import Field
 from harness.core.checkpoints import LoraAdapter, join_lora_factors, lora_delta
 from harness.core.errors import CheckpointError, ConfigError
 from realign_methods._method import (
+    AdapterParams,
     Method,
     MethodInfo,
     MethodParams,
@@ -122,6 +123,7 @@ class SafeLora(Method):
             "Language Models, NeurIPS 2024, arXiv:2405.16833 (github.com/IBM/SafeLoRA)"
         ),
         reference_inputs=(Role.ALIGNED,),
+        adapter_params=AdapterParams(aligned_adapter="aligned_adapter"),
     )
     supports_adapter_output = True
 

@@ -18,6 +18,7 @@ from harness.core.checkpoints import AdaptedReader, CheckpointReader
 from harness.core.errors import ConfigError
 from harness.core.paths import cache_dir
 from realign_methods._method import (
+    AdapterParams,
     Method,
     MethodInfo,
     MethodParams,
@@ -120,6 +121,9 @@ class Somf(Method):
         reference=_REFERENCE,
         reference_inputs=(Role.ALIGNED, Role.BASE),
         single=frozenset({Role.ALIGNED, Role.BASE}),
+        # "full" reads the fine-tune's dense weights; the others its LoRA adapter
+        adapter_params=AdapterParams(aligned_adapter="aligned_adapter", setting="setting",
+                                     adapter_values=frozenset({"lora", "merged", "auto"})),
     )
     def prepare(self, ctx: PrepareContext) -> _SomfState:
         params = ctx.params
@@ -182,6 +186,7 @@ def _preset(name: str, fusion: str) -> type[Somf]:
         reference=_REFERENCE,
         reference_inputs=Somf.info.reference_inputs,
         single=Somf.info.single,
+        adapter_params=Somf.info.adapter_params,
     )
     return type(f"Somf_{fusion}", (Somf,), {"info": info})
 

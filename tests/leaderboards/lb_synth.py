@@ -12,9 +12,13 @@ from pathlib import Path
 
 from harness.core.hashing import hash_value
 from harness.core.records import GenerationRecord, Score, Verdict
+from harness.core.roles import ReferenceRole
 from leaderboards import CellRecord, ItemScore, Store, collect_provenance
 
 N_ITEMS = 40
+# what the runner records on the cells of its baselines (MethodInfo.reference_role)
+REFERENCE_ROLES = {"original": ReferenceRole.ORIGINAL, "aligned": ReferenceRole.ALIGNED, "sft": ReferenceRole.FINETUNED}
+
 METHODS = {  # method label -> (canonical method, params)
     "aligned": ("aligned", {}),
     "sft": ("sft", {}),
@@ -86,7 +90,7 @@ def cell_id(label: str, finetuned: str, benchmark: str, salt: str = "") -> str:
 def _cell(label: str, finetuned: str, benchmark: str, kind: str, salt: str) -> CellRecord:
     method, params = METHODS[label]
     return CellRecord(
-        cell_id=cell_id(label, finetuned, benchmark, salt), method=method, method_label=label, params=params,
+        cell_id=cell_id(label, finetuned, benchmark, salt), method=method, method_label=label, reference_role=REFERENCE_ROLES.get(method), params=params,
         finetuned=finetuned, task=FINETUNED[finetuned], checkpoint_hash=hash_value([label, finetuned], 32),
         benchmark=benchmark, benchmark_kind=kind,  # type: ignore[arg-type]
         benchmark_options={"limit": N_ITEMS, **({"task": BENCHMARK_TASK[benchmark]} if benchmark in BENCHMARK_TASK else {})},
@@ -182,7 +186,7 @@ def write_demo_like_run(store: Store, name: str = "demo-like") -> str:
     def demo_cell(label: str, finetuned: str, benchmark: str, kind: str) -> CellRecord:
         method, params, _ = DEMO_METHODS[label]
         return CellRecord(
-            cell_id=cell_id(label, finetuned, benchmark, name), method=method, method_label=label,
+            cell_id=cell_id(label, finetuned, benchmark, name), method=method, method_label=label, reference_role=REFERENCE_ROLES.get(method),
             params=params, finetuned=finetuned, task=FINETUNED[finetuned],
             checkpoint_hash=hash_value([label, finetuned], 32), benchmark=benchmark,
             benchmark_kind=kind,  # type: ignore[arg-type]

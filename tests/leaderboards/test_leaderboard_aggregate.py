@@ -11,6 +11,7 @@ from lb_synth import (
     CATEGORIES,
     N_ITEMS,
     PASS_AT_1,
+    REFERENCE_ROLES,
     build_store,
     category,
     harmful_count,
@@ -165,7 +166,7 @@ def _small_cell(store: Store, run_id: str, cell_id: str, verdicts: list[tuple[st
         for _ in range(count):
             k = index[judge] = index.get(judge, -1) + 1
             rows.append(Verdict(item_id=f"i{k}", judge_id=judge, judge_hash="x", label=label))  # type: ignore[arg-type]
-    store.write_cell(run_id, CellRecord(cell_id=cell_id, method="original", finetuned="-", benchmark="catqa",
+    store.write_cell(run_id, CellRecord(cell_id=cell_id, method="original", reference_role=REFERENCE_ROLES["original"], finetuned="-", benchmark="catqa",
                                         benchmark_kind="safety", judge_id=judge_id), gens, rows, [])
 
 
@@ -223,7 +224,8 @@ def _nll_run(path: Path, nll: dict[tuple[str, str, str], float], tasks: dict[str
     run_id = store.begin_run("nll", {}, collect_provenance(device="cpu (synthetic)"))
     for (method, ft, cat), value in nll.items():
         store.write_cell(run_id, CellRecord(
-            cell_id=hash_value([method, ft, cat], 32), method=method, finetuned=ft, task=tasks[ft],
+            cell_id=hash_value([method, ft, cat], 32), method=method, reference_role=REFERENCE_ROLES.get(method),
+            finetuned=ft, task=tasks[ft],
             benchmark="task_nll", benchmark_label=f"nll-{cat}", benchmark_kind="utility",
             benchmark_options={"name": "task_nll", "categories": [cat], "task": None}),
             scores=[Score(benchmark="task_nll", metric="nll", value=value, n=10, higher_is_better=False)])
@@ -301,18 +303,46 @@ def test_a_version_1_store_is_migrated_and_shows_no_cost(tmp_path: Path) -> None
     store.close()
     with sqlite3.connect(path) as conn:  # make it the version-1 layout
         for column in ("merge_seconds", "train_seconds", "generate_seconds", "judge_seconds", "score_seconds",
-                       "tokens_generated", "calibration_seconds", "calibration_examples"):
+                       "tokens_generated", "calibration_seconds", "calibration_examples", "reference_role"):
             conn.execute(f"ALTER TABLE cells DROP COLUMN {column}")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     migrated = Store(path, create=False)
-    assert migrated.schema_version == SCHEMA_VERSION == 3
+    assert migrated.schema_version == SCHEMA_VERSION == 4
     assert migrated.cells()["merge_seconds"].isna().all()
+    # the reference rows' roles are filled in from the names the baselines had before roles were recorded
+    roles = migrated.cells().drop_duplicates("method").set_index("method")["reference_role"].to_dict()
+    assert roles == {"aligned": "aligned", "sft": "finetuned"}
     board = build_leaderboard(migrated)
     assert board.summary["cost:total_seconds"].isna().all()
     md = render_leaderboard(board, tmp_path / "site", ["md"])[0].read_text()
     assert "merge s" not in md and "Cost per cell" not in md  # nothing recorded: no columns of dashes
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+
+
+def test_reference_rows_are_found_by_the_stored_role_not_the_method_name(tmp_path: Path) -> None:
+    """A version-3 store gets its roles from the old baseline names; after that only the role counts: a
+    realignment method named like a baseline is an ordinary row, and safety recovered follows the roles."""
+    import sqlite3
+
+    path = tmp_path / "v3.sqlite"
+    store, _ = build_store(path, methods=["aligned", "sft", "resta[g=0.5]"])
+    store.close()
+    with sqlite3.connect(path) as conn:  # the version-3 layout: no reference_role
+        conn.execute("ALTER TABLE cells DROP COLUMN reference_role")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    migrated = Store(path, create=False)
+    board = build_leaderboard(migrated)
+    assert board.reference_roles == {"aligned": "aligned", "sft": "finetuned"}
+    recovered = board.summary.set_index(["finetuned", "method"])["safety_recovered"]
+    assert recovered.notna().any()
+    migrated.close()
+    with sqlite3.connect(path) as conn:  # the same rows, but nothing marked as the fine-tune's reference
+        conn.execute("UPDATE cells SET reference_role = NULL WHERE method = 'sft'")
+    board = build_leaderboard(Store(path, create=False))
+    assert board.reference_roles == {"aligned": "aligned"} and not board.is_reference("sft")
+    assert board.summary["safety_recovered"].isna().all()
+    assert any("fine-tune unchanged" in note for note in board.notes)
 
 
 def test_wilson_interval_is_undefined_without_trials() -> None:
