@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from benchmarks._jailbreaks import apply_jailbreak, jailbreak_template
 from benchmarks._splits import SPLITS
+from benchmarks.scoring import Reads, get_scorer
 from harness.core.errors import ConfigError, DataError, name_unknown
 from harness.core.paths import cache_dir, data_dirs
 from harness.core.records import Item
@@ -122,10 +123,16 @@ class BenchmarkSpec(BaseModel):
     template_separator: str = "\n\n"
     conventional_columns: bool = True  # unmapped fields take a column of their own name (see FieldMap)
     system_prompt: str | None = None
-    default_scorer: str = "harmfulness"
+    default_scorer: str = "harmfulness"  # a name in benchmarks.scoring.SCORERS, checked here
     # Jailbreak variant: each item once per template (benchmarks/jailbreaks/<name>.txt); the template
     # name becomes the item's subcategory (so `categories: [aim]` picks one) and metadata["jailbreak"].
     jailbreaks: list[str] = Field(default_factory=list)
+
+    @field_validator("default_scorer")
+    @classmethod
+    def _known_scorer(cls, name: str) -> str:
+        get_scorer(name)  # an unknown name fails when the spec is read, not at scoring time
+        return name
 
     @field_validator("jailbreaks")
     @classmethod
@@ -380,6 +387,11 @@ class Benchmark:
     @property
     def scorer(self) -> str:
         return self.spec.default_scorer
+
+    @property
+    def reads(self) -> Reads:
+        """What its scorer reads: saved generations (and verdicts), or the model itself."""
+        return get_scorer(self.scorer).reads
 
     @property
     def languages(self) -> list[str]:
@@ -669,7 +681,7 @@ def load_spec(path_or_text: str | Path) -> Benchmark:
                 lines.append(f"{'.'.join(map(str, loc[:-1])) or '(top level)'}: unknown key "
                              f"{name_unknown([str(loc[-1])], list(parent.model_fields))}")
             else:
-                lines.append(f"{where}: {err['msg']}")
+                lines.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
         raise ConfigError(f"{path}: invalid benchmark spec: " + "; ".join(lines)) from None
 
 

@@ -348,8 +348,6 @@ def _pairwise_benchmarks(exp: Experiment) -> set[str]:
     """Labels of the benchmarks judged pairwise: those listed, else those whose scorer is pairwise."""
     if exp.pairwise is None:
         return set()
-    from benchmarks import get_benchmark
-
     keys = [b.key for b in exp.benchmarks]
     if exp.pairwise.benchmarks is not None:
         unknown = [k for k in exp.pairwise.benchmarks if k not in keys]
@@ -357,11 +355,11 @@ def _pairwise_benchmarks(exp: Experiment) -> set[str]:
             raise ConfigError(f"pairwise.benchmarks: {name_unknown(unknown, keys)} not among the experiment's benchmarks")
         chosen = [b for b in exp.benchmarks if b.key in exp.pairwise.benchmarks]
     else:
-        chosen = [b for b in exp.benchmarks if get_benchmark(b.name, **b.options).scorer == "pairwise"]
+        chosen = [b for b in exp.benchmarks if benchmark_for(exp, b).scorer == "pairwise"]
         if not chosen:
             raise ConfigError("pairwise: no benchmark is scored pairwise (e.g. somf_eval); list the ones to judge "
                               "pairwise in pairwise.benchmarks")
-    not_safety = [b.key for b in chosen if get_benchmark(b.name, **b.options).kind != "safety"]
+    not_safety = [b.key for b in chosen if benchmark_for(exp, b).kind != "safety"]
     if not_safety:
         raise ConfigError(f"pairwise.benchmarks: {', '.join(not_safety)} are not safety benchmarks (nothing to judge)")
     return {b.key for b in chosen}

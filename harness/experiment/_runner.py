@@ -110,15 +110,13 @@ def plan_experiment(exp: Experiment, only: dict[str, str] | None = None, *,
 
 def describe_plan(plan: Plan, workspace: Workspace, store: Any | None) -> list[dict[str, Any]]:
     """One row per cell with what is cached, for `--dry-run`."""
-    from benchmarks.scoring import MODEL_SCORERS
-
     rows = []
     stored = store.complete_cells() if store is not None else set()
     for cell in plan.cells:
         job = cell.job
         ckpt_cached = job.passthrough is not None or workspace.checkpoint(job.key).is_dir()
         gen_path = workspace.generations(cell.generation_key)
-        model_scored = benchmark_for(plan.experiment, cell.benchmark).scorer in MODEL_SCORERS
+        model_scored = benchmark_for(plan.experiment, cell.benchmark).reads == "model"
         rows.append({
             "cell": cell.cell_id[:12],
             "method": job.label,
