@@ -10,6 +10,7 @@ from benchmarks._core import (
     is_spec_path,
     list_benchmarks,
     load_spec,
+    parse_field_overrides,
 )
 from benchmarks._prompts import build_chat_prompt, chat_messages
 from benchmarks._splits import SPLITS, is_eval_holdout
@@ -28,4 +29,5 @@ __all__ = [
     "is_spec_path",
     "list_benchmarks",
     "load_spec",
+    "parse_field_overrides",
 ]

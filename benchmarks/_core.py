@@ -13,7 +13,7 @@ import random
 import re
 import string
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from os.path import commonpath
 from pathlib import Path, PurePosixPath
@@ -96,6 +96,31 @@ class FieldMap(BaseModel):
         if repeated:
             raise ValueError(f"metadata: column(s) {repeated} listed twice; list each column once")
         return self
+
+
+    def given(self) -> dict[str, Any]:
+        """Only the fields set explicitly (an experiment's overrides of a benchmark's own mapping)."""
+        return self.model_dump(include=self.model_fields_set)
+
+
+def parse_field_overrides(benchmark: str, mapping: Mapping[str, Any]) -> FieldMap:
+    """A benchmark's column-mapping overrides (``{prompt: Behavior, metadata: [source]}``) as a
+    FieldMap whose :meth:`~FieldMap.given` is what was set; errors name the benchmark and the field."""
+    known = list(FieldMap.model_fields)
+    unknown = [k for k in mapping if k not in known]
+    if unknown:
+        raise ConfigError(f"benchmark {benchmark!r}: unknown option {name_unknown(unknown, known)}; "
+                          f"accepted options (item fields that take a column): {', '.join(known)}")
+    try:
+        return FieldMap.model_validate({k: v for k, v in mapping.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if not where:  # a check over the whole map: the message names the field
+            raise ConfigError(f"benchmark {benchmark!r}: field map: {message}") from None
+        raise ConfigError(f"benchmark {benchmark!r}: field {where}: {message} "
+                          f"(got {err['input']!r}); expected a column name") from None
 
 
 #: FieldMap fields that fall back to the column of their own name (not prompt: it always has a column).
@@ -399,22 +424,8 @@ class Benchmark:
 
     def with_fields(self, **mapping: Any) -> Benchmark:
         """A copy with a different column mapping: ``prompt="Behavior"``, ``metadata=["source"]``."""
-        known = list(FieldMap.model_fields)
-        unknown = [k for k in mapping if k not in known]
-        if unknown:
-            raise ConfigError(f"benchmark {self.name!r}: unknown option {name_unknown(unknown, known)}; "
-                              f"accepted options (item fields that take a column): {', '.join(known)}")
-        given = {k: v for k, v in mapping.items() if v is not None}
-        try:
-            fields = FieldMap.model_validate({**self.spec.fields.model_dump(), **given})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            message = str(err["msg"]).removeprefix("Value error, ")
-            if not where:  # a check over the whole map: the message names the field
-                raise ConfigError(f"benchmark {self.name!r}: field map: {message}") from None
-            raise ConfigError(f"benchmark {self.name!r}: field {where}: {message} "
-                              f"(got {err['input']!r}); expected a column name") from None
+        overrides = parse_field_overrides(self.name, mapping)
+        fields = FieldMap.model_validate({**self.spec.fields.model_dump(), **overrides.given()})
         # a new validated spec, not model_copy(update=...) (which skips validation)
         spec = BenchmarkSpec.model_validate({**self.spec.model_dump(), "fields": fields})
         return Benchmark(spec, self.origin)

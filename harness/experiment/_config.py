@@ -12,8 +12,18 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
+from benchmarks import FieldMap, parse_field_overrides
 from harness.core.errors import ConfigError
 
 
@@ -96,13 +106,27 @@ class BenchmarkEntry(_Frozen):
     categories: list[str] | None = None
     data_path: str | None = Field(default=None, description="data file or folder (relative to the experiment file)")
     system_prompt: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict,
-                                    description="column mapping, e.g. {prompt: Behavior, context: ContextString}")
+    options: FieldMap = Field(default_factory=FieldMap,
+                              description="column mapping, e.g. {prompt: Behavior, context: ContextString}")
     judge: str | None = Field(default=None, description="primary judge of this benchmark (one of `judges`; "
                               "default: the first); it must declare the benchmark's languages")
     # not part of a cell's generation identity: it only tells the leaderboard what the numbers are for
     task: str | None = Field(default=None, description="the fine-tune task this utility benchmark measures (e.g. "
                              "math): utility retained of a fine-tune with that `task:` is read from it")
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _column_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        """Checked against the benchmark's column mapping here, so the error names the benchmark."""
+        if isinstance(value, FieldMap):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of item field -> column name, got {type(value).__name__}")
+        return parse_field_overrides(str(info.data.get("name", "?")), value)
+
+    @field_serializer("options")
+    def _given_options(self, options: FieldMap) -> dict[str, Any]:
+        return options.given()  # what the experiment set: a cell's identity as before this was typed
 
     @property
     def key(self) -> str:

@@ -143,7 +143,7 @@ def benchmark_for(exp: Experiment, entry: BenchmarkEntry) -> Any:
     from benchmarks import get_benchmark, is_spec_path
 
     name = str(exp.resolve(entry.name)) if is_spec_path(entry.name) else entry.name
-    return get_benchmark(name, **entry.options)
+    return get_benchmark(name, **entry.options.given())
 
 
 def data_path_for(exp: Experiment, entry: BenchmarkEntry) -> Path | None:

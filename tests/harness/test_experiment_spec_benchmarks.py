@@ -52,3 +52,19 @@ def test_a_spec_path_benchmark_is_scored_by_its_own_scorer(tmp_path: Path, tiny_
     scores = Store(result.store_location).scores_frame(result.run_id)
     assert {"gsm8k_strict", "gsm8k_flexible"} <= set(scores["metric"])
     assert set(scores["benchmark"]) == {"my_gsm"}
+
+
+def test_benchmark_options_are_a_typed_column_mapping_checked_at_parse_time() -> None:
+    from harness.experiment import parse_experiment
+
+    base = {"name": "x", "output_dir": "out", "models": {"aligned": {"path": "a"}, "finetuned": [{"name": "ft", "path": "f"}]},
+            "methods": [{"name": "sft"}], "generation": {"backend": "dummy"}}
+    exp = parse_experiment({**base, "benchmarks": [{"name": "csv", "options": {"prompt": "Behavior", "id": "BID"}}]})
+    entry = exp.benchmarks[0]
+    assert entry.options.prompt == "Behavior" and entry.options.given() == {"prompt": "Behavior", "id": "BID"}
+    assert entry.model_dump(mode="json")["options"] == {"prompt": "Behavior", "id": "BID"}  # cell identity unchanged
+    with pytest.raises(ConfigError, match=r"benchmarks\.0\.options.*benchmark 'csv': unknown option 'promt' "
+                                          r"\(did you mean 'prompt'\?\)"):
+        parse_experiment({**base, "benchmarks": [{"name": "csv", "options": {"promt": "Behavior"}}]})
+    with pytest.raises(ConfigError, match=r"benchmark 'catqa': field prompt: .*expected a column name"):
+        parse_experiment({**base, "benchmarks": [{"name": "catqa", "options": {"prompt": 3}}]})
