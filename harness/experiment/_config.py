@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from benchmarks import FieldMap, parse_field_overrides
+from benchmarks.judges import JudgeOptions, get_judge_class
 from harness.core.errors import ConfigError
 
 
@@ -165,7 +166,8 @@ class Experiment(_Frozen):
     methods: list[MethodEntry] = Field(min_length=1)
     benchmarks: list[BenchmarkEntry] = Field(min_length=1)
     judges: list[str] = Field(default_factory=lambda: ["offline-multilingual"])
-    judge_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: each judge's options, validated against that judge's declared options model when parsed
+    judge_options: dict[str, JudgeOptions] = Field(default_factory=dict)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     pairwise: PairwiseSettings | None = Field(default=None, description="judge safety answers pairwise (win/loss/draw) "
                                               "against a reference method's, with each benchmark's primary judge")
@@ -180,6 +182,27 @@ class Experiment(_Frozen):
 
     # Resolved relative to the experiment file by `load_experiment`; not part of the identity.
     base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("judge_options", mode="before")
+    @classmethod
+    def _parse_judge_options(cls, value: Any) -> Any:
+        """Each judge's options as its own options model (errors name the judge, the option and what is allowed)."""
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of judge name -> options, got {type(value).__name__}")
+        parsed: dict[str, JudgeOptions] = {}
+        for name, options in value.items():
+            if isinstance(options, JudgeOptions):
+                parsed[name] = options
+            elif isinstance(options, dict):
+                parsed[name] = get_judge_class(name).parse_options(options)
+            else:
+                raise ValueError(f"judge {name!r}: options are a mapping (option: value), got {type(options).__name__}")
+        return parsed
+
+    @field_serializer("judge_options")
+    def _given_judge_options(self, judge_options: dict[str, JudgeOptions]) -> dict[str, dict[str, Any]]:
+        # the options as given (a subclass's fields kept; defaults left out, as the dict had them)
+        return {name: options.model_dump(mode="json", exclude_unset=True) for name, options in judge_options.items()}
 
     @field_validator("judges")
     @classmethod

@@ -239,7 +239,7 @@ def build_plan(exp: Experiment, hashes: HashCache, only: dict[str, str] | None =
         try:
             get_judge_class(judge)
             # id and content hash (keyword list, weights, prompt): a changed judge makes new cells
-            built = cached_judge(judge, exp.judge_options.get(judge, {}))
+            built = cached_judge(judge, exp.judge_options.get(judge))
         except ConfigError as exc:
             raise ConfigError(f"judges: {exc}") from None
         judge_identities.append({"id": built.id, "hash": built.hash})

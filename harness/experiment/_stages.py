@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.judges import cached_judge, clear_judge_cache
+from benchmarks.judges import JudgeOptions, cached_judge, clear_judge_cache
 from harness.core.errors import ConfigError
 from harness.core.hashing import hash_value
 from harness.experiment._faults import crash_point
@@ -213,7 +213,7 @@ def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[A
 
     out: dict[str, Path] = {}
     for name in exp.judges:
-        judge_obj = _judge(name, exp.judge_options.get(name, {}))
+        judge_obj = _judge(name, exp.judge_options.get(name))
         path = workspace.judgments(cell.generation_key, hash_value({"id": judge_obj.id, "hash": judge_obj.hash}))
         out[judge_obj.id] = path
         if done_marker(path).exists():
@@ -245,7 +245,7 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     reference = dedupe_by_key(read_jsonl(ref_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
                               source=str(ref_path), allowed=set(items))
     name = exp.primary_judge(cell.benchmark) or exp.judges[0]
-    judge_obj = _judge(name, exp.judge_options.get(name, {}))
+    judge_obj = _judge(name, exp.judge_options.get(name))
     path = workspace.judgments(cell.generation_key, hash_value(
         {"id": judge_obj.id, "hash": judge_obj.hash, "reference": ref.generation_key}))
     if done_marker(path).exists():
@@ -261,7 +261,7 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     return store_id, verdicts, marker_seconds(path)
 
 
-def _judge(name: str, options: dict[str, Any]) -> Any:
+def _judge(name: str, options: JudgeOptions | None) -> Any:
     return cached_judge(name, options)  # the instance the plan built
 
 
@@ -330,7 +330,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
             costs["judge_seconds"] = None if None in judge_seconds else sum(s for s in judge_seconds if s is not None)
         primary_name = exp.primary_judge(cell.benchmark)
         if judge_ids and primary_name is not None:
-            primary_judge = _judge(primary_name, exp.judge_options.get(primary_name, {}))
+            primary_judge = _judge(primary_name, exp.judge_options.get(primary_name))
         primary = verdicts[primary_judge.id] if primary_judge is not None else None
         if bench.scorer == "over_refusal":  # refused-or-not is the refusal judge's call, not a content judge's
             refusal_ids = [j for j in judge_ids if j.startswith("refusal/")]

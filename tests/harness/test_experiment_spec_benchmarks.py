@@ -68,3 +68,22 @@ def test_benchmark_options_are_a_typed_column_mapping_checked_at_parse_time() ->
         parse_experiment({**base, "benchmarks": [{"name": "csv", "options": {"promt": "Behavior"}}]})
     with pytest.raises(ConfigError, match=r"benchmark 'catqa': field prompt: .*expected a column name"):
         parse_experiment({**base, "benchmarks": [{"name": "catqa", "options": {"prompt": 3}}]})
+
+
+def test_judge_options_are_each_judges_own_model_checked_at_parse_time() -> None:
+    from benchmarks.judges import cached_judge, get_judge_class
+    from harness.experiment import parse_experiment
+
+    base = {"name": "x", "output_dir": "out", "methods": [{"name": "sft"}], "benchmarks": [{"name": "catqa"}],
+            "models": {"aligned": {"path": "a"}, "finetuned": [{"name": "ft", "path": "f"}]}}
+    refusal = get_judge_class("refusal")
+    option = next(iter(refusal.Options.model_fields))
+    value = refusal.Options().model_dump()[option]
+    exp = parse_experiment({**base, "judges": ["refusal"], "judge_options": {"refusal": {option: value}}})
+    assert isinstance(exp.judge_options["refusal"], refusal.Options)
+    assert exp.model_dump(mode="json")["judge_options"] == {"refusal": {option: value}}  # as given
+    assert cached_judge("refusal", exp.judge_options["refusal"]) is cached_judge("refusal", {option: value})
+    with pytest.raises(ConfigError, match=r"judge_options.*judge 'refusal': unknown option 'nope'"):
+        parse_experiment({**base, "judges": ["refusal"], "judge_options": {"refusal": {"nope": 1}}})
+    with pytest.raises(ConfigError, match=r"judge_options.*unknown judge 'refusl'"):
+        parse_experiment({**base, "judges": ["refusal"], "judge_options": {"refusl": {}}})
