@@ -58,23 +58,33 @@ class LabelledResponse:
     harmful: bool
 
 
-def _find_data_file(folder: str, name: str, what: str, path: str | Path | None) -> Path:
-    """Explicit path (file or folder) -> each data dir's ``folder``; a clear error saying where it looked."""
-    candidates = [Path(path)] if path is not None else [d / folder for d in data_dirs()]
+def find_training_data(folder: str, what: str, *, file: str | None = None, path: str | Path | None = None,
+                       root: str | Path | None = None) -> Path:
+    """Judge training data: ``folder/file`` (or the folder itself when ``file`` is None), from an
+    explicit ``path`` (the file, or the folder holding it), else a data ``root`` holding ``folder/``,
+    else each data dir's ``folder/``; a clear error saying where it looked."""
+    if path is not None:
+        candidates = [Path(path)]
+    else:
+        candidates = [Path(root) / folder] if root is not None else [d / folder for d in data_dirs()]
     for candidate in candidates:
-        file = candidate / name if candidate.is_dir() else candidate
-        if file.is_file():
-            return file
+        if file is None:
+            if candidate.is_dir():
+                return candidate
+            continue
+        target = candidate / file if candidate.is_dir() else candidate
+        if target.is_file():
+            return target
     looked = ", ".join(str(c) for c in candidates)
     raise DataError(
-        f"offline judge training data {name} ({what}) not found (looked in: {looked}); set REALIGN_DATA_DIR to "
-        f"the folder holding {folder}/ or pass its path"
+        f"judge training data {folder}/{file or ''} ({what}) not found (looked in: {looked}); set REALIGN_DATA_DIR "
+        f"to the folder holding {folder}/ or pass its path (--data)"
     )
 
 
 def find_pku_file(path: str | Path | None = None) -> Path:
     """The PKU-SafeRLHF pairs (SOMF's file from xinykou/safety_realignment)."""
-    return _find_data_file(PKU_FOLDER, PKU_FILE, "PKU-SafeRLHF pairs", path)
+    return find_training_data(PKU_FOLDER, "PKU-SafeRLHF pairs", file=PKU_FILE, path=path)
 
 
 def load_benign_answers(path: str | Path | None = None) -> list[LabelledResponse]:
@@ -82,7 +92,7 @@ def load_benign_answers(path: str | Path | None = None) -> list[LabelledResponse
 
     PKU-SafeRLHF has only harmful prompts, so without these the judge calls any helpful answer harmful.
     """
-    file = _find_data_file(BENIGN_FOLDER, BENIGN_FILE, "benign instructions", path)
+    file = find_training_data(BENIGN_FOLDER, "benign instructions", file=BENIGN_FILE, path=path)
     try:
         rows = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -298,7 +308,7 @@ def train_offline_judge(
     benign_train: list[LabelledResponse] = []
     benign_held: list[LabelledResponse] = []
     if use_benign:
-        benign_file = _find_data_file(BENIGN_FOLDER, BENIGN_FILE, "benign instructions", benign_data)
+        benign_file = find_training_data(BENIGN_FOLDER, "benign instructions", file=BENIGN_FILE, path=benign_data)
         benign = load_benign_answers(benign_file)
         if limit_prompts is not None:
             benign = benign[:limit_prompts]

@@ -13,7 +13,7 @@ from harness.core.records import GenerationRecord, Item, ItemScore, Score, Verdi
 from harness.core.registry import Registry
 
 if TYPE_CHECKING:  # type-only: benchmark specs import this registry to check their scorer's name
-    from benchmarks._core import Benchmark
+    from benchmarks._benchmark import Benchmark
 
 #: what a scorer reads: saved generations (and the judge's verdicts), or the model itself
 Reads = Literal["generations", "model"]

@@ -17,7 +17,7 @@ from harness.core.errors import ConfigError, DataError
 from harness.core.records import GenerationRecord, Item, ItemScore, Score, Verdict
 
 if TYPE_CHECKING:  # type-only: the benchmark package imports scoring (a spec checks its scorer name)
-    from benchmarks._core import Benchmark
+    from benchmarks._benchmark import Benchmark
 
 # lm-eval's gsm8k filters (tasks/gsm8k/gsm8k.yaml), verbatim.
 GSM8K_STRICT_REGEX = r"#### (\-?[0-9\.\,]+)"
