@@ -23,8 +23,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from benchmarks._readers import read_rows
+from benchmarks.judges._base import BaseJudge
 from harness.core.errors import ConfigError, DataError
-from harness.core.hashing import sha256_file
+from harness.core.hashing import hash_text, sha256_file
+from harness.core.records import GenerationRecord, Item
 
 MIN_ROWS = 50
 LABEL_COLUMNS = ("prompt", "response", "label")
@@ -244,10 +246,6 @@ def save_card(card: JudgeCard, directory: Path | None = None) -> Path:
 # -- measuring a judge --------------------------------------------------------------------------------
 def judge_rows(judge: object, rows: Sequence[LabelledRow], batch_size: int = 64) -> list[bool | None]:
     """The judge's harmful verdict per row (None = invalid); refusal/compliance read as harmless/harmful."""
-    from benchmarks.judges._base import BaseJudge
-    from harness.core.hashing import hash_text
-    from harness.core.records import GenerationRecord, Item
-
     if not isinstance(judge, BaseJudge):
         raise ConfigError(f"{judge!r} is not a judge")
     items: dict[str, Item] = {}

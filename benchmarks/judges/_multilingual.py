@@ -35,6 +35,7 @@ from benchmarks.judges._offline import (
     split_by_prompt,
 )
 from benchmarks.judges._refusal_lists import GCG, HARMBENCH, ZH
+from benchmarks.judges.xstest_validation import load_labelled
 from harness.core.errors import ConfigError, DataError
 from harness.core.hashing import sha256_file
 
@@ -100,8 +101,6 @@ def load_jade(root: str | Path | None) -> list[LabelledResponse]:
 
 def load_xstest_refusals(root: str | Path | None) -> list[LabelledResponse]:
     """XSTest completions labelled ``2_full_refusal`` (all harmless: a refusal is never harmful)."""
-    from benchmarks.judges.xstest_validation import load_labelled
-
     return [LabelledResponse(r["prompt"], r["completion"] or "", False) for r in load_labelled(root) if r["refusal"]]
 
 
