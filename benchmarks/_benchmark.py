@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._jailbreaks import apply_jailbreak
-from benchmarks._quirks import QUIRKS, Row
-from benchmarks._readers import read_rows
+from benchmarks._quirks import QUIRKS
+from benchmarks._readers import Row, read_rows
 from benchmarks._sources import resolve_source
 from benchmarks._spec import CONVENTIONAL, BenchmarkSpec, FieldMap, SourceSpec, parse_field_overrides
 from benchmarks._splits import SPLITS

@@ -6,9 +6,8 @@ import ast
 import re
 from collections.abc import Callable
 from os.path import commonpath
-from typing import Any
 
-Row = dict[str, Any]
+from benchmarks._readers import Row
 
 QUIRKS: dict[str, Callable[[Row], Row]] = {}
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.core.errors import DataError
 
+#: one source row: column name -> value
 Row = dict[str, Any]
 #: text encodings tried in turn: UTF-8 (a BOM allowed), the only one benchmark data may use
 UTF8 = ("utf-8-sig",)
