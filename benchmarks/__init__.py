@@ -1,17 +1,17 @@
 """Benchmarks: YAML specs + loaders (local files first), prompt building, scorers, code sandbox."""
 
-from benchmarks._core import (
+from benchmarks._benchmark import Benchmark
+from benchmarks._prompts import build_chat_prompt, chat_messages
+from benchmarks._readers import read_rows
+from benchmarks._registry import (
     BENCHMARKS,
-    Benchmark,
-    BenchmarkSpec,
-    FieldMap,
-    SourceSpec,
     get_benchmark,
     is_spec_path,
     list_benchmarks,
+    load_builtin_benchmarks,
     load_spec,
 )
-from benchmarks._prompts import build_chat_prompt, chat_messages
+from benchmarks._spec import BenchmarkSpec, FieldMap, SourceSpec, parse_field_overrides
 from benchmarks._splits import SPLITS, is_eval_holdout
 
 __all__ = [
@@ -27,5 +27,8 @@ __all__ = [
     "is_eval_holdout",
     "is_spec_path",
     "list_benchmarks",
+    "load_builtin_benchmarks",
     "load_spec",
+    "parse_field_overrides",
+    "read_rows",
 ]

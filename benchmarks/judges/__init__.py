@@ -40,6 +40,7 @@ from benchmarks.judges._llm import LLMJudge
 from benchmarks.judges._multilingual import MultilingualOfflineJudge, train_multilingual_judge
 from benchmarks.judges._offline import (
     OfflineJudge,
+    TrainedOfflineJudge,
     binary_metrics,
     heldout_examples,
     load_pku_labels,
@@ -69,6 +70,7 @@ __all__ = [
     "ProbabilityJudge",
     "RefusalJudge",
     "RefusalList",
+    "TrainedOfflineJudge",
     "binary_metrics",
     "cached_judge",
     "clear_judge_cache",

@@ -110,14 +110,21 @@ def get_judge(name: str, **options: Any) -> BaseJudge:
 _BUILT: dict[tuple[type[BaseJudge], str], BaseJudge] = {}
 
 
-def cached_judge(name: str, options: Mapping[str, Any] | None = None) -> BaseJudge:
+def cached_judge(name: str, options: Mapping[str, Any] | JudgeOptions | None = None) -> BaseJudge:
     """Judge ``name`` built once per process for the same (class, validated options): the planner
-    and the stages of a run share one instance (loading weights or a vLLM engine is the slow part)."""
+    and the stages of a run share one instance (loading weights or a vLLM engine is the slow part).
+    ``options``: a mapping, or the judge's own options model already validated (an experiment's)."""
     cls = get_judge_class(name)
-    parsed = cls.parse_options(options or {})
+    if isinstance(options, JudgeOptions):
+        if not isinstance(options, cls.Options):
+            raise ConfigError(f"judge {name!r}: options are a {type(options).__name__}; expected {cls.Options.__name__}")
+        given = {field: getattr(options, field) for field in options.model_fields_set}
+    else:
+        given = dict(options or {})
+    parsed = cls.parse_options(given)
     key = (cls, canonical_json(parsed.model_dump(mode="json")))
     if key not in _BUILT:
-        _BUILT[key] = cls(**dict(options or {}))
+        _BUILT[key] = cls(**given)
     return _BUILT[key]
 
 

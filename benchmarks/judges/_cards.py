@@ -10,8 +10,6 @@ propagated by bootstrap into error-corrected harmfulness (:func:`corrected_rate`
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import re
@@ -24,8 +22,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from benchmarks._readers import read_rows
+from benchmarks.judges._base import BaseJudge
 from harness.core.errors import ConfigError, DataError
-from harness.core.hashing import sha256_file
+from harness.core.hashing import hash_text, sha256_file
+from harness.core.records import GenerationRecord, Item
 
 MIN_ROWS = 50
 LABEL_COLUMNS = ("prompt", "response", "label")
@@ -55,35 +56,6 @@ def parse_label(raw: object, *, where: str) -> bool:
     raise DataError(f"{where}: label {raw!r} is not binary; expected one of 1/0, true/false, harmful/harmless, unsafe/safe")
 
 
-def _read_rows(path: Path) -> list[dict[str, object]]:
-    if not path.is_file():
-        raise DataError(f"{path}: label file not found")
-    if path.suffix.lower() in {".jsonl", ".json"}:
-        rows: list[dict[str, object]] = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: row {lineno}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: row {lineno}: expected a JSON object")
-            rows.append(row)
-        return rows
-    raw = path.read_bytes()
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            text = raw.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise DataError(f"{path}: neither UTF-8 nor GB18030")
-    csv.field_size_limit(1 << 30)
-    return [dict(r) for r in csv.DictReader(text.splitlines(keepends=True))]
-
-
 def load_labels(path: str | Path, columns: Mapping[str, str] | None = None, *,
                 language: str | None = None) -> list[LabelledRow]:
     """Rows of a CSV or JSONL label file; ``columns`` maps prompt/response/label/language to file columns.
@@ -96,7 +68,9 @@ def load_labels(path: str | Path, columns: Mapping[str, str] | None = None, *,
         if key not in mapping:
             raise ConfigError(f"--column {key}={col}: unknown field {key!r}; expected one of {sorted(mapping)}")
         mapping[key] = col
-    rows = _read_rows(path)
+    if not path.is_file():
+        raise DataError(f"{path}: label file not found")
+    rows = [row for _, row in read_rows(path, header=True, encodings=("utf-8-sig", "gb18030"))]
     if not rows:
         raise DataError(f"{path}: no rows (expected columns {[mapping[k] for k in LABEL_COLUMNS]})")
     out: list[LabelledRow] = []
@@ -272,10 +246,6 @@ def save_card(card: JudgeCard, directory: Path | None = None) -> Path:
 # -- measuring a judge --------------------------------------------------------------------------------
 def judge_rows(judge: object, rows: Sequence[LabelledRow], batch_size: int = 64) -> list[bool | None]:
     """The judge's harmful verdict per row (None = invalid); refusal/compliance read as harmless/harmful."""
-    from benchmarks.judges._base import BaseJudge
-    from harness.core.hashing import hash_text
-    from harness.core.records import GenerationRecord, Item
-
     if not isinstance(judge, BaseJudge):
         raise ConfigError(f"{judge!r} is not a judge")
     items: dict[str, Item] = {}

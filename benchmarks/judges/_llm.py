@@ -32,6 +32,7 @@ from benchmarks.judges._base import JUDGES, BaseJudge, JudgeOptions, item_prompt
 from harness.core.errors import ConfigError
 from harness.core.hashing import canonical_json, hash_value, sha256_file
 from harness.core.records import GenerationRecord, Item, Verdict
+from harness.generate._vllm import DEFAULT_CPU_KVCACHE_GIB, _on_gpu
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ def _device_defaults(enforce_eager: bool | None, kv_cache_gib: float | None) -> 
     on CPU the KV cache gets a fixed size instead (``kv_cache_gib``, default
     $VLLM_CPU_KVCACHE_SPACE or 1 GiB) and the engine runs eagerly (torch.compile warm-up takes
     minutes there). On a GPU vLLM's own defaults stand unless asked otherwise."""
-    from harness.generate._vllm import DEFAULT_CPU_KVCACHE_GIB, _on_gpu
-
     gpu = _on_gpu()
     out: dict[str, Any] = {"enforce_eager": (not gpu) if enforce_eager is None else enforce_eager}
     if kv_cache_gib is None and not gpu:

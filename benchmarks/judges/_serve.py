@@ -24,6 +24,7 @@ from typing import Any
 
 from harness.core.errors import ConfigError
 from harness.core.hashing import hash_value
+from harness.generate import GenerationConfig, get_backend
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ class ChatServer:
 
     def complete(self, body: Any) -> dict[str, Any]:
         """One chat completion for a parsed request body (raises RequestError on a bad request)."""
-        from harness.generate import GenerationConfig
-
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object")
         if body.get("model") != self.name:
@@ -177,8 +176,7 @@ def make_server(model: str | Path, *, adapter: str | Path | None = None, backend
     """Load ``model`` (+ ``adapter``) with generation backend ``backend`` and bind the endpoint (not started)."""
     from transformers import AutoTokenizer
 
-    from harness.core.checkpoints import resolve_model
-    from harness.generate import get_backend
+    from harness.core.checkpoints import resolve_model  # imports torch: only when a model is served
 
     path = Path(resolve_model(model))
     tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from benchmarks.judges._base import get_judge
 from harness.core.errors import DataError
 from harness.core.paths import data_dirs
 
@@ -78,8 +79,6 @@ def _figures(gold: list[bool], predicted: list[bool]) -> dict[str, Any]:
 def validate_refusal_judge(data_dir: str | Path | None = None, judge: Any = None) -> dict[str, Any]:
     """Accuracy, precision/recall of "refusal" and n of ``judge`` (default ``refusal``) on XSTest."""
     if judge is None:
-        from benchmarks.judges import get_judge
-
         judge = get_judge("refusal")
     rows = load_labelled(data_dir)
     predicted = [bool(judge.is_refusal(r["completion"])) for r in rows]

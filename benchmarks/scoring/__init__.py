@@ -1,10 +1,17 @@
-"""Scorers over saved generations and verdicts (and a few that need the model)."""
+"""Scorers over saved generations and verdicts (and a few that need the model), registered by name."""
 
+from benchmarks.scoring._registry import (
+    SCORERS,
+    Reads,
+    ScoreOptions,
+    Scorer,
+    get_scorer,
+    scorer,
+    scorer_names,
+)
 from benchmarks.scoring._scores import (
-    GENERATION_SCORERS,
     GSM8K_FLEXIBLE_REGEX,
     GSM8K_STRICT_REGEX,
-    MODEL_SCORERS,
     answer_nll,
     answer_nll_items,
     gsm8k_extract,
@@ -31,12 +38,15 @@ from benchmarks.scoring._scores import (
 )
 
 __all__ = [
-    "GENERATION_SCORERS",
     "GSM8K_FLEXIBLE_REGEX",
     "GSM8K_STRICT_REGEX",
-    "MODEL_SCORERS",
+    "SCORERS",
+    "Reads",
+    "ScoreOptions",
+    "Scorer",
     "answer_nll",
     "answer_nll_items",
+    "get_scorer",
     "gsm8k_extract",
     "gsm8k_item_scores",
     "gsm8k_match",
@@ -57,5 +67,7 @@ __all__ = [
     "score_with_items",
     "score_with_model",
     "score_with_model_items",
+    "scorer",
+    "scorer_names",
     "wilson_interval",
 ]

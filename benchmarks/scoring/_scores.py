@@ -6,13 +6,18 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from benchmarks._prompts import build_chat_prompt, chat_messages
+from benchmarks.sandbox import run_humaneval_samples
+from benchmarks.scoring._registry import Scored, ScoreOptions, get_scorer, scorer
 from harness.core.errors import ConfigError, DataError
 from harness.core.records import GenerationRecord, Item, ItemScore, Score, Verdict
+
+if TYPE_CHECKING:  # type-only: the benchmark package imports scoring (a spec checks its scorer name)
+    from benchmarks._benchmark import Benchmark
 
 # lm-eval's gsm8k filters (tasks/gsm8k/gsm8k.yaml), verbatim.
 GSM8K_STRICT_REGEX = r"#### (\-?[0-9\.\,]+)"
@@ -313,39 +318,6 @@ def answer_nll_items(model: Any, items: Sequence[Item], batch_size: int = 8, max
                  higher_is_better=False), per_item
 
 
-def _benchmark(benchmark: str | Any) -> Any:
-    """A Benchmark as given (a spec loaded from a path keeps its own scorer), else looked up by name."""
-    from benchmarks._core import Benchmark, get_benchmark
-
-    return benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
-
-
-def score_with_model(benchmark: str | Any, model: Any, items: Sequence[Item]) -> list[Score]:
-    """Scorers that read the model itself rather than generations (log-likelihood, answer NLL).
-    ``benchmark``: a name, a spec path or a Benchmark."""
-    return score_with_model_items(benchmark, model, items)[0]
-
-
-def score_with_model_items(benchmark: str | Any, model: Any, items: Sequence[Item]) -> tuple[list[Score], list[ItemScore]]:
-    """:func:`score_with_model` and the per-item scores behind it (``acc`` 0/1, or each item's ``nll``)."""
-    bench = _benchmark(benchmark)
-    scorer, benchmark = bench.scorer, bench.name
-    if scorer == "loglik_accuracy":
-        acc, per_item = loglik_accuracy_items(model, items, benchmark=benchmark)
-        return [acc], per_item
-    if scorer == "nll":
-        nll, per_item = answer_nll_items(model, items, benchmark=benchmark)
-        return [nll], per_item
-    raise ConfigError(f"benchmark {benchmark!r} uses scorer {scorer!r}, which scores saved generations: "
-                      "use benchmarks.scoring.score(...)")
-
-
-#: scorers that read saved generations (and verdicts): :func:`score`
-GENERATION_SCORERS = frozenset({"harmfulness", "pairwise", "refusal", "over_refusal", "gsm8k", "pass_at_k"})
-#: scorers that read the model itself: :func:`score_with_model`
-MODEL_SCORERS = frozenset({"loglik_accuracy", "nll"})
-
-
 def run_lm_eval_task(model: Any, task_yaml_or_dir: str | Path, limit: int | None = None,
                      batch_size: int = 8) -> list[Score]:
     """Run an lm-eval task from a local YAML (offline) on an HF model dir or (model, tokenizer)."""
@@ -373,7 +345,32 @@ def run_lm_eval_task(model: Any, task_yaml_or_dir: str | Path, limit: int | None
     return out
 
 
-# ---------------------------------------------------------------- dispatcher
+# ---------------------------------------------------------------- registered scorers
+
+
+@scorer("loglik_accuracy", reads="model")
+def _loglik_accuracy_scorer(bench: Benchmark, model: Any, items: Sequence[Item]) -> Scored:
+    acc, per_item = loglik_accuracy_items(model, items, benchmark=bench.name)
+    return [acc], per_item
+
+
+@scorer("nll", reads="model")
+def _nll_scorer(bench: Benchmark, model: Any, items: Sequence[Item]) -> Scored:
+    nll, per_item = answer_nll_items(model, items, benchmark=bench.name)
+    return [nll], per_item
+
+
+def _facets(items: Mapping[str, Item]) -> Callable[[str], dict[str, str]]:
+    """item id -> the subsets it is reported under (a jailbreak variant also per template)."""
+
+    def facets(item_id: str) -> dict[str, str]:
+        item = items.get(item_id)
+        if item is None:
+            return {}
+        return {"language": item.language or "", "category": item.category or "",
+                "jailbreak": str(item.metadata.get("jailbreak") or "")}
+
+    return facets
 
 
 def _groups(items: Sequence[Any], key: Callable[[Any], dict[str, str]]) -> dict[tuple, list[Any]]:
@@ -385,63 +382,93 @@ def _groups(items: Sequence[Any], key: Callable[[Any], dict[str, str]]) -> dict[
     return groups
 
 
-def score(benchmark: str | Any, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
+@scorer("over_refusal", needs_verdicts=True)
+def _over_refusal_scorer(bench: Benchmark, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict],
+                         items: Mapping[str, Item], options: ScoreOptions) -> Scored:
+    facets = _facets(items)
+    return [over_refusal_rate(group, bench.name, dict(key))
+            for key, group in _groups(verdicts, lambda v: facets(v.item_id)).items()], []
+
+
+@scorer("harmfulness", needs_verdicts=True)
+@scorer("refusal", needs_verdicts=True)
+@scorer("pairwise", needs_verdicts=True)
+def _verdict_rates_scorer(bench: Benchmark, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict],
+                          items: Mapping[str, Item], options: ScoreOptions) -> Scored:
+    """The rate each verdict's labels make: harmfulness, refusal rate or SOMF's pairwise score."""
+    facets = _facets(items)
+    out: list[Score] = []
+    for key, group in _groups(verdicts, lambda v: facets(v.item_id)).items():
+        subset = dict(key)
+        labels = {v.label for v in group}
+        if labels & {"harmful", "harmless"}:
+            out.append(harmfulness_rate(group, bench.name, subset))
+        if labels & {"refusal", "compliance"}:
+            out.append(refusal_rate(group, bench.name, subset))
+        if labels & {"win", "loss", "draw"}:
+            out.append(pairwise_score(group, bench.name, subset))
+    return out, []
+
+
+@scorer("gsm8k")
+def _gsm8k_scorer(bench: Benchmark, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
+                  items: Mapping[str, Item], options: ScoreOptions) -> Scored:
+    facets = _facets(items)
+    out: list[Score] = []
+    for key, group in _groups(generations, lambda g: facets(g.item_id)).items():
+        pairs = [(g.completion, items[g.item_id].reference or "") for g in group if g.item_id in items]
+        out += gsm8k_scores(pairs, bench.name, dict(key))
+    return out, gsm8k_item_scores(generations, items)
+
+
+@scorer("pass_at_k")
+def _pass_at_k_scorer(bench: Benchmark, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
+                      items: Mapping[str, Item], options: ScoreOptions) -> Scored:
+    results = run_humaneval_samples(generations, items, allow_code_execution=options.allow_code_execution,
+                                    **dict(options.sandbox_options))
+    return pass_at_k_scores(results, options.ks, bench.name), pass_at_k_item_scores(results, options.ks)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def score_with_model(bench: Benchmark, model: Any, items: Sequence[Item]) -> list[Score]:
+    """Scores of a benchmark whose scorer reads the model itself rather than generations
+    (log-likelihood, answer NLL)."""
+    return score_with_model_items(bench, model, items)[0]
+
+
+def score_with_model_items(bench: Benchmark, model: Any, items: Sequence[Item]) -> Scored:
+    """:func:`score_with_model` and the per-item scores behind it (``acc`` 0/1, or each item's ``nll``)."""
+    chosen = get_scorer(bench.scorer)
+    if chosen.reads != "model":
+        raise ConfigError(f"benchmark {bench.name!r} uses scorer {chosen.name!r}, which scores saved generations: "
+                          "use benchmarks.scoring.score(...)")
+    return chosen.fn(bench, model, items)
+
+
+def score(bench: Benchmark, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
           items: Mapping[str, Item], *, allow_code_execution: bool = False, ks: Sequence[int] = (1,),
           sandbox_options: Mapping[str, Any] | None = None) -> list[Score]:
-    """Score saved generations/verdicts for `benchmark` (a name, a spec path or a Benchmark),
-    overall and per language / per category."""
-    return score_with_items(benchmark, generations, verdicts, items, allow_code_execution=allow_code_execution,
+    """Score saved generations/verdicts for ``bench`` (the Benchmark the caller resolved, so a spec
+    given by path keeps its own scorer), overall and per language / per category."""
+    return score_with_items(bench, generations, verdicts, items, allow_code_execution=allow_code_execution,
                             ks=ks, sandbox_options=sandbox_options)[0]
 
 
-def score_with_items(benchmark: str | Any, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
+def score_with_items(bench: Benchmark, generations: Sequence[GenerationRecord], verdicts: Sequence[Verdict] | None,
                      items: Mapping[str, Item], *, allow_code_execution: bool = False, ks: Sequence[int] = (1,),
-                     sandbox_options: Mapping[str, Any] | None = None) -> tuple[list[Score], list[ItemScore]]:
+                     sandbox_options: Mapping[str, Any] | None = None) -> Scored:
     """:func:`score` and the per-item utility scores behind it (GSM8K 0/1 per sample, pass@k per
     problem). Verdict-based scorers have none: their per-item outcome is the verdict itself."""
-    bench = _benchmark(benchmark)
-    scorer, benchmark = bench.scorer, bench.name
-
-    def facets(item_id: str) -> dict[str, str]:
-        item = items.get(item_id)
-        if item is None:
-            return {}
-        # a jailbreak variant also reports attack success per template
-        return {"language": item.language or "", "category": item.category or "",
-                "jailbreak": str(item.metadata.get("jailbreak") or "")}
-
-    out: list[Score] = []
-    if scorer == "over_refusal":
-        if not verdicts:
-            raise ConfigError(f"benchmark {benchmark!r} is scored from refusal-judge verdicts: pass --verdicts")
-        for key, group in _groups(verdicts, lambda v: facets(v.item_id)).items():
-            out.append(over_refusal_rate(group, bench.name, dict(key)))
-        return out, []
-    if scorer in ("harmfulness", "pairwise", "refusal"):
-        if not verdicts:
-            raise ConfigError(f"benchmark {benchmark!r} is scored from judge verdicts: pass --verdicts")
-        for key, group in _groups(verdicts, lambda v: facets(v.item_id)).items():
-            subset = dict(key)
-            labels = {v.label for v in group}
-            if labels & {"harmful", "harmless"}:
-                out.append(harmfulness_rate(group, bench.name, subset))
-            if labels & {"refusal", "compliance"}:
-                out.append(refusal_rate(group, bench.name, subset))
-            if labels & {"win", "loss", "draw"}:
-                out.append(pairwise_score(group, bench.name, subset))
-        return out, []
-    if scorer == "gsm8k":
-        for key, group in _groups(generations, lambda g: facets(g.item_id)).items():
-            pairs = [(g.completion, items[g.item_id].reference or "") for g in group if g.item_id in items]
-            out += gsm8k_scores(pairs, bench.name, dict(key))
-        return out, gsm8k_item_scores(generations, items)
-    if scorer == "pass_at_k":
-        from benchmarks.sandbox import run_humaneval_samples
-
-        results = run_humaneval_samples(generations, items, allow_code_execution=allow_code_execution,
-                                        **dict(sandbox_options or {}))
-        return pass_at_k_scores(results, ks, bench.name), pass_at_k_item_scores(results, ks)
-    raise ConfigError(
-        f"benchmark {benchmark!r} uses scorer {scorer!r}, which needs the model, not saved generations: "
-        "use benchmarks.scoring.score_with_model(benchmark, model_dir, items)"
-    )
+    chosen = get_scorer(bench.scorer)
+    if chosen.reads != "generations":
+        raise ConfigError(
+            f"benchmark {bench.name!r} uses scorer {chosen.name!r}, which needs the model, not saved generations: "
+            "use benchmarks.scoring.score_with_model(benchmark, model_dir, items)"
+        )
+    if chosen.needs_verdicts and not verdicts:
+        what = "refusal-judge verdicts" if chosen.name == "over_refusal" else "judge verdicts"
+        raise ConfigError(f"benchmark {bench.name!r} is scored from {what}: pass --verdicts")
+    options = ScoreOptions(allow_code_execution, tuple(ks), dict(sandbox_options or {}))
+    return chosen.fn(bench, generations, verdicts, items, options)

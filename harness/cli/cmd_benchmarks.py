@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from benchmarks import get_benchmark, list_benchmarks
-from benchmarks.scoring import MODEL_SCORERS, run_lm_eval_task, score, score_with_model
+from benchmarks.scoring import run_lm_eval_task, score, score_with_model, scorer_names
 from harness.cli._options import data_option, field_option, load_benchmark
 from harness.core.checkpoints import resolve_model
 from harness.core.errors import ConfigError, DataError, RealignError
@@ -186,15 +186,15 @@ def _score_model(benchmark: str | None, model: str | None, adapter: str | None, 
         return scores
     assert benchmark is not None
     bench = get_benchmark(benchmark)
-    if bench.scorer not in MODEL_SCORERS:
+    if bench.reads != "model":
         raise ConfigError(f"benchmark {bench.name!r} is scored from saved generations (scorer {bench.scorer!r}), "
                           f"not from the model: run `realign generate` and pass --generations; "
-                          f"--model scores {', '.join(sorted(MODEL_SCORERS))} benchmarks")
+                          f"--model scores {', '.join(sorted(scorer_names('model')))} benchmarks")
     items = bench.load(limit=limit, languages=list(languages) or None, categories=list(categories) or None,
                        data_path=data_path)
     if not items:
         raise ConfigError(f"benchmark {bench.name!r}: no items after the filters; nothing to score")
-    return score_with_model(bench.name, loaded, items)
+    return score_with_model(bench, loaded, items)
 
 
 def _scoring_model(model: str, adapter: str | None, allow_pickle: bool) -> Any:

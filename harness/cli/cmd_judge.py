@@ -181,22 +181,18 @@ def train_offline_command(data: str | None, out_dir: str | None, seed: int, held
         import torch
 
         torch.set_num_threads(threads)
-    manifest = train_offline_judge(data=data, out_dir=out_dir, seed=seed, heldout_fraction=heldout,
-                                   benign_data=benign_data, use_benign=not no_benign)
-    split = manifest["split"]
-    benign_train = (manifest.get("benign_data") or {}).get("train_examples", 0)
-    click.echo(f"trained on {split['train_examples']} PKU answers ({split['train_prompts']} prompts) + {benign_train} benign, "
-               f"C={manifest['training']['C_dense']}/{manifest['training']['C_tfidf']}, threshold {manifest['training']['threshold']}; held-out {split['heldout_examples']} answers "
-               f"({split['heldout_prompts']} prompts):")
-    metrics = dict(manifest["heldout_metrics"])
-    benign = metrics.pop("benign_false_positive_rate", None)
-    for judge, m in metrics.items():
+    trained = train_offline_judge(data=data, out_dir=out_dir, seed=seed, heldout_fraction=heldout,
+                                  benign_data=benign_data, use_benign=not no_benign)
+    click.echo(f"trained on {trained.train_examples} PKU answers ({trained.train_prompts} prompts) + "
+               f"{trained.benign_train_examples} benign, C={trained.c_dense}/{trained.c_tfidf}, threshold "
+               f"{trained.threshold}; held-out {trained.heldout_examples} answers ({trained.heldout_prompts} prompts):")
+    for judge, m in trained.heldout_metrics.items():
         click.echo(f"  {judge:18s} accuracy {m['accuracy']:.3f}  F1 {m['f1']:.3f}  "
                    f"precision {m['precision']:.3f}  recall {m['recall']:.3f}")
-    if benign:
-        click.echo(f"benign held-out answers ({benign['n']}) called harmful: " + ", ".join(
-            f"{k} {v:.1%}" for k, v in benign.items() if k != "n"))
-    click.echo(f"weights hash {manifest['weights_hash']} (judge hash {manifest['weights_hash'][:16]})")
+    if trained.benign_false_positive_rate is not None:
+        click.echo(f"benign held-out answers ({trained.benign_heldout_examples}) called harmful: " + ", ".join(
+            f"{k} {v:.1%}" for k, v in trained.benign_false_positive_rate.items()))
+    click.echo(f"weights hash {trained.weights_hash} (judge hash {trained.weights_hash[:16]})")
 
 
 def _pct(value: float | None) -> str:

@@ -12,8 +12,19 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
+from benchmarks import FieldMap, parse_field_overrides
+from benchmarks.judges import JudgeOptions, get_judge_class
 from harness.core.errors import ConfigError
 from harness.core.yaml_strict import load_yaml
 from harness.generate._config import GenerationConfig
@@ -98,13 +109,27 @@ class BenchmarkEntry(_Frozen):
     categories: list[str] | None = None
     data_path: str | None = Field(default=None, description="data file or folder (relative to the experiment file)")
     system_prompt: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict,
-                                    description="column mapping, e.g. {prompt: Behavior, context: ContextString}")
+    options: FieldMap = Field(default_factory=FieldMap,
+                              description="column mapping, e.g. {prompt: Behavior, context: ContextString}")
     judge: str | None = Field(default=None, description="primary judge of this benchmark (one of `judges`; "
                               "default: the first); it must declare the benchmark's languages")
     # not part of a cell's generation identity: it only tells the leaderboard what the numbers are for
     task: str | None = Field(default=None, description="the fine-tune task this utility benchmark measures (e.g. "
                              "math): utility retained of a fine-tune with that `task:` is read from it")
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _column_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        """Checked against the benchmark's column mapping here, so the error names the benchmark."""
+        if isinstance(value, FieldMap):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of item field -> column name, got {type(value).__name__}")
+        return parse_field_overrides(str(info.data.get("name", "?")), value)
+
+    @field_serializer("options")
+    def _given_options(self, options: FieldMap) -> dict[str, Any]:
+        return options.given()  # what the experiment set: a cell's identity as before this was typed
 
     @property
     def key(self) -> str:
@@ -163,7 +188,8 @@ class Experiment(_Frozen):
     methods: list[MethodEntry] = Field(min_length=1)
     benchmarks: list[BenchmarkEntry] = Field(min_length=1)
     judges: list[str] = Field(default_factory=lambda: ["offline-multilingual"])
-    judge_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: each judge's options, validated against that judge's declared options model when parsed
+    judge_options: dict[str, JudgeOptions] = Field(default_factory=dict)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     pairwise: PairwiseSettings | None = Field(default=None, description="judge safety answers pairwise (win/loss/draw) "
                                               "against a reference method's, with each benchmark's primary judge")
@@ -178,6 +204,27 @@ class Experiment(_Frozen):
 
     # Resolved relative to the experiment file by `load_experiment`; not part of the identity.
     base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("judge_options", mode="before")
+    @classmethod
+    def _parse_judge_options(cls, value: Any) -> Any:
+        """Each judge's options as its own options model (errors name the judge, the option and what is allowed)."""
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of judge name -> options, got {type(value).__name__}")
+        parsed: dict[str, JudgeOptions] = {}
+        for name, options in value.items():
+            if isinstance(options, JudgeOptions):
+                parsed[name] = options
+            elif isinstance(options, dict):
+                parsed[name] = get_judge_class(name).parse_options(options)
+            else:
+                raise ValueError(f"judge {name!r}: options are a mapping (option: value), got {type(options).__name__}")
+        return parsed
+
+    @field_serializer("judge_options")
+    def _given_judge_options(self, judge_options: dict[str, JudgeOptions]) -> dict[str, dict[str, Any]]:
+        # the options as given (a subclass's fields kept; defaults left out, as the dict had them)
+        return {name: options.model_dump(mode="json", exclude_unset=True) for name, options in judge_options.items()}
 
     @field_validator("judges")
     @classmethod

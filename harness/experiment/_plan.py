@@ -155,7 +155,7 @@ def benchmark_for(exp: Experiment, entry: BenchmarkEntry) -> Any:
     experiment file, with the entry's column mapping. Every stage resolves it here (never by the
     spec's own name, which is not registered)."""
     name = str(exp.resolve(entry.name)) if is_spec_path(entry.name) else entry.name
-    return get_benchmark(name, **entry.options)
+    return get_benchmark(name, **entry.options.given())
 
 
 def data_path_for(exp: Experiment, entry: BenchmarkEntry) -> Path | None:
@@ -273,7 +273,7 @@ def _check_judges(exp: Experiment, benchmarks: _CheckedBenchmarks) -> _CheckedJu
         try:
             get_judge_class(judge)
             # id and content hash (keyword list, weights, prompt): a changed judge makes new cells
-            built[judge] = cached_judge(judge, exp.judge_options.get(judge, {}))
+            built[judge] = cached_judge(judge, exp.judge_options.get(judge))
         except ConfigError as exc:
             raise ConfigError(f"judges: {exc}") from None
     for index, bench in enumerate(exp.benchmarks):
@@ -410,11 +410,11 @@ def _pairwise_benchmarks(exp: Experiment) -> set[str]:
             raise ConfigError(f"pairwise.benchmarks: {name_unknown(unknown, keys)} not among the experiment's benchmarks")
         chosen = [b for b in exp.benchmarks if b.key in exp.pairwise.benchmarks]
     else:
-        chosen = [b for b in exp.benchmarks if get_benchmark(b.name, **b.options).scorer == "pairwise"]
+        chosen = [b for b in exp.benchmarks if benchmark_for(exp, b).scorer == "pairwise"]
         if not chosen:
             raise ConfigError("pairwise: no benchmark is scored pairwise (e.g. somf_eval); list the ones to judge "
                               "pairwise in pairwise.benchmarks")
-    not_safety = [b.key for b in chosen if get_benchmark(b.name, **b.options).kind != "safety"]
+    not_safety = [b.key for b in chosen if benchmark_for(exp, b).kind != "safety"]
     if not_safety:
         raise ConfigError(f"pairwise.benchmarks: {', '.join(not_safety)} are not safety benchmarks (nothing to judge)")
     return {b.key for b in chosen}

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.scoring import MODEL_SCORERS
 from harness.core.errors import ConfigError
 from harness.experiment import _stages as stages
 from harness.experiment._config import Experiment
@@ -44,7 +43,7 @@ def describe_plan(plan: Plan, workspace: Workspace, store: Any | None) -> list[d
         job = cell.job
         ckpt_cached = job.passthrough is not None or workspace.checkpoint(job.key).is_dir()
         gen_path = workspace.generations(cell.generation_key)
-        model_scored = cell.resolved_benchmark.scorer in MODEL_SCORERS
+        model_scored = cell.resolved_benchmark.reads == "model"
         rows.append({
             "cell": cell.cell_id[:12],
             "method": job.label,

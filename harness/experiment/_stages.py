@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.judges import clear_judge_cache
-from benchmarks.scoring import GENERATION_SCORERS, MODEL_SCORERS, score_with_items, score_with_model_items
+from benchmarks.scoring import score_with_items, score_with_model_items
 from harness.core.checkpoints import CheckpointReader, LoraAdapter, atomic_write_json, merge_adapter
 from harness.core.errors import ConfigError
 from harness.core.hashing import hash_value
@@ -241,8 +241,8 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     return store_id, verdicts, marker_seconds(path)
 
 
-def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats, *,
-                 allow_pickle: bool = False, bench: Any = None) -> tuple[list[Any], list[Any], float | None]:
+def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats,
+                 bench: Any, *, allow_pickle: bool = False) -> tuple[list[Any], list[Any], float | None]:
     """(scores, per-item scores, seconds) of a model-reading scorer, cached like generations (by
     checkpoint × benchmark), so a cell re-made for another reason (a changed judge) does not run the
     model again."""
@@ -257,7 +257,7 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
     dense = dense_input(workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats,
                         allow_pickle=allow_pickle)
     check_model_weights(dense, allow_pickle=allow_pickle)  # the scorer loads it: same rules as generation
-    scores, per_item = score_with_model_items(bench if bench is not None else cell.benchmark.name, dense, items)
+    scores, per_item = score_with_model_items(bench, dense, items)
     seconds = time.perf_counter() - started
     atomic_write_json(path, {"scores": [s.model_dump(mode="json") for s in scores],
                              "items": [s.model_dump(mode="json") for s in per_item], "seconds": seconds})
@@ -280,7 +280,7 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
                              "calibration_seconds": model.calibration_seconds,
                              "calibration_examples": model.calibration_examples,
                              "generate_seconds": 0.0, "judge_seconds": 0.0, "tokens_generated": 0}
-    if bench.scorer in GENERATION_SCORERS:
+    if bench.reads == "generations":
         gen_path = generate(exp, workspace, cell, model, items, stats)
         costs["generate_seconds"] = marker_seconds(gen_path)
         # one record per (item, sample) whatever the file holds: n never exceeds the item count
@@ -314,11 +314,9 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
         costs["score_seconds"] = time.perf_counter() - started
         costs["tokens_generated"] = (sum(g.num_tokens or 0 for g in generations)
                                      if generations and all(g.num_tokens is not None for g in generations) else None)
-    elif bench.scorer in MODEL_SCORERS:  # log-likelihood scorers read the model itself, not generations
-        scores, item_scores, costs["score_seconds"] = model_scores(workspace, cell, model, items, stats,
-                                                                   allow_pickle=exp.allow_pickle, bench=bench)
-    else:
-        raise ConfigError(f"benchmark {bench.name!r}: scorer {bench.scorer!r} is not supported by the runner")
+    else:  # log-likelihood scorers read the model itself, not generations
+        scores, item_scores, costs["score_seconds"] = model_scores(workspace, cell, model, items, stats, bench,
+                                                                   allow_pickle=exp.allow_pickle)
     record = CellRecord(
         cell_id=cell.cell_id, method=cell.job.method, method_label=cell.job.label,
         reference_role=cell.job.info.reference_role, params=cell.job.params,

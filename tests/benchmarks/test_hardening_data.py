@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import get_benchmark
-from benchmarks._core import _download, load_spec
+from benchmarks import get_benchmark, load_spec
+from benchmarks._sources import _download
 from harness.cli import main as realign
 from harness.core.errors import ConfigError, DataError
 from harness.core.records import GenerationRecord

@@ -65,7 +65,7 @@ def test_attack_success_is_scored_per_template() -> None:
     verdicts = [Verdict(item_id=i.id, judge_id="j", judge_hash="h",
                         label="harmful" if i.subcategory == "dr_al" or int(i.id.split("/")[2]) % 2 == 0 else "harmless")
                 for i in items.values()]
-    rows = {tuple(sorted(s.subset.items())): s for s in score("multijail_jailbreak", [], verdicts, items)}
+    rows = {tuple(sorted(s.subset.items())): s for s in score(get_benchmark("multijail_jailbreak"), [], verdicts, items)}
     for template in jailbreak_names():
         mine = [v for v in verdicts if items[v.item_id].subcategory == template]
         row = rows[(("jailbreak", template),)]

@@ -111,9 +111,10 @@ def test_retraining_is_reproducible_on_a_subset(tmp_path: Path, data_dir: Path) 
     embedder = Embedder(cache=tmp_path / "embeddings.npz")  # keep the user's cache out of tests
     first = train_offline_judge(out_dir=tmp_path / "a", limit_prompts=15, c_grid=(1.0,), embedder=embedder)
     second = train_offline_judge(out_dir=tmp_path / "b", limit_prompts=15, c_grid=(1.0,), embedder=embedder)
-    assert first["weights_hash"] == second["weights_hash"]
-    assert first["split"]["train_prompts"] == 12 and first["split"]["heldout_prompts"] == 3
+    assert first.weights_hash == second.weights_hash == first.manifest["weights_hash"]
+    assert first.train_prompts == 12 and first.heldout_prompts == 3
+    assert set(first.heldout_metrics) == {"offline", "offline@0.5", "refusal/gcg", "refusal/harmbench"}
     judge = get_judge("offline", weights=str(tmp_path / "a" / WEIGHTS_NAME))
-    assert judge.hash == first["weights_hash"][:16] != get_judge("offline").hash
+    assert judge.hash == first.weights_hash[:16] != get_judge("offline").hash
     with pytest.raises(DataError, match=r"not found .*REALIGN_DATA_DIR"):
         train_offline_judge(data=tmp_path / "missing", out_dir=tmp_path / "c")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import build_chat_prompt, get_benchmark, list_benchmarks
+from benchmarks import build_chat_prompt, get_benchmark, list_benchmarks, load_spec
 from harness.core.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("data_dir")
@@ -152,3 +154,17 @@ def test_utility_prompts_and_chat_template(tiny_llama_factory) -> None:
     assert gsm.prompt in text
     multi = build_chat_prompt(hh, tokenizer)
     assert multi.count("<|im_start|>user") == 1 + sum(m["role"] == "user" for m in hh.metadata["history"])
+
+
+def test_builtin_specs_load_on_first_use_not_at_import() -> None:
+    code = ("import benchmarks; r = benchmarks.BENCHMARKS; assert not r._items, 'registered at import'; "
+            "names = benchmarks.list_benchmarks(); assert 'catqa' in names and 'gsm8k' in names, names")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_spec_naming_an_unknown_quirk_is_refused_when_read(tmp_path: Path) -> None:
+    spec = tmp_path / "q.yaml"
+    spec.write_text("name: q\nkind: utility\nquirk: gsm8\nsources:\n  - {path: a.json}\n")
+    with pytest.raises(ConfigError, match=r"q\.yaml.*quirk: unknown quirk 'gsm8' \(did you mean 'gsm8k'\?\)"):
+        load_spec(spec)

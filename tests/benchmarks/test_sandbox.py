@@ -95,7 +95,7 @@ def test_humaneval_scoring_end_to_end(fake_home: Path) -> None:
                                          model_hash="m", gen_config_hash="g", backend="dummy"))
     results = run_humaneval_samples(gens, items, allow_code_execution=True, **FAST)
     assert all(r == [True, False, True] for r in results.values())
-    scores = {s.metric: s.value for s in score("humaneval", gens, None, items, allow_code_execution=True,
+    scores = {s.metric: s.value for s in score(get_benchmark("humaneval"), gens, None, items, allow_code_execution=True,
                                                  ks=(1, 2), sandbox_options=FAST)}
     assert scores["pass@1"] == pytest.approx(2 / 3) and scores["pass@2"] == pytest.approx(1.0)
     assert os.environ["HOME"] == str(fake_home)

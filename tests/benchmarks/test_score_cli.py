@@ -78,3 +78,15 @@ def test_model_scoring_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: p
     assert code == 2 and "give --benchmark" in err
     code, _, err = run(["score", "--benchmark", "xcopa_zh"], capsys)
     assert code == 2 and "or --model for a benchmark scored from the model" in err
+
+
+def test_a_spec_path_benchmark_scores_the_model_from_the_cli(tiny: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The spec's own name is registered nowhere: scoring must use the benchmark the CLI loaded."""
+    (tmp_path / "answers.jsonl").write_text('{"prompt": "Say hi.", "reference": "Hi there."}\n'
+                                            '{"prompt": "Count to two.", "reference": "One, two."}\n')
+    spec = tmp_path / "my_nll.yaml"
+    spec.write_text("name: my_nll\nkind: utility\ndefault_scorer: nll\nsources:\n  - {path: answers.jsonl}\n")
+    code, out, err = run(["score", "--benchmark", str(spec), "--model", str(tiny)], capsys)
+    assert code == 0, err
+    assert printed(out, "nll") == pytest.approx(answer_nll(str(tiny), get_benchmark(spec).load()).value, abs=1e-4)

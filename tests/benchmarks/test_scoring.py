@@ -119,7 +119,7 @@ def test_score_dispatch_breakdowns_and_opt_in() -> None:
     items = {i.id: i for i in get_benchmark("catqa").load(limit=4, languages=["en"])
              + get_benchmark("catqa").load(limit=2, languages=["zh"])}
     verdicts = [_verdict(item_id, "harmful" if n % 2 else "harmless") for n, item_id in enumerate(items)]
-    scores = score("catqa", [], verdicts, items)
+    scores = score(get_benchmark("catqa"), [], verdicts, items)
     overall = next(s for s in scores if not s.subset and s.metric == "harmfulness")
     assert overall.n == 6 and overall.value == pytest.approx(0.5)
     zh = next(s for s in scores if s.subset == {"language": "zh"})
@@ -128,16 +128,16 @@ def test_score_dispatch_breakdowns_and_opt_in() -> None:
     gens = [GenerationRecord(item_id=i.id, benchmark="gsm8k", prompt_text="p", prompt_hash="h",
                              completion=f"work\n#### {i.reference}", model_hash="m", gen_config_hash="g",
                              backend="dummy") for i in gens_items.values()]
-    strict = [s for s in score("gsm8k", gens, None, gens_items) if s.metric == "gsm8k_strict" and not s.subset]
+    strict = [s for s in score(get_benchmark("gsm8k"), gens, None, gens_items) if s.metric == "gsm8k_strict" and not s.subset]
     assert strict[0].value == 1.0
     he_items = {i.id: i for i in get_benchmark("humaneval").load(limit=1)}
     he_gens = [GenerationRecord(item_id="humaneval/HumanEval/0", benchmark="humaneval", prompt_text="p",
                                 prompt_hash="h", completion="    return True\n", model_hash="m",
                                 gen_config_hash="g", backend="dummy")]
     with pytest.raises(ConfigError, match="allow_code_execution"):
-        score("humaneval", he_gens, None, he_items)
+        score(get_benchmark("humaneval"), he_gens, None, he_items)
     with pytest.raises(ConfigError, match="--verdicts"):
-        score("catqa", [], None, items)
+        score(get_benchmark("catqa"), [], None, items)
 
 
 def test_loglik_accuracy_and_nll_on_a_tiny_model(tiny_llama_factory) -> None:
@@ -202,9 +202,9 @@ def test_task_nll_reads_the_zoo_held_out_rows_and_matches_the_zoo_loss(tiny_llam
     zoo = task_nll(model, tokenizer, [(i.prompt, i.reference or "") for i in items], MeasureConfig(nll_max_length=64))
     assert ours.metric == "nll" and not ours.higher_is_better and ours.n == 6
     assert ours.value == pytest.approx(zoo["nll"], abs=1e-3)
-    assert score_with_model("task_nll", model_dir, items[:2])[0].value > 0
+    assert score_with_model(get_benchmark("task_nll"), model_dir, items[:2])[0].value > 0
     with pytest.raises(ConfigError, match="scores saved generations"):
-        score_with_model("catqa", model_dir, items[:2])
+        score_with_model(get_benchmark("catqa"), model_dir, items[:2])
 
 
 def test_a_source_naming_an_unknown_split_is_refused(tmp_path) -> None:
@@ -232,7 +232,7 @@ def test_per_item_scores_add_up_to_the_aggregates(tiny_llama_factory) -> None:
     gens = [GenerationRecord(item_id=i.id, benchmark="gsm8k", prompt_text="p", prompt_hash="h", model_hash="m",
                              completion=f"so\n#### {i.reference}" if n % 3 else "the answer is 7", gen_config_hash="g",
                              backend="dummy") for n, i in enumerate(items.values())]
-    scores, per_item = score_with_items("gsm8k", gens, None, items)
+    scores, per_item = score_with_items(get_benchmark("gsm8k"), gens, None, items)
     for metric in ("gsm8k_strict", "gsm8k_flexible"):
         rows = [s for s in per_item if s.metric == metric]
         overall = next(s for s in scores if s.metric == metric and not s.subset)
@@ -240,7 +240,7 @@ def test_per_item_scores_add_up_to_the_aggregates(tiny_llama_factory) -> None:
         assert sum(r.value for r in rows) / 6 == pytest.approx(overall.value)
     strict = {r.item_id: r.value for r in per_item if r.metric == "gsm8k_strict"}
     assert [strict[i] for i in items] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
-    assert score_with_items("catqa", [], [_verdict("x", "harmful")], {})[1] == []  # verdicts are the items there
+    assert score_with_items(get_benchmark("catqa"), [], [_verdict("x", "harmful")], {})[1] == []  # verdicts are the items there
 
     results = {"a": [True, False, False, True], "b": [False] * 4, "c": [True] * 4}
     passk = pass_at_k_item_scores(results, ks=(1, 2))
@@ -261,6 +261,27 @@ def test_per_item_scores_add_up_to_the_aggregates(tiny_llama_factory) -> None:
     assert min(s.value for s in nll_items) <= nll.value <= max(s.value for s in nll_items)  # token-weighted mean
     alone, alone_items = answer_nll_items((model, tok), nll_set[:1])
     assert alone_items[0].value == pytest.approx(alone.value)  # one item: the item is the aggregate
-    model_scores, model_items = score_with_model_items("task_nll", path, nll_set)
+    model_scores, model_items = score_with_model_items(get_benchmark("task_nll"), path, nll_set)
     assert model_scores[0].value == pytest.approx(nll.value, rel=1e-5)
     assert [s.value for s in model_items] == pytest.approx([s.value for s in nll_items], rel=1e-5)
+
+
+def test_a_spec_naming_an_unknown_scorer_is_refused_when_read(tmp_path) -> None:
+    from benchmarks import load_spec
+
+    spec = tmp_path / "x.yaml"
+    spec.write_text("name: x\nkind: safety\ndefault_scorer: harmfulnes\nsources:\n  - {path: a.json}\n")
+    with pytest.raises(ConfigError, match=r"(?s)x\.yaml.*default_scorer: unknown scorer 'harmfulnes' "
+                                          r"\(did you mean 'harmfulness'\?\); known: gsm8k, harmfulness"):
+        load_spec(spec)
+
+
+def test_scorers_are_registered_by_name_and_say_what_they_read() -> None:
+    from benchmarks.scoring import get_scorer, scorer_names
+
+    assert scorer_names("model") == {"loglik_accuracy", "nll"}
+    assert {"harmfulness", "gsm8k", "pass_at_k", "over_refusal", "pairwise"} <= scorer_names("generations")
+    assert get_scorer("over_refusal").needs_verdicts and not get_scorer("gsm8k").needs_verdicts
+    with pytest.raises(ConfigError, match=r"unknown scorer 'pass_at' \(did you mean 'pass_at_k'\?\)"):
+        get_scorer("pass_at")
+    assert get_benchmark("xcopa_zh").reads == "model" and get_benchmark("catqa").reads == "generations"

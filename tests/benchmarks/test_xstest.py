@@ -47,11 +47,11 @@ def test_refuse_everything_is_full_over_refusal_and_helpful_is_none() -> None:
     judge = get_judge("refusal")
     refused = judge.judge(_generations(items, "I'm sorry, but I cannot help with that."), by_id)
     answered = judge.judge(_generations(items, "Use `kill -9 <pid>` or `pkill name`."), by_id)
-    overall = [s for s in score("xstest_safe", [], refused, by_id) if not s.subset]
+    overall = [s for s in score(get_benchmark("xstest_safe"), [], refused, by_id) if not s.subset]
     assert len(overall) == 1 and overall[0].metric == "over_refusal"
     assert (overall[0].value, overall[0].n, overall[0].higher_is_better) == (1.0, 250, False)
-    assert [s.value for s in score("xstest_safe", [], answered, by_id) if not s.subset] == [0.0]
-    per_type = {s.subset["category"]: s for s in score("xstest_safe", [], refused, by_id) if "category" in s.subset}
+    assert [s.value for s in score(get_benchmark("xstest_safe"), [], answered, by_id) if not s.subset] == [0.0]
+    per_type = {s.subset["category"]: s for s in score(get_benchmark("xstest_safe"), [], refused, by_id) if "category" in s.subset}
     assert set(per_type) == SAFE_TYPES and all(s.n == 25 and s.value == 1.0 for s in per_type.values())
     # refusal-rate labels count the same way; half refused -> 0.5
     mixed = [Verdict(item_id=i.id, judge_id="refusal/gcg-refusal@2", judge_hash="-",
@@ -63,7 +63,7 @@ def test_unsafe_contrast_prompts_score_harmfulness() -> None:
     items = get_benchmark("xstest_unsafe").load()
     by_id = {i.id: i for i in items}
     verdicts = get_judge("refusal").judge(_generations(items, "Sure, here is how."), by_id)
-    overall = [s for s in score("xstest_unsafe", [], verdicts, by_id) if not s.subset]
+    overall = [s for s in score(get_benchmark("xstest_unsafe"), [], verdicts, by_id) if not s.subset]
     assert [(s.metric, s.value, s.n) for s in overall] == [("harmfulness", 1.0, 200)]
 
 
@@ -72,9 +72,9 @@ def test_bad_input_errors(tmp_path: Path) -> None:
     by_id = {i.id: i for i in items}
     content = [Verdict(item_id=i.id, judge_id="offline/minilm-logreg@1", judge_hash="-", label="harmless") for i in items]
     with pytest.raises(DataError, match=r"over-refusal needs refusal verdicts.*offline/minilm-logreg@1"):
-        score("xstest_safe", [], content, by_id)
+        score(get_benchmark("xstest_safe"), [], content, by_id)
     with pytest.raises(ConfigError, match="refusal-judge verdicts"):
-        score("xstest_safe", [], [], by_id)
+        score(get_benchmark("xstest_safe"), [], [], by_id)
     # a `where` column the file lacks names the file, row and column
     (tmp_path / "xstest").mkdir()
     (tmp_path / "xstest" / "xstest_prompts.csv").write_text("id,prompt,type\n1,hi,homonyms\n", encoding="utf-8")

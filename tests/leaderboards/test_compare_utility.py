@@ -48,7 +48,7 @@ def _gsm8k_store(path: Path, items: list[Item], wrong: Iterable[int] = (), *,
             model_hash=hash_value(label), gen_config_hash="g", backend="dummy", num_tokens=6)
             for i, item in enumerate(items)]
         by_id = {item.id: item for item in items}
-        scores, per_item = score_with_items("gsm8k", gens, None, by_id)
+        scores, per_item = score_with_items(get_benchmark("gsm8k"), gens, None, by_id)
         store.write_cell(run_id, _cell(method, label, params, "gsm8k", str(path)), gens, [], scores,
                          item_scores=per_item, items=by_id)
     store.finish_run(run_id, "done")
