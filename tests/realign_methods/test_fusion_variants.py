@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from harness.core.errors import ConfigError
-from realign_methods import MergeSpec, get_method, merge, ops
+from realign_methods import MergeSpec, get_method, merge, mergekit_fields, ops
 from realign_methods._method import TensorContext, TensorInputs
 from realign_methods.methods.fusion import FUSION_VARIANTS
+from tests.cli import run
 
 MERGEKIT_PYTHON = Path("/work/wt-engine/.cache/mergekit-venv/bin/python")
 needs_mergekit = pytest.mark.skipif(
@@ -243,3 +245,107 @@ def test_mergekit_ops_equal_mergekit_sparsify_and_get_mask(sparsify: str | None,
         sparse.append(delta)
     ours = base + ops.mergekit_combine(sparse, cfg["weights"], consensus=consensus, normalize=consensus, lam=0.8)
     assert float((ours - theirs).abs().max()) <= 1e-6
+
+
+# --- `realign merge --mergekit-config` ---
+
+
+def _write_yaml(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _mergekit_config(family: dict[str, Path], method: str) -> dict:
+    per_model = [{"weight": 1.0, "density": 0.3}, {"weight": 0.6, "density": 0.5}]
+    if method in ("linear", "task_arithmetic"):
+        per_model = [{"weight": w["weight"]} for w in per_model]
+    config: dict = {
+        "merge_method": method,
+        "dtype": "float32",
+        "models": [{"model": str(family["base"])}] if method != "linear" else [],
+    }
+    config["models"] += [{"model": str(family[k]), "parameters": p} for k, p in zip(("ft1", "ft2"), per_model, strict=True)]
+    if method != "linear":
+        config["base_model"] = str(family["base"])
+        config["parameters"] = {"lambda": 0.9, "int8_mask": True}
+    return config
+
+
+def test_mergekit_config_maps_to_the_mergekit_variant(family: dict[str, Path], tmp_path: Path) -> None:
+    fields, warnings = mergekit_fields(_write_yaml(tmp_path / "m.yaml", _mergekit_config(family, "ties")))
+    assert fields == {
+        "method": "ties_mergekit", "base": str(family["base"]), "finetuned": [str(family["ft1"]), str(family["ft2"])],
+        "params": {"lam": 0.9, "weights": [1.0, 0.6], "density": [0.3, 0.5]}, "dtype": "float32",
+    }
+    assert any("int8_mask is ignored" in w for w in warnings)
+    linear, _ = mergekit_fields(_write_yaml(tmp_path / "l.yaml", _mergekit_config(family, "linear")))
+    assert linear["method"] == "weight_average" and linear["aligned"] == str(family["ft1"])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"merge_method": "slerp"}, "merge_method 'slerp' is not supported"),
+    ({"slices": []}, "field 'slices' is not supported"),
+    ({"parameters": {"normalize": [0.1, 0.2]}}, "parameters.normalize: expected a boolean"),
+    ({"parameters": {"epsilon": 0.1}}, "parameters.epsilon is not supported for ties"),
+    ({"base_model": None}, "base_model: ties needs the base model's path"),
+    ({"models": "x"}, "models: expected a non-empty list"),
+    ({"dtype": "int8"}, "dtype 'int8' is not supported"),
+])
+def test_mergekit_config_errors_name_the_field(change: dict, message: str, family: dict[str, Path], tmp_path: Path) -> None:
+    config = {**_mergekit_config(family, "ties"), **change}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        mergekit_fields(_write_yaml(tmp_path / "m.yaml", config))
+
+
+def test_mergekit_config_per_model_errors(family: dict[str, Path], tmp_path: Path) -> None:
+    config = _mergekit_config(family, "ties")
+    config["models"][1]["parameters"] = {"weight": [0.1, 0.9], "density": 0.3}
+    with pytest.raises(ConfigError, match=r"models\[1\]\.parameters\.weight: expected a number"):
+        mergekit_fields(_write_yaml(tmp_path / "m.yaml", config))
+    config["models"][1]["parameters"] = {"density": 0.3, "gamma": 0.1}
+    with pytest.raises(ConfigError, match=r"models\[1\]\.parameters\.gamma is not supported"):
+        mergekit_fields(_write_yaml(tmp_path / "m.yaml", config))
+    config["models"][1]["parameters"] = {"density": 0.3}
+    with pytest.raises(ConfigError, match=r"models\[1\]\.parameters\.weight is required"):
+        mergekit_fields(_write_yaml(tmp_path / "m.yaml", config))
+
+
+def test_cli_mergekit_config_refuses_clashing_options(
+    family: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_yaml(tmp_path / "m.yaml", _mergekit_config(family, "ties"))
+    code, _, err = run(["merge", "--mergekit-config", str(path), "-m", "ties", "--out", str(tmp_path / "o")], capsys)
+    assert code != 0 and "drop --method" in err
+
+
+_MERGEKIT_RUN = textwrap.dedent("""
+    import sys, yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+    config = MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1])))
+    run_merge(config, sys.argv[2], options=MergeOptions(copy_tokenizer=False, lazy_unpickle=False))
+""")
+
+
+@needs_mergekit
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "linear", "dare_ties"])
+def test_cli_mergekit_config_equals_mergekit(
+    method: str, family: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _mergekit_config(family, method)
+    if method == "dare_ties":  # random drops cannot match mergekit's global RNG; density 1 checks the rest
+        for model in config["models"][1:]:
+            model["parameters"]["density"] = 1.0
+    path = _write_yaml(tmp_path / "m.yaml", config)
+    code, _, err = run(["merge", "--mergekit-config", str(path), "--out", str(tmp_path / "ours")], capsys)
+    assert code == 0, err
+    subprocess.run([str(MERGEKIT_PYTHON), "-c", _MERGEKIT_RUN, str(path), str(tmp_path / "theirs")], check=True)
+    ours = load_file(tmp_path / "ours" / "model.safetensors")
+    theirs: dict[str, torch.Tensor] = {}
+    for file in (tmp_path / "theirs").glob("*.safetensors"):
+        theirs |= load_file(file)
+    assert set(ours) == set(theirs)
+    for name, tensor in ours.items():
+        assert tensor.dtype == theirs[name].dtype == torch.float32
+        assert float((tensor - theirs[name]).abs().max()) <= 1e-6, name
