@@ -14,21 +14,35 @@ mask drawn with ``torch.bernoulli(full_like(delta, 1 - p), generator=...)``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 from harness.core.errors import ConfigError, name_unknown
 
 Reduce = Literal["mean", "sum"]
-FUSION_RULES = ("task_arithmetic", "weight_average", "ties", "dare", "magnitude_prune")
-_RULE_PARAMS: dict[str, frozenset[str]] = {
-    "task_arithmetic": frozenset({"lam", "weights"}),
-    "weight_average": frozenset({"weights"}),
-    "ties": frozenset({"density", "lam", "reduce", "weights"}),
-    "dare": frozenset({"p", "lam", "weights"}),
-    "magnitude_prune": frozenset({"density", "lam", "weights"}),
+Sparsify = Literal["none", "magnitude", "dare"]
+
+
+class FusionOptions(NamedTuple):
+    """A fusion rule as options of generalized task arithmetic (as ``methods/fusion.py``'s variants)."""
+
+    sparsify: Sparsify = "none"
+    sign_consensus: bool = False
+    #: without consensus: "sum" is Σ λ·w_i·δ_i, "mean" the weighted mean Σ w_i·δ_i / Σ w_i
+    reduce: Reduce = "sum"
+
+
+#: the differentiable rules of :func:`fuse_deltas` (SOMF trains through them): options, accepted params
+FUSION_RULE_OPTIONS: dict[str, tuple[FusionOptions, frozenset[str]]] = {
+    "task_arithmetic": (FusionOptions(), frozenset({"lam", "weights"})),
+    "weight_average": (FusionOptions(reduce="mean"), frozenset({"weights"})),
+    "ties": (FusionOptions("magnitude", True), frozenset({"density", "lam", "reduce", "weights"})),
+    "dare": (FusionOptions("dare"), frozenset({"p", "lam", "weights"})),
+    "magnitude_prune": (FusionOptions("magnitude"), frozenset({"density", "lam", "weights"})),
+    "dare_ties": (FusionOptions("dare", True), frozenset({"p", "lam", "reduce", "weights"})),
 }
+FUSION_RULES = tuple(FUSION_RULE_OPTIONS)
 
 
 def _f32(tensor: torch.Tensor) -> torch.Tensor:
@@ -265,33 +279,35 @@ def fuse_deltas(
       ties:            density [0.2], lam [1.0], reduce ["mean"|"sum"], weights
       dare:            p [0.3], lam [1.0], weights   → Σ lam·w_i·DARE(δ_i, p)  (one generator, task by task)
       magnitude_prune: density [0.2], lam [1.0], weights → Σ lam·w_i·prune(δ_i)
+      dare_ties:       p [0.3], lam [1.0], reduce ["mean"|"sum"], weights → elect/merge of DARE(δ_i, p)
     Differentiable in the deltas.
     """
-    if rule not in _RULE_PARAMS:
+    if rule not in FUSION_RULE_OPTIONS:
         raise ConfigError(f"unknown fusion rule {name_unknown([rule], list(FUSION_RULES), cutoff=0.5)} (known: {', '.join(FUSION_RULES)})")
+    options, accepted = FUSION_RULE_OPTIONS[rule]
     params = dict(params or {})
-    unknown = sorted(set(params) - _RULE_PARAMS[rule])
+    unknown = sorted(set(params) - accepted)
     if unknown:
         raise ConfigError(
             f"fusion rule {rule!r}: unknown parameter(s) {', '.join(unknown)} "
-            f"(accepted: {', '.join(sorted(_RULE_PARAMS[rule]))})"
+            f"(accepted: {', '.join(sorted(accepted))})"
         )
     if not deltas:
         raise ConfigError(f"fusion rule {rule!r}: at least one task vector is required")
     lam = float(params.get("lam", 1.0))
     weights = params.get("weights")
     task_weights = _task_weights(len(deltas), lam, weights)
-    if rule == "task_arithmetic":
-        return weighted_sum(deltas, task_weights)
-    if rule == "weight_average":
-        return weight_average(deltas, weights)
-    if rule == "ties":
-        return ties(deltas, float(params.get("density", 0.2)), lam, params.get("reduce", "mean"), weights)
-    if rule == "dare":
+    if options.sparsify == "magnitude":
+        density = float(params.get("density", 0.2))
+        deltas = [magnitude_prune(delta, density) for delta in deltas]
+    elif options.sparsify == "dare":
         p = float(params.get("p", 0.3))
-        return weighted_sum([dare(delta, p, generator) for delta in deltas], task_weights)
-    density = float(params.get("density", 0.2))
-    return weighted_sum([magnitude_prune(delta, density) for delta in deltas], task_weights)
+        deltas = [dare(delta, p, generator) for delta in deltas]
+    if options.sign_consensus:
+        return elect_and_merge(deltas, task_weights, params.get("reduce", "mean"))
+    if options.reduce == "mean":
+        return weight_average(deltas, weights)
+    return weighted_sum(deltas, task_weights)
 
 
 def task_arithmetic_rows(

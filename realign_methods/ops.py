@@ -4,7 +4,9 @@ See :mod:`realign_methods._ops` for the conventions (they match ``peft.utils.mer
 """
 
 from realign_methods._ops import (
+    FUSION_RULE_OPTIONS,
     FUSION_RULES,
+    FusionOptions,
     apply_threshold,
     dare,
     elect_and_merge,
@@ -25,6 +27,8 @@ from realign_methods._ops import (
 
 __all__ = [
     "FUSION_RULES",
+    "FUSION_RULE_OPTIONS",
+    "FusionOptions",
     "apply_threshold",
     "dare",
     "elect_and_merge",

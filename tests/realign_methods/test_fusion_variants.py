@@ -349,3 +349,19 @@ def test_cli_mergekit_config_equals_mergekit(
     for name, tensor in ours.items():
         assert tensor.dtype == theirs[name].dtype == torch.float32
         assert float((tensor - theirs[name]).abs().max()) <= 1e-6, name
+
+
+def test_fuse_deltas_dare_ties_is_differentiable_and_matches_the_engine_variant() -> None:
+    """SOMF's differentiable path (fuse_deltas) and the engine's dare_ties agree, and gradients flow."""
+    generator = torch.Generator().manual_seed(8)
+    anchor = torch.randn(12, 10, generator=generator)
+    leaves = [(0.1 * torch.randn(12, 10, generator=generator)).requires_grad_() for _ in range(2)]
+    params = {"p": 0.4, "lam": 0.8, "reduce": "sum"}
+    fused = ops.fuse_deltas("dare_ties", leaves, params, TensorContext("w", 7).generator())
+    fused.sum().backward()
+    assert all(leaf.grad is not None and bool((leaf.grad != 0).any()) for leaf in leaves)
+    method = get_method("dare_ties")
+    models = [anchor + leaf.detach() for leaf in leaves]
+    inputs = TensorInputs.from_tensors("w", {"aligned": anchor, "finetuned": models})
+    engine = method.merge_tensor(inputs, method.validate(params), TensorContext("w", 7))
+    assert torch.allclose(engine, anchor + fused.detach(), atol=1e-6)
