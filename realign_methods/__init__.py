@@ -5,6 +5,7 @@
 """
 
 from realign_methods._engine import MergePlan, MergeSpec, merge, plan, resolve_device
+from realign_methods._mergekit import MERGEKIT_METHODS, mergekit_fields
 from realign_methods._method import (
     DENSE_INPUTS,
     AdapterParams,
@@ -34,6 +35,7 @@ from realign_methods._registry import (
 
 __all__ = [
     "DENSE_INPUTS",
+    "MERGEKIT_METHODS",
     "METHODS",
     "AdapterParams",
     "MergePlan",
@@ -51,6 +53,7 @@ __all__ = [
     "list_methods",
     "load_builtin_methods",
     "merge",
+    "mergekit_fields",
     "method_from_function",
     "parameter_ranges",
     "params_from_signature",

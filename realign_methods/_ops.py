@@ -14,21 +14,35 @@ mask drawn with ``torch.bernoulli(full_like(delta, 1 - p), generator=...)``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 from harness.core.errors import ConfigError, name_unknown
 
 Reduce = Literal["mean", "sum"]
-FUSION_RULES = ("task_arithmetic", "weight_average", "ties", "dare", "magnitude_prune")
-_RULE_PARAMS: dict[str, frozenset[str]] = {
-    "task_arithmetic": frozenset({"lam", "weights"}),
-    "weight_average": frozenset({"weights"}),
-    "ties": frozenset({"density", "lam", "reduce", "weights"}),
-    "dare": frozenset({"p", "lam", "weights"}),
-    "magnitude_prune": frozenset({"density", "lam", "weights"}),
+Sparsify = Literal["none", "magnitude", "dare"]
+
+
+class FusionOptions(NamedTuple):
+    """A fusion rule as options of generalized task arithmetic (as ``methods/fusion.py``'s variants)."""
+
+    sparsify: Sparsify = "none"
+    sign_consensus: bool = False
+    #: without consensus: "sum" is Σ λ·w_i·δ_i, "mean" the weighted mean Σ w_i·δ_i / Σ w_i
+    reduce: Reduce = "sum"
+
+
+#: the differentiable rules of :func:`fuse_deltas` (SOMF trains through them): options, accepted params
+FUSION_RULE_OPTIONS: dict[str, tuple[FusionOptions, frozenset[str]]] = {
+    "task_arithmetic": (FusionOptions(), frozenset({"lam", "weights"})),
+    "weight_average": (FusionOptions(reduce="mean"), frozenset({"weights"})),
+    "ties": (FusionOptions("magnitude", True), frozenset({"density", "lam", "reduce", "weights"})),
+    "dare": (FusionOptions("dare"), frozenset({"p", "lam", "weights"})),
+    "magnitude_prune": (FusionOptions("magnitude"), frozenset({"density", "lam", "weights"})),
+    "dare_ties": (FusionOptions("dare", True), frozenset({"p", "lam", "reduce", "weights"})),
 }
+FUSION_RULES = tuple(FUSION_RULE_OPTIONS)
 
 
 def _f32(tensor: torch.Tensor) -> torch.Tensor:
@@ -265,30 +279,135 @@ def fuse_deltas(
       ties:            density [0.2], lam [1.0], reduce ["mean"|"sum"], weights
       dare:            p [0.3], lam [1.0], weights   → Σ lam·w_i·DARE(δ_i, p)  (one generator, task by task)
       magnitude_prune: density [0.2], lam [1.0], weights → Σ lam·w_i·prune(δ_i)
+      dare_ties:       p [0.3], lam [1.0], reduce ["mean"|"sum"], weights → elect/merge of DARE(δ_i, p)
     Differentiable in the deltas.
     """
-    if rule not in _RULE_PARAMS:
+    if rule not in FUSION_RULE_OPTIONS:
         raise ConfigError(f"unknown fusion rule {name_unknown([rule], list(FUSION_RULES), cutoff=0.5)} (known: {', '.join(FUSION_RULES)})")
+    options, accepted = FUSION_RULE_OPTIONS[rule]
     params = dict(params or {})
-    unknown = sorted(set(params) - _RULE_PARAMS[rule])
+    unknown = sorted(set(params) - accepted)
     if unknown:
         raise ConfigError(
             f"fusion rule {rule!r}: unknown parameter(s) {', '.join(unknown)} "
-            f"(accepted: {', '.join(sorted(_RULE_PARAMS[rule]))})"
+            f"(accepted: {', '.join(sorted(accepted))})"
         )
     if not deltas:
         raise ConfigError(f"fusion rule {rule!r}: at least one task vector is required")
     lam = float(params.get("lam", 1.0))
     weights = params.get("weights")
     task_weights = _task_weights(len(deltas), lam, weights)
-    if rule == "task_arithmetic":
-        return weighted_sum(deltas, task_weights)
-    if rule == "weight_average":
-        return weight_average(deltas, weights)
-    if rule == "ties":
-        return ties(deltas, float(params.get("density", 0.2)), lam, params.get("reduce", "mean"), weights)
-    if rule == "dare":
+    if options.sparsify == "magnitude":
+        density = float(params.get("density", 0.2))
+        deltas = [magnitude_prune(delta, density) for delta in deltas]
+    elif options.sparsify == "dare":
         p = float(params.get("p", 0.3))
-        return weighted_sum([dare(delta, p, generator) for delta in deltas], task_weights)
-    density = float(params.get("density", 0.2))
-    return weighted_sum([magnitude_prune(delta, density) for delta in deltas], task_weights)
+        deltas = [dare(delta, p, generator) for delta in deltas]
+    if options.sign_consensus:
+        return elect_and_merge(deltas, task_weights, params.get("reduce", "mean"))
+    if options.reduce == "mean":
+        return weight_average(deltas, weights)
+    return weighted_sum(deltas, task_weights)
+
+
+def task_arithmetic_rows(
+    base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequence[float], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``base + Σ w_i·(m_i − base)`` in one fused, no-grad pass into a preallocated float32 ``out``.
+
+    The fast path of task arithmetic / weight averaging over dense fine-tunes: per cache-sized
+    sub-chunk it accumulates in place (one scratch buffer, no list of deltas). The operation order
+    is that of ``base + weighted_sum([m_i − base], weights)``, so the result is bit-identical.
+    """
+    if not models or len(models) != len(weights):
+        raise ConfigError(f"task_arithmetic_rows: expected matching non-empty models/weights, got {len(models)}/{len(weights)}")
+    with torch.no_grad():
+        flat_base = base.detach().reshape(-1)
+        flat_models = [m.detach().reshape(-1) for m in models]
+        result = torch.empty(flat_base.shape, dtype=torch.float32) if out is None else out.reshape(-1)
+        scratch = torch.empty(min(_FAST_CHUNK, result.numel()), dtype=torch.float32)
+        for start in range(0, result.numel(), _FAST_CHUNK):
+            stop = min(start + _FAST_CHUNK, result.numel())
+            anchor = _f32(flat_base[start:stop])
+            acc = result[start:stop]
+            torch.sub(_f32(flat_models[0][start:stop]), anchor, out=acc)
+            acc.mul_(weights[0])
+            tmp = scratch[: stop - start]
+            for model, weight in zip(flat_models[1:], weights[1:], strict=True):
+                torch.sub(_f32(model[start:stop]), anchor, out=tmp)
+                tmp.mul_(weight)
+                acc.add_(tmp)
+            acc.add_(anchor)
+    return result.reshape(base.shape)
+
+
+# --- mergekit 0.1.5 semantics (generalized task arithmetic), for parity with its YAML configs ---
+
+
+def mergekit_magnitude(delta: torch.Tensor, density: float, *, rescale: bool = False) -> torch.Tensor:
+    """mergekit's magnitude sparsification: exactly ``max(1, int(density·n))`` entries kept, chosen
+    by a descending ``argsort`` of |δ| (its tie order), optionally L1-rescaled."""
+    delta = _f32(delta.detach())
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    k = max(1, int(density * delta.numel()))
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
+    mask[torch.argsort(delta.abs().reshape(-1), descending=True)[:k]] = 1
+    return _l1_rescaled(delta, mask.reshape(delta.shape), rescale)
+
+
+def mergekit_random(
+    delta: torch.Tensor, density: float, generator: torch.Generator | None = None, *, rescale: bool = True
+) -> torch.Tensor:
+    """mergekit's DARE sparsification: keep each entry with probability ``density``
+    (``bernoulli(full_like(δ, density))``) and rescale the survivors to the original L1 norm
+    (not by ``1/density``) when ``rescale``."""
+    delta = _f32(delta.detach())
+    if density >= 1:
+        return delta
+    mask = torch.bernoulli(torch.full_like(delta, density), generator=generator)
+    return _l1_rescaled(delta, mask, rescale)
+
+
+def _l1_rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float = 1e-7) -> torch.Tensor:
+    masked = delta * mask
+    if not rescale:
+        return masked
+    before, after = delta.abs().sum(), masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)
+
+
+def mergekit_combine(
+    sparse: Sequence[torch.Tensor], weights: Sequence[float], *, consensus: bool, normalize: bool, lam: float = 1.0
+) -> torch.Tensor:
+    """mergekit's combination of sparsified task vectors (the merged delta, base not added).
+
+    Weights are applied *before* the sign election (sign of Σ w_i·δ_i, ties to +; a zero entry
+    agrees with neither sign); ``normalize`` divides by Σ w_i·agree_i (or by Σ w_i without
+    consensus); ``lam`` scales the result last.
+    """
+    if not sparse or len(sparse) != len(weights):
+        raise ConfigError(f"mergekit_combine: expected matching non-empty deltas/weights, got {len(sparse)}/{len(weights)}")
+    with torch.no_grad():
+        stacked = torch.stack([_f32(d.detach()) for d in sparse])
+        w = torch.tensor([float(x) for x in weights], dtype=torch.float32).reshape(-1, *([1] * (stacked.dim() - 1)))
+        stacked.mul_(w)
+        if consensus:
+            elected = (stacked.sum(dim=0) >= 0).to(torch.float32) * 2 - 1
+            agree = (stacked.sign() == elected).to(torch.float32)
+            mixed = (stacked * agree).sum(dim=0)
+            divisor = (w * agree).sum(dim=0)
+            divisor[divisor == 0] = 1
+        else:
+            mixed = stacked.sum(dim=0)
+            divisor = w.sum(dim=0)
+            divisor[divisor.abs() < 1e-8] = 1
+        if normalize:
+            mixed /= divisor
+        if lam != 1:
+            mixed *= lam
+    return mixed

@@ -4,7 +4,9 @@ See :mod:`realign_methods._ops` for the conventions (they match ``peft.utils.mer
 """
 
 from realign_methods._ops import (
+    FUSION_RULE_OPTIONS,
     FUSION_RULES,
+    FusionOptions,
     apply_threshold,
     dare,
     elect_and_merge,
@@ -12,7 +14,11 @@ from realign_methods._ops import (
     magnitude_prune,
     magnitude_threshold,
     magnitude_threshold_reference,
+    mergekit_combine,
+    mergekit_magnitude,
+    mergekit_random,
     task_arithmetic,
+    task_arithmetic_rows,
     ties,
     trim_elect_merge,
     weight_average,
@@ -21,6 +27,8 @@ from realign_methods._ops import (
 
 __all__ = [
     "FUSION_RULES",
+    "FUSION_RULE_OPTIONS",
+    "FusionOptions",
     "apply_threshold",
     "dare",
     "elect_and_merge",
@@ -28,7 +36,11 @@ __all__ = [
     "magnitude_prune",
     "magnitude_threshold",
     "magnitude_threshold_reference",
+    "mergekit_combine",
+    "mergekit_magnitude",
+    "mergekit_random",
     "task_arithmetic",
+    "task_arithmetic_rows",
     "ties",
     "trim_elect_merge",
     "weight_average",

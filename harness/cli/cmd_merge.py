@@ -9,7 +9,7 @@ import click
 
 from harness.core.errors import ConfigError
 from harness.core.yaml_strict import load_yaml
-from realign_methods import MergeSpec, merge, plan, resolve_device
+from realign_methods import MergeSpec, merge, mergekit_fields, plan, resolve_device
 
 
 def _parse_value(text: str) -> Any:
@@ -65,6 +65,9 @@ def _load_config(path: str) -> dict[str, Any]:
 @click.option("--max-shard-size", help="Shard size, e.g. 1GB (default 1GB).")
 @click.option("--output", "output_kind", type=click.Choice(["dense", "adapter"]), help="Dense weights or a LoRA adapter.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML with MergeSpec fields; options override it.")
+@click.option("--mergekit-config", "mergekit_config", type=click.Path(dir_okay=False),
+              help="A mergekit YAML (linear, task_arithmetic, ties, dare_ties, dare_linear) run with mergekit's "
+                   "semantics; --out is still required, other options override it.")
 @click.option("--dry-run", is_flag=True, help="Validate and print what would be read and written.")
 @click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle checkpoints (loaded with weights_only=True).")
 @click.option("--allow-nonfinite", is_flag=True, default=None,
@@ -73,7 +76,7 @@ def _load_config(path: str) -> dict[str, Any]:
 @click.option("--threads", type=int, help="Compute threads (default: all cores).")
 @click.option("--device", default="cpu", show_default=True, help="Compute device: cpu, cuda or cuda:N.")
 def merge_command(
-    config_path: str | None, dry_run: bool, params: tuple[str, ...], threads: int | None, device: str, **options: Any
+    config_path: str | None, mergekit_config: str | None, dry_run: bool, params: tuple[str, ...], threads: int | None, device: str, **options: Any
 ) -> None:
     """Merge checkpoints with METHOD, e.g.
 
@@ -89,7 +92,17 @@ def merge_command(
     """
     from rich.console import Console
 
+    if config_path and mergekit_config:
+        raise ConfigError("--config and --mergekit-config are exclusive: give one")
     fields: dict[str, Any] = _load_config(config_path) if config_path else {}
+    if mergekit_config:
+        clashing = [f"--{k.replace('_', '-')}" for k in ("method", "aligned", "unaligned", "base", "finetuned", "adapters")
+                    if options.get(k)] + (["--param"] if params else [])
+        if clashing:
+            raise ConfigError(f"--mergekit-config gives the method, models and parameters: drop {', '.join(clashing)}")
+        fields, warnings = mergekit_fields(mergekit_config)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
     rename = {"output_kind": "output"}
     for key, value in options.items():
         if value is None or value == ():
