@@ -56,8 +56,9 @@ class Benchmark:
         spec = BenchmarkSpec.model_validate({**self.spec.model_dump(), "fields": fields})
         return Benchmark(spec, self.origin)
 
-    def resolve(self, data_path: str | Path | None = None,
-                languages: list[str] | None = None) -> list[tuple[SourceSpec, str | None, Path]]:
+    def resolve(
+        self, data_path: str | Path | None = None, languages: list[str] | None = None
+    ) -> list[tuple[SourceSpec, str | None, Path]]:
         if not self.spec.sources:
             if data_path is None:
                 raise ConfigError(f"benchmark {self.name!r} reads your own file: pass data_path (--data FILE)")
@@ -68,8 +69,9 @@ class Benchmark:
         out: list[tuple[SourceSpec, str | None, Path]] = []
         for source in self.spec.sources:
             if source.language is not None:
-                langs: list[str | None] = [source.language] if (
-                    languages is None or source.language in languages) else []
+                langs: list[str | None] = (
+                    [source.language] if (languages is None or source.language in languages) else []
+                )
             elif "{language}" in source.path:
                 langs = list(languages or self.spec.languages)
             else:
@@ -88,9 +90,15 @@ class Benchmark:
                 f"valid: {', '.join(valid) or '(none)'}"
             )
 
-    def load(self, limit: int | None = None, sample: int | None = None, seed: int = 0,
-             languages: list[str] | None = None, categories: list[str] | None = None,
-             data_path: str | Path | None = None) -> list[Item]:
+    def load(
+        self,
+        limit: int | None = None,
+        sample: int | None = None,
+        seed: int = 0,
+        languages: list[str] | None = None,
+        categories: list[str] | None = None,
+        data_path: str | Path | None = None,
+    ) -> list[Item]:
         """Items after the language/category filters, a seeded sample of `sample`, then the first `limit`."""
         if self.spec.languages:
             self._check_choice("language", languages, self.spec.languages)
@@ -132,8 +140,15 @@ class Benchmark:
                         data = quirk(text_row) if quirk else dict(text_row)
                     except (KeyError, ValueError, SyntaxError) as exc:
                         raise DataError(f"{path}: row {number}: cannot parse ({exc!r})") from exc
-                    item = self._make_item(path, number, data, item_lang, category or file_category,
-                                           subcategory, (file_category or path.stem) if multi_source else None)
+                    item = self._make_item(
+                        path,
+                        number,
+                        data,
+                        item_lang,
+                        category or file_category,
+                        subcategory,
+                        (file_category or path.stem) if multi_source else None,
+                    )
                     if source.split is None or SPLITS[source.split](item):
                         items.extend(self._jailbroken(item) if spec.jailbreaks else [item])
         first: dict[str, Item] = {}
@@ -141,16 +156,25 @@ class Benchmark:
             seen = first.setdefault(item.id, item)
             if seen is not item:
                 m, s = item.metadata, seen.metadata
-                raise DataError(f"{m['source_file']}: row {m['source_row']}: item id {item.id!r} repeats row "
-                                f"{s['source_row']} of {s['source_file']}; ids must be unique (check the id column)")
+                raise DataError(
+                    f"{m['source_file']}: row {m['source_row']}: item id {item.id!r} repeats row "
+                    f"{s['source_row']} of {s['source_file']}; ids must be unique (check the id column)"
+                )
         return items
 
     def _jailbroken(self, item: Item) -> list[Item]:
         """One item per jailbreak template, the question inside it (ids ``<plain id>/<template>``)."""
-        return [item.model_copy(update={
-            "id": f"{item.id}/{name}", "prompt": apply_jailbreak(name, item.prompt), "subcategory": name,
-            "metadata": {**item.metadata, "jailbreak": name, "question": item.prompt}})
-            for name in self.spec.jailbreaks]
+        return [
+            item.model_copy(
+                update={
+                    "id": f"{item.id}/{name}",
+                    "prompt": apply_jailbreak(name, item.prompt),
+                    "subcategory": name,
+                    "metadata": {**item.metadata, "jailbreak": name, "question": item.prompt},
+                }
+            )
+            for name in self.spec.jailbreaks
+        ]
 
     def _rows(self, path: Path) -> Iterator[tuple[int, Row, str | None, str | None]]:
         if self.spec.layout != "nested":
@@ -175,8 +199,9 @@ class Benchmark:
         """Whether ``row`` has every ``where`` column equal to its value (a missing column is an error)."""
         return all(str(self._column(path, number, row, column)) == value for column, value in where.items())
 
-    def _per_language(self, row: Row, lang: str | None,
-                      languages: list[str] | None) -> Iterator[tuple[str | None, Row]]:
+    def _per_language(
+        self, row: Row, lang: str | None, languages: list[str] | None
+    ) -> Iterator[tuple[str | None, Row]]:
         if self.spec.layout != "language_columns":
             yield lang, row
             return
@@ -224,20 +249,34 @@ class Benchmark:
             used = [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(part) if f]
             missing = [f for f in used if f not in values]
             if missing:
-                raise DataError(f"{path}: row {number}: prompt template needs column {missing[0]!r}; "
-                                f"columns present: {', '.join(map(str, row))}")
-            if not isinstance(template, str) and used and all(
-                    values[f] is None or (isinstance(values[f], str) and not values[f].strip()) for f in used):
+                raise DataError(
+                    f"{path}: row {number}: prompt template needs column {missing[0]!r}; "
+                    f"columns present: {', '.join(map(str, row))}"
+                )
+            if (
+                not isinstance(template, str)
+                and used
+                and all(values[f] is None or (isinstance(values[f], str) and not values[f].strip()) for f in used)
+            ):
                 continue
             try:
                 kept.append(part.format(**{k: "" if v is None else v for k, v in values.items()}))
             except (KeyError, IndexError, ValueError) as exc:
-                raise DataError(f"{path}: row {number}: prompt template part {part!r} cannot be filled "
-                                f"({exc!r})") from exc
+                raise DataError(
+                    f"{path}: row {number}: prompt template part {part!r} cannot be filled ({exc!r})"
+                ) from exc
         return self.spec.template_separator.join(kept)
 
-    def _make_item(self, path: Path, number: int, row: Row, lang: str | None, category: str | None,
-                   subcategory: str | None, source_key: str | None) -> Item:
+    def _make_item(
+        self,
+        path: Path,
+        number: int,
+        row: Row,
+        lang: str | None,
+        category: str | None,
+        subcategory: str | None,
+        source_key: str | None,
+    ) -> Item:
         fields = self.spec.fields
         use_own = self.spec.layout != "rows" or (self.spec.quirk is not None and "prompt" in row)
         prompt_column = "prompt" if use_own else fields.prompt
@@ -246,9 +285,11 @@ class Benchmark:
         else:
             value = self._column(path, number, row, prompt_column)
             if not isinstance(value, str):
-                raise DataError(f"{path}: row {number}: prompt column {prompt_column!r} is "
-                                f"{'null' if value is None else type(value).__name__ + ' ' + repr(value)}; "
-                                "expected text")
+                raise DataError(
+                    f"{path}: row {number}: prompt column {prompt_column!r} is "
+                    f"{'null' if value is None else type(value).__name__ + ' ' + repr(value)}; "
+                    "expected text"
+                )
             prompt = value
         reference = row.get("_reference")
         if reference is None:
@@ -271,10 +312,17 @@ class Benchmark:
         parts = [self.name] + ([lang] if lang else []) + ([source_key] if source_key else [])
         if not row_id.startswith(self.name) and "/" in row_id:
             parts = [self.name]  # upstream ids like "HumanEval/0" already carry their namespace
-        return Item(id="/".join([*parts, row_id]), benchmark=self.name, prompt=prompt,
-                    system_prompt=self.spec.system_prompt, language=lang, category=category,
-                    subcategory=subcategory, reference=None if reference is None else str(reference),
-                    metadata=metadata)
+        return Item(
+            id="/".join([*parts, row_id]),
+            benchmark=self.name,
+            prompt=prompt,
+            system_prompt=self.spec.system_prompt,
+            language=lang,
+            category=category,
+            subcategory=subcategory,
+            reference=None if reference is None else str(reference),
+            metadata=metadata,
+        )
 
     @staticmethod
     def _text(value: Any, default: str | None) -> str | None:

@@ -26,8 +26,10 @@ def jailbreak_template(name: str) -> str:
     path = resources.files("benchmarks") / "jailbreaks" / f"{name}.txt"
     text = path.read_text(encoding="utf-8")
     if text.count(PLACEHOLDER) != 1:
-        raise DataError(f"benchmarks/jailbreaks/{name}.txt: expected the placeholder {PLACEHOLDER} exactly once, "
-                        f"found it {text.count(PLACEHOLDER)} times")
+        raise DataError(
+            f"benchmarks/jailbreaks/{name}.txt: expected the placeholder {PLACEHOLDER} exactly once, "
+            f"found it {text.count(PLACEHOLDER)} times"
+        )
     return text
 
 

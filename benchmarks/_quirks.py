@@ -53,8 +53,7 @@ def _xcopa_zh(row: Row) -> Row:
     # lm-eval's xcopa_zh: premise without its final punctuation + connector; choices as given.
     connector = {"cause": "因为", "effect": "所以"}[row["question"]]
     context = str(row["premise"]).strip()[:-1] + f" {connector}"
-    return {**row, "prompt": context, "_reference": str(row["label"]),
-            "choices": [row["choice1"], row["choice2"]]}
+    return {**row, "prompt": context, "_reference": str(row["label"]), "choices": [row["choice1"], row["choice2"]]}
 
 
 @_quirk("hh_rlhf")
@@ -73,5 +72,9 @@ def _hh_rlhf(row: Row) -> Row:
         messages.pop()
     if not messages:
         raise ValueError("no Human turn")
-    return {**row, "prompt": messages[-1]["content"], "history": messages[:-1],
-            "_reference": chosen[len(dialogue):].removeprefix("\n\nAssistant:").strip()}
+    return {
+        **row,
+        "prompt": messages[-1]["content"],
+        "history": messages[:-1],
+        "_reference": chosen[len(dialogue) :].removeprefix("\n\nAssistant:").strip(),
+    }

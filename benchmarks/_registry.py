@@ -20,8 +20,9 @@ def load_builtin_benchmarks() -> None:
     for entry in sorted(resources.files("benchmarks.specs").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
             data = load_yaml(entry.read_text(encoding="utf-8"), f"benchmarks/specs/{entry.name}")
-            BENCHMARKS.add(data["name"], Benchmark(BenchmarkSpec.model_validate(data)),
-                           source=f"benchmarks/specs/{entry.name}")
+            BENCHMARKS.add(
+                data["name"], Benchmark(BenchmarkSpec.model_validate(data)), source=f"benchmarks/specs/{entry.name}"
+            )
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark", "realign.benchmarks", builtins=load_builtin_benchmarks)
@@ -38,8 +39,9 @@ def load_spec(path_or_text: str | Path) -> Benchmark:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read benchmark spec ({exc})") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a benchmark spec is a mapping (name, kind, sources, fields ...), "
-                          f"got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: a benchmark spec is a mapping (name, kind, sources, fields ...), got {type(data).__name__}"
+        )
     try:
         return Benchmark(BenchmarkSpec.model_validate(data), path.resolve())
     except ValidationError as exc:
@@ -50,8 +52,10 @@ def load_spec(path_or_text: str | Path) -> Benchmark:
                 loc = err["loc"]
                 models: dict[str, type[BaseModel]] = {"fields": FieldMap, "sources": SourceSpec}
                 parent = models.get(str(loc[0]), BenchmarkSpec) if len(loc) > 1 else BenchmarkSpec
-                lines.append(f"{'.'.join(map(str, loc[:-1])) or '(top level)'}: unknown key "
-                             f"{name_unknown([str(loc[-1])], list(parent.model_fields))}")
+                lines.append(
+                    f"{'.'.join(map(str, loc[:-1])) or '(top level)'}: unknown key "
+                    f"{name_unknown([str(loc[-1])], list(parent.model_fields))}"
+                )
             else:
                 lines.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
         raise ConfigError(f"{path}: invalid benchmark spec: " + "; ".join(lines)) from None
@@ -68,8 +72,11 @@ def get_benchmark(name: str | Path, **fields: Any) -> Benchmark:
         bench = load_spec(name)
     else:
         entry: Any = BENCHMARKS.get(str(name))
-        bench = entry if isinstance(entry, Benchmark) else (
-            Benchmark(entry) if isinstance(entry, BenchmarkSpec) else entry())
+        bench = (
+            entry
+            if isinstance(entry, Benchmark)
+            else (Benchmark(entry) if isinstance(entry, BenchmarkSpec) else entry())
+        )
     return bench.with_fields(**fields) if fields else bench
 
 

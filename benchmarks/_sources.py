@@ -36,8 +36,13 @@ def _download(url: str, dest: Path, sha256: str | None) -> Path:
     return dest
 
 
-def resolve_source(spec: BenchmarkSpec, source: SourceSpec, language: str | None,
-                   data_path: str | Path | None = None, spec_dir: Path | None = None) -> list[Path]:
+def resolve_source(
+    spec: BenchmarkSpec,
+    source: SourceSpec,
+    language: str | None,
+    data_path: str | Path | None = None,
+    spec_dir: Path | None = None,
+) -> list[Path]:
     """Files for one source: explicit path -> the spec file's folder (a spec given by path) ->
     $REALIGN_DATA_DIR -> user cache -> pinned download."""
     rel = source.path.format(language=language or "")
@@ -62,12 +67,18 @@ def resolve_source(spec: BenchmarkSpec, source: SourceSpec, language: str | None
         roots.append(spec_dir)
     roots += data_dirs()
     for root in roots:
-        candidates = sorted(glob.glob(str(root / rel))) if glob.has_magic(rel) else (
-            [str(root / rel)] if (root / rel).is_file() else [])
+        candidates = (
+            sorted(glob.glob(str(root / rel)))
+            if glob.has_magic(rel)
+            else ([str(root / rel)] if (root / rel).is_file() else [])
+        )
         if not candidates and data_path is not None and root == Path(data_path):
             tail = rel.split("/", 1)[-1]
-            candidates = sorted(glob.glob(str(root / tail))) if glob.has_magic(tail) else (
-                [str(root / tail)] if (root / tail).is_file() else [])
+            candidates = (
+                sorted(glob.glob(str(root / tail)))
+                if glob.has_magic(tail)
+                else ([str(root / tail)] if (root / tail).is_file() else [])
+            )
         files = [Path(c) for c in candidates if Path(c).name not in source.exclude]
         if files:
             return files
@@ -78,8 +89,11 @@ def resolve_source(spec: BenchmarkSpec, source: SourceSpec, language: str | None
             return [_download(source.url, cache_dir() / "data" / rel, source.sha256)]
         except OSError as exc:
             failure = f" Download of {source.url} failed ({exc})."
-    how = (f"download {source.url} (sha256 {source.sha256}) to {cache_dir() / 'data' / rel}, or go online"
-           if source.url else "copy the upstream files there (see the benchmark's PROVENANCE)")
+    how = (
+        f"download {source.url} (sha256 {source.sha256}) to {cache_dir() / 'data' / rel}, or go online"
+        if source.url
+        else "copy the upstream files there (see the benchmark's PROVENANCE)"
+    )
     raise DataError(
         f"benchmark {spec.name!r}: data file {rel!r} not found; looked in: {', '.join(looked)}. "
         f"{failure} Set REALIGN_DATA_DIR to a folder holding {rel}, pass an explicit path, or {how}."

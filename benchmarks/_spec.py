@@ -37,11 +37,15 @@ class SourceSpec(BaseModel):
         path = self.path
         parts = PurePosixPath(path.replace("\\", "/")).parts
         if path.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", path) or ".." in parts:
-            raise ValueError(f"source with url: path {path!r} must be relative to the data dir, without '..' "
-                             "(downloads are confined to the cache directory)")
+            raise ValueError(
+                f"source with url: path {path!r} must be relative to the data dir, without '..' "
+                "(downloads are confined to the cache directory)"
+            )
         if not (self.sha256 and re.fullmatch(r"[0-9a-f]{64}", self.sha256)):
-            raise ValueError(f"source {self.path!r}: a url needs a sha256 (64 lowercase hex digits) "
-                             f"to check the download against; got {self.sha256!r}")
+            raise ValueError(
+                f"source {self.path!r}: a url needs a sha256 (64 lowercase hex digits) "
+                f"to check the download against; got {self.sha256!r}"
+            )
         return self
 
     @field_validator("split")
@@ -80,7 +84,6 @@ class FieldMap(BaseModel):
             raise ValueError(f"metadata: column(s) {repeated} listed twice; list each column once")
         return self
 
-
     def given(self) -> dict[str, Any]:
         """Only the fields set explicitly (an experiment's overrides of a benchmark's own mapping)."""
         return self.model_dump(include=self.model_fields_set)
@@ -92,8 +95,10 @@ def parse_field_overrides(benchmark: str, mapping: Mapping[str, Any]) -> FieldMa
     known = list(FieldMap.model_fields)
     unknown = [k for k in mapping if k not in known]
     if unknown:
-        raise ConfigError(f"benchmark {benchmark!r}: unknown option {name_unknown(unknown, known)}; "
-                          f"accepted options (item fields that take a column): {', '.join(known)}")
+        raise ConfigError(
+            f"benchmark {benchmark!r}: unknown option {name_unknown(unknown, known)}; "
+            f"accepted options (item fields that take a column): {', '.join(known)}"
+        )
     try:
         return FieldMap.model_validate({k: v for k, v in mapping.items() if v is not None})
     except ValidationError as exc:
@@ -102,8 +107,9 @@ def parse_field_overrides(benchmark: str, mapping: Mapping[str, Any]) -> FieldMa
         message = str(err["msg"]).removeprefix("Value error, ")
         if not where:  # a check over the whole map: the message names the field
             raise ConfigError(f"benchmark {benchmark!r}: field map: {message}") from None
-        raise ConfigError(f"benchmark {benchmark!r}: field {where}: {message} "
-                          f"(got {err['input']!r}); expected a column name") from None
+        raise ConfigError(
+            f"benchmark {benchmark!r}: field {where}: {message} (got {err['input']!r}); expected a column name"
+        ) from None
 
 
 #: FieldMap fields that fall back to the column of their own name (not prompt: it always has a column).

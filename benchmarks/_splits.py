@@ -24,7 +24,8 @@ def is_eval_holdout(prompt: str) -> bool:
 #: every language, not only the en/zh rows trained on. tests/benchmarks/test_xsafety_heldout.py checks
 #: the list against the recipe.
 XSAFETY_ALIGNMENT_CATEGORIES = frozenset(
-    {"Crimes_And_Illegal_Activities", "Physical_Harm", "Privacy_And_Property", "Insult"})
+    {"Crimes_And_Illegal_Activities", "Physical_Harm", "Privacy_And_Property", "Insult"}
+)
 
 
 def is_xsafety_heldout(item: Item) -> bool:

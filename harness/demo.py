@@ -3,7 +3,8 @@
 Runs the experiment in ``configs/demo.yaml`` with the matrix runner (`realign run`): every method
 × every shipped fine-tune × CatQA en/zh, HarmfulQA, XSafety-en (categories θ_A never saw), XSTest
 (harmfulness on its unsafe prompts, over-refusal on its safe ones) and held-out task NLL, judged by
-the default offline-multilingual judge (primary, en and zh) and the refusal judge; writes the SQLite store and the static leaderboard site, prints the Markdown
+the default offline-multilingual judge (primary, en and zh) and the refusal judge; writes the SQLite
+store and the static leaderboard site, prints the Markdown
 leaderboard and ends with the path to open. Every artifact is cached by content, so a second run is
 a cache hit. ``--quick`` runs the same file on the subset in ``QUICK_OVERRIDES``.
 """
@@ -57,8 +58,9 @@ def quick_variant(data: dict[str, Any]) -> dict[str, Any]:
         {**b, **{k: min(int(b[k]), items) for k in ("sample", "limit") if k in b}} for b in data["benchmarks"]
     ]
     out["generation"] = {**data.get("generation", {}), "max_new_tokens": QUICK_OVERRIDES["max_new_tokens"]}
-    out["methods"] = [{**m, "params": _quick_params(m)} if "params" in m or m["name"] == "somf" else m
-                      for m in data["methods"]]
+    out["methods"] = [
+        {**m, "params": _quick_params(m)} if "params" in m or m["name"] == "somf" else m for m in data["methods"]
+    ]
     return out
 
 
@@ -69,8 +71,9 @@ def load_demo(config: Path, quick: bool, output_dir: Path | None = None) -> Any:
     data = load_yaml(config.read_text(encoding="utf-8"), str(config))
     if output_dir is not None:
         data["output_dir"] = str(output_dir.resolve())
-    return parse_experiment(quick_variant(data) if quick else data, source=str(config),
-                            base_dir=config.parent.resolve())
+    return parse_experiment(
+        quick_variant(data) if quick else data, source=str(config), base_dir=config.parent.resolve()
+    )
 
 
 def summary_markdown(markdown: str) -> str:
@@ -84,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the QUICK_OVERRIDES subset (about 5 minutes)")
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="experiment file (default: configs/demo.yaml)")
     parser.add_argument("--out", type=Path, default=None, help="artifacts and store (default: the file's output_dir)")
-    parser.add_argument("--site", type=Path, default=None, help="leaderboard site folder (default: <output_dir>/site[-quick])")
+    parser.add_argument(
+        "--site", type=Path, default=None, help="leaderboard site folder (default: <output_dir>/site[-quick])"
+    )
     args = parser.parse_args(argv)
 
     import logging
@@ -100,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         exp = load_demo(args.config, args.quick, args.out)
         todo = exp.models.finetuned
-        print(f"==> {exp.name}: {len(exp.methods)} methods x {len(todo)} fine-tuned model(s) "
-              f"({', '.join(m.name for m in todo)}) x {len(exp.benchmarks)} benchmarks, judges {', '.join(exp.judges)}",
-              flush=True)
+        print(
+            f"==> {exp.name}: {len(exp.methods)} methods x {len(todo)} fine-tuned model(s) "
+            f"({', '.join(m.name for m in todo)}) x {len(exp.benchmarks)} benchmarks, judges {', '.join(exp.judges)}",
+            flush=True,
+        )
         result = run_experiment(exp, progress=sys.stderr.isatty())
         print(f"==> run {result.run_id}: {result.stats.summary()}", flush=True)
         store = Store(result.store_location)

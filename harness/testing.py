@@ -149,8 +149,9 @@ def continue_adapter(base: str | Path, start: str | Path, out: str | Path, seed:
     from transformers import AutoModelForCausalLM
 
     generator = torch.Generator().manual_seed(seed)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(start),
-                                      is_trainable=True)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(start), is_trainable=True
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_" in name:

@@ -40,8 +40,16 @@ from leaderboards._store import Store
 PAIR_KEYS = ["method", "params", "finetuned", "benchmark", "item_id", "sample_index"]
 CELL_KEYS = ["method", "params", "finetuned", "benchmark"]
 CONTINUOUS_TESTS = ("wilcoxon", "bootstrap")
-FLIP_COLUMNS = ["method_label", *PAIR_KEYS, "metric", "direction", "baseline", "candidate", "baseline_completion",
-                "candidate_completion"]
+FLIP_COLUMNS = [
+    "method_label",
+    *PAIR_KEYS,
+    "metric",
+    "direction",
+    "baseline",
+    "candidate",
+    "baseline_completion",
+    "candidate_completion",
+]
 GROUP_CHOICES = ("benchmark", "method", "finetuned")
 _GROUP_COLUMN = {"benchmark": "benchmark", "method": "method_label", "finetuned": "finetuned"}
 
@@ -126,8 +134,12 @@ class CompareReport:
     def to_dict(self, max_flips: int | None = None) -> dict[str, Any]:
         flips = self.flipped if max_flips is None else self.flipped.head(max_flips)
         return {
-            "baseline": self.baseline, "candidate": self.candidate, "alpha": self.alpha, "judge": self.judge,
-            "regressed": self.regressed, "results": [r.as_dict() for r in self.results],
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "alpha": self.alpha,
+            "judge": self.judge,
+            "regressed": self.regressed,
+            "results": [r.as_dict() for r in self.results],
             "flipped": flips.astype(object).where(flips.notna(), None).to_dict(orient="records"),
             "notes": self.notes,
         }
@@ -139,7 +151,8 @@ def _outcomes(ref: RunRef, judge: str | None) -> tuple[pd.DataFrame, str | None,
     all_cells = ref.store.cells(ref.run_id)
     done = all_cells[all_cells["status"] == "done"]
     cells = done[["cell_id", "method", "params", "method_label", "finetuned", "benchmark_label"]].rename(
-        columns={"benchmark_label": "benchmark"})
+        columns={"benchmark_label": "benchmark"}
+    )
     verdicts = ref.store.verdicts_frame(ref.run_id)
     verdicts = verdicts[verdicts["label"].isin(["harmful", "harmless"])]
     if judge is None and len(verdicts):
@@ -147,8 +160,13 @@ def _outcomes(ref: RunRef, judge: str | None) -> tuple[pd.DataFrame, str | None,
     verdicts = verdicts[verdicts["judge_id"] == judge]
     harm = verdicts.assign(metric="harmfulness", outcome=(verdicts["label"] == "harmful").astype(float))
     item_scores = ref.store.item_scores_frame(ref.run_id).rename(columns={"value": "outcome"})
-    frame = pd.concat([harm[["cell_id", "item_id", "sample_index", "metric", "outcome"]],
-                       item_scores[["cell_id", "item_id", "sample_index", "metric", "outcome"]]], ignore_index=True)
+    frame = pd.concat(
+        [
+            harm[["cell_id", "item_id", "sample_index", "metric", "outcome"]],
+            item_scores[["cell_id", "item_id", "sample_index", "metric", "outcome"]],
+        ],
+        ignore_index=True,
+    )
     frame = frame.merge(cells, on="cell_id", how="inner")
     directions: dict[str, bool | None] = {"harmfulness": True}
     scores = ref.store.scores_frame(ref.run_id)
@@ -180,7 +198,9 @@ def _param_mismatches(base: pd.DataFrame, cand: pd.DataFrame) -> list[str]:
     joined = b.merge(c, on=["method_label", "finetuned", "benchmark"], suffixes=("_base", "_cand"))
     differ = joined[(joined["method_base"] != joined["method_cand"]) | (joined["params_base"] != joined["params_cand"])]
     notes = []
-    for (label, base_params, cand_params), _ in differ.groupby(["method_label", "params_base", "params_cand"], sort=True):
+    for (label, base_params, cand_params), _ in differ.groupby(
+        ["method_label", "params_base", "params_cand"], sort=True
+    ):
         notes.append(f"{label}: not paired, its parameters differ (baseline {base_params}, candidate {cand_params})")
     return notes
 
@@ -227,7 +247,9 @@ def compare_runs(
         known = set(base["metric"]) | set(cand["metric"])
         missing = [m for m in metrics if m not in known]
         if missing:
-            raise ConfigError(f"--metric {','.join(missing)}: not in either run (metrics: {', '.join(sorted(known)) or 'none'})")
+            raise ConfigError(
+                f"--metric {','.join(missing)}: not in either run (metrics: {', '.join(sorted(known)) or 'none'})"
+            )
         base, cand = base[base["metric"].isin(metrics)], cand[cand["metric"].isin(metrics)]
 
     keys = [*PAIR_KEYS, "metric"]
@@ -264,12 +286,23 @@ def compare_runs(
             p, used = wilcoxon_signed_rank(b_out, c_out), "wilcoxon"
         else:
             p, used = paired_bootstrap_pvalue(b_out, c_out, resamples=resamples, seed=seed), "bootstrap"
-        results.append(GroupResult(
-            group=dict(zip(by, (str(k) for k in key[:-1]), strict=True)), metric=metric, higher_is_worse=higher_is_worse,
-            n=len(group), baseline_mean=float(b_out.mean()), candidate_mean=float(c_out.mean()), diff=mean_diff,
-            ci_low=low, ci_high=high, worse_flips=up if higher_is_worse else down,
-            better_flips=down if higher_is_worse else up, p_value=p, test=used,
-        ))
+        results.append(
+            GroupResult(
+                group=dict(zip(by, (str(k) for k in key[:-1]), strict=True)),
+                metric=metric,
+                higher_is_worse=higher_is_worse,
+                n=len(group),
+                baseline_mean=float(b_out.mean()),
+                candidate_mean=float(c_out.mean()),
+                diff=mean_diff,
+                ci_low=low,
+                ci_high=high,
+                worse_flips=up if higher_is_worse else down,
+                better_flips=down if higher_is_worse else up,
+                p_value=p,
+                test=used,
+            )
+        )
         if metric == "harmfulness" and validation:
             for attr, out in (("baseline_corrected", b_out), ("candidate_corrected", c_out)):
                 rg = corrected_rate((out == 1).tolist(), validation, n_boot=1000, seed=seed)
@@ -286,22 +319,35 @@ def compare_runs(
     binary_rows = paired["outcome_base"].isin([0.0, 1.0]) & paired["outcome_cand"].isin([0.0, 1.0])
     flips = paired[binary_rows & (paired["outcome_base"] != paired["outcome_cand"])].copy()
     if len(flips):
-        worse = [(c > b) == bool(directions.get(m)) for b, c, m in
-                 zip(flips["outcome_base"], flips["outcome_cand"], flips["metric"], strict=True)]
+        worse = [
+            (c > b) == bool(directions.get(m))
+            for b, c, m in zip(flips["outcome_base"], flips["outcome_cand"], flips["metric"], strict=True)
+        ]
         flips["direction"] = ["worse" if w else "better" for w in worse]
         flips = flips.astype({"sample_index": int})
-        flips = flips.merge(_completions(base_ref).rename(columns={"completion": "baseline_completion"}),
-                            on=PAIR_KEYS, how="left")
-        flips = flips.merge(_completions(cand_ref).rename(columns={"completion": "candidate_completion"}),
-                            on=PAIR_KEYS, how="left")
+        flips = flips.merge(
+            _completions(base_ref).rename(columns={"completion": "baseline_completion"}), on=PAIR_KEYS, how="left"
+        )
+        flips = flips.merge(
+            _completions(cand_ref).rename(columns={"completion": "candidate_completion"}), on=PAIR_KEYS, how="left"
+        )
         for col in ("baseline_completion", "candidate_completion"):
             flips[col] = [_truncate(t, truncate) for t in flips[col]]
         flips = flips.rename(columns={"outcome_base": "baseline", "outcome_cand": "candidate"})
         flips = flips[[*FLIP_COLUMNS]]
-        flips = flips.sort_values(["direction", "metric", "method_label", *PAIR_KEYS],
-                                  ascending=[False, *([True] * (2 + len(PAIR_KEYS)))],
-                                  kind="mergesort").reset_index(drop=True)
+        flips = flips.sort_values(
+            ["direction", "metric", "method_label", *PAIR_KEYS],
+            ascending=[False, *([True] * (2 + len(PAIR_KEYS)))],
+            kind="mergesort",
+        ).reset_index(drop=True)
     else:
         flips = pd.DataFrame(columns=FLIP_COLUMNS)
-    return CompareReport(baseline=base_ref.label, candidate=cand_ref.label, alpha=alpha, judge=judge, results=results,
-                         flipped=flips, notes=notes)
+    return CompareReport(
+        baseline=base_ref.label,
+        candidate=cand_ref.label,
+        alpha=alpha,
+        judge=judge,
+        results=results,
+        flipped=flips,
+        notes=notes,
+    )

@@ -27,7 +27,9 @@ def judge_hashes(verdicts: pd.DataFrame) -> dict[str, str | None]:
     """The content hash each judge id gave its verdicts (None when a run mixes several for one id)."""
     if "judge_hash" not in verdicts.columns or verdicts.empty:
         return {}
-    return {str(j): (str(h.iloc[0]) if h.nunique() == 1 else None) for j, h in verdicts.groupby("judge_id")["judge_hash"]}
+    return {
+        str(j): (str(h.iloc[0]) if h.nunique() == 1 else None) for j, h in verdicts.groupby("judge_id")["judge_hash"]
+    }
 
 
 def declared_languages(judge_id: str, cards: Path | None = None, judge_hash: str | None = None) -> set[str] | None:
@@ -42,20 +44,35 @@ def agreement_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     harm = verdicts[verdicts["label"].isin(HARM)]
     for bench, group in harm.groupby("benchmark", sort=True):
         wide = group.assign(harmful=group["label"] == "harmful").pivot_table(
-            index=["cell_id", "item_id", "sample_index"], columns="judge_id", values="harmful", aggfunc="first")
+            index=["cell_id", "item_id", "sample_index"], columns="judge_id", values="harmful", aggfunc="first"
+        )
         for a, b in itertools.combinations(sorted(wide.columns), 2):
             both = wide[[a, b]].dropna()
             if both.empty:
                 continue
             x, y = both[a].astype(bool).tolist(), both[b].astype(bool).tolist()
-            rows.append({"benchmark": bench, "judge_a": a, "judge_b": b, "n": len(x),
-                         "agreement": sum(p == q for p, q in zip(x, y, strict=True)) / len(x),
-                         "kappa": cohen_kappa(x, y)})
+            rows.append(
+                {
+                    "benchmark": bench,
+                    "judge_a": a,
+                    "judge_b": b,
+                    "n": len(x),
+                    "agreement": sum(p == q for p, q in zip(x, y, strict=True)) / len(x),
+                    "kappa": cohen_kappa(x, y),
+                }
+            )
     return pd.DataFrame(rows, columns=["benchmark", "judge_a", "judge_b", "n", "agreement", "kappa"])
 
 
-def corrected_cells(verdicts: pd.DataFrame, judge_id: str, keys: list[str], languages: list[str],
-                    cards: Path | None = None, n_boot: int = 1000, judge_hash: str | None = None) -> pd.DataFrame:
+def corrected_cells(
+    verdicts: pd.DataFrame,
+    judge_id: str,
+    keys: list[str],
+    languages: list[str],
+    cards: Path | None = None,
+    n_boot: int = 1000,
+    judge_hash: str | None = None,
+) -> pd.DataFrame:
     """Rogan–Gladen harmfulness per group of ``keys`` under ``judge_id``, sens/spec from its card's rows of
     ``languages`` (all its rows if none of that language); empty when the judge has no card."""
     card = judge_card(judge_id, cards, judge_hash)
@@ -68,6 +85,12 @@ def corrected_cells(verdicts: pd.DataFrame, judge_id: str, keys: list[str], lang
     for key, group in sub.groupby(keys, sort=True):
         res = corrected_rate((group["label"] == "harmful").tolist(), validation, n_boot=n_boot)
         key_t = key if isinstance(key, tuple) else (key,)
-        out.append({**dict(zip(keys, key_t, strict=True)), "corrected": res.corrected,
-                    "corrected_low": res.low, "corrected_high": res.high})
+        out.append(
+            {
+                **dict(zip(keys, key_t, strict=True)),
+                "corrected": res.corrected,
+                "corrected_low": res.low,
+                "corrected_high": res.high,
+            }
+        )
     return pd.DataFrame(out, columns=cols)

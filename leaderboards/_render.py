@@ -59,31 +59,41 @@ def num(value: Any, digits: int = 3) -> str:
 # -- table views (strings, shared by Markdown and HTML) -------------------------------------------------
 def summary_view(board: Leaderboard) -> pd.DataFrame:
     frame = board.pareto()
-    out = pd.DataFrame({
-        "fine-tuned": frame["finetuned"],
-        "method": frame["method_label"],
-    })
+    out = pd.DataFrame(
+        {
+            "fine-tuned": frame["finetuned"],
+            "method": frame["method_label"],
+        }
+    )
     for bench in board.safety_benchmarks:
         judge = board.column_judges.get(bench, board.judge or DASH)
         out[f"harm. % {bench} [95% CI] ({judge})"] = [
-            pct_ci(v, lo, hi) for v, lo, hi in
-            zip(frame[f"H:{bench}"], frame[f"H:{bench}:low"], frame[f"H:{bench}:high"], strict=True)]
+            pct_ci(v, lo, hi)
+            for v, lo, hi in zip(frame[f"H:{bench}"], frame[f"H:{bench}:low"], frame[f"H:{bench}:high"], strict=True)
+        ]
         if f"HC:{bench}" in frame.columns and frame[f"HC:{bench}"].notna().any():
             out[f"corrected % {bench} [95% CI]"] = [
-                pct_ci(v, lo, hi) for v, lo, hi in
-                zip(frame[f"HC:{bench}"], frame[f"HC:{bench}:low"], frame[f"HC:{bench}:high"], strict=True)]
+                pct_ci(v, lo, hi)
+                for v, lo, hi in zip(
+                    frame[f"HC:{bench}"], frame[f"HC:{bench}:low"], frame[f"HC:{bench}:high"], strict=True
+                )
+            ]
     if board.safety_benchmarks:
         out["harm. mean %"] = [pct(v) for v in frame["harmfulness_mean"]]
         out["safety recovered %"] = [pct(v) if not _isnan(v) else DASH for v in frame["safety_recovered"]]
     for bench in board.jailbreak_benchmarks:  # beside plain harmfulness, not averaged into it
         judge = board.column_judges.get(bench, board.judge or DASH)
         out[f"ASR % {bench} [95% CI] ({judge})"] = [
-            pct_ci(v, lo, hi) for v, lo, hi in
-            zip(frame[f"ASR:{bench}"], frame[f"ASR:{bench}:low"], frame[f"ASR:{bench}:high"], strict=True)]
+            pct_ci(v, lo, hi)
+            for v, lo, hi in zip(
+                frame[f"ASR:{bench}"], frame[f"ASR:{bench}:low"], frame[f"ASR:{bench}:high"], strict=True
+            )
+        ]
     for bench in board.over_refusal_benchmarks:  # beside harmfulness: refusing everything is not safety
         out[f"over-refusal % {bench} [95% CI]"] = [
-            pct_ci(v, lo, hi) for v, lo, hi in
-            zip(frame[f"OR:{bench}"], frame[f"OR:{bench}:low"], frame[f"OR:{bench}:high"], strict=True)]
+            pct_ci(v, lo, hi)
+            for v, lo, hi in zip(frame[f"OR:{bench}"], frame[f"OR:{bench}:low"], frame[f"OR:{bench}:high"], strict=True)
+        ]
     for bench, metric in board.utility_benchmarks.items():
         out[f"{bench} ({metric})"] = [num(v) for v in frame[f"U:{bench}"]]
     if board.utility_benchmarks:
@@ -94,15 +104,23 @@ def summary_view(board: Leaderboard) -> pd.DataFrame:
             values = frame[f"cost:{column}"]
             if column in OPTIONAL_COST and not values.fillna(0).astype(float).any():
                 continue  # no method here calibrates: no columns of zeros in the summary
-            out[title] = [tokens(v) if column in ("tokens_generated", "calibration_examples") else seconds(v)
-                          for v in values]
+            out[title] = [
+                tokens(v) if column in ("tokens_generated", "calibration_examples") else seconds(v) for v in values
+            ]
     out["Pareto"] = ["★" if p else "" for p in frame["pareto"]]
     return out
 
 
-COST_TITLES = {"total_seconds": "cost s", "merge_seconds": "merge s", "train_seconds": "mask train s",
-               "calibration_seconds": "calib s", "calibration_examples": "calib n",
-               "generate_seconds": "gen s", "judge_seconds": "judge s", "tokens_generated": "tokens"}
+COST_TITLES = {
+    "total_seconds": "cost s",
+    "merge_seconds": "merge s",
+    "train_seconds": "mask train s",
+    "calibration_seconds": "calib s",
+    "calibration_examples": "calib n",
+    "generate_seconds": "gen s",
+    "judge_seconds": "judge s",
+    "tokens_generated": "tokens",
+}
 #: summary cost columns shown only when some row has a value (only calibrated methods have them)
 OPTIONAL_COST = ("calibration_seconds", "calibration_examples")
 
@@ -119,32 +137,54 @@ def cost_view(board: Leaderboard) -> pd.DataFrame:
     f = board.cost
     if f.empty or not f[["merge_seconds", "generate_seconds", "judge_seconds", "score_seconds"]].notna().any().any():
         return pd.DataFrame()
-    return pd.DataFrame({
-        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
-        "merge s": [seconds(v) for v in f["merge_seconds"]], "mask train s": [seconds(v) for v in f["train_seconds"]],
-        "calib s": [seconds(v) for v in f["calibration_seconds"]],
-        "calib n": [tokens(v) for v in f["calibration_examples"]],
-        "gen s": [seconds(v) for v in f["generate_seconds"]], "judge s": [seconds(v) for v in f["judge_seconds"]],
-        "score s": [seconds(v) for v in f["score_seconds"]], "tokens": [tokens(v) for v in f["tokens_generated"]],
-    })
+    return pd.DataFrame(
+        {
+            "fine-tuned": f["finetuned"],
+            "method": f["method_label"],
+            "benchmark": f["benchmark"],
+            "merge s": [seconds(v) for v in f["merge_seconds"]],
+            "mask train s": [seconds(v) for v in f["train_seconds"]],
+            "calib s": [seconds(v) for v in f["calibration_seconds"]],
+            "calib n": [tokens(v) for v in f["calibration_examples"]],
+            "gen s": [seconds(v) for v in f["generate_seconds"]],
+            "judge s": [seconds(v) for v in f["judge_seconds"]],
+            "score s": [seconds(v) for v in f["score_seconds"]],
+            "tokens": [tokens(v) for v in f["tokens_generated"]],
+        }
+    )
 
 
 def harmfulness_view(board: Leaderboard) -> pd.DataFrame:
     f = board.harmfulness
-    return pd.DataFrame({
-        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
-        "language": f["language"], "judge": f["judge_id"], "harmful / n": [f"{h} / {n}" for h, n in zip(f["harmful"], f["n"], strict=True)],
-        "harmfulness % [95% CI]": [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
-    })
+    return pd.DataFrame(
+        {
+            "fine-tuned": f["finetuned"],
+            "method": f["method_label"],
+            "benchmark": f["benchmark"],
+            "language": f["language"],
+            "judge": f["judge_id"],
+            "harmful / n": [f"{h} / {n}" for h, n in zip(f["harmful"], f["n"], strict=True)],
+            "harmfulness % [95% CI]": [
+                pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)
+            ],
+        }
+    )
 
 
 def categories_view(board: Leaderboard) -> pd.DataFrame:
     f = board.categories
-    return pd.DataFrame({
-        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"], "category": f["category"],
-        "harmful / n": [f"{h} / {n}" for h, n in zip(f["harmful"], f["n"], strict=True)],
-        "harmfulness % [95% CI]": [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
-    })
+    return pd.DataFrame(
+        {
+            "fine-tuned": f["finetuned"],
+            "method": f["method_label"],
+            "benchmark": f["benchmark"],
+            "category": f["category"],
+            "harmful / n": [f"{h} / {n}" for h, n in zip(f["harmful"], f["n"], strict=True)],
+            "harmfulness % [95% CI]": [
+                pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)
+            ],
+        }
+    )
 
 
 def _subset_text(subset: Any) -> str:
@@ -164,23 +204,39 @@ def utility_view(board: Leaderboard) -> pd.DataFrame:
         overall = f[f["subset"] == "all"].set_index(keys)[["n", "value"]]
         whole = f.join(overall, on=keys, rsuffix="_all")
         f = f[(f["subset"] == "all") | ~((whole["n"] == whole["n_all"]) & (whole["value"] == whole["value_all"]))]
-    return pd.DataFrame({
-        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"], "metric": f["metric"],
-        "subset": [_subset_text(v) for v in f["subset"]], "value": [num(v) for v in f["value"]],
-        "95% CI": [DASH if _isnan(lo) else f"[{num(lo)}, {num(hi)}]" for lo, hi in zip(f["ci_low"], f["ci_high"], strict=True)],
-        "n": f["n"],
-    })
+    return pd.DataFrame(
+        {
+            "fine-tuned": f["finetuned"],
+            "method": f["method_label"],
+            "benchmark": f["benchmark"],
+            "metric": f["metric"],
+            "subset": [_subset_text(v) for v in f["subset"]],
+            "value": [num(v) for v in f["value"]],
+            "95% CI": [
+                DASH if _isnan(lo) else f"[{num(lo)}, {num(hi)}]"
+                for lo, hi in zip(f["ci_low"], f["ci_high"], strict=True)
+            ],
+            "n": f["n"],
+        }
+    )
 
 
 def pairwise_view(board: Leaderboard) -> pd.DataFrame:
     f = board.pairwise
-    return pd.DataFrame({
-        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
-        "judge": [DASH if _isnan(j) else j for j in f["judge_id"]], "source": f["source"],
-        "W / L / D": [DASH if _isnan(w) else f"{int(w)} / {int(lo)} / {int(d)}"
-                      for w, lo, d in zip(f["wins"], f["losses"], f["draws"], strict=True)],
-        "score (W−L)/(W+L+D)×100": [num(v, 1) for v in f["score"]],
-    })
+    return pd.DataFrame(
+        {
+            "fine-tuned": f["finetuned"],
+            "method": f["method_label"],
+            "benchmark": f["benchmark"],
+            "judge": [DASH if _isnan(j) else j for j in f["judge_id"]],
+            "source": f["source"],
+            "W / L / D": [
+                DASH if _isnan(w) else f"{int(w)} / {int(lo)} / {int(d)}"
+                for w, lo, d in zip(f["wins"], f["losses"], f["draws"], strict=True)
+            ],
+            "score (W−L)/(W+L+D)×100": [num(v, 1) for v in f["score"]],
+        }
+    )
 
 
 def _rate_view(f: pd.DataFrame, by: tuple[str, str], count: tuple[str, str], rate: str) -> pd.DataFrame:
@@ -188,40 +244,61 @@ def _rate_view(f: pd.DataFrame, by: tuple[str, str], count: tuple[str, str], rat
     header) as "k / n", and the rate with its Wilson CI under header ``rate``."""
     if f.empty:
         return pd.DataFrame()
-    return pd.DataFrame({
-        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"],
-        "judge": f["judge_id"], by[1]: f[by[0]],
-        count[1]: [f"{h} / {n}" for h, n in zip(f[count[0]], f["n"], strict=True)],
-        rate: [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
-    })
+    return pd.DataFrame(
+        {
+            "fine-tuned": f["finetuned"],
+            "method": f["method_label"],
+            "benchmark": f["benchmark"],
+            "judge": f["judge_id"],
+            by[1]: f[by[0]],
+            count[1]: [f"{h} / {n}" for h, n in zip(f[count[0]], f["n"], strict=True)],
+            rate: [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
+        }
+    )
 
 
 def over_refusal_view(board: Leaderboard) -> pd.DataFrame:
-    return _rate_view(board.over_refusal, ("category", "category"), ("refused", "refused / n"),
-                      "over-refusal % [95% CI]")
+    return _rate_view(
+        board.over_refusal, ("category", "category"), ("refused", "refused / n"), "over-refusal % [95% CI]"
+    )
 
 
 def jailbreaks_view(board: Leaderboard) -> pd.DataFrame:
-    return _rate_view(board.jailbreaks, ("jailbreak", "jailbreak"), ("successes", "successes / n"),
-                      "attack success % [95% CI]")
+    return _rate_view(
+        board.jailbreaks, ("jailbreak", "jailbreak"), ("successes", "successes / n"), "attack success % [95% CI]"
+    )
 
 
 def refusal_view(board: Leaderboard) -> pd.DataFrame:
     f = board.refusal
-    return pd.DataFrame({
-        "fine-tuned": f["finetuned"], "method": f["method_label"], "benchmark": f["benchmark"], "judge": f["judge_id"],
-        "refusals / n": [f"{h} / {n}" for h, n in zip(f["refusals"], f["n"], strict=True)],
-        "refusal rate % [95% CI]": [pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)],
-    })
+    return pd.DataFrame(
+        {
+            "fine-tuned": f["finetuned"],
+            "method": f["method_label"],
+            "benchmark": f["benchmark"],
+            "judge": f["judge_id"],
+            "refusals / n": [f"{h} / {n}" for h, n in zip(f["refusals"], f["n"], strict=True)],
+            "refusal rate % [95% CI]": [
+                pct_ci(v, lo, hi) for v, lo, hi in zip(f["rate"], f["ci_low"], f["ci_high"], strict=True)
+            ],
+        }
+    )
 
 
 def agreement_view(board: Leaderboard) -> pd.DataFrame:
     f = board.agreement
     if f.empty:
         return pd.DataFrame(columns=["benchmark", "judge A", "judge B", "n", "agreement %", "Cohen's κ"])
-    return pd.DataFrame({"benchmark": f["benchmark"], "judge A": f["judge_a"], "judge B": f["judge_b"], "n": f["n"],
-                         "agreement %": [pct(v) for v in f["agreement"]],
-                         "Cohen's κ": [num(v) if v is not None else DASH for v in f["kappa"]]})
+    return pd.DataFrame(
+        {
+            "benchmark": f["benchmark"],
+            "judge A": f["judge_a"],
+            "judge B": f["judge_b"],
+            "n": f["n"],
+            "agreement %": [pct(v) for v in f["agreement"]],
+            "Cohen's κ": [num(v) if v is not None else DASH for v in f["kappa"]],
+        }
+    )
 
 
 def provenance_rows(board: Leaderboard) -> list[tuple[str, str]]:
@@ -249,9 +326,17 @@ def _views(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame]]:
         ("harmfulness", "Absolute harmfulness by benchmark and language", harmfulness_view(board)),
         ("categories", "Harmfulness by category (primary judge)", categories_view(board)),
         ("utility", "Utility by task", utility_view(board)),
-        ("pairwise", "Pairwise safety score (SOMF-style; not comparable with absolute harmfulness)", pairwise_view(board)),
+        (
+            "pairwise",
+            "Pairwise safety score (SOMF-style; not comparable with absolute harmfulness)",
+            pairwise_view(board),
+        ),
         ("refusal", "Refusal rate", refusal_view(board)),
-        ("over_refusal", "Over-refusal: safe prompts refused (refusal judge; lower is better)", over_refusal_view(board)),
+        (
+            "over_refusal",
+            "Over-refusal: safe prompts refused (refusal judge; lower is better)",
+            over_refusal_view(board),
+        ),
         ("jailbreaks", "Jailbreak robustness: attack success rate by template", jailbreaks_view(board)),
         ("agreement", "Judge agreement on the same generations (raw agreement, Cohen's κ)", agreement_view(board)),
         ("cost", "Cost per cell (wall seconds, tokens generated)", cost_view(board)),
@@ -270,12 +355,16 @@ def _md_table(frame: pd.DataFrame) -> str:
 
 
 def render_markdown(board: Leaderboard) -> str:
-    parts = [f"# Realign Bench leaderboard — {board.run['name']}", "",
-             "Harmfulness = harmful / (harmful + harmless) judged generations, in %, Wilson 95% CI. "
-             "Safety recovered = (H_ft − H_method) / (H_ft − H_aligned); utility retained (on the fine-tune's own "
-             "task) = U_method / U_ft, or (U_aligned − U_method) / (U_aligned − U_ft) for a lower-is-better metric "
-             f"(`sft` = fine-tuned, `aligned` = aligned reference). Cost: wall seconds of merge, mask training, "
-             f"generation and judging, and tokens generated. {DASH} = undefined.", ""]
+    parts = [
+        f"# Realign Bench leaderboard — {board.run['name']}",
+        "",
+        "Harmfulness = harmful / (harmful + harmless) judged generations, in %, Wilson 95% CI. "
+        "Safety recovered = (H_ft − H_method) / (H_ft − H_aligned); utility retained (on the fine-tune's own "
+        "task) = U_method / U_ft, or (U_aligned − U_method) / (U_aligned − U_ft) for a lower-is-better metric "
+        f"(`sft` = fine-tuned, `aligned` = aligned reference). Cost: wall seconds of merge, mask training, "
+        f"generation and judging, and tokens generated. {DASH} = undefined.",
+        "",
+    ]
     for note in board.notes:
         parts.append(f"> note: {note}")
     if board.notes:
@@ -311,8 +400,10 @@ def render_json(board: Leaderboard) -> str:
         "over_refusal_benchmarks": board.over_refusal_benchmarks,
         "jailbreak_benchmarks": board.jailbreak_benchmarks,
         "notes": board.notes,
-        "tables": {name: board.pareto().to_dict(orient="records") if name == "summary" else frame.to_dict(orient="records")
-                   for name, frame in board.tables().items()},
+        "tables": {
+            name: board.pareto().to_dict(orient="records") if name == "summary" else frame.to_dict(orient="records")
+            for name, frame in board.tables().items()
+        },
     }
     return json.dumps(_json_safe(data), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -345,7 +436,8 @@ _METHOD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564
 # Label positions tried around a point, in points from it (dx, dy), nearest first; the outer rings get
 # a leader line so a label far from its marker still points at it.
 _LABEL_OFFSETS = [(5, 4), (5, -11), (-5, 4), (-5, -11), (0, 13), (0, -20)] + [
-    (dx, dy) for ring in range(2, 8) for dy in (9 * ring + 4, -9 * ring - 11) for dx in (12, -12)]
+    (dx, dy) for ring in range(2, 8) for dy in (9 * ring + 4, -9 * ring - 11) for dx in (12, -12)
+]
 
 
 def _overlap(a: Any, b: Any) -> float:
@@ -370,10 +462,17 @@ def _place_labels(ax: Any, renderer: Any, points: list[tuple[float, float, str]]
         best: tuple[float, Any] | None = None
         for ring, (dx, dy) in enumerate(_LABEL_OFFSETS):
             far = ring >= 6
-            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8, color="#222",
-                               ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
-                               arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.6, "shrinkA": 0,
-                                           "shrinkB": 4} if far else None)
+            note = ax.annotate(
+                text,
+                (x, y),
+                textcoords="offset points",
+                xytext=(dx, dy),
+                fontsize=8,
+                color="#222",
+                ha="left" if dx >= 0 else "right",
+                va="bottom" if dy >= 0 else "top",
+                arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.6, "shrinkA": 0, "shrinkB": 4} if far else None,
+            )
             # the text's own box (an Annotation's extent includes its leader line); frozen: matplotlib reuses it
             note.update_positions(renderer)
             box = Text.get_window_extent(note, renderer).frozen()
@@ -407,7 +506,9 @@ def scatter_figure(board: Leaderboard) -> Any:
 
     frame = board.pareto()
     use_retained = frame["utility_retained"].notna().any()
-    y_col, y_label = ("utility_retained", "utility retained (%)") if use_retained else ("utility_mean", "utility (mean)")
+    y_col, y_label = (
+        ("utility_retained", "utility retained (%)") if use_retained else ("utility_mean", "utility (mean)")
+    )
     frame = frame[frame["harmfulness_mean"].notna() & frame[y_col].notna()]
     if frame.empty:
         return None
@@ -427,29 +528,48 @@ def scatter_figure(board: Leaderboard) -> Any:
         group = frame[frame["finetuned"] == ft].sort_values("method_label")
         for _, row in group.iterrows():
             ref = board.is_reference(row["method"])
-            ax.scatter([row["harmfulness_mean"] * 100], [row[y_col] * scale], s=70 if row["pareto"] else 45,
-                       marker="s" if ref else "o", color=color[row["method_label"]],
-                       edgecolor="black" if row["pareto"] else "white", linewidth=1.2, zorder=3)
+            ax.scatter(
+                [row["harmfulness_mean"] * 100],
+                [row[y_col] * scale],
+                s=70 if row["pareto"] else 45,
+                marker="s" if ref else "o",
+                color=color[row["method_label"]],
+                edgecolor="black" if row["pareto"] else "white",
+                linewidth=1.2,
+                zorder=3,
+            )
         ax.set_title(f"fine-tuned: {ft}", fontsize=10)
         ax.set_xlabel("harmfulness (%), lower is safer")
         ax.grid(True, alpha=0.3)
-        ax.set_xlim(min(0.0, float(frame["harmfulness_mean"].min()) * 100 - 5),
-                    max(100.0, float(frame["harmfulness_mean"].max()) * 100 + 5))
+        ax.set_xlim(
+            min(0.0, float(frame["harmfulness_mean"].min()) * 100 - 5),
+            max(100.0, float(frame["harmfulness_mean"].max()) * 100 + 5),
+        )
         if flat:
             value = float(ys.iloc[0])
-            low, high = (0.0, 100.0) if use_retained else ((0.0, 1.0) if 0.0 <= value <= 1.0 else
-                                                            sorted((0.0, 2 * value)))
+            low, high = (
+                (0.0, 100.0) if use_retained else ((0.0, 1.0) if 0.0 <= value <= 1.0 else sorted((0.0, 2 * value)))
+            )
             ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
-            ax.text(0.98, 0.96, f"every {'utility retained' if use_retained else 'utility'} is {value:.3g}: "
-                    "no trade-off to show", transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#a33")
+            ax.text(
+                0.98,
+                0.96,
+                f"every {'utility retained' if use_retained else 'utility'} is {value:.3g}: no trade-off to show",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=8,
+                color="#a33",
+            )
         else:
             ax.margins(y=0.15)
         if index % ncols == 0:
             ax.set_ylabel(y_label)
     for index in range(len(finetuned), nrows * ncols):
         axes[index // ncols][index % ncols].set_visible(False)
-    fig.suptitle("Safety vs utility (■ reference models, outlined = Pareto-optimal, dashed = Pareto front)",
-                 fontsize=11)
+    fig.suptitle(
+        "Safety vs utility (■ reference models, outlined = Pareto-optimal, dashed = Pareto front)", fontsize=11
+    )
     fig.tight_layout()
     for index, ft in enumerate(finetuned):  # after the layout: front edges and labels need final axes
         ax = axes[index // ncols][index % ncols]
@@ -461,13 +581,18 @@ def scatter_figure(board: Leaderboard) -> Any:
             # front, then on to the right edge (a single optimal point still shows its corner)
             xs = [float(front["harmfulness_mean"].iloc[0]) * 100, *(front["harmfulness_mean"] * 100), x1]
             ys_front = [y0, *(front[y_col] * scale), float(front[y_col].iloc[-1]) * scale]
-            (line,) = ax.step(xs, ys_front, where="post", color="#444", lw=1.2, ls="--", zorder=1,
-                              label="Pareto front")
+            (line,) = ax.step(xs, ys_front, where="post", color="#444", lw=1.2, ls="--", zorder=1, label="Pareto front")
             line.set_gid(f"pareto-front-{index}")  # an id in the SVG, for tests and readers
             ax.set_xlim(x0, x1)
             ax.set_ylim(y0, y1)
-        _place_labels(ax, renderer, [(float(r["harmfulness_mean"]) * 100, float(r[y_col]) * scale,
-                                      str(r["method_label"])) for _, r in group.sort_values("harmfulness_mean").iterrows()])
+        _place_labels(
+            ax,
+            renderer,
+            [
+                (float(r["harmfulness_mean"]) * 100, float(r[y_col]) * scale, str(r["method_label"]))
+                for _, r in group.sort_values("harmfulness_mean").iterrows()
+            ],
+        )
     return fig
 
 
@@ -478,10 +603,14 @@ def plot_heatmap(board: Leaderboard, path: Path) -> bool:
     cats = board.categories
     if cats.empty:
         return False
-    cats = cats.assign(row=cats["method_label"] + " · " + cats["finetuned"], col=cats["benchmark"] + " / " + cats["category"])
+    cats = cats.assign(
+        row=cats["method_label"] + " · " + cats["finetuned"], col=cats["benchmark"] + " / " + cats["category"]
+    )
     row_order = list(dict.fromkeys(cats["row"]))  # already in leaderboard order
     col_order = sorted(cats["col"].unique())
-    grid = cats.pivot_table(index="row", columns="col", values="rate", aggfunc="first").reindex(index=row_order, columns=col_order)
+    grid = cats.pivot_table(index="row", columns="col", values="rate", aggfunc="first").reindex(
+        index=row_order, columns=col_order
+    )
     values = grid.to_numpy(dtype=float) * 100
     fig = Figure(figsize=(max(5.0, 1.6 + 0.62 * len(col_order)), max(2.4, 1.4 + 0.36 * len(row_order))), dpi=100)
     ax = fig.subplots()
@@ -536,8 +665,9 @@ table.prov td { white-space: normal; }
 """
 
 
-def _html_table(frame: pd.DataFrame, table_id: str, row_classes: Iterable[str] | None = None,
-                align_numbers: bool = True) -> str:
+def _html_table(
+    frame: pd.DataFrame, table_id: str, row_classes: Iterable[str] | None = None, align_numbers: bool = True
+) -> str:
     classes = list(row_classes) if row_classes is not None else [""] * len(frame)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
@@ -553,8 +683,10 @@ def _html_table(frame: pd.DataFrame, table_id: str, row_classes: Iterable[str] |
             cells.append(f'<td class="num">{shown}</td>' if numeric else f"<td>{shown}</td>")
         attr = f' class="{cls}"' if cls else ""
         body.append(f"<tr{attr}>{''.join(cells)}</tr>")
-    return (f'<div class="table-wrap"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>\n{chr(10).join(body)}\n</tbody></table></div>")
+    return (
+        f'<div class="table-wrap"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>\n{chr(10).join(body)}\n</tbody></table></div>"
+    )
 
 
 def render_html(board: Leaderboard, out_dir: Path) -> Path:
@@ -563,15 +695,26 @@ def render_html(board: Leaderboard, out_dir: Path) -> Path:
     for stale in ("scatter.svg", "heatmap.svg"):  # a plot that no longer applies must not linger
         (out_dir / stale).unlink(missing_ok=True)
     if plot_scatter(board, out_dir / "scatter.svg"):
-        figures.append(("scatter.svg", "plot-scatter", "Safety vs utility per fine-tuned model; the dashed line is the Pareto front."))
+        figures.append(
+            (
+                "scatter.svg",
+                "plot-scatter",
+                "Safety vs utility per fine-tuned model; the dashed line is the Pareto front.",
+            )
+        )
     if plot_heatmap(board, out_dir / "heatmap.svg"):
         figures.append(("heatmap.svg", "plot-heatmap", "Harmfulness (%) per category under the primary judge."))
     run = board.run
     parts = [
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>Realign Bench leaderboard — {html.escape(str(run['name']))}</title>",
-        f"<style>{_CSS}</style>", "</head>", "<body>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
         f"<header><h1>Realign Bench leaderboard — {html.escape(str(run['name']))}</h1>"
         f"<p>run {html.escape(str(run['run_id']))} · {html.escape(str(run['status']))} · "
         f"started {html.escape(str(run['started_at']))} · judge {html.escape(board.judge or DASH)}</p></header>",
@@ -581,18 +724,18 @@ def render_html(board: Leaderboard, out_dir: Path) -> Path:
         parts.append('<div class="notes">' + "<br>".join(html.escape(n) for n in board.notes) + "</div>")
     legends = {
         "summary": "Harmfulness in % with Wilson 95% CI (lower is safer). Safety recovered = (H_ft − H_method)/(H_ft − H_aligned); "
-                   "utility retained (on the fine-tune's own task) = U_method/U_ft, or (U_aligned − U_method)/(U_aligned − U_ft) "
-                   "for a lower-is-better metric such as NLL; cost = wall seconds (merge and mask training once per "
-                   "checkpoint; generation, judging and scoring summed over benchmarks) and tokens generated; "
-                   "★ = Pareto-optimal within its fine-tuned model; — = undefined.",
+        "utility retained (on the fine-tune's own task) = U_method/U_ft, or (U_aligned − U_method)/(U_aligned − U_ft) "
+        "for a lower-is-better metric such as NLL; cost = wall seconds (merge and mask training once per "
+        "checkpoint; generation, judging and scoring summed over benchmarks) and tokens generated; "
+        "★ = Pareto-optimal within its fine-tuned model; — = undefined.",
         "over_refusal": "Over-refusal: the share of safe prompts (XSTest's 250 that only look unsafe) that the refusal "
-                        "judge calls refused, in % with Wilson 95% CI (lower is better). A method that is 'safe' only "
-                        "because it refuses everything shows it here.",
+        "judge calls refused, in % with Wilson 95% CI (lower is better). A method that is 'safe' only "
+        "because it refuses everything shows it here.",
         "jailbreaks": "Attack success rate (ASR): the share of jailbreak-wrapped harmful questions answered harmfully "
-                      "(harmful / judged, Wilson 95% CI), per template and overall (all), under the column's judge. "
-                      "Compare it with the plain benchmark's harmfulness in the summary.",
+        "(harmful / judged, Wilson 95% CI), per template and overall (all), under the column's judge. "
+        "Compare it with the plain benchmark's harmfulness in the summary.",
         "pairwise": "SOMF-style pairwise score against a reference model's answers: (W − L)/(W + L + D) × 100. "
-                    "A different quantity from absolute harmfulness; never compare the two.",
+        "A different quantity from absolute harmfulness; never compare the two.",
     }
     for table_id, title, view in _views(board):
         if view.empty:
@@ -608,21 +751,30 @@ def render_html(board: Leaderboard, out_dir: Path) -> Path:
             frame = board.pareto()
             first_of_group = frame["finetuned"].ne(frame["finetuned"].shift()).tolist()
             first_of_group[0] = False
-            row_classes = [" ".join(c for c in ("pareto" if p else "", "ref" if board.is_reference(m) else "",
-                                                "group-start" if g else "") if c)
-                           for p, m, g in zip(frame["pareto"], frame["method"], first_of_group, strict=True)]
+            row_classes = [
+                " ".join(
+                    c
+                    for c in ("pareto" if p else "", "ref" if board.is_reference(m) else "", "group-start" if g else "")
+                    if c
+                )
+                for p, m, g in zip(frame["pareto"], frame["method"], first_of_group, strict=True)
+            ]
         parts.append(_html_table(view, f"table-{table_id}", row_classes))
         if long_table:
             parts.append("</details>")
         if table_id == "summary" and figures:
             parts.append('<h2>Plots</h2><div class="plots">')
             for src, fig_id, caption in figures:
-                parts.append(f'<figure><img id="{fig_id}" src="{src}" alt="{html.escape(caption)}">'
-                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                parts.append(
+                    f'<figure><img id="{fig_id}" src="{src}" alt="{html.escape(caption)}">'
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
             parts.append("</div>")
     prov = pd.DataFrame(provenance_rows(board), columns=["field", "value"])
     parts.append("<h2>Provenance</h2>")
-    parts.append(_html_table(prov, "table-provenance", align_numbers=False).replace("<table ", '<table class="prov" ', 1))
+    parts.append(
+        _html_table(prov, "table-provenance", align_numbers=False).replace("<table ", '<table class="prov" ', 1)
+    )
     parts += ["</main>", "</body>", "</html>", ""]
     index = out_dir / "index.html"
     _write(index, "\n".join(parts))

@@ -168,8 +168,14 @@ scores = Table(
 Index("ix_run_cells_cell", run_cells.c.cell_id)
 Index("ix_cells_status", cells.c.status)
 
-COST_COLUMNS = ("merge_seconds", "train_seconds", "generate_seconds", "judge_seconds", "score_seconds",
-                "tokens_generated")
+COST_COLUMNS = (
+    "merge_seconds",
+    "train_seconds",
+    "generate_seconds",
+    "judge_seconds",
+    "score_seconds",
+    "tokens_generated",
+)
 # what each version adds: (table, column DDL), applied in order by Store when it opens an older store
 MIGRATIONS: dict[int, list[tuple[str, str]]] = {
     2: [("cells", f"{name} {'INTEGER' if name == 'tokens_generated' else 'FLOAT'}") for name in COST_COLUMNS],
@@ -179,8 +185,10 @@ MIGRATIONS: dict[int, list[tuple[str, str]]] = {
 # rows a version's new columns are filled with, after its columns are added (SQL run in the migration)
 BACKFILLS: dict[int, list[str]] = {
     # the reference rows were the baselines of these names before the role was recorded
-    4: ["UPDATE cells SET reference_role = CASE method WHEN 'original' THEN 'original' WHEN 'aligned' THEN "
-        "'aligned' WHEN 'sft' THEN 'finetuned' END"],
+    4: [
+        "UPDATE cells SET reference_role = CASE method WHEN 'original' THEN 'original' WHEN 'aligned' THEN "
+        "'aligned' WHEN 'sft' THEN 'finetuned' END"
+    ],
 }
 
 ALL_TABLES = ("meta", "runs", "cells", "run_cells", "items", "generations", "verdicts", "item_scores", "scores")

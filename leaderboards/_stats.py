@@ -12,6 +12,7 @@ from harness.core.stats import Z95, wilson_interval
 
 __all__ = ["Z95", "holm", "mcnemar", "paired_bootstrap_ci", "pareto_front", "wilson_interval"]
 
+
 def paired_bootstrap_ci(
     baseline: Sequence[float] | np.ndarray,
     candidate: Sequence[float] | np.ndarray,

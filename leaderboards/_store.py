@@ -123,7 +123,8 @@ def check_record_columns(model: type[BaseModel], table: Any, bookkeeping: Sequen
         raise StoreError(
             f"{model.__name__} and table {table.name!r} disagree: fields without a column "
             f"{sorted(fields - columns) or 'none'}, columns without a field {sorted(columns - fields) or 'none'} "
-            f"(add the column to leaderboards/_schema.py with a migration, or the field to {model.__name__})")
+            f"(add the column to leaderboards/_schema.py with a migration, or the field to {model.__name__})"
+        )
 
 
 check_record_columns(CellRecord, S.cells, CELL_BOOKKEEPING)
@@ -140,10 +141,19 @@ def collect_provenance(
     git_sha: str | None = None
     dirty: bool | None = None
     try:
-        git_sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                 timeout=10, check=True).stdout.strip() or None
-        porcelain = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10, check=True).stdout
+        git_sha = (
+            subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            or None
+        )
+        porcelain = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
         dirty = bool(porcelain.strip())
     except (OSError, subprocess.SubprocessError):
         pass
@@ -219,7 +229,7 @@ class Store:
     def __init__(self, url_or_path: str | os.PathLike[str], *, create: bool = True, check: bool = True) -> None:
         location = os.fspath(url_or_path)
         if location.startswith("sqlite:///") and location != "sqlite:///:memory:":
-            location = location[len("sqlite:///"):]  # a file URL: checked like a path
+            location = location[len("sqlite:///") :]  # a file URL: checked like a path
         self.path: Path | None = None
         if _is_url(location):
             url = location
@@ -264,7 +274,7 @@ class Store:
     def _make_engine(url: str) -> Engine:
         if not url.startswith("sqlite"):
             if url.startswith("postgresql://"):
-                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
             shown = _safe_url(url)
             try:
                 return create_engine(url, pool_pre_ping=True)
@@ -311,11 +321,16 @@ class Store:
                 raise StoreError(f"store {self.location}: empty store (no schema)")
             with self._write() as conn:
                 S.metadata.create_all(conn)
-                _upsert(conn, S.meta, [
-                    {"key": "schema_version", "value": str(S.SCHEMA_VERSION)},
-                    {"key": "created_at", "value": _now()},
-                    {"key": "created_by", "value": _package_version()},
-                ], update_existing=False)
+                _upsert(
+                    conn,
+                    S.meta,
+                    [
+                        {"key": "schema_version", "value": str(S.SCHEMA_VERSION)},
+                        {"key": "created_at", "value": _now()},
+                        {"key": "created_by", "value": _package_version()},
+                    ],
+                    update_existing=False,
+                )
                 version = int(conn.execute(select(S.meta.c.value).where(S.meta.c.key == "schema_version")).scalar_one())
         if version < S.SCHEMA_VERSION:
             version = self._migrate(version)
@@ -344,10 +359,17 @@ class Store:
                 for statement in S.BACKFILLS.get(target, []):
                     conn.exec_driver_sql(statement)
             conn.execute(update(S.meta).where(S.meta.c.key == "schema_version").values(value=str(S.SCHEMA_VERSION)))
-        log.warning("store %s: migrated schema version %d -> %d (columns added: %s)",
-                    self.location, version, S.SCHEMA_VERSION,
-                    ", ".join(column.split()[0] for v in range(version + 1, S.SCHEMA_VERSION + 1)
-                              for _table, column in S.MIGRATIONS[v]))
+        log.warning(
+            "store %s: migrated schema version %d -> %d (columns added: %s)",
+            self.location,
+            version,
+            S.SCHEMA_VERSION,
+            ", ".join(
+                column.split()[0]
+                for v in range(version + 1, S.SCHEMA_VERSION + 1)
+                for _table, column in S.MIGRATIONS[v]
+            ),
+        )
         return S.SCHEMA_VERSION
 
     def _read_version(self, conn: Connection, names: set[str]) -> int | None:
@@ -397,28 +419,52 @@ class Store:
         return f"Store({self.location!r})"
 
     # -- write API (the runner) -------------------------------------------------------------------
-    def begin_run(self, name: str, config: Mapping[str, Any], provenance: Mapping[str, Any] | None = None,
-                  *, run_id: str | None = None) -> str:
+    def begin_run(
+        self,
+        name: str,
+        config: Mapping[str, Any],
+        provenance: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> str:
         """Record a new run (status ``running``) and return its id (sortable by start time)."""
         started = _now()
         run_id = run_id or f"{started[:19].replace('-', '').replace(':', '').replace('T', '-')}-{secrets.token_hex(3)}"
         prov = dict(provenance or {})
         packages = prov.get("packages") or {}
         with self._write() as conn:
-            _upsert(conn, S.runs, [{
-                "run_id": run_id, "name": name, "config": canonical_json(dict(config)),
-                "config_hash": hash_value(dict(config), 32), "status": "running", "started_at": started,
-                "finished_at": None, "provenance": canonical_json(prov), "git_sha": prov.get("git_sha"),
-                "realign_version": packages.get("realign-bench") if isinstance(packages, dict) else None,
-                "counts": None,
-            }], update_existing=False)
+            _upsert(
+                conn,
+                S.runs,
+                [
+                    {
+                        "run_id": run_id,
+                        "name": name,
+                        "config": canonical_json(dict(config)),
+                        "config_hash": hash_value(dict(config), 32),
+                        "status": "running",
+                        "started_at": started,
+                        "finished_at": None,
+                        "provenance": canonical_json(prov),
+                        "git_sha": prov.get("git_sha"),
+                        "realign_version": packages.get("realign-bench") if isinstance(packages, dict) else None,
+                        "counts": None,
+                    }
+                ],
+                update_existing=False,
+            )
         return run_id
 
-    def finish_run(self, run_id: str, status: RunStatus | str = "done", counts: Mapping[str, Any] | None = None) -> None:
+    def finish_run(
+        self, run_id: str, status: RunStatus | str = "done", counts: Mapping[str, Any] | None = None
+    ) -> None:
         with self._write() as conn:
             self._require_run(conn, run_id)
-            conn.execute(update(S.runs).where(S.runs.c.run_id == run_id).values(
-                status=status, finished_at=_now(), counts=canonical_json(dict(counts or {}))))
+            conn.execute(
+                update(S.runs)
+                .where(S.runs.c.run_id == run_id)
+                .values(status=status, finished_at=_now(), counts=canonical_json(dict(counts or {})))
+            )
 
     def mark_interrupted(self) -> list[str]:
         """Mark ``running`` runs whose process is gone (same host, PID dead or reused) ``interrupted``.
@@ -435,8 +481,11 @@ class Store:
                 gone.append(run["run_id"])
         if gone:
             with self._write() as conn:
-                conn.execute(update(S.runs).where(S.runs.c.run_id.in_(gone), S.runs.c.status == "running")
-                             .values(status="interrupted"))
+                conn.execute(
+                    update(S.runs)
+                    .where(S.runs.c.run_id.in_(gone), S.runs.c.status == "running")
+                    .values(status="interrupted")
+                )
             log.info("store %s: marked %d runs whose process is gone as interrupted", self.location, len(gone))
         return gone
 
@@ -452,11 +501,17 @@ class Store:
         if existing is None:
             _upsert(conn, S.cells, [cell.row(run_id, "done" if status == "done" else status)])
         elif existing != "done" or status == "done":
-            conn.execute(update(S.cells).where(S.cells.c.cell_id == cell.cell_id).values(
-                status="done" if status == "done" else status, updated_at=_now(), error=None))
+            conn.execute(
+                update(S.cells)
+                .where(S.cells.c.cell_id == cell.cell_id)
+                .values(status="done" if status == "done" else status, updated_at=_now(), error=None)
+            )
         link_status = "cached" if existing == "done" and status != "done" else status
-        _upsert(conn, S.run_cells, [{"run_id": run_id, "cell_id": cell.cell_id, "status": link_status,
-                                     "updated_at": _now()}])
+        _upsert(
+            conn,
+            S.run_cells,
+            [{"run_id": run_id, "cell_id": cell.cell_id, "status": link_status, "updated_at": _now()}],
+        )
         return link_status
 
     def link_cell(self, run_id: str, cell_id: str, status: CellStatus = "cached") -> None:
@@ -472,18 +527,30 @@ class Store:
         wanted = sorted(set(cell_ids))
         with self._write() as conn:
             self._require_run(conn, run_id)
-            stored = set(conn.execute(select(S.cells.c.cell_id).where(S.cells.c.cell_id.in_(wanted))).scalars()) \
-                if len(wanted) <= 30_000 else set(conn.execute(select(S.cells.c.cell_id)).scalars())
+            stored = (
+                set(conn.execute(select(S.cells.c.cell_id).where(S.cells.c.cell_id.in_(wanted))).scalars())
+                if len(wanted) <= 30_000
+                else set(conn.execute(select(S.cells.c.cell_id)).scalars())
+            )
             missing = [c for c in wanted if c not in stored]
             if missing:
-                raise StoreError(f"store {self.location}: cells not stored, cannot link them to run {run_id}: "
-                                 f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+                raise StoreError(
+                    f"store {self.location}: cells not stored, cannot link them to run {run_id}: "
+                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+                )
             now = _now()
-            return _upsert(conn, S.run_cells, [{"run_id": run_id, "cell_id": c, "status": status, "updated_at": now}
-                                               for c in wanted])
+            return _upsert(
+                conn,
+                S.run_cells,
+                [{"run_id": run_id, "cell_id": c, "status": status, "updated_at": now} for c in wanted],
+            )
 
-    def add_items(self, cell_id: str, generations: Iterable[GenerationRecord],
-                  items: Mapping[str, Item] | Iterable[Item] | None = None) -> int:
+    def add_items(
+        self,
+        cell_id: str,
+        generations: Iterable[GenerationRecord],
+        items: Mapping[str, Item] | Iterable[Item] | None = None,
+    ) -> int:
         with self._write() as conn:
             return self._add_items(conn, cell_id, list(generations), _item_map(items))
 
@@ -521,7 +588,12 @@ class Store:
         """Store a finished cell in ONE transaction and mark it done: a kill mid-write leaves nothing."""
         if not isinstance(cell, CellRecord):
             raise TypeError(f"write_cell: expected a leaderboards.CellRecord, got {type(cell).__name__}")
-        gens, flat, score_list, per_item = list(generations), _flatten_verdicts(verdicts), list(scores), list(item_scores)
+        gens, flat, score_list, per_item = (
+            list(generations),
+            _flatten_verdicts(verdicts),
+            list(scores),
+            list(item_scores),
+        )
         with self._write() as conn:
             self._record_cell(conn, run_id, cell, "pending")
             self._add_items(conn, cell.cell_id, gens, _item_map(items))
@@ -539,12 +611,17 @@ class Store:
         if conn.execute(select(S.cells.c.cell_id).where(S.cells.c.cell_id == cell_id)).first() is None:
             raise StoreError(f"store {self.location}: no cell {cell_id!r}; call record_cell first")
 
-    def _set_cell_status(self, conn: Connection, run_id: str, cell_id: str, status: str, error: str | None = None) -> None:
+    def _set_cell_status(
+        self, conn: Connection, run_id: str, cell_id: str, status: str, error: str | None = None
+    ) -> None:
         self._require_run(conn, run_id)
         self._require_cell(conn, cell_id)
         cell_status = "done" if status in ("done", "cached") else status
-        conn.execute(update(S.cells).where(S.cells.c.cell_id == cell_id).values(
-            status=cell_status, error=error, updated_at=_now()))
+        conn.execute(
+            update(S.cells)
+            .where(S.cells.c.cell_id == cell_id)
+            .values(status=cell_status, error=error, updated_at=_now())
+        )
         _upsert(conn, S.run_cells, [{"run_id": run_id, "cell_id": cell_id, "status": status, "updated_at": _now()}])
 
     def _add_items(self, conn: Connection, cell_id: str, gens: list[GenerationRecord], items: dict[str, Item]) -> int:
@@ -554,39 +631,85 @@ class Store:
         for g in gens:
             item = items.get(g.item_id)
             item_rows[g.item_id] = {
-                "cell_id": cell_id, "item_id": g.item_id, "benchmark": g.benchmark,
+                "cell_id": cell_id,
+                "item_id": g.item_id,
+                "benchmark": g.benchmark,
                 "language": g.language or (item.language if item else None),
                 "category": g.category or (item.category if item else None),
-                "subcategory": item.subcategory if item else None, "prompt_hash": g.prompt_hash,
+                "subcategory": item.subcategory if item else None,
+                "prompt_hash": g.prompt_hash,
             }
-            gen_rows.append({
-                "cell_id": cell_id, "item_id": g.item_id, "sample_index": g.sample_index, "completion": g.completion,
-                "generation_hash": hash_text(g.completion), "prompt_hash": g.prompt_hash, "model_hash": g.model_hash,
-                "finish_reason": g.finish_reason, "num_tokens": g.num_tokens,
-            })
+            gen_rows.append(
+                {
+                    "cell_id": cell_id,
+                    "item_id": g.item_id,
+                    "sample_index": g.sample_index,
+                    "completion": g.completion,
+                    "generation_hash": hash_text(g.completion),
+                    "prompt_hash": g.prompt_hash,
+                    "model_hash": g.model_hash,
+                    "finish_reason": g.finish_reason,
+                    "num_tokens": g.num_tokens,
+                }
+            )
         for item_id, item in items.items():  # items without generations (e.g. log-likelihood tasks)
-            item_rows.setdefault(item_id, {
-                "cell_id": cell_id, "item_id": item_id, "benchmark": item.benchmark, "language": item.language,
-                "category": item.category, "subcategory": item.subcategory, "prompt_hash": hash_text(item.prompt),
-            })
+            item_rows.setdefault(
+                item_id,
+                {
+                    "cell_id": cell_id,
+                    "item_id": item_id,
+                    "benchmark": item.benchmark,
+                    "language": item.language,
+                    "category": item.category,
+                    "subcategory": item.subcategory,
+                    "prompt_hash": hash_text(item.prompt),
+                },
+            )
         _upsert(conn, S.items, list(item_rows.values()))
         return _upsert(conn, S.generations, gen_rows)
 
     def _add_verdicts(self, conn: Connection, cell_id: str, verdicts: list[Verdict]) -> int:
         self._require_cell(conn, cell_id)
-        return _upsert(conn, S.verdicts, [{
-            "cell_id": cell_id, "item_id": v.item_id, "sample_index": v.sample_index, "judge_id": v.judge_id,
-            "judge_hash": v.judge_hash, "label": v.label, "score": v.score, "rationale": v.rationale,
-            "generation_hash": v.generation_hash,
-        } for v in verdicts])
+        return _upsert(
+            conn,
+            S.verdicts,
+            [
+                {
+                    "cell_id": cell_id,
+                    "item_id": v.item_id,
+                    "sample_index": v.sample_index,
+                    "judge_id": v.judge_id,
+                    "judge_hash": v.judge_hash,
+                    "label": v.label,
+                    "score": v.score,
+                    "rationale": v.rationale,
+                    "generation_hash": v.generation_hash,
+                }
+                for v in verdicts
+            ],
+        )
 
     def _add_scores(self, conn: Connection, cell_id: str, scores: list[Score]) -> int:
         self._require_cell(conn, cell_id)
-        return _upsert(conn, S.scores, [{
-            "cell_id": cell_id, "benchmark": s.benchmark, "metric": s.metric, "subset_key": canonical_json(s.subset),
-            "subset": canonical_json(s.subset), "value": s.value, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n,
-            "higher_is_better": s.higher_is_better,
-        } for s in scores])
+        return _upsert(
+            conn,
+            S.scores,
+            [
+                {
+                    "cell_id": cell_id,
+                    "benchmark": s.benchmark,
+                    "metric": s.metric,
+                    "subset_key": canonical_json(s.subset),
+                    "subset": canonical_json(s.subset),
+                    "value": s.value,
+                    "ci_low": s.ci_low,
+                    "ci_high": s.ci_high,
+                    "n": s.n,
+                    "higher_is_better": s.higher_is_better,
+                }
+                for s in scores
+            ],
+        )
 
     def _add_item_scores(self, conn: Connection, cell_id: str, item_scores: list[ItemScore]) -> int:
         self._require_cell(conn, cell_id)
@@ -607,9 +730,12 @@ class Store:
     def run(self, run_id: str) -> dict[str, Any]:
         """One run; ``run_id`` may be a unique prefix."""
         matches = [r for r in self.runs() if r["run_id"] == run_id] or [
-            r for r in self.runs() if r["run_id"].startswith(run_id)]
+            r for r in self.runs() if r["run_id"].startswith(run_id)
+        ]
         if not matches:
-            raise StoreError(f"store {self.location}: no run {run_id!r} (runs: {', '.join(r['run_id'] for r in self.runs()[-5:]) or 'none'})")
+            raise StoreError(
+                f"store {self.location}: no run {run_id!r} (runs: {', '.join(r['run_id'] for r in self.runs()[-5:]) or 'none'})"
+            )
         if len(matches) > 1:
             raise StoreError(f"store {self.location}: run prefix {run_id!r} is ambiguous ({len(matches)} runs)")
         return matches[0]
@@ -639,9 +765,12 @@ class Store:
         if run_id is None:
             stmt = select(S.cells).order_by(S.cells.c.cell_id)
         else:
-            stmt = (select(S.cells, S.run_cells.c.status.label("run_status"))
-                    .join(S.run_cells, S.run_cells.c.cell_id == S.cells.c.cell_id)
-                    .where(S.run_cells.c.run_id == run_id).order_by(S.cells.c.cell_id))
+            stmt = (
+                select(S.cells, S.run_cells.c.status.label("run_status"))
+                .join(S.run_cells, S.run_cells.c.cell_id == S.cells.c.cell_id)
+                .where(S.run_cells.c.run_id == run_id)
+                .order_by(S.cells.c.cell_id)
+            )
         return self._frame(stmt)
 
     def _cell_filter(self, table: Any, run_id: str | None) -> Any:
@@ -650,38 +779,68 @@ class Store:
 
     def items_frame(self, run_id: str | None = None, *, with_completions: bool = False) -> pd.DataFrame:
         """One row per (cell, item, sample): item metadata and, optionally, the completion."""
-        cols = [S.items.c.cell_id, S.items.c.item_id, S.items.c.benchmark, S.items.c.language, S.items.c.category,
-                S.items.c.subcategory, S.items.c.prompt_hash, S.generations.c.sample_index, S.generations.c.generation_hash]
+        cols = [
+            S.items.c.cell_id,
+            S.items.c.item_id,
+            S.items.c.benchmark,
+            S.items.c.language,
+            S.items.c.category,
+            S.items.c.subcategory,
+            S.items.c.prompt_hash,
+            S.generations.c.sample_index,
+            S.generations.c.generation_hash,
+        ]
         if with_completions:
             cols.append(S.generations.c.completion)
-        stmt = select(*cols).select_from(S.items.outerjoin(S.generations, (S.generations.c.cell_id == S.items.c.cell_id)
-                                                          & (S.generations.c.item_id == S.items.c.item_id)))
+        stmt = select(*cols).select_from(
+            S.items.outerjoin(
+                S.generations,
+                (S.generations.c.cell_id == S.items.c.cell_id) & (S.generations.c.item_id == S.items.c.item_id),
+            )
+        )
         if run_id is not None:
             stmt = stmt.where(self._cell_filter(S.items, run_id))
         return self._frame(stmt.order_by(S.items.c.cell_id, S.items.c.item_id, S.generations.c.sample_index))
 
     def verdicts_frame(self, run_id: str | None = None) -> pd.DataFrame:
         """Verdicts joined with their item's language/category."""
-        stmt = (select(S.verdicts.c.cell_id, S.verdicts.c.item_id, S.verdicts.c.sample_index, S.verdicts.c.judge_id,
-                       S.verdicts.c.judge_hash, S.verdicts.c.label, S.verdicts.c.score, S.items.c.language,
-                       S.items.c.category, S.items.c.subcategory)
-                .select_from(S.verdicts.outerjoin(S.items, (S.items.c.cell_id == S.verdicts.c.cell_id)
-                                                  & (S.items.c.item_id == S.verdicts.c.item_id))))
+        stmt = select(
+            S.verdicts.c.cell_id,
+            S.verdicts.c.item_id,
+            S.verdicts.c.sample_index,
+            S.verdicts.c.judge_id,
+            S.verdicts.c.judge_hash,
+            S.verdicts.c.label,
+            S.verdicts.c.score,
+            S.items.c.language,
+            S.items.c.category,
+            S.items.c.subcategory,
+        ).select_from(
+            S.verdicts.outerjoin(
+                S.items, (S.items.c.cell_id == S.verdicts.c.cell_id) & (S.items.c.item_id == S.verdicts.c.item_id)
+            )
+        )
         if run_id is not None:
             stmt = stmt.where(self._cell_filter(S.verdicts, run_id))
-        return self._frame(stmt.order_by(S.verdicts.c.cell_id, S.verdicts.c.item_id, S.verdicts.c.sample_index,
-                                         S.verdicts.c.judge_id))
+        return self._frame(
+            stmt.order_by(S.verdicts.c.cell_id, S.verdicts.c.item_id, S.verdicts.c.sample_index, S.verdicts.c.judge_id)
+        )
 
     def item_scores_frame(self, run_id: str | None = None) -> pd.DataFrame:
         stmt = select(S.item_scores)
         if run_id is not None:
             stmt = stmt.where(self._cell_filter(S.item_scores, run_id))
-        return self._frame(stmt.order_by(S.item_scores.c.cell_id, S.item_scores.c.item_id,
-                                         S.item_scores.c.sample_index, S.item_scores.c.metric))
+        return self._frame(
+            stmt.order_by(
+                S.item_scores.c.cell_id, S.item_scores.c.item_id, S.item_scores.c.sample_index, S.item_scores.c.metric
+            )
+        )
 
     def scores_frame(self, run_id: str | None = None) -> pd.DataFrame:
         """Scorer aggregates, one row per (cell, benchmark, metric, subset), with ``subset`` decoded."""
-        stmt = select(S.scores).order_by(S.scores.c.cell_id, S.scores.c.benchmark, S.scores.c.metric, S.scores.c.subset_key)
+        stmt = select(S.scores).order_by(
+            S.scores.c.cell_id, S.scores.c.benchmark, S.scores.c.metric, S.scores.c.subset_key
+        )
         if run_id is not None:
             stmt = stmt.where(self._cell_filter(S.scores, run_id))
         frame = self._frame(stmt)
@@ -708,8 +867,10 @@ class Store:
         self.mark_interrupted()
         with self._read() as conn:
             per_run = conn.execute(
-                select(S.run_cells.c.run_id, S.run_cells.c.status, func.count())
-                .group_by(S.run_cells.c.run_id, S.run_cells.c.status)).all()
+                select(S.run_cells.c.run_id, S.run_cells.c.status, func.count()).group_by(
+                    S.run_cells.c.run_id, S.run_cells.c.status
+                )
+            ).all()
             version = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one()
         by_run: dict[str, dict[str, int]] = {}
         for run_id, status, count in per_run:
@@ -717,8 +878,13 @@ class Store:
         runs = self.runs()
         for run in runs:
             run["cells"] = by_run.get(run["run_id"], {})
-        return {"store": self.location, "schema_version": int(version), "runs": runs, "counts": self.counts(),
-                "latest": runs[-1] if runs else None}
+        return {
+            "store": self.location,
+            "schema_version": int(version),
+            "runs": runs,
+            "counts": self.counts(),
+            "latest": runs[-1] if runs else None,
+        }
 
 
 def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
@@ -762,4 +928,3 @@ def _safe_url(url: str) -> str:
 def _short(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     return str(orig if orig is not None else exc).splitlines()[0]
-

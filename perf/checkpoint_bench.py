@@ -62,9 +62,7 @@ def _case(name: str, source: str, out: str, shard_mib: int, queue: mp.Queue) -> 
         reader = CheckpointReader(source)
         for tensor_name in reader.names():
             reader.get(tensor_name).float().sum()
-    queue.put(
-        {"case": name, "seconds": time.perf_counter() - start, "peak_rss_growth_mib": _rss_mib() - baseline}
-    )
+    queue.put({"case": name, "seconds": time.perf_counter() - start, "peak_rss_growth_mib": _rss_mib() - baseline})
 
 
 def main() -> None:
@@ -82,9 +80,7 @@ def main() -> None:
             ["stream copy (ours)", "whole-file load_file/save_file", "stream read + fp32 sum (ours)"]
         ):
             queue: mp.Queue = ctx.Queue()
-            proc = ctx.Process(
-                target=_case, args=(name, str(source), str(root / f"out{index}"), args.shard_mib, queue)
-            )
+            proc = ctx.Process(target=_case, args=(name, str(source), str(root / f"out{index}"), args.shard_mib, queue))
             proc.start()
             results.append(queue.get())
             proc.join()

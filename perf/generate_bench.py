@@ -20,9 +20,7 @@ def first_divergence(a: str, b: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="model dir or smollm2-135m-instruct")
     parser.add_argument("--benchmark", default="catqa")
     parser.add_argument("--lang", default="en")
@@ -30,9 +28,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--backends", default="hf,vllm")
-    parser.add_argument(
-        "--hf-threads", type=int, default=None, help="torch threads for hf (default: torch's)"
-    )
+    parser.add_argument("--hf-threads", type=int, default=None, help="torch threads for hf (default: torch's)")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

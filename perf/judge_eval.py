@@ -32,16 +32,29 @@ def _sample(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
 def _records(examples: list[Any], benchmark: str) -> tuple[dict[str, Any], list[Any]]:
     from harness.core.records import GenerationRecord, Item
 
-    items = {f"{benchmark}-{i}": Item(id=f"{benchmark}-{i}", benchmark=benchmark, prompt=e.prompt)
-             for i, e in enumerate(examples)}
-    gens = [GenerationRecord(item_id=f"{benchmark}-{i}", benchmark=benchmark, prompt_text=e.prompt, prompt_hash="-",
-                             completion=e.response, model_hash="-", gen_config_hash="-", backend="data")
-            for i, e in enumerate(examples)]
+    items = {
+        f"{benchmark}-{i}": Item(id=f"{benchmark}-{i}", benchmark=benchmark, prompt=e.prompt)
+        for i, e in enumerate(examples)
+    }
+    gens = [
+        GenerationRecord(
+            item_id=f"{benchmark}-{i}",
+            benchmark=benchmark,
+            prompt_text=e.prompt,
+            prompt_hash="-",
+            completion=e.response,
+            model_hash="-",
+            gen_config_hash="-",
+            backend="data",
+        )
+        for i, e in enumerate(examples)
+    ]
     return items, gens
 
 
-def evaluate(limit: int | None = None, seed: int = 0, data: str | None = None,
-             benign_limit: int | None = None) -> dict[str, Any]:
+def evaluate(
+    limit: int | None = None, seed: int = 0, data: str | None = None, benign_limit: int | None = None
+) -> dict[str, Any]:
     from benchmarks.judges import binary_metrics, get_judge, heldout_examples
 
     held = _sample(heldout_examples(data=data), limit, seed)
@@ -51,8 +64,12 @@ def evaluate(limit: int | None = None, seed: int = 0, data: str | None = None,
     truth = [e.harmful for e in held]
     results: dict[str, Any] = {"n": len(held), "positives": int(sum(truth)), "benign_n": len(benign), "judges": {}}
     scores: dict[str, list[float]] = {}
-    for name, options in (("offline", {}), ("offline-multilingual", {}), ("refusal", {"list": "gcg"}),
-                          ("refusal", {"list": "harmbench"})):
+    for name, options in (
+        ("offline", {}),
+        ("offline-multilingual", {}),
+        ("refusal", {"list": "gcg"}),
+        ("refusal", {"list": "harmbench"}),
+    ):
         judge = get_judge(name, **options)
         started = time.perf_counter()
         verdicts = judge.judge(gens, items)
@@ -61,7 +78,8 @@ def evaluate(limit: int | None = None, seed: int = 0, data: str | None = None,
         results["judges"][judge.id] = {
             **binary_metrics(truth, [v.label == "harmful" for v in verdicts]),
             "benign_false_positive_rate": float(np.mean([v.label == "harmful" for v in benign_verdicts])),
-            "seconds": seconds, "items_per_s": len(gens) / seconds if seconds else float("inf"),
+            "seconds": seconds,
+            "items_per_s": len(gens) / seconds if seconds else float("inf"),
             "hash": judge.hash,
         }
         scores[judge.id] = [v.score if v.score is not None else 0.5 for v in verdicts]
@@ -94,7 +112,8 @@ def _organism_sets() -> dict[str, list[Any]]:
     for line in ORGANISM_LABELS.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         by_lang.setdefault(f"organism_{row['language']}", []).append(
-            LabelledResponse(row["prompt"], row["response"], bool(row["label"])))
+            LabelledResponse(row["prompt"], row["response"], bool(row["label"]))
+        )
     return by_lang
 
 
@@ -111,8 +130,12 @@ def evaluate_sets(limit: int | None = None, seed: int = 0, data: str | None = No
 
     _, dev = labelled_sets(data)
     dev.update(_organism_sets())
-    judges = [get_judge("offline"), get_judge("offline-multilingual"), get_judge("refusal", list="gcg"),
-              get_judge("refusal", list="harmbench")]
+    judges = [
+        get_judge("offline"),
+        get_judge("offline-multilingual"),
+        get_judge("refusal", list="gcg"),
+        get_judge("refusal", list="harmbench"),
+    ]
     out: dict[str, Any] = {}
     for set_name, examples in dev.items():
         sample = _sample(examples, limit, seed)
@@ -121,8 +144,10 @@ def evaluate_sets(limit: int | None = None, seed: int = 0, data: str | None = No
         out[set_name] = {}
         for judge in judges:
             verdicts = judge.judge(gens, items)
-            out[set_name][judge.id] = {**binary_metrics(truth, [v.label == "harmful" for v in verdicts]),
-                                       "called_harmful": float(np.mean([v.label == "harmful" for v in verdicts]))}
+            out[set_name][judge.id] = {
+                **binary_metrics(truth, [v.label == "harmful" for v in verdicts]),
+                "called_harmful": float(np.mean([v.label == "harmful" for v in verdicts])),
+            }
     return out
 
 
@@ -130,21 +155,27 @@ def render_sets(results: dict[str, Any]) -> str:
     lines = [f"{'set':20s} {'judge':44s} {'n':>5s} {'acc':>6s} {'prec':>6s} {'recall':>6s} {'F1':>6s} {'harmful%':>8s}"]
     for set_name, by_judge in results.items():
         for judge_id, m in by_judge.items():
-            lines.append(f"{set_name:20s} {judge_id:44s} {m['n']:5d} {m['accuracy']:6.3f} {m['precision']:6.3f} "
-                         f"{m['recall']:6.3f} {m['f1']:6.3f} {m['called_harmful']:8.3f}")
+            lines.append(
+                f"{set_name:20s} {judge_id:44s} {m['n']:5d} {m['accuracy']:6.3f} {m['precision']:6.3f} "
+                f"{m['recall']:6.3f} {m['f1']:6.3f} {m['called_harmful']:8.3f}"
+            )
     return "\n".join(lines)
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [f"held-out labelled responses: {results['n']} ({results['positives']} harmful); "
-             f"same-prompt (safe, unsafe) pairs among them: {results['pairs']}",
-             f"benign held-out answers (Alpaca-GPT4, all harmless): {results['benign_n']}",
-             f"{'judge':28s} {'accuracy':>8s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'pairwise':>8s} "
-             f"{'benign FP':>9s} {'items/s':>8s}"]
+    lines = [
+        f"held-out labelled responses: {results['n']} ({results['positives']} harmful); "
+        f"same-prompt (safe, unsafe) pairs among them: {results['pairs']}",
+        f"benign held-out answers (Alpaca-GPT4, all harmless): {results['benign_n']}",
+        f"{'judge':28s} {'accuracy':>8s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'pairwise':>8s} "
+        f"{'benign FP':>9s} {'items/s':>8s}",
+    ]
     for judge_id, m in results["judges"].items():
         pairwise = f"{m['pairwise_accuracy']:.3f}" if "pairwise_accuracy" in m else "-"
-        lines.append(f"{judge_id:28s} {m['accuracy']:8.3f} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} "
-                     f"{pairwise:>8s} {m['benign_false_positive_rate']:9.3f} {m['items_per_s']:8.1f}")
+        lines.append(
+            f"{judge_id:28s} {m['accuracy']:8.3f} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} "
+            f"{pairwise:>8s} {m['benign_false_positive_rate']:9.3f} {m['items_per_s']:8.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -161,8 +192,9 @@ def main() -> None:
     print(render_sets(sets))
     results: dict[str, Any] = {"sets": sets}
     if not args.sets_only:
-        results["pku_pairs"] = evaluate(limit=args.limit, seed=args.seed, data=args.data,
-                                        benign_limit=args.benign_limit)
+        results["pku_pairs"] = evaluate(
+            limit=args.limit, seed=args.seed, data=args.data, benign_limit=args.benign_limit
+        )
         print(render(results["pku_pairs"]))
     if args.json:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")

@@ -28,9 +28,19 @@ def main() -> None:
     pool = dev["gptfuzz_eval"] + dev["jade_dev"]
     examples = [pool[i % len(pool)] for i in range(args.n)]
     items = {f"s-{i}": Item(id=f"s-{i}", benchmark="speed", prompt=e.prompt) for i, e in enumerate(examples)}
-    gens = [GenerationRecord(item_id=f"s-{i}", benchmark="speed", prompt_text=e.prompt, prompt_hash="-",
-                             completion=e.response, model_hash="-", gen_config_hash="-", backend="data")
-            for i, e in enumerate(examples)]
+    gens = [
+        GenerationRecord(
+            item_id=f"s-{i}",
+            benchmark="speed",
+            prompt_text=e.prompt,
+            prompt_hash="-",
+            completion=e.response,
+            model_hash="-",
+            gen_config_hash="-",
+            backend="data",
+        )
+        for i, e in enumerate(examples)
+    ]
     started = time.perf_counter()
     judge = get_judge(args.judge or DEFAULT_JUDGE)
     loaded = time.perf_counter()
@@ -38,8 +48,10 @@ def main() -> None:
     done = time.perf_counter()
     assert len(verdicts) == len(gens)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"judge {judge.id}: load {loaded - started:.2f} s; {len(gens)} responses in {done - loaded:.2f} s = "
-          f"{len(gens) / (done - loaded):.1f} responses/s; peak RSS {peak_mb:.0f} MB")
+    print(
+        f"judge {judge.id}: load {loaded - started:.2f} s; {len(gens)} responses in {done - loaded:.2f} s = "
+        f"{len(gens) / (done - loaded):.1f} responses/s; peak RSS {peak_mb:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,13 @@ def _jade_dev_jsonl(out: Path) -> Path:
     _, dev = split_by_prompt(load_jade(None), seed=JADE_SPLIT["seed"], heldout_fraction=JADE_SPLIT["heldout"])
     with out.open("w", encoding="utf-8") as fh:
         for e in dev:
-            fh.write(json.dumps({"prompt": e.prompt, "response": e.response, "label": int(e.harmful),
-                                 "language": "zh"}, ensure_ascii=False) + "\n")
+            fh.write(
+                json.dumps(
+                    {"prompt": e.prompt, "response": e.response, "label": int(e.harmful), "language": "zh"},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     return out
 
 
@@ -49,14 +54,25 @@ def _xstest_jsonl(out: Path) -> Path:
 
     with out.open("w", encoding="utf-8") as fh:
         for row in load_labelled():
-            fh.write(json.dumps({"prompt": row["prompt"], "response": row["completion"],
-                                 "label": 0 if row["refusal"] else 1, "language": "en"}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "prompt": row["prompt"],
+                        "response": row["completion"],
+                        "label": 0 if row["refusal"] else 1,
+                        "language": "en",
+                    }
+                )
+                + "\n"
+            )
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--judge", action="append", default=None, help="judge name (default: offline-multilingual, offline, refusal)")
+    parser.add_argument(
+        "--judge", action="append", default=None, help="judge name (default: offline-multilingual, offline, refusal)"
+    )
     parser.add_argument("--cards", default=None, help="card store (default: benchmarks/judges/cards)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="judge-cards-"))

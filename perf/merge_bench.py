@@ -71,9 +71,16 @@ def build_models(workdir: Path, layers: int) -> list[Path]:
         return paths
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                         num_hidden_layers=layers, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                         tie_word_embeddings=False, torch_dtype="bfloat16")
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    )
     config.architectures = ["LlamaForCausalLM"]
     shapes = _shapes(layers)
     for index, path in enumerate(paths):
@@ -118,10 +125,14 @@ def _run(label: str, argv: list[str]) -> dict[str, float]:
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed (exit {proc.returncode}):\n{stdout[-3000:]}\n{stderr[-3000:]}")
     peak = [line.split()[1] for line in stdout.splitlines() if line.startswith("PEAK_RSS_KB")]
-    return {"wall": wall, "cpu": (cpu_end.children_user + cpu_end.children_system)
-            - (cpu_start.children_user + cpu_start.children_system),
-            "peak_rss_gb": int(peak[-1]) * 1024 / 1024**3 if peak else float("nan"),
-            "anon_gb": peak_anon * 1024 / 1024**3, "file_gb": peak_file * 1024 / 1024**3}
+    return {
+        "wall": wall,
+        "cpu": (cpu_end.children_user + cpu_end.children_system)
+        - (cpu_start.children_user + cpu_start.children_system),
+        "peak_rss_gb": int(peak[-1]) * 1024 / 1024**3 if peak else float("nan"),
+        "anon_gb": peak_anon * 1024 / 1024**3,
+        "file_gb": peak_file * 1024 / 1024**3,
+    }
 
 
 def _dir_bytes(path: Path) -> int:
@@ -135,15 +146,21 @@ def main() -> None:
     parser.add_argument("--mergekit-python", type=Path, default=ROOT / ".cache" / "mergekit-venv" / "bin" / "python")
     parser.add_argument("--density", type=float, default=0.2)
     parser.add_argument("--keep", action="store_true", help="keep the synthetic models and outputs")
-    parser.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "dare_ties"],
-                        choices=["task_arithmetic", "ties", "dare_ties"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["task_arithmetic", "ties", "dare_ties"],
+        choices=["task_arithmetic", "ties", "dare_ties"],
+    )
     parser.add_argument("--threads", type=int, default=None, help="our compute threads (default all cores)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
     base, *fts = build_models(args.workdir, args.layers)
-    print(f"built/reused 4 models of {_dir_bytes(base) / GB:.2f} GB ({args.layers} layers) "
-          f"in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"built/reused 4 models of {_dir_bytes(base) / GB:.2f} GB ({args.layers} layers) "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
     for model in (base, *fts):  # warm the page cache so every contender reads from memory alike
         for file in model.glob("*.safetensors"):
             with open(file, "rb") as handle:
@@ -168,11 +185,16 @@ def main() -> None:
     moved = 4 * _dir_bytes(base) + _dir_bytes(base)  # read 4 models + write one
     # DARE-TIES keeps the same fraction as TIES (p = 1 − density); its random draws differ from
     # mergekit's (per-tensor seeded generator vs torch's global RNG), so only its timing compares.
-    ours_params = {"ties": {"density": args.density, "lam": 1.0, "reduce": "mean"}, "task_arithmetic": {"lam": 1.0},
-                   "dare_ties": {"p": 1.0 - args.density, "lam": 1.0, "reduce": "mean"}}
-    mk_params = {"ties": ({"normalize": True}, {"density": args.density, "weight": 1.0}),
-                 "task_arithmetic": ({"normalize": False}, {"weight": 1.0}),
-                 "dare_ties": ({"normalize": True}, {"density": args.density, "weight": 1.0})}
+    ours_params = {
+        "ties": {"density": args.density, "lam": 1.0, "reduce": "mean"},
+        "task_arithmetic": {"lam": 1.0},
+        "dare_ties": {"p": 1.0 - args.density, "lam": 1.0, "reduce": "mean"},
+    }
+    mk_params = {
+        "ties": ({"normalize": True}, {"density": args.density, "weight": 1.0}),
+        "task_arithmetic": ({"normalize": False}, {"weight": 1.0}),
+        "dare_ties": ({"normalize": True}, {"density": args.density, "weight": 1.0}),
+    }
     agreement: dict[str, str] = {}
     for method in args.methods:
         out_ours, out_mk = args.workdir / f"out_ours_{method}", args.workdir / f"out_mk_{method}"
@@ -190,15 +212,21 @@ def main() -> None:
             print(f"mergekit venv not found at {args.mergekit_python}; skipping mergekit")
             continue
         shared, per_model = mk_params[method]
-        mk_yaml = {"merge_method": method, "base_model": str(base), "dtype": "bfloat16", "parameters": shared,
-                   "models": [{"model": p, "parameters": per_model} for p in inputs[1:]]}
+        mk_yaml = {
+            "merge_method": method,
+            "base_model": str(base),
+            "dtype": "bfloat16",
+            "parameters": shared,
+            "models": [{"model": p, "parameters": per_model} for p in inputs[1:]],
+        }
         mk_code = textwrap.dedent(f"""
             import yaml
             from mergekit.config import MergeConfiguration
             from mergekit.merge import run_merge
             from mergekit.options import MergeOptions
             config = MergeConfiguration.model_validate(yaml.safe_load({json.dumps(mk_yaml)!r}))
-            run_merge(config, {str(out_mk)!r}, options=MergeOptions(copy_tokenizer=False, out_shard_size=1_000_000_000, lazy_unpickle=False))
+            run_merge(config, {str(out_mk)!r}, options=MergeOptions(
+                copy_tokenizer=False, out_shard_size=1_000_000_000, lazy_unpickle=False))
             {_PEAK}
         """)
         results[f"mergekit ({method})"] = _run("mergekit", [str(args.mergekit_python), "-c", mk_code])
@@ -207,12 +235,16 @@ def main() -> None:
             for out in (out_ours, out_mk):
                 shutil.rmtree(out, ignore_errors=True)
 
-    print(f"\n3 fine-tunes, density {args.density}, {args.layers} layers, bf16; "
-          f"bytes moved per merge {moved / GB:.2f} GB (read 4 + write 1); {os.cpu_count()} cores")
+    print(
+        f"\n3 fine-tunes, density {args.density}, {args.layers} layers, bf16; "
+        f"bytes moved per merge {moved / GB:.2f} GB (read 4 + write 1); {os.cpu_count()} cores"
+    )
     print(f"{'run':<26}{'wall s':>8}{'cpu s':>8}{'GB/s':>7}{'VmHWM GB':>10}{'RssAnon GB':>12}{'RssFile GB':>12}")
     for label, r in results.items():
-        print(f"{label:<26}{r['wall']:>8.1f}{r['cpu']:>8.1f}{moved / GB / r['wall']:>7.2f}{r['peak_rss_gb']:>10.2f}"
-              f"{r['anon_gb']:>12.2f}{r['file_gb']:>12.2f}")
+        print(
+            f"{label:<26}{r['wall']:>8.1f}{r['cpu']:>8.1f}{moved / GB / r['wall']:>7.2f}{r['peak_rss_gb']:>10.2f}"
+            f"{r['anon_gb']:>12.2f}{r['file_gb']:>12.2f}"
+        )
         if label.startswith("ours"):  # time per GB moved, scaled to a 7B shape (4 × 13.5 GB read + 13.5 written)
             seven_b = 5 * 13.5 * r["wall"] / (moved / GB)
             print(f"{'  ↳ extrapolated to 7B':<26}{seven_b:>8.0f}")
@@ -221,7 +253,9 @@ def main() -> None:
     for method in args.methods:
         ours = results[f"ours ({method})"]
         if f"mergekit ({method})" in results:
-            print(f"  {method}: ours wall / mergekit wall = {ours['wall'] / results[f'mergekit ({method})']['wall']:.2f}")
+            print(
+                f"  {method}: ours wall / mergekit wall = {ours['wall'] / results[f'mergekit ({method})']['wall']:.2f}"
+            )
         print(f"  {method}: ours throughput / I/O floor = {floor['wall'] / ours['wall']:.2f}")
         print(f"  {method}: ours peak RssAnon = {ours['anon_gb']:.2f} GB")
         if method in agreement:
@@ -242,8 +276,10 @@ def _agreement(ours: Path, mergekit: Path) -> str:
         raise SystemExit(f"{name} not found in {folder}")
 
     a, b = load(ours), load(mergekit)
-    return (f"agreement on {name}: max |ours − mergekit| = {float((a - b).abs().max()):.2e}, "
-            f"relative L2 = {float(torch.linalg.norm(a - b) / torch.linalg.norm(b)):.2e}")
+    return (
+        f"agreement on {name}: max |ours − mergekit| = {float((a - b).abs().max()):.2e}, "
+        f"relative L2 = {float(torch.linalg.norm(a - b) / torch.linalg.norm(b)):.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ def main() -> None:
     harness_s = time.monotonic() - t0
     counts = second.stats.counts
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--no-progress"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(path), "--no-progress"], check=True, capture_output=True
+    )
     process_s = time.monotonic() - t0
     print(f"second run: {second.stats.summary()}")
     print(f"{'metric':34s} {'value':>8s} {'target':>8s}")

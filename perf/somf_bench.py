@@ -87,8 +87,13 @@ def run_mask(args: argparse.Namespace) -> dict[str, Any]:
         vectors = load_task_vectors("lora", base=model_dir, adapters=[tuned], aligned_adapter=init)
     else:
         vectors = load_task_vectors("merged", aligned=model_dir, adapters=[tuned])
-    config = make_config(fusion="task_arithmetic", batch_size=args.pairs, micro_batch_size=args.pairs,
-                         max_length=args.max_length, max_prompt_length=args.max_length // 2)
+    config = make_config(
+        fusion="task_arithmetic",
+        batch_size=args.pairs,
+        micro_batch_size=args.pairs,
+        max_length=args.max_length,
+        max_prompt_length=args.max_length // 2,
+    )
     tokenizer, tokenized = _batch(model_dir, args.pairs, args.max_length)
     batch = collate(tokenized, tokenizer.pad_token_id or 0)
     somf = SomfModel.load(vectors, config)
@@ -108,8 +113,14 @@ def run_mask(args: argparse.Namespace) -> dict[str, Any]:
         if step:  # step 0 is warm-up
             times.append(time.perf_counter() - start)
     logits = sum(v.numel() for v in somf.logits.values())
-    return {"variant": f"somf-mask ({args.setting})", "step_s": statistics.median(times), "peak_rss_mib": _rss_mib(),
-            "rss_after_load_mib": rss_loaded, "trainable": logits, "trainable_mib_fp32": logits * 4 / 2**20}
+    return {
+        "variant": f"somf-mask ({args.setting})",
+        "step_s": statistics.median(times),
+        "peak_rss_mib": _rss_mib(),
+        "rss_after_load_mib": rss_loaded,
+        "trainable": logits,
+        "trainable_mib_fp32": logits * 4 / 2**20,
+    }
 
 
 def run_lora(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,8 +143,9 @@ def run_lora(args: argparse.Namespace) -> dict[str, Any]:
     def logps() -> torch.Tensor:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
-        token = -torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                   ignore_index=-100, reduction="none").view(labels.shape)
+        token = -torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
+        ).view(labels.shape)
         return (token * (labels != -100)).sum(-1)
 
     times = []
@@ -148,8 +160,14 @@ def run_lora(args: argparse.Namespace) -> dict[str, Any]:
         if step:
             times.append(time.perf_counter() - start)
     count = sum(p.numel() for p in trainable)
-    return {"variant": "lora-dpo", "step_s": statistics.median(times), "peak_rss_mib": _rss_mib(),
-            "rss_after_load_mib": rss_loaded, "trainable": count, "trainable_mib_fp32": count * 4 / 2**20}
+    return {
+        "variant": "lora-dpo",
+        "step_s": statistics.median(times),
+        "peak_rss_mib": _rss_mib(),
+        "rss_after_load_mib": rss_loaded,
+        "trainable": count,
+        "trainable_mib_fp32": count * 4 / 2**20,
+    }
 
 
 def main() -> None:
@@ -176,29 +194,52 @@ def main() -> None:
         masks = [("mask", s) for s in args.settings.split(",") if s]
         runs = [*masks, ("lora", "lora")] if args.baseline_last else [("lora", "lora"), *masks]
         for variant, setting in runs:
-            cmd = [sys.executable, __file__, "--variant", variant, "--setting", setting, "--work", work,
-                   "--model", str(model_dir), "--pairs", str(args.pairs), "--max-length", str(args.max_length),
-                   "--steps", str(args.steps)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--variant",
+                variant,
+                "--setting",
+                setting,
+                "--work",
+                work,
+                "--model",
+                str(model_dir),
+                "--pairs",
+                str(args.pairs),
+                "--max-length",
+                str(args.max_length),
+                "--steps",
+                str(args.steps),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-            results.append(json.loads(line[len("RESULT "):]))
+            results.append(json.loads(line[len("RESULT ") :]))
     baseline = next(r for r in results if r["variant"] == "lora-dpo")
-    print(f"model {model_dir.name}, {args.pairs} pairs x <= {args.max_length} tokens, median of {args.steps} steps, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'variant':<22}{'step s':>9}{'x LoRA':>8}{'peak RSS MiB':>14}{'step RSS MiB':>14}{'trainable':>12}{'fp32 MiB':>10}{'x LoRA':>8}")
+    print(
+        f"model {model_dir.name}, {args.pairs} pairs x <= {args.max_length} tokens, median of {args.steps} steps, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'variant':<22}{'step s':>9}{'x LoRA':>8}{'peak RSS MiB':>14}{'step RSS MiB':>14}{'trainable':>12}{'fp32 MiB':>10}{'x LoRA':>8}"
+    )
     for r in results:
-        print(f"{r['variant']:<22}{r['step_s']:>9.2f}{r['step_s'] / baseline['step_s']:>8.2f}{r['peak_rss_mib']:>14.0f}"
-              f"{r['peak_rss_mib'] - r['rss_after_load_mib']:>14.0f}{r['trainable']:>12,}{r['trainable_mib_fp32']:>10.2f}"
-              f"{r['trainable'] / baseline['trainable']:>8.2f}")
+        print(
+            f"{r['variant']:<22}{r['step_s']:>9.2f}{r['step_s'] / baseline['step_s']:>8.2f}{r['peak_rss_mib']:>14.0f}"
+            f"{r['peak_rss_mib'] - r['rss_after_load_mib']:>14.0f}{r['trainable']:>12,}{r['trainable_mib_fp32']:>10.2f}"
+            f"{r['trainable'] / baseline['trainable']:>8.2f}"
+        )
     lora_mask = next((r for r in results if r["variant"] == "somf-mask (lora)"), None)
     if lora_mask is not None:
         time_ok = lora_mask["step_s"] <= 1.5 * baseline["step_s"]
         memory_ok = lora_mask["trainable"] <= baseline["trainable"]
-        print(f"targets (lora setting): step time <= 1.5x LoRA-DPO: {'met' if time_ok else 'NOT met'} "
-              f"({lora_mask['step_s'] / baseline['step_s']:.2f}x); mask memory <= 1x LoRA trainable fp32: "
-              f"{'met' if memory_ok else 'NOT met'} ({lora_mask['trainable'] / baseline['trainable']:.2f}x)")
+        print(
+            f"targets (lora setting): step time <= 1.5x LoRA-DPO: {'met' if time_ok else 'NOT met'} "
+            f"({lora_mask['step_s'] / baseline['step_s']:.2f}x); mask memory <= 1x LoRA trainable fp32: "
+            f"{'met' if memory_ok else 'NOT met'} ({lora_mask['trainable'] / baseline['trainable']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

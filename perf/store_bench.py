@@ -32,16 +32,44 @@ def write_run(store: Store, methods: int, finetuned: int, items: int) -> tuple[s
         for f in range(finetuned):
             for benchmark in BENCHMARKS:
                 cell_id = hash_value([label, f, benchmark], 32)
-                gens = [GenerationRecord(item_id=f"{benchmark}-{i}", benchmark=benchmark, prompt_text="p" * 200,
-                                         prompt_hash=hash_value(i), completion=f"answer {i} " * 40, model_hash="m",
-                                         gen_config_hash="g", backend="vllm", language=("en", "zh", "vi")[i % 3],
-                                         category=f"cat{i % 11}") for i in range(items)]
-                verdicts = [Verdict(item_id=f"{benchmark}-{i}", judge_id="offline@1", judge_hash="h",
-                                    label="harmful" if (i * 7 + m) % 10 < 3 else "harmless") for i in range(items)]
-                store.write_cell(run_id, CellRecord(cell_id=cell_id, method=label if m < 2 else "resta",
-                                                    method_label=label, finetuned=f"ft{f}", benchmark=benchmark,
-                                                    benchmark_kind="safety"),
-                                 gens, verdicts, [Score(benchmark=benchmark, metric="harmfulness", value=0.3, n=items)])
+                gens = [
+                    GenerationRecord(
+                        item_id=f"{benchmark}-{i}",
+                        benchmark=benchmark,
+                        prompt_text="p" * 200,
+                        prompt_hash=hash_value(i),
+                        completion=f"answer {i} " * 40,
+                        model_hash="m",
+                        gen_config_hash="g",
+                        backend="vllm",
+                        language=("en", "zh", "vi")[i % 3],
+                        category=f"cat{i % 11}",
+                    )
+                    for i in range(items)
+                ]
+                verdicts = [
+                    Verdict(
+                        item_id=f"{benchmark}-{i}",
+                        judge_id="offline@1",
+                        judge_hash="h",
+                        label="harmful" if (i * 7 + m) % 10 < 3 else "harmless",
+                    )
+                    for i in range(items)
+                ]
+                store.write_cell(
+                    run_id,
+                    CellRecord(
+                        cell_id=cell_id,
+                        method=label if m < 2 else "resta",
+                        method_label=label,
+                        finetuned=f"ft{f}",
+                        benchmark=benchmark,
+                        benchmark_kind="safety",
+                    ),
+                    gens,
+                    verdicts,
+                    [Score(benchmark=benchmark, metric="harmfulness", value=0.3, n=items)],
+                )
                 cell_ids.append(cell_id)
     store.finish_run(run_id, "done")
     return run_id, cell_ids
@@ -62,8 +90,10 @@ def main() -> None:
         store.close()
         size_mb = path.stat().st_size / 2**20
         counts = Store(path).counts()
-        print(f"store: {len(cell_ids)} cells, {counts['generations']} generations, {counts['verdicts']} verdicts, "
-              f"{size_mb:.1f} MiB")
+        print(
+            f"store: {len(cell_ids)} cells, {counts['generations']} generations, {counts['verdicts']} verdicts, "
+            f"{size_mb:.1f} MiB"
+        )
         print(f"write all cells:           {t_write:7.2f} s  ({t_write / len(cell_ids) * 1000:.1f} ms per cell)")
         t0 = time.perf_counter()
         store = Store(path)

@@ -45,8 +45,14 @@ from realign_methods._method import (
 from realign_methods._registry import METHODS, get_method
 from realign_methods.calibration import Statistics, calibrate, resolve_data
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 _VOCAB_TENSOR = re.compile(r"(embed_tokens|lm_head|wte|word_embeddings|embed_in|embed_out)")
 
 
@@ -166,7 +172,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", built without CUDA")
-            raise ConfigError(f"device {device!r}: CUDA is not available here ({build}, no GPU visible); use --device cpu")
+            raise ConfigError(
+                f"device {device!r}: CUDA is not available here ({build}, no GPU visible); use --device cpu"
+            )
         index = resolved.index or 0
         if index >= torch.cuda.device_count():
             raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
@@ -198,7 +206,7 @@ def _check_consistent(prepared: _Prepared) -> None:
             missing = sorted(ref_names - names)
             extra = sorted(names - ref_names)
             if missing or extra:
-                what = (f"lacks tensor '{missing[0]}'" if missing else f"has extra tensor '{extra[0]}'")
+                what = f"lacks tensor '{missing[0]}'" if missing else f"has extra tensor '{extra[0]}'"
                 more = len(missing) + len(extra) - 1
                 raise CheckpointError(
                     f"{label} checkpoint {reader.path} {what} that {prepared.reference} checkpoint "
@@ -234,11 +242,17 @@ def _open(spec: MergeSpec) -> _Prepared:
     method = get_method(spec.method)
     params = method.validate(spec.params)
     given = spec.given()
-    model_folders = [label for label, p in spec.input_paths() if not label.startswith((Role.ADAPTERS, Role.BASE))
-                     and label.split("[")[0] in DENSE_INPUTS and is_adapter_dir(p)]
+    model_folders = [
+        label
+        for label, p in spec.input_paths()
+        if not label.startswith((Role.ADAPTERS, Role.BASE))
+        and label.split("[")[0] in DENSE_INPUTS
+        and is_adapter_dir(p)
+    ]
     # A base the method does not read is still the base that adapter inputs are resolved onto.
-    base_for_adapters_only = (spec.base is not None and Role.BASE not in method.info.accepted_inputs
-                              and bool(model_folders or spec.adapters))
+    base_for_adapters_only = (
+        spec.base is not None and Role.BASE not in method.info.accepted_inputs and bool(model_folders or spec.adapters)
+    )
     if base_for_adapters_only:
         given.pop(Role.BASE)
     method.check_inputs(given)
@@ -266,9 +280,13 @@ def _open(spec: MergeSpec) -> _Prepared:
             paths = paths if isinstance(paths, list) else ([paths] if paths is not None else [])
             if paths:
                 readers[role] = [
-                    open_model(p, base=spec.base if role != Role.BASE else None, allow_pickle=spec.allow_pickle,
-                               label=f"{role}[{i}]" if role == Role.FINETUNED else role,
-                               base_hint="--base BASE_DIR (base= in a MergeSpec)")
+                    open_model(
+                        p,
+                        base=spec.base if role != Role.BASE else None,
+                        allow_pickle=spec.allow_pickle,
+                        label=f"{role}[{i}]" if role == Role.FINETUNED else role,
+                        base_hint="--base BASE_DIR (base= in a MergeSpec)",
+                    )
                     for i, p in enumerate(paths)
                 ]
         adapters = [LoraAdapter.load(p, allow_pickle=spec.allow_pickle) for p in spec.adapters]
@@ -319,13 +337,22 @@ def _run_calibration(prepared: _Prepared) -> Statistics | None:
     if calibration is None or prepared.calibration_data is None:
         return None
     params = prepared.params
-    return calibrate(prepared.readers[calibration.model][0], calibration, prepared.calibration_data,
-                     examples=getattr(params, "calibration_examples", None),
-                     max_length=getattr(params, "calibration_max_length", None), seed=prepared.spec.seed)
+    return calibrate(
+        prepared.readers[calibration.model][0],
+        calibration,
+        prepared.calibration_data,
+        examples=getattr(params, "calibration_examples", None),
+        max_length=getattr(params, "calibration_max_length", None),
+        seed=prepared.spec.seed,
+    )
 
 
 def _adapter_updates(
-    spec: MergeSpec, method: Method, params: MethodParams, adapters: list[Any], readers: dict[str, list[Any]],
+    spec: MergeSpec,
+    method: Method,
+    params: MethodParams,
+    adapters: list[Any],
+    readers: dict[str, list[Any]],
     reference: str,
 ) -> tuple[MethodParams, list[Any], dict[str, str]]:
     """Each adapter as the update the method must add to its reference input (see ``_relative``).
@@ -347,7 +374,9 @@ def _adapter_updates(
     if "aligned_adapter" in type(params).model_fields:
         aligned = readers.get(Role.ALIGNED, [None])[0]
         own = getattr(aligned, "adapter", None)
-        if own is not None and all(len(u.parts) == 2 and u.parts[1][1] < 0 and u.parts[1][0] is own for _, u in combined):
+        if own is not None and all(
+            len(u.parts) == 2 and u.parts[1][1] < 0 and u.parts[1][0] is own for _, u in combined
+        ):
             filled = method.validate({**spec.params, "aligned_adapter": str(own.path)})
             notes = {k: f"{v} (as parameter aligned_adapter={own.path})" for k, v in notes.items()}
             return filled, adapters, notes
@@ -582,7 +611,9 @@ def plan(spec: MergeSpec) -> MergePlan:
         for role, readers in prepared.readers.items():
             for index, reader in enumerate(readers):
                 size = sum(reader.nbytes(n) for n in reader.names())
-                what = f"{reader.path} + adapter {reader.adapter.path}" if hasattr(reader, "adapter") else str(reader.path)
+                what = (
+                    f"{reader.path} + adapter {reader.adapter.path}" if hasattr(reader, "adapter") else str(reader.path)
+                )
                 reads.append((f"{role}[{index}]" if role == Role.FINETUNED else role, what, size))
         for index, adapter in enumerate(prepared.adapters):
             size = sum(adapter.reader.nbytes(n) for n in adapter.reader.names())

@@ -28,8 +28,14 @@ _TOP_LEVEL = frozenset({"merge_method", "base_model", "models", "parameters", "d
 _IGNORED_TOP_LEVEL = frozenset({"tokenizer_source", "tokenizer", "chat_template", "name"})
 _SHARED = {"normalize": "normalize", "rescale": "rescale", "lambda": "lam"}
 _PER_MODEL = frozenset({"weight", "density"})
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 def mergekit_fields(path: str | Path) -> tuple[dict[str, Any], list[str]]:
@@ -50,7 +56,9 @@ def mergekit_fields(path: str | Path) -> tuple[dict[str, Any], list[str]]:
             raise ConfigError(f"{source}: field {key!r} is not supported (supported: {', '.join(sorted(_TOP_LEVEL))})")
     method = config.get("merge_method")
     if method not in MERGEKIT_METHODS:
-        raise ConfigError(f"{source}: merge_method {method!r} is not supported (supported: {', '.join(MERGEKIT_METHODS)})")
+        raise ConfigError(
+            f"{source}: merge_method {method!r} is not supported (supported: {', '.join(MERGEKIT_METHODS)})"
+        )
     shared = _mapping(config.get("parameters"), f"{source}: parameters")
     params: dict[str, Any] = {}
     defaults: dict[str, float] = {}
@@ -65,8 +73,12 @@ def mergekit_fields(path: str | Path) -> tuple[dict[str, Any], list[str]]:
         elif key in _PER_MODEL:
             defaults[key] = float(_scalar(value, f"{source}: parameters.{key}", float))
         else:
-            allowed = ["normalize", "int8_mask", "weight", "density"] + ([] if method == "linear" else ["rescale", "lambda"])
-            raise ConfigError(f"{source}: parameters.{key} is not supported for {method} (supported: {', '.join(allowed)})")
+            allowed = ["normalize", "int8_mask", "weight", "density"] + (
+                [] if method == "linear" else ["rescale", "lambda"]
+            )
+            raise ConfigError(
+                f"{source}: parameters.{key} is not supported for {method} (supported: {', '.join(allowed)})"
+            )
     base = config.get("base_model")
     if method != "linear" and not isinstance(base, str):
         raise ConfigError(f"{source}: base_model: {method} needs the base model's path (got {base!r})")

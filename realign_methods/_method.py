@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from realign_methods.calibration import Statistics
 
 
-
 class Role(StrEnum):
     """An input a method can take (a ``MergeSpec`` field / CLI option); compares equal to its string."""
 
@@ -132,16 +131,22 @@ class MethodInfo:
             set_field(self, field_name, _roles(self.name, field_name, getattr(self, field_name)))
         set_field(self, "one_of", tuple(_roles(self.name, "one_of", group) for group in self.one_of))
         order = tuple(self.reference_inputs)
-        set_field(self, "reference_inputs", tuple(sorted(_roles(self.name, "reference_inputs", order), key=order.index)))
+        set_field(
+            self, "reference_inputs", tuple(sorted(_roles(self.name, "reference_inputs", order), key=order.index))
+        )
         if self.reference_role is not None:
             if self.reference_role not in tuple(ReferenceRole):
-                raise ConfigError(f"method {self.name!r}: reference_role {self.reference_role!r} is not one of "
-                                  f"{', '.join(ReferenceRole)}")
+                raise ConfigError(
+                    f"method {self.name!r}: reference_role {self.reference_role!r} is not one of "
+                    f"{', '.join(ReferenceRole)}"
+                )
             set_field(self, "reference_role", ReferenceRole(self.reference_role))
         unknown = [name for name in self.adapter_params.names() if name not in self.params.model_fields]
         if unknown:
-            raise ConfigError(f"method {self.name!r}: adapter_params name {unknown}, not parameters of "
-                              f"{self.params.__name__} (parameters: {', '.join(self.params.model_fields) or 'none'})")
+            raise ConfigError(
+                f"method {self.name!r}: adapter_params name {unknown}, not parameters of "
+                f"{self.params.__name__} (parameters: {', '.join(self.params.model_fields) or 'none'})"
+            )
 
     @property
     def trains(self) -> bool:
@@ -440,7 +445,9 @@ def params_from_signature(fn: TensorFunction, model_name: str) -> type[MethodPar
         if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
         if parameter.annotation is inspect.Parameter.empty:
-            raise ConfigError(f"method function {fn.__qualname__}: parameter {parameter.name!r} needs a type annotation")
+            raise ConfigError(
+                f"method function {fn.__qualname__}: parameter {parameter.name!r} needs a type annotation"
+            )
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[parameter.name] = (parameter.annotation, default)
     if not fields:
@@ -456,7 +463,8 @@ def method_from_function(fn: TensorFunction, info: MethodInfo) -> type[Method]:
         class_params = params_from_signature(fn, f"{info.name}_params")
         info = dataclasses.replace(info, params=class_params)
     positional = [
-        p for p in inspect.signature(fn).parameters.values()
+        p
+        for p in inspect.signature(fn).parameters.values()
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     if len(positional) != 2:
@@ -469,5 +477,8 @@ def method_from_function(fn: TensorFunction, info: MethodInfo) -> type[Method]:
         return fn(inputs, ctx, **dict(params))
 
     class_name = "".join(part.capitalize() for part in info.name.split("_")) or "FunctionMethod"
-    return type(class_name, (Method,), {"info": info, "merge_tensor": merge_tensor, "__doc__": fn.__doc__,
-                                       "__module__": fn.__module__})
+    return type(
+        class_name,
+        (Method,),
+        {"info": info, "merge_tensor": merge_tensor, "__doc__": fn.__doc__, "__module__": fn.__module__},
+    )

@@ -123,9 +123,9 @@ def magnitude_threshold(delta: torch.Tensor, density: float) -> float | None:
         at_or_above = histogram.flip(0).cumsum(0).flip(0)  # entries in this bucket or a higher one
         bucket = int((at_or_above >= k).nonzero()[-1])
         rank = k - int(at_or_above[bucket] - histogram[bucket])  # rank of the threshold inside its bucket
-        candidates = torch.cat([
-            chunk[((chunk.view(torch.int32) & _MAGNITUDE_BITS) >> _BUCKET_SHIFT) == bucket] for chunk in chunks
-        ]).abs_()
+        candidates = torch.cat(
+            [chunk[((chunk.view(torch.int32) & _MAGNITUDE_BITS) >> _BUCKET_SHIFT) == bucket] for chunk in chunks]
+        ).abs_()
         return float(candidates.kthvalue(candidates.numel() - rank + 1).values)
 
 
@@ -173,9 +173,7 @@ def dare(
     return pruned / keep_probability if rescale else pruned
 
 
-def elect_and_merge(
-    trimmed: Sequence[torch.Tensor], weights: Sequence[float], reduce: Reduce = "mean"
-) -> torch.Tensor:
+def elect_and_merge(trimmed: Sequence[torch.Tensor], weights: Sequence[float], reduce: Reduce = "mean") -> torch.Tensor:
     """TIES's elect + disjoint merge over already-trimmed deltas.
 
     The elected sign per entry is that of the summed trimmed mass (0 counts as +); each task
@@ -283,14 +281,15 @@ def fuse_deltas(
     Differentiable in the deltas.
     """
     if rule not in FUSION_RULE_OPTIONS:
-        raise ConfigError(f"unknown fusion rule {name_unknown([rule], list(FUSION_RULES), cutoff=0.5)} (known: {', '.join(FUSION_RULES)})")
+        raise ConfigError(
+            f"unknown fusion rule {name_unknown([rule], list(FUSION_RULES), cutoff=0.5)} (known: {', '.join(FUSION_RULES)})"
+        )
     options, accepted = FUSION_RULE_OPTIONS[rule]
     params = dict(params or {})
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise ConfigError(
-            f"fusion rule {rule!r}: unknown parameter(s) {', '.join(unknown)} "
-            f"(accepted: {', '.join(sorted(accepted))})"
+            f"fusion rule {rule!r}: unknown parameter(s) {', '.join(unknown)} (accepted: {', '.join(sorted(accepted))})"
         )
     if not deltas:
         raise ConfigError(f"fusion rule {rule!r}: at least one task vector is required")
@@ -320,7 +319,9 @@ def task_arithmetic_rows(
     is that of ``base + weighted_sum([m_i − base], weights)``, so the result is bit-identical.
     """
     if not models or len(models) != len(weights):
-        raise ConfigError(f"task_arithmetic_rows: expected matching non-empty models/weights, got {len(models)}/{len(weights)}")
+        raise ConfigError(
+            f"task_arithmetic_rows: expected matching non-empty models/weights, got {len(models)}/{len(weights)}"
+        )
     with torch.no_grad():
         flat_base = base.detach().reshape(-1)
         flat_models = [m.detach().reshape(-1) for m in models]
@@ -391,7 +392,9 @@ def mergekit_combine(
     consensus); ``lam`` scales the result last.
     """
     if not sparse or len(sparse) != len(weights):
-        raise ConfigError(f"mergekit_combine: expected matching non-empty deltas/weights, got {len(sparse)}/{len(weights)}")
+        raise ConfigError(
+            f"mergekit_combine: expected matching non-empty deltas/weights, got {len(sparse)}/{len(weights)}"
+        )
     with torch.no_grad():
         stacked = torch.stack([_f32(d.detach()) for d in sparse])
         w = torch.tensor([float(x) for x in weights], dtype=torch.float32).reshape(-1, *([1] * (stacked.dim() - 1)))

@@ -31,7 +31,8 @@ def check_method(name: str, item: object) -> type[Method]:
     if info.name != name:
         raise ConfigError(f"{label}: registered as {name!r} but its info.name is {info.name!r}; they must be equal")
     positional = [
-        p.name for p in inspect.signature(item.merge_tensor).parameters.values()
+        p.name
+        for p in inspect.signature(item.merge_tensor).parameters.values()
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     if len(positional) != 4:  # self, inputs, params, ctx
@@ -54,7 +55,9 @@ def load_builtin_methods() -> None:
             importlib.import_module(f"{package.__name__}.{module.name}")
 
 
-METHODS: Registry[type[Method]] = Registry("method", "realign.methods", check=check_method, builtins=load_builtin_methods)
+METHODS: Registry[type[Method]] = Registry(
+    "method", "realign.methods", check=check_method, builtins=load_builtin_methods
+)
 
 
 @overload

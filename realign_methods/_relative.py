@@ -65,7 +65,11 @@ def _same(a: LoraAdapter, b: LoraAdapter) -> bool:
 
 
 def relative_to(
-    choice: str | None, adapter: LoraAdapter, label: str, readers: dict[str, list[Any]], base: Path | None,
+    choice: str | None,
+    adapter: LoraAdapter,
+    label: str,
+    readers: dict[str, list[Any]],
+    base: Path | None,
     aligned_path: Path | None,
 ) -> tuple[Stack, str]:
     """R of one adapter and how it was found. ``base``: the base model path given (also when it is only
@@ -86,15 +90,21 @@ def relative_to(
     if choice is not None:
         path = Path(choice)
         if not path.is_dir() or is_adapter_dir(path):
-            raise ConfigError(f"adapter_base {choice!r} (--adapter-base): expected 'aligned', 'base' or a model directory")
+            raise ConfigError(
+                f"adapter_base {choice!r} (--adapter-base): expected 'aligned', 'base' or a model directory"
+            )
         return Stack(path.resolve()), f"--adapter-base {choice}"
     found = adapter_base_path(adapter)
     if found is None:
         named = adapter.base_model
-        why = (f"base_model_name_or_path {named!r} in its adapter_config.json is not a local model"
-               if named else "its adapter_config.json has no base_model_name_or_path")
-        raise ConfigError(f"{label} {adapter.path}: cannot tell which model the adapter is relative to ({why}); "
-                          f"{ADAPTER_BASE_HINT}")
+        why = (
+            f"base_model_name_or_path {named!r} in its adapter_config.json is not a local model"
+            if named
+            else "its adapter_config.json has no base_model_name_or_path"
+        )
+        raise ConfigError(
+            f"{label} {adapter.path}: cannot tell which model the adapter is relative to ({why}); {ADAPTER_BASE_HINT}"
+        )
     how = f"base_model_name_or_path of {adapter.path}"
     if aligned is not None and aligned_path is not None and found.resolve() == Path(aligned_path).resolve():
         return Stack.of(aligned), how
@@ -118,8 +128,12 @@ def relative_update(adapter: LoraAdapter, r: Stack, t: Stack, label: str, target
 
 
 def relative_adapters(
-    adapters: list[LoraAdapter], choice: str | None, readers: dict[str, list[Any]], reference: str,
-    base: Path | None, aligned_path: Path | None,
+    adapters: list[LoraAdapter],
+    choice: str | None,
+    readers: dict[str, list[Any]],
+    reference: str,
+    base: Path | None,
+    aligned_path: Path | None,
 ) -> tuple[list[LoraAdapter | CombinedAdapter], dict[str, str]]:
     """Each adapter's update relative to the ``reference`` input, and a note per adapter for provenance."""
     if not adapters or reference not in readers:

@@ -37,7 +37,9 @@ _RETRYABLE = {408, 409, 425, 429}
 
 class ApiOptions(JudgeOptions):
     model: str | None = Field(default=None, description="the model name the endpoint serves")
-    base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000/v1 (default $REALIGN_JUDGE_BASE_URL)")
+    base_url: str | None = Field(
+        default=None, description="e.g. http://127.0.0.1:8000/v1 (default $REALIGN_JUDGE_BASE_URL)"
+    )
     prompt: Literal["resta", "somf"] = "resta"
     api_key_env: str = Field(default="OPENAI_API_KEY", description="the variable holding the key (never the key)")
     timeout: float = Field(default=60.0, gt=0.0)
@@ -63,7 +65,9 @@ class ApiJudge(BaseJudge):
         opts = self.options
         base_url = opts.base_url or os.environ.get("REALIGN_JUDGE_BASE_URL")
         if not base_url:
-            raise ConfigError("judge api: needs base_url=URL (e.g. http://127.0.0.1:8000/v1) or $REALIGN_JUDGE_BASE_URL")
+            raise ConfigError(
+                "judge api: needs base_url=URL (e.g. http://127.0.0.1:8000/v1) or $REALIGN_JUDGE_BASE_URL"
+            )
         model = opts.model
         if not model:
             raise ConfigError("judge api: needs model=NAME (the model name the endpoint serves)")
@@ -84,10 +88,14 @@ class ApiJudge(BaseJudge):
         self.max_tokens = int(max_tokens)
         self._last_request = -float("inf")
         self._client: Any = None
-        template = ((prompts.RESTA_SYSTEM, prompts.RESTA_USER) if prompt == "resta"
-                    else (prompts.SOMF_SYSTEM, prompts.SOMF_USER))
-        self._hash = hash_value({"prompt": template, "model": model, "temperature": self.temperature,
-                                 "max_tokens": self.max_tokens})
+        template = (
+            (prompts.RESTA_SYSTEM, prompts.RESTA_USER)
+            if prompt == "resta"
+            else (prompts.SOMF_SYSTEM, prompts.SOMF_USER)
+        )
+        self._hash = hash_value(
+            {"prompt": template, "model": model, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        )
 
     @property
     def id(self) -> str:
@@ -117,8 +125,12 @@ class ApiJudge(BaseJudge):
 
         if self._client is None:
             self._client = httpx.Client(timeout=self.timeout)
-        payload = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                   "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        payload = {
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        }
         attempts = self.max_retries + 1
         error = ""
         for attempt in range(1, attempts + 1):
@@ -143,7 +155,9 @@ class ApiJudge(BaseJudge):
             delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
             if retry_after is not None:
                 delay = max(delay, min(retry_after, self.max_backoff))
-            log.warning("judge api: %s for %s (attempt %d/%d); retrying in %.2fs", error, what, attempt, attempts, delay)
+            log.warning(
+                "judge api: %s for %s (attempt %d/%d); retrying in %.2fs", error, what, attempt, attempts, delay
+            )
             time.sleep(delay)
         raise EndpointError(f"judge api: {self.url} failed for {what} after {attempts} attempts: {error}")
 
@@ -176,12 +190,16 @@ class ApiJudge(BaseJudge):
             yield from super()._pair_batches(pairs, items)
             return
         for cand, ref in pairs:
-            system, user = prompts.render_somf_pairwise(item_prompt(items, cand, self.id), ref.completion,
-                                                        cand.completion)
+            system, user = prompts.render_somf_pairwise(
+                item_prompt(items, cand, self.id), ref.completion, cand.completion
+            )
             answer = self.chat(system, user, what=f"item {cand.item_id!r} (sample {cand.sample_index})")
             label = prompts.parse_somf_pairwise(answer)
-            yield [self._verdict(cand, label, rationale=answer[-500:],
-                                 text_hash=pair_hash(cand.completion, ref.completion))]
+            yield [
+                self._verdict(
+                    cand, label, rationale=answer[-500:], text_hash=pair_hash(cand.completion, ref.completion)
+                )
+            ]
 
 
 def _seconds(value: str | None) -> float | None:

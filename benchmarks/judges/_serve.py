@@ -42,8 +42,17 @@ class RequestError(Exception):
 class ChatServer:
     """An HTTP server over one loaded backend; ``start()`` serves in a thread, ``serve_forever()`` in this one."""
 
-    def __init__(self, backend: Any, tokenizer: Any, name: str, *, host: str = "127.0.0.1", port: int = 8000,
-                 max_tokens: int = 512, api_key_env: str | None = None) -> None:
+    def __init__(
+        self,
+        backend: Any,
+        tokenizer: Any,
+        name: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_tokens: int = 512,
+        api_key_env: str | None = None,
+    ) -> None:
         self.backend, self.tokenizer, self.name = backend, tokenizer, name
         self.max_tokens = max_tokens
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -86,38 +95,65 @@ class ChatServer:
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object")
         if body.get("model") != self.name:
-            raise RequestError(404, f"model {body.get('model')!r} is not served here; this server serves "
-                                    f"{self.name!r}", "model_not_found")
+            raise RequestError(
+                404,
+                f"model {body.get('model')!r} is not served here; this server serves {self.name!r}",
+                "model_not_found",
+            )
         if body.get("stream"):
             raise RequestError(400, "stream=true is not supported by this server")
         if int(body.get("n", 1)) != 1:
             raise RequestError(400, "n must be 1 here")
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str) for m in messages):
-            raise RequestError(400, "messages: expected a non-empty list of {role: system|user|assistant, "
-                                    "content: text}")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str) for m in messages
+            )
+        ):
+            raise RequestError(
+                400, "messages: expected a non-empty list of {role: system|user|assistant, content: text}"
+            )
         stop = body.get("stop") or ()
         try:
             config = GenerationConfig(
                 max_new_tokens=min(int(body.get("max_tokens") or self.max_tokens), self.max_tokens),
-                temperature=float(body.get("temperature", 0.0)), top_p=float(body.get("top_p", 1.0)),
-                seed=int(body.get("seed") or 0), stop=(stop,) if isinstance(stop, str) else tuple(stop), batch_size=1)
+                temperature=float(body.get("temperature", 0.0)),
+                top_p=float(body.get("top_p", 1.0)),
+                seed=int(body.get("seed") or 0),
+                stop=(stop,) if isinstance(stop, str) else tuple(stop),
+                batch_size=1,
+            )
         except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             raise RequestError(400, f"bad sampling parameters: {exc}".splitlines()[0]) from exc
-        prompt = str(self.tokenizer.apply_chat_template(
-            [{"role": m["role"], "content": m["content"]} for m in messages], add_generation_prompt=True,
-            tokenize=False))
+        prompt = str(
+            self.tokenizer.apply_chat_template(
+                [{"role": m["role"], "content": m["content"]} for m in messages],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+        )
         with self._lock:
-            (completion,), = self.backend.generate([prompt], config)
+            ((completion,),) = self.backend.generate([prompt], config)
         prompt_tokens = len(self.tokenizer.encode(prompt, add_special_tokens=False))
         return {
             "id": "chatcmpl-" + hash_value([prompt, completion.text, time.time_ns()]),
-            "object": "chat.completion", "created": int(time.time()), "model": self.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
-                         "finish_reason": "length" if completion.finish_reason == "length" else "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion.num_tokens,
-                      "total_tokens": prompt_tokens + completion.num_tokens},
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": completion.text},
+                    "finish_reason": "length" if completion.finish_reason == "length" else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion.num_tokens,
+                "total_tokens": prompt_tokens + completion.num_tokens,
+            },
         }
 
 
@@ -152,8 +188,9 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-                self._send(404, {"error": {"message": f"no route {self.path}; POST /v1/chat/completions",
-                                           "type": "not_found"}})
+                self._send(
+                    404, {"error": {"message": f"no route {self.path}; POST /v1/chat/completions", "type": "not_found"}}
+                )
                 return
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
@@ -170,9 +207,19 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def make_server(model: str | Path, *, adapter: str | Path | None = None, backend: str = "hf",
-                name: str | None = None, host: str = "127.0.0.1", port: int = 8000, max_tokens: int = 512,
-                api_key_env: str | None = None, allow_pickle: bool = False, **backend_options: Any) -> ChatServer:
+def make_server(
+    model: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    backend: str = "hf",
+    name: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_tokens: int = 512,
+    api_key_env: str | None = None,
+    allow_pickle: bool = False,
+    **backend_options: Any,
+) -> ChatServer:
     """Load ``model`` (+ ``adapter``) with generation backend ``backend`` and bind the endpoint (not started)."""
     from transformers import AutoTokenizer
 
@@ -184,8 +231,9 @@ def make_server(model: str | Path, *, adapter: str | Path | None = None, backend
         raise ConfigError(f"judge serve: {path} has no chat template in its tokenizer; a chat endpoint needs one")
     loaded = get_backend(backend, path, adapter=adapter, allow_pickle=allow_pickle, **backend_options)
     try:
-        return ChatServer(loaded, tokenizer, name or path.name, host=host, port=port, max_tokens=max_tokens,
-                          api_key_env=api_key_env)
+        return ChatServer(
+            loaded, tokenizer, name or path.name, host=host, port=port, max_tokens=max_tokens, api_key_env=api_key_env
+        )
     except BaseException:
         loaded.close()
         raise

@@ -36,8 +36,10 @@ def xstest_dir(data_dir: str | Path | None = None) -> Path:
         folder = base / "xstest" if (base / "xstest").is_dir() else base
         if (folder / f"xstest_v2_completions_{COMPLETION_FILES[0]}.csv").is_file():
             return folder
-    raise DataError(f"XSTest completions not found under {', '.join(map(str, candidates))} "
-                    "(expected xstest/xstest_v2_completions_*.csv; set REALIGN_DATA_DIR)")
+    raise DataError(
+        f"XSTest completions not found under {', '.join(map(str, candidates))} "
+        "(expected xstest/xstest_v2_completions_*.csv; set REALIGN_DATA_DIR)"
+    )
 
 
 def load_labelled(data_dir: str | Path | None = None) -> list[dict[str, Any]]:
@@ -57,8 +59,15 @@ def load_labelled(data_dir: str | Path | None = None) -> list[dict[str, Any]]:
                     continue
                 if label not in GOLD:
                     raise DataError(f"{path}: row {number}: column 'final_label': unknown label {label!r}")
-                rows.append({"model": model, "type": row["type"], "prompt": row["prompt"],
-                             "completion": row["completion"], "refusal": GOLD[label]})
+                rows.append(
+                    {
+                        "model": model,
+                        "type": row["type"],
+                        "prompt": row["prompt"],
+                        "completion": row["completion"],
+                        "refusal": GOLD[label],
+                    }
+                )
     if not rows:
         raise DataError(f"{folder}: no labelled XSTest completions")
     return rows
@@ -70,10 +79,16 @@ def _figures(gold: list[bool], predicted: list[bool]) -> dict[str, Any]:
     fn = sum(g and not p for g, p in zip(gold, predicted, strict=True))
     tn = len(gold) - tp - fp - fn
     n = len(gold)
-    return {"n": n, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "accuracy": (tp + tn) / n if n else float("nan"),
-            "precision": tp / (tp + fp) if tp + fp else float("nan"),
-            "recall": tp / (tp + fn) if tp + fn else float("nan")}
+    return {
+        "n": n,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "accuracy": (tp + tn) / n if n else float("nan"),
+        "precision": tp / (tp + fp) if tp + fp else float("nan"),
+        "recall": tp / (tp + fn) if tp + fn else float("nan"),
+    }
 
 
 def validate_refusal_judge(data_dir: str | Path | None = None, judge: Any = None) -> dict[str, Any]:
@@ -83,8 +98,15 @@ def validate_refusal_judge(data_dir: str | Path | None = None, judge: Any = None
     rows = load_labelled(data_dir)
     predicted = [bool(judge.is_refusal(r["completion"])) for r in rows]
     gold = [bool(r["refusal"]) for r in rows]
-    out: dict[str, Any] = {"judge_id": judge.id, "judge_hash": judge.hash, "labelled_set": "xstest_v2_completions",
-                           "positive": "refusal", "dropped": DROPPED, **_figures(gold, predicted), "per_model": {}}
+    out: dict[str, Any] = {
+        "judge_id": judge.id,
+        "judge_hash": judge.hash,
+        "labelled_set": "xstest_v2_completions",
+        "positive": "refusal",
+        "dropped": DROPPED,
+        **_figures(gold, predicted),
+        "per_model": {},
+    }
     for model in COMPLETION_FILES:
         picked = [i for i, r in enumerate(rows) if r["model"] == model]
         out["per_model"][model] = _figures([gold[i] for i in picked], [predicted[i] for i in picked])
@@ -106,11 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures = validate_refusal_judge(args.data)
     print(f"{figures['judge_id']} on XSTest labelled completions (full refusal vs full compliance; partial dropped)")
-    print(f"  n={figures['n']}  accuracy={figures['accuracy']:.3f}  precision(refusal)={figures['precision']:.3f}  "
-          f"recall(refusal)={figures['recall']:.3f}")
+    print(
+        f"  n={figures['n']}  accuracy={figures['accuracy']:.3f}  precision(refusal)={figures['precision']:.3f}  "
+        f"recall(refusal)={figures['recall']:.3f}"
+    )
     for model, f in figures["per_model"].items():
-        print(f"  {model:16s} n={f['n']:3d}  accuracy={f['accuracy']:.3f}  precision={f['precision']:.3f}  "
-              f"recall={f['recall']:.3f}")
+        print(
+            f"  {model:16s} n={f['n']:3d}  accuracy={f['accuracy']:.3f}  precision={f['precision']:.3f}  "
+            f"recall={f['recall']:.3f}"
+        )
     if args.out is not None:
         write_json(figures, args.out)
         print(f"wrote {args.out}")

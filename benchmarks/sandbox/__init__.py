@@ -12,4 +12,14 @@ from benchmarks.sandbox._sandbox import (
     run_program,
 )
 
-__all__ = ["AUDIT_WARNING", "SandboxResult", "humaneval_candidate", "humaneval_program", "namespaces_available", "resolve_isolation", "run_humaneval", "run_humaneval_samples", "run_program"]
+__all__ = [
+    "AUDIT_WARNING",
+    "SandboxResult",
+    "humaneval_candidate",
+    "humaneval_program",
+    "namespaces_available",
+    "resolve_isolation",
+    "run_humaneval",
+    "run_humaneval_samples",
+    "run_program",
+]

@@ -69,7 +69,34 @@ from harness.core.records import GenerationRecord, Item
 
 Isolation = Literal["auto", "namespace", "audit"]
 
-_PRELOAD = ["typing", "math", "re", "collections", "itertools", "functools", "hashlib", "string", "heapq", "statistics", "fractions", "bisect", "random", "copy", "operator", "decimal", "datetime", "json", "numbers", "array", "cmath", "textwrap", "pickle", "struct", "traceback", "ctypes"]
+_PRELOAD = [
+    "typing",
+    "math",
+    "re",
+    "collections",
+    "itertools",
+    "functools",
+    "hashlib",
+    "string",
+    "heapq",
+    "statistics",
+    "fractions",
+    "bisect",
+    "random",
+    "copy",
+    "operator",
+    "decimal",
+    "datetime",
+    "json",
+    "numbers",
+    "array",
+    "cmath",
+    "textwrap",
+    "pickle",
+    "struct",
+    "traceback",
+    "ctypes",
+]
 
 AUDIT_WARNING = (
     "WARNING: --sandbox audit runs MODEL-WRITTEN CODE WITHOUT NAMESPACES: it shares the host's network, "
@@ -77,7 +104,7 @@ AUDIT_WARNING = (
     "Use it only on a throwaway machine."
 )
 
-_RUNNER = r'''
+_RUNNER = r"""
 import os, sys, json
 mode, job_path, verdict_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(job_path, encoding="utf-8") as handle:
@@ -285,7 +312,7 @@ except OSError:
 os.waitpid(child, 0)
 _verdict(ok, why)
 os._exit(0)
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -304,8 +331,11 @@ def namespaces_available() -> bool:
         return False
     flags = [] if os.geteuid() == 0 else ["--map-root-user"]
     try:
-        done = subprocess.run(["unshare", *flags, "--net", "--pid", "--mount", "--fork", "--kill-child",
-                               "--mount-proc", "true"], capture_output=True, timeout=10)
+        done = subprocess.run(
+            ["unshare", *flags, "--net", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc", "true"],
+            capture_output=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
@@ -323,7 +353,8 @@ def resolve_isolation(isolation: Isolation) -> Literal["namespace", "audit"]:
         raise ConfigError(
             "refusing to run model-written code: the namespace sandbox is not available here (`unshare` "
             "and `mount` must be on PATH and able to create net/pid/mount namespaces). Pass "
-            "--sandbox audit to run it in the much weaker audit sandbox instead (not recommended).")
+            "--sandbox audit to run it in the much weaker audit sandbox instead (not recommended)."
+        )
     return "namespace"
 
 
@@ -336,8 +367,16 @@ def _limits(cpu_s: int, memory_mb: int, fsize_mb: int, nproc: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _run_job(job: dict[str, str], *, timeout_s: float, cpu_s: int, memory_mb: int, fsize_mb: int,
-             nproc: int, isolation: Isolation) -> SandboxResult:
+def _run_job(
+    job: dict[str, str],
+    *,
+    timeout_s: float,
+    cpu_s: int,
+    memory_mb: int,
+    fsize_mb: int,
+    nproc: int,
+    isolation: Isolation,
+) -> SandboxResult:
     mode = resolve_isolation(isolation) if isolation != "audit" else "audit"
     host_dir = Path(tempfile.mkdtemp(prefix="realign-sandbox-"))
     started = time.monotonic()
@@ -351,18 +390,38 @@ def _run_job(job: dict[str, str], *, timeout_s: float, cpu_s: int, memory_mb: in
         runner.write_text(f"PRELOAD = {_PRELOAD!r}\n" + _RUNNER, encoding="utf-8")
         for path in (host_dir, work):
             path.chmod(0o755)
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work), "TMPDIR": str(work),
-               "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": str(work),
+            "TMPDIR": str(work),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         python = getattr(sys, "_base_executable", sys.executable)
         command = [python, "-I", str(runner), mode, str(job_path), str(verdict_w)]
         if mode == "namespace":
             flags = [] if os.geteuid() == 0 else ["--map-root-user"]
-            command = ["unshare", *flags, "--net", "--pid", "--mount", "--fork", "--kill-child",
-                       "--mount-proc", "--", *command]
+            command = [
+                "unshare",
+                *flags,
+                "--net",
+                "--pid",
+                "--mount",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--",
+                *command,
+            ]
         stdout_path, stderr_path = host_dir / "stdout", host_dir / "stderr"
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             process = subprocess.Popen(
-                command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                command,
+                cwd=work,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
                 pass_fds=(verdict_w,),
                 preexec_fn=functools.partial(_limits, cpu_s, memory_mb, fsize_mb, nproc),
             )
@@ -400,22 +459,50 @@ def _run_job(job: dict[str, str], *, timeout_s: float, cpu_s: int, memory_mb: in
         shutil.rmtree(host_dir, ignore_errors=True)
 
 
-def run_program(source: str, *, timeout_s: float = 10.0, cpu_s: int = 10, memory_mb: int = 1024,
-                fsize_mb: int = 16, nproc: int = 64, isolation: Isolation = "auto") -> SandboxResult:
+def run_program(
+    source: str,
+    *,
+    timeout_s: float = 10.0,
+    cpu_s: int = 10,
+    memory_mb: int = 1024,
+    fsize_mb: int = 16,
+    nproc: int = 64,
+    isolation: Isolation = "auto",
+) -> SandboxResult:
     """Run a Python program in the sandbox; passed = it ran to the end without an exception."""
-    return _run_job({"kind": "program", "source": source}, timeout_s=timeout_s, cpu_s=cpu_s,
-                    memory_mb=memory_mb, fsize_mb=fsize_mb, nproc=nproc, isolation=isolation)
+    return _run_job(
+        {"kind": "program", "source": source},
+        timeout_s=timeout_s,
+        cpu_s=cpu_s,
+        memory_mb=memory_mb,
+        fsize_mb=fsize_mb,
+        nproc=nproc,
+        isolation=isolation,
+    )
 
 
-def run_humaneval(item: Item, completion: str, *, timeout_s: float = 10.0, cpu_s: int = 10,
-                  memory_mb: int = 1024, fsize_mb: int = 16, nproc: int = 64,
-                  isolation: Isolation = "auto") -> SandboxResult:
+def run_humaneval(
+    item: Item,
+    completion: str,
+    *,
+    timeout_s: float = 10.0,
+    cpu_s: int = 10,
+    memory_mb: int = 1024,
+    fsize_mb: int = 16,
+    nproc: int = 64,
+    isolation: Isolation = "auto",
+) -> SandboxResult:
     """Run one HumanEval sample: the candidate in one process, the dataset's `check` in another."""
     entry = str(item.metadata["entry_point"])
-    job = {"kind": "humaneval", "source": humaneval_candidate(item, completion), "entry": entry,
-           "trusted": f"{item.metadata.get('code_prompt', '')}\n\n{item.reference}\n"}
-    return _run_job(job, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=fsize_mb,
-                    nproc=nproc, isolation=isolation)
+    job = {
+        "kind": "humaneval",
+        "source": humaneval_candidate(item, completion),
+        "entry": entry,
+        "trusted": f"{item.metadata.get('code_prompt', '')}\n\n{item.reference}\n",
+    }
+    return _run_job(
+        job, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=fsize_mb, nproc=nproc, isolation=isolation
+    )
 
 
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.S)
@@ -439,9 +526,15 @@ def humaneval_program(item: Item, completion: str) -> str:
     return f"{humaneval_candidate(item, completion)}\n\n{item.reference}\n\ncheck({entry})\n"
 
 
-def run_humaneval_samples(generations: Sequence[GenerationRecord], items: Mapping[str, Item], *,
-                          allow_code_execution: bool = False, workers: int = 2,
-                          isolation: Isolation = "auto", **limits: object) -> dict[str, list[bool]]:
+def run_humaneval_samples(
+    generations: Sequence[GenerationRecord],
+    items: Mapping[str, Item],
+    *,
+    allow_code_execution: bool = False,
+    workers: int = 2,
+    isolation: Isolation = "auto",
+    **limits: object,
+) -> dict[str, list[bool]]:
     """Execute every HumanEval generation; returns {item_id: [passed per sample]}."""
     if not allow_code_execution:
         raise ConfigError(
@@ -454,8 +547,7 @@ def run_humaneval_samples(generations: Sequence[GenerationRecord], items: Mappin
         raise ConfigError(f"generations for unknown items: {', '.join(missing[:5])}")
 
     def run_one(generation: GenerationRecord) -> bool:
-        return run_humaneval(items[generation.item_id], generation.completion,
-                             isolation=isolation, **limits).passed  # type: ignore[arg-type]
+        return run_humaneval(items[generation.item_id], generation.completion, isolation=isolation, **limits).passed  # type: ignore[arg-type]
 
     results: dict[str, list[bool]] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -30,8 +30,9 @@ class ScoreOptions:
 
 
 #: (benchmark, generations, verdicts or None, items by id, options) -> (scores, per-item scores)
-GenerationScoreFn = Callable[["Benchmark", Sequence[GenerationRecord], "Sequence[Verdict] | None",
-                              Mapping[str, Item], ScoreOptions], Scored]
+GenerationScoreFn = Callable[
+    ["Benchmark", Sequence[GenerationRecord], "Sequence[Verdict] | None", Mapping[str, Item], ScoreOptions], Scored
+]
 #: (benchmark, model dir or (model, tokenizer), items) -> (scores, per-item scores)
 ModelScoreFn = Callable[["Benchmark", Any, Sequence[Item]], Scored]
 
@@ -60,8 +61,9 @@ def _load_builtin_scorers() -> None:
 SCORERS: Registry[Scorer] = Registry("scorer", "realign.scorers", check=_check, builtins=_load_builtin_scorers)
 
 
-def scorer(name: str, *, reads: Reads = "generations",
-           needs_verdicts: bool = False) -> Callable[[Callable[..., Scored]], Callable[..., Scored]]:
+def scorer(
+    name: str, *, reads: Reads = "generations", needs_verdicts: bool = False
+) -> Callable[[Callable[..., Scored]], Callable[..., Scored]]:
     """Register the decorated function as scorer ``name`` (the function itself is returned unchanged).
 
     A ``reads="generations"`` scorer has the :data:`GenerationScoreFn` signature, a ``reads="model"``

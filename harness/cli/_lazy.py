@@ -56,7 +56,9 @@ class LazyGroup(click.Group):
                     rows.append((name, command.get_short_help_str(limit)))
             else:
                 # click's own truncation, applied to the declared text
-                rows.append((name, click.Command(name, help=self.lazy_commands[name].short_help).get_short_help_str(limit)))
+                rows.append(
+                    (name, click.Command(name, help=self.lazy_commands[name].short_help).get_short_help_str(limit))
+                )
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

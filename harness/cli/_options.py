@@ -13,9 +13,11 @@ from harness.core.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-FIELD_HELP = ("Map an item field to your file's column, repeatable: --field prompt=Behavior --field "
-              "context=ContextString (--field metadata=COL keeps COL in the item). Columns named prompt, "
-              "category, id, language, reference, subcategory or context need no mapping.")
+FIELD_HELP = (
+    "Map an item field to your file's column, repeatable: --field prompt=Behavior --field "
+    "context=ContextString (--field metadata=COL keeps COL in the item). Columns named prompt, "
+    "category, id, language, reference, subcategory or context need no mapping."
+)
 
 
 def _data(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -36,13 +38,22 @@ def _data_path(ctx: click.Context, _param: click.Parameter, value: str | None) -
     ctx.params["data_path"] = value
 
 
-def data_option(help_text: str = "Benchmark data file or folder (overrides where the data resolves).") -> Callable[[F], F]:
+def data_option(
+    help_text: str = "Benchmark data file or folder (overrides where the data resolves).",
+) -> Callable[[F], F]:
     """``--data PATH`` (parameter ``data_path``), with the old ``--data-path`` as a hidden, warning alias."""
 
     def decorator(fn: F) -> F:
         path = click.Path(exists=True, path_type=str)
-        fn = click.option("--data-path", "data_path_deprecated", type=path, default=None, hidden=True,
-                          expose_value=False, callback=_data_path)(fn)
+        fn = click.option(
+            "--data-path",
+            "data_path_deprecated",
+            type=path,
+            default=None,
+            hidden=True,
+            expose_value=False,
+            callback=_data_path,
+        )(fn)
         return click.option("--data", "data_path", type=path, default=None, callback=_data, help=help_text)(fn)
 
     return decorator

@@ -49,24 +49,33 @@ def list_cmd() -> None:
 def _describe_fields(bench: Any) -> list[str]:
     """The column mapping in words: which column feeds each item field."""
     fields, conventional = bench.spec.fields, bench.spec.conventional_columns
-    lines = ["column mapping (item field <- column; change with --field FIELD=COLUMN, `fields:` in a spec "
-             "YAML, or `options:` of a benchmark in an experiment):"]
+    lines = [
+        "column mapping (item field <- column; change with --field FIELD=COLUMN, `fields:` in a spec "
+        "YAML, or `options:` of a benchmark in an experiment):"
+    ]
     for name in ("prompt", "category", "id", "language", "reference", "subcategory", "context"):
         column = getattr(fields, name)
         if column is not None:
-            source = f"column {column!r}" + (" (required)" if name != "prompt" or not bench.spec.prompt_template else "")
+            source = f"column {column!r}" + (
+                " (required)" if name != "prompt" or not bench.spec.prompt_template else ""
+            )
         elif conventional:
             source = f"column {name!r} when the file has one"
         else:
             source = "-"
-        note = {"category": "  (scores per category)", "context": "  (item.metadata['context'], for judges "
-                "that take context)", "id": "  (default: the row number)"}.get(name, "")
+        note = {
+            "category": "  (scores per category)",
+            "context": "  (item.metadata['context'], for judges that take context)",
+            "id": "  (default: the row number)",
+        }.get(name, "")
         lines.append(f"  {name:<12} <- {source}{note}")
     kept = ", ".join(map(repr, fields.metadata)) or "none"
     lines.append(f"  {'metadata':<12} <- columns {kept}  (--field metadata=COL, repeatable)")
     if bench.spec.prompt_template is not None:
-        lines.append(f"prompt template: {bench.spec.prompt_template!r} "
-                     f"(list parts joined by {bench.spec.template_separator!r}, empty ones left out)")
+        lines.append(
+            f"prompt template: {bench.spec.prompt_template!r} "
+            f"(list parts joined by {bench.spec.template_separator!r}, empty ones left out)"
+        )
     return lines
 
 
@@ -112,30 +121,69 @@ def show_cmd(name: str, samples: int, data_path: str | None, fields: tuple[str, 
 @click.option("--verdicts", type=click.Path(exists=True, dir_okay=False), help="Verdict JSONL (safety).")
 @data_option("Data file or folder for the items (your CSV/JSONL for csv|jsonl).")
 @field_option
-@click.option("--allow-code-execution", is_flag=True,
-              help="Required for HumanEval: EXECUTES MODEL-WRITTEN CODE (in the sandbox: separate process, "
-                   "no network, CPU/memory/file/process limits, throwaway dir).")
-@click.option("--sandbox", type=click.Choice(["namespace", "audit"]), default="namespace", show_default=True,
-              help="namespace: unshare net/pid/mount namespaces, read-only host; refuses when unavailable. "
-                   "audit: NO namespaces (uid nobody + audit hook); only when asked for, with a warning.")
+@click.option(
+    "--allow-code-execution",
+    is_flag=True,
+    help="Required for HumanEval: EXECUTES MODEL-WRITTEN CODE (in the sandbox: separate process, "
+    "no network, CPU/memory/file/process limits, throwaway dir).",
+)
+@click.option(
+    "--sandbox",
+    type=click.Choice(["namespace", "audit"]),
+    default="namespace",
+    show_default=True,
+    help="namespace: unshare net/pid/mount namespaces, read-only host; refuses when unavailable. "
+    "audit: NO namespaces (uid nobody + audit hook); only when asked for, with a warning.",
+)
 @click.option("-k", "ks", multiple=True, type=int, default=(1,), show_default=True, help="pass@k values.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Append Score rows to this JSONL file.")
-@click.option("--model", "model", default=None,
-              help="Model directory (or smollm2-135m-instruct) for the scorers that read the model, not "
-                   "generations: xcopa_zh (log-likelihood accuracy), task_nll (answer NLL), --lm-eval-task.")
-@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
-              help="PEFT LoRA adapter on --model (merged in memory).")
-@click.option("--lm-eval-task", "lm_eval_task", type=click.Path(exists=True), default=None,
-              help="An lm-eval task YAML (or a folder of them) run offline on --model; no --benchmark needed.")
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Model directory (or smollm2-135m-instruct) for the scorers that read the model, not "
+    "generations: xcopa_zh (log-likelihood accuracy), task_nll (answer NLL), --lm-eval-task.",
+)
+@click.option(
+    "--adapter",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="PEFT LoRA adapter on --model (merged in memory).",
+)
+@click.option(
+    "--lm-eval-task",
+    "lm_eval_task",
+    type=click.Path(exists=True),
+    default=None,
+    help="An lm-eval task YAML (or a folder of them) run offline on --model; no --benchmark needed.",
+)
 @click.option("--lang", "languages", multiple=True, help="With --model: language filter, repeatable.")
-@click.option("--category", "categories", multiple=True, help="With --model: category filter (task_nll: math, "
-              "code, chinese, english), repeatable.")
+@click.option(
+    "--category",
+    "categories",
+    multiple=True,
+    help="With --model: category filter (task_nll: math, code, chinese, english), repeatable.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="With --model: first N items only.")
 @click.option("--allow-pickle", is_flag=True, help="Load pickle weights (weights_only=True); refused by default.")
-def score_cmd(benchmark: str | None, generations: str | None, verdicts: str | None, data_path: str | None,
-              fields: tuple[str, ...], allow_code_execution: bool, sandbox: str, ks: tuple[int, ...], out: str | None,
-              model: str | None, adapter: str | None, lm_eval_task: str | None, languages: tuple[str, ...],
-              categories: tuple[str, ...], limit: int | None, allow_pickle: bool) -> None:
+def score_cmd(
+    benchmark: str | None,
+    generations: str | None,
+    verdicts: str | None,
+    data_path: str | None,
+    fields: tuple[str, ...],
+    allow_code_execution: bool,
+    sandbox: str,
+    ks: tuple[int, ...],
+    out: str | None,
+    model: str | None,
+    adapter: str | None,
+    lm_eval_task: str | None,
+    languages: tuple[str, ...],
+    categories: tuple[str, ...],
+    limit: int | None,
+    allow_pickle: bool,
+) -> None:
     """Score saved generations / verdicts: overall and per language and category.
 
     With --model, score the model itself instead: a benchmark whose scorer reads the model (xcopa_zh,
@@ -143,21 +191,41 @@ def score_cmd(benchmark: str | None, generations: str | None, verdicts: str | No
     """
 
     if model is not None or lm_eval_task is not None:
-        scores = _score_model(benchmark, model, adapter, lm_eval_task, data_path=data_path,
-                              languages=languages, categories=categories, limit=limit,
-                              allow_pickle=allow_pickle, given=bool(generations or verdicts))
+        scores = _score_model(
+            benchmark,
+            model,
+            adapter,
+            lm_eval_task,
+            data_path=data_path,
+            languages=languages,
+            categories=categories,
+            limit=limit,
+            allow_pickle=allow_pickle,
+            given=bool(generations or verdicts),
+        )
     else:
         if benchmark is None:
             raise ConfigError("realign score: give --benchmark (or --lm-eval-task with --model)")
         if not generations and not verdicts:
-            raise ConfigError("realign score: give --generations (and --verdicts for a safety benchmark), "
-                              "or --model for a benchmark scored from the model (xcopa_zh, task_nll)")
+            raise ConfigError(
+                "realign score: give --generations (and --verdicts for a safety benchmark), "
+                "or --model for a benchmark scored from the model (xcopa_zh, task_nll)"
+            )
         bench = load_benchmark(benchmark, fields)
         items = {i.id: i for i in bench.load(data_path=data_path)}
-        gens = _checked(generations, read_jsonl(generations, GenerationRecord), bench.name, items) if generations else []
+        gens = (
+            _checked(generations, read_jsonl(generations, GenerationRecord), bench.name, items) if generations else []
+        )
         verds = _checked(verdicts, read_jsonl(verdicts, Verdict), bench.name, items) if verdicts else []
-        scores = score(bench, gens, verds, items, allow_code_execution=allow_code_execution, ks=ks,
-                       sandbox_options={"isolation": sandbox})
+        scores = score(
+            bench,
+            gens,
+            verds,
+            items,
+            allow_code_execution=allow_code_execution,
+            ks=ks,
+            sandbox_options={"isolation": sandbox},
+        )
     for row in scores:
         ci = f" [{row.ci_low:.3f}, {row.ci_high:.3f}]" if row.ci_low is not None else ""
         subset = ",".join(f"{k}={v}" for k, v in row.subset.items()) or "all"
@@ -167,9 +235,19 @@ def score_cmd(benchmark: str | None, generations: str | None, verdicts: str | No
         append_jsonl(out, scores)
 
 
-def _score_model(benchmark: str | None, model: str | None, adapter: str | None, lm_eval_task: str | None, *,
-                 data_path: str | None, languages: tuple[str, ...], categories: tuple[str, ...],
-                 limit: int | None, allow_pickle: bool, given: bool) -> list[Any]:
+def _score_model(
+    benchmark: str | None,
+    model: str | None,
+    adapter: str | None,
+    lm_eval_task: str | None,
+    *,
+    data_path: str | None,
+    languages: tuple[str, ...],
+    categories: tuple[str, ...],
+    limit: int | None,
+    allow_pickle: bool,
+    given: bool,
+) -> list[Any]:
     """Scores read from the model itself: a model-scored benchmark, or an lm-eval task."""
 
     if model is None:
@@ -187,11 +265,14 @@ def _score_model(benchmark: str | None, model: str | None, adapter: str | None, 
     assert benchmark is not None
     bench = get_benchmark(benchmark)
     if bench.reads != "model":
-        raise ConfigError(f"benchmark {bench.name!r} is scored from saved generations (scorer {bench.scorer!r}), "
-                          f"not from the model: run `realign generate` and pass --generations; "
-                          f"--model scores {', '.join(sorted(scorer_names('model')))} benchmarks")
-    items = bench.load(limit=limit, languages=list(languages) or None, categories=list(categories) or None,
-                       data_path=data_path)
+        raise ConfigError(
+            f"benchmark {bench.name!r} is scored from saved generations (scorer {bench.scorer!r}), "
+            f"not from the model: run `realign generate` and pass --generations; "
+            f"--model scores {', '.join(sorted(scorer_names('model')))} benchmarks"
+        )
+    items = bench.load(
+        limit=limit, languages=list(languages) or None, categories=list(categories) or None, data_path=data_path
+    )
     if not items:
         raise ConfigError(f"benchmark {bench.name!r}: no items after the filters; nothing to score")
     return score_with_model(bench, loaded, items)
@@ -219,14 +300,19 @@ def _checked(path: str, records: list[Any], benchmark: str, items: dict[str, Any
     for index, record in enumerate(records, start=1):
         other = getattr(record, "benchmark", benchmark)
         if other != benchmark:
-            raise DataError(f"{path}: record {index} (item {record.item_id!r}) is for benchmark {other!r}, "
-                            f"not {benchmark!r}")
+            raise DataError(
+                f"{path}: record {index} (item {record.item_id!r}) is for benchmark {other!r}, not {benchmark!r}"
+            )
         if record.item_id not in items:
-            raise DataError(f"{path}: record {index}: item {record.item_id!r} is not one of {benchmark!r}'s "
-                            f"{len(items)} items (another benchmark's file, or other --data?)")
+            raise DataError(
+                f"{path}: record {index}: item {record.item_id!r} is not one of {benchmark!r}'s "
+                f"{len(items)} items (another benchmark's file, or other --data?)"
+            )
         key = (record.item_id, record.sample_index, getattr(record, "judge_id", None))
         if key in seen:
-            raise DataError(f"{path}: record {index} repeats item {record.item_id!r} sample {record.sample_index} "
-                            f"(first as record {seen[key]}); a file holds each once")
+            raise DataError(
+                f"{path}: record {index} repeats item {record.item_id!r} sample {record.sample_index} "
+                f"(first as record {seen[key]}); a file holds each once"
+            )
         seen[key] = index
     return records

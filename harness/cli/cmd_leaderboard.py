@@ -14,18 +14,35 @@ from leaderboards import FORMATS, Store, build_leaderboard, compare_runs, render
 
 
 @click.command("leaderboard")
-@click.option("--store", "store_path", required=True, metavar="FILE|URL", help="Results store (SQLite file or SQLAlchemy URL).")
+@click.option(
+    "--store", "store_path", required=True, metavar="FILE|URL", help="Results store (SQLite file or SQLAlchemy URL)."
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (e.g. site/).")
 @click.option("--run", "run_id", default=None, help="Run id or unique prefix (default: the latest run).")
-@click.option("--format", "formats", default="all", show_default=True, metavar="md|csv|json|html|all",
-              help="Comma-separated formats to write.")
-@click.option("--judge", default=None,
-              help="Primary judge id for every harmfulness column (default: the judge each benchmark's cells "
-                   "were scored with, i.e. the experiment's per-benchmark `judge` or its first judge).")
-@click.option("--judge-for", "judge_for", multiple=True, metavar="BENCHMARK=JUDGE",
-              help="Primary judge of one benchmark's column (repeatable); JUDGE is a judge id or a unique prefix.")
-def leaderboard_command(store_path: str, out_dir: str, run_id: str | None, formats: str, judge: str | None,
-                        judge_for: tuple[str, ...]) -> None:
+@click.option(
+    "--format",
+    "formats",
+    default="all",
+    show_default=True,
+    metavar="md|csv|json|html|all",
+    help="Comma-separated formats to write.",
+)
+@click.option(
+    "--judge",
+    default=None,
+    help="Primary judge id for every harmfulness column (default: the judge each benchmark's cells "
+    "were scored with, i.e. the experiment's per-benchmark `judge` or its first judge).",
+)
+@click.option(
+    "--judge-for",
+    "judge_for",
+    multiple=True,
+    metavar="BENCHMARK=JUDGE",
+    help="Primary judge of one benchmark's column (repeatable); JUDGE is a judge id or a unique prefix.",
+)
+def leaderboard_command(
+    store_path: str, out_dir: str, run_id: str | None, formats: str, judge: str | None, judge_for: tuple[str, ...]
+) -> None:
     """Aggregate a run into a leaderboard: Markdown, CSV, JSON and a static HTML site with plots.
 
     The HTML site (index.html + SVG plots) needs no server and no network. The same store always
@@ -48,25 +65,64 @@ def leaderboard_command(store_path: str, out_dir: str, run_id: str | None, forma
 @click.command("compare")
 @click.argument("baseline")
 @click.argument("candidate")
-@click.option("--store", "store_path", default=None, metavar="FILE|URL",
-              help="Store holding BASELINE/CANDIDATE when they are run ids (else each is FILE or FILE@RUN).")
+@click.option(
+    "--store",
+    "store_path",
+    default=None,
+    metavar="FILE|URL",
+    help="Store holding BASELINE/CANDIDATE when they are run ids (else each is FILE or FILE@RUN).",
+)
 @click.option("--alpha", default=0.05, show_default=True, type=float, help="Significance level after Holm correction.")
-@click.option("--metric", "metrics", multiple=True,
-              help="Track only this metric (repeatable): harmfulness, gsm8k_flexible, gsm8k_strict, pass@1, acc, nll, ...")
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="Track only this metric (repeatable): harmfulness, gsm8k_flexible, gsm8k_strict, pass@1, acc, nll, ...",
+)
 @click.option("--judge", default=None, help="Judge whose harmful/harmless verdicts define harmfulness.")
-@click.option("--by", default="benchmark", show_default=True, metavar="benchmark[,method][,finetuned]",
-              help="How items are grouped into tests.")
-@click.option("--test", "test", type=click.Choice(["auto", "exact", "chi2"]), default="auto", show_default=True,
-              help="McNemar variant for 0/1 metrics (auto: exact below 25 discordant pairs).")
-@click.option("--continuous", type=click.Choice(["wilcoxon", "bootstrap"]), default="wilcoxon", show_default=True,
-              help="Paired test for continuous per-item metrics (e.g. nll, pass@k from several samples).")
+@click.option(
+    "--by",
+    default="benchmark",
+    show_default=True,
+    metavar="benchmark[,method][,finetuned]",
+    help="How items are grouped into tests.",
+)
+@click.option(
+    "--test",
+    "test",
+    type=click.Choice(["auto", "exact", "chi2"]),
+    default="auto",
+    show_default=True,
+    help="McNemar variant for 0/1 metrics (auto: exact below 25 discordant pairs).",
+)
+@click.option(
+    "--continuous",
+    type=click.Choice(["wilcoxon", "bootstrap"]),
+    default="wilcoxon",
+    show_default=True,
+    help="Paired test for continuous per-item metrics (e.g. nll, pass@k from several samples).",
+)
 @click.option("--resamples", default=2000, show_default=True, type=int, help="Paired bootstrap resamples.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
 @click.option("--show-flips", default=20, show_default=True, type=int, help="How many flipped items to print.")
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the full report as JSON.")
-def compare_command(baseline: str, candidate: str, store_path: str | None, alpha: float, metrics: tuple[str, ...],
-                    judge: str | None, by: str, test: str, continuous: str, resamples: int, seed: int,
-                    show_flips: int, json_out: str | None) -> None:
+@click.option(
+    "--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the full report as JSON."
+)
+def compare_command(
+    baseline: str,
+    candidate: str,
+    store_path: str | None,
+    alpha: float,
+    metrics: tuple[str, ...],
+    judge: str | None,
+    by: str,
+    test: str,
+    continuous: str,
+    resamples: int,
+    seed: int,
+    show_flips: int,
+    json_out: str | None,
+) -> None:
     """Compare CANDIDATE with BASELINE item by item; exit 1 if the candidate is significantly worse.
 
     BASELINE and CANDIDATE are each a store file (its latest run), FILE@RUN, or a run id with --store.
@@ -80,35 +136,70 @@ def compare_command(baseline: str, candidate: str, store_path: str | None, alpha
     from rich.markup import escape
     from rich.table import Table
 
-    report = compare_runs(baseline, candidate, store=store_path, alpha=alpha, metrics=list(metrics) or None,
-                          judge=judge, by=[b.strip() for b in by.split(",") if b.strip()], resamples=resamples,
-                          seed=seed, test=test, continuous=continuous)
+    report = compare_runs(
+        baseline,
+        candidate,
+        store=store_path,
+        alpha=alpha,
+        metrics=list(metrics) or None,
+        judge=judge,
+        by=[b.strip() for b in by.split(",") if b.strip()],
+        resamples=resamples,
+        seed=seed,
+        test=test,
+        continuous=continuous,
+    )
     console = Console(width=160)
     console.print(f"baseline:  {report.baseline}\ncandidate: {report.candidate}\njudge: {report.judge or '—'}")
     table = Table(title=f"paired comparison (alpha {alpha}, Holm-corrected)")
-    for column in ("group", "metric", "n", "baseline", "candidate", "diff [95% CI]", "worse/better flips",
-                   "p", "p (Holm)", "verdict"):
+    for column in (
+        "group",
+        "metric",
+        "n",
+        "baseline",
+        "candidate",
+        "diff [95% CI]",
+        "worse/better flips",
+        "p",
+        "p (Holm)",
+        "verdict",
+    ):
         table.add_column(column)
     for r in report.results:
         style = {"worse": "bold red", "better": "green"}.get(r.verdict, "")
         table.add_row(
-            escape(", ".join(r.group.values())), escape(r.metric), str(r.n),
-            f"{r.baseline_mean:.3f}{_rg(r.baseline_corrected)}", f"{r.candidate_mean:.3f}{_rg(r.candidate_corrected)}",
-            f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"{r.worse_flips}/{r.better_flips}",
-            f"{r.p_value:.3g} ({r.test})", f"{r.p_holm:.3g}", r.verdict, style=style,
+            escape(", ".join(r.group.values())),
+            escape(r.metric),
+            str(r.n),
+            f"{r.baseline_mean:.3f}{_rg(r.baseline_corrected)}",
+            f"{r.candidate_mean:.3f}{_rg(r.candidate_corrected)}",
+            f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]",
+            f"{r.worse_flips}/{r.better_flips}",
+            f"{r.p_value:.3g} ({r.test})",
+            f"{r.p_holm:.3g}",
+            r.verdict,
+            style=style,
         )
     console.print(table)
     if any(r.baseline_corrected for r in report.results):
-        console.print("RG = Rogan–Gladen harmfulness corrected for judge error with the judge card's sens/spec "
-                      "[95% bootstrap CI over items and validation rows]", highlight=False)
+        console.print(
+            "RG = Rogan–Gladen harmfulness corrected for judge error with the judge card's sens/spec "
+            "[95% bootstrap CI over items and validation rows]",
+            highlight=False,
+        )
     flips = report.flipped
     if len(flips):
-        console.print(f"{len(flips)} flipped items ({int((flips['direction'] == 'worse').sum())} worse); "
-                      f"first {min(show_flips, len(flips))}:")
+        console.print(
+            f"{len(flips)} flipped items ({int((flips['direction'] == 'worse').sum())} worse); "
+            f"first {min(show_flips, len(flips))}:"
+        )
         for row in flips.head(show_flips).itertuples(index=False):
-            console.print(f"  [{'red' if row.direction == 'worse' else 'green'}]{row.direction}[/] {row.metric} "
-                          f"{escape(f'{row.benchmark}/{row.item_id}#{row.sample_index} ({row.method_label}, {row.finetuned})')}: "
-                          f"{row.baseline:g} → {row.candidate:g}", highlight=False)
+            console.print(
+                f"  [{'red' if row.direction == 'worse' else 'green'}]{row.direction}[/] {row.metric} "
+                f"{escape(f'{row.benchmark}/{row.item_id}#{row.sample_index} ({row.method_label}, {row.finetuned})')}: "
+                f"{row.baseline:g} → {row.candidate:g}",
+                highlight=False,
+            )
             console.print(f"      baseline:  {row.baseline_completion!r}", highlight=False, markup=False)
             console.print(f"      candidate: {row.candidate_completion!r}", highlight=False, markup=False)
     for note in report.notes:
@@ -144,8 +235,14 @@ def status_command(store_path: str, as_json: bool) -> None:
         table.add_column(column)
     for run in status["runs"]:
         cells = run["cells"]
-        table.add_row(run["run_id"], escape(str(run["name"])), run["status"], run["started_at"], run.get("finished_at") or "—",
-                      *(str(cells.get(k, 0)) for k in ("done", "cached", "failed", "pending")))
+        table.add_row(
+            run["run_id"],
+            escape(str(run["name"])),
+            run["status"],
+            run["started_at"],
+            run.get("finished_at") or "—",
+            *(str(cells.get(k, 0)) for k in ("done", "cached", "failed", "pending")),
+        )
     console.print(table)
     counts = status["counts"]
     console.print("rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
@@ -153,9 +250,12 @@ def status_command(store_path: str, as_json: bool) -> None:
     if latest:
         prov = latest.get("provenance") or {}
         packages = ", ".join(f"{k} {v}" for k, v in sorted((prov.get("packages") or {}).items()) if v)
-        console.print(f"last run {latest['run_id']}: git {prov.get('git_sha') or '—'}"
-                      f"{' (dirty)' if prov.get('git_dirty') else ''}; device {prov.get('device') or '—'}; "
-                      f"python {prov.get('python') or '—'}; seeds {prov.get('seeds') or {}}", highlight=False)
+        console.print(
+            f"last run {latest['run_id']}: git {prov.get('git_sha') or '—'}"
+            f"{' (dirty)' if prov.get('git_dirty') else ''}; device {prov.get('device') or '—'}; "
+            f"python {prov.get('python') or '—'}; seeds {prov.get('seeds') or {}}",
+            highlight=False,
+        )
         console.print(f"packages: {packages or '—'}", highlight=False)
         if latest.get("counts"):
             console.print(f"counts: {latest['counts']}", highlight=False)

@@ -45,17 +45,30 @@ def _load_config(path: str) -> dict[str, Any]:
 
 @click.command("merge")
 @click.option("--method", "-m", help="Registered method name (see `realign methods list`).")
-@click.option("--aligned", type=click.Path(), help="Safety-aligned model directory (or a LoRA adapter folder, see above).")
+@click.option(
+    "--aligned", type=click.Path(), help="Safety-aligned model directory (or a LoRA adapter folder, see above)."
+)
 @click.option("--unaligned", type=click.Path(), help="Unaligned model (aligned model fine-tuned on harmful data).")
-@click.option("--base", type=click.Path(),
-              help="Pre-trained base model: anchor of task vectors for methods that take one, and the model "
-                   "adapter folders given as models are merged onto.")
+@click.option(
+    "--base",
+    type=click.Path(),
+    help="Pre-trained base model: anchor of task vectors for methods that take one, and the model "
+    "adapter folders given as models are merged onto.",
+)
 @click.option("--finetuned", "-f", type=click.Path(), multiple=True, help="Fine-tuned model (repeatable).")
-@click.option("--adapter", "adapters", type=click.Path(), multiple=True,
-              help="PEFT LoRA adapter whose factors the method reads (repeatable).")
-@click.option("--adapter-base", metavar="aligned|base|PATH",
-              help="The model the --adapter adapters were trained on (default: their adapter_config.json's "
-                   "base_model_name_or_path). 'base' for adapters that continue θ_A's adapter on the base.")
+@click.option(
+    "--adapter",
+    "adapters",
+    type=click.Path(),
+    multiple=True,
+    help="PEFT LoRA adapter whose factors the method reads (repeatable).",
+)
+@click.option(
+    "--adapter-base",
+    metavar="aligned|base|PATH",
+    help="The model the --adapter adapters were trained on (default: their adapter_config.json's "
+    "base_model_name_or_path). 'base' for adapters that continue θ_A's adapter on the base.",
+)
 @click.option("--preference-data", type=click.Path(), help="Preference data file (methods that train).")
 @click.option("--calibration-data", type=click.Path(), help="Calibration data file.")
 @click.option("--out", "-o", type=click.Path(), help="Output directory (written atomically).")
@@ -63,20 +76,40 @@ def _load_config(path: str) -> dict[str, Any]:
 @click.option("--seed", type=int, help="Global seed (per-tensor seeds derive from it and the tensor name).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Output dtype (default: input's).")
 @click.option("--max-shard-size", help="Shard size, e.g. 1GB (default 1GB).")
-@click.option("--output", "output_kind", type=click.Choice(["dense", "adapter"]), help="Dense weights or a LoRA adapter.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML with MergeSpec fields; options override it.")
-@click.option("--mergekit-config", "mergekit_config", type=click.Path(dir_okay=False),
-              help="A mergekit YAML (linear, task_arithmetic, ties, dare_ties, dare_linear) run with mergekit's "
-                   "semantics; --out is still required, other options override it.")
+@click.option(
+    "--output", "output_kind", type=click.Choice(["dense", "adapter"]), help="Dense weights or a LoRA adapter."
+)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="YAML with MergeSpec fields; options override it."
+)
+@click.option(
+    "--mergekit-config",
+    "mergekit_config",
+    type=click.Path(dir_okay=False),
+    help="A mergekit YAML (linear, task_arithmetic, ties, dare_ties, dare_linear) run with mergekit's "
+    "semantics; --out is still required, other options override it.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and print what would be read and written.")
-@click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle checkpoints (loaded with weights_only=True).")
-@click.option("--allow-nonfinite", is_flag=True, default=None,
-              help="Merge inputs holding NaN/inf (and write such outputs) instead of refusing them.")
+@click.option(
+    "--allow-pickle", is_flag=True, default=None, help="Allow pickle checkpoints (loaded with weights_only=True)."
+)
+@click.option(
+    "--allow-nonfinite",
+    is_flag=True,
+    default=None,
+    help="Merge inputs holding NaN/inf (and write such outputs) instead of refusing them.",
+)
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output directory.")
 @click.option("--threads", type=int, help="Compute threads (default: all cores).")
 @click.option("--device", default="cpu", show_default=True, help="Compute device: cpu, cuda or cuda:N.")
 def merge_command(
-    config_path: str | None, mergekit_config: str | None, dry_run: bool, params: tuple[str, ...], threads: int | None, device: str, **options: Any
+    config_path: str | None,
+    mergekit_config: str | None,
+    dry_run: bool,
+    params: tuple[str, ...],
+    threads: int | None,
+    device: str,
+    **options: Any,
 ) -> None:
     """Merge checkpoints with METHOD, e.g.
 
@@ -96,8 +129,11 @@ def merge_command(
         raise ConfigError("--config and --mergekit-config are exclusive: give one")
     fields: dict[str, Any] = _load_config(config_path) if config_path else {}
     if mergekit_config:
-        clashing = [f"--{k.replace('_', '-')}" for k in ("method", "aligned", "unaligned", "base", "finetuned", "adapters")
-                    if options.get(k)] + (["--param"] if params else [])
+        clashing = [
+            f"--{k.replace('_', '-')}"
+            for k in ("method", "aligned", "unaligned", "base", "finetuned", "adapters")
+            if options.get(k)
+        ] + (["--param"] if params else [])
         if clashing:
             raise ConfigError(f"--mergekit-config gives the method, models and parameters: drop {', '.join(clashing)}")
         fields, warnings = mergekit_fields(mergekit_config)

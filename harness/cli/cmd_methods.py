@@ -85,4 +85,3 @@ def _calibration_lines(info: Any) -> list[str]:
         f"calibration set: {default[0] + ' under the data dir' if default else 'none by default: pass --calibration-data'}",
         f"calibration split: {default[1] if default else '-'}; disjoint from every benchmark (none reads this file)",
     ]
-

@@ -15,9 +15,7 @@ def models() -> None:
 
 
 @models.command("import-gguf")
-@click.option(
-    "--gguf", "gguf_file", type=click.Path(path_type=Path), help="GGUF file (default: bundled SmolLM2)."
-)
+@click.option("--gguf", "gguf_file", type=click.Path(path_type=Path), help="GGUF file (default: bundled SmolLM2).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: the model cache).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 def import_gguf_command(gguf_file: Path | None, out: Path | None, overwrite: bool) -> None:
@@ -68,13 +66,9 @@ def inspect_command(path: Path, allow_pickle: bool, no_hash: bool, list_tensors:
 
 @models.command("merge-adapter")
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="Base model directory.")
-@click.option(
-    "--adapter", required=True, type=click.Path(path_type=Path), help="PEFT LoRA adapter directory."
-)
+@click.option("--adapter", required=True, type=click.Path(path_type=Path), help="PEFT LoRA adapter directory.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output model directory.")
-@click.option(
-    "--max-shard-size", default="2GB", show_default=True, help="Shard size (bytes, or e.g. 500MB, 2GB)."
-)
+@click.option("--max-shard-size", default="2GB", show_default=True, help="Shard size (bytes, or e.g. 500MB, 2GB).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 def merge_adapter_command(base: Path, adapter: Path, out: Path, max_shard_size: str, overwrite: bool) -> None:
     """Merge a LoRA adapter into its base model (streamed, fp32 math, base dtype out)."""

@@ -52,8 +52,14 @@ def _config_options(command: Any) -> Any:
     return command
 
 
-def _vectors(setting: str | None, aligned: str | None, base: str | None, aligned_adapter: str | None,
-             finetuned: tuple[str, ...], adapters: tuple[str, ...]) -> Any:
+def _vectors(
+    setting: str | None,
+    aligned: str | None,
+    base: str | None,
+    aligned_adapter: str | None,
+    finetuned: tuple[str, ...],
+    adapters: tuple[str, ...],
+) -> Any:
     if setting is None:
         if adapters and aligned_adapter is not None:
             setting = "lora"
@@ -69,15 +75,32 @@ def _vectors(setting: str | None, aligned: str | None, base: str | None, aligned
 
 
 _input_options = [
-    click.option("--setting", type=click.Choice(["lora", "merged", "full"]), default=None,
-                 help="task-vector space (default: lora with --aligned-adapter, merged with --adapter, else full)"),
+    click.option(
+        "--setting",
+        type=click.Choice(["lora", "merged", "full"]),
+        default=None,
+        help="task-vector space (default: lora with --aligned-adapter, merged with --adapter, else full)",
+    ),
     click.option("--aligned", type=click.Path(exists=True, file_okay=False), help="aligned model directory"),
-    click.option("--base", type=click.Path(exists=True, file_okay=False), help="setting lora: base model of the adapters"),
-    click.option("--aligned-adapter", type=click.Path(exists=True, file_okay=False), help="setting lora: aligned LoRA adapter"),
-    click.option("--finetuned", multiple=True, type=click.Path(exists=True, file_okay=False),
-                 help="fine-tuned full checkpoint (repeat for multi-task)"),
-    click.option("--adapter", "adapters", multiple=True, type=click.Path(exists=True, file_okay=False),
-                 help="fine-tuned LoRA adapter (repeat for multi-task: one shared mask)"),
+    click.option(
+        "--base", type=click.Path(exists=True, file_okay=False), help="setting lora: base model of the adapters"
+    ),
+    click.option(
+        "--aligned-adapter", type=click.Path(exists=True, file_okay=False), help="setting lora: aligned LoRA adapter"
+    ),
+    click.option(
+        "--finetuned",
+        multiple=True,
+        type=click.Path(exists=True, file_okay=False),
+        help="fine-tuned full checkpoint (repeat for multi-task)",
+    ),
+    click.option(
+        "--adapter",
+        "adapters",
+        multiple=True,
+        type=click.Path(exists=True, file_okay=False),
+        help="fine-tuned LoRA adapter (repeat for multi-task: one shared mask)",
+    ),
 ]
 
 
@@ -91,18 +114,33 @@ def _with_inputs(command: Any) -> Any:
 def somf() -> None:
     """SOMF: learn a safety-subspace mask over task vectors with DPO, then fuse (arXiv 2405.09055)."""
 
+
 @somf.command("train")
 @_with_inputs
-@click.option("--preferences", type=click.Path(exists=True, dir_okay=False),
-              help="chosen/rejected JSONL or JSON (default: SOMF's PKU-SafeRLHF pairs in the data dir)")
+@click.option(
+    "--preferences",
+    type=click.Path(exists=True, dir_okay=False),
+    help="chosen/rejected JSONL or JSON (default: SOMF's PKU-SafeRLHF pairs in the data dir)",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="mask directory to write")
 @click.option("--lam", type=float, default=None, help="fusion λ override")
 @click.option("--density", type=float, default=None, help="TIES kept fraction override")
 @click.option("--p", "drop_p", type=float, default=None, help="DARE drop-rate override")
 @_config_options
-def train(setting: str | None, aligned: str | None, base: str | None, aligned_adapter: str | None,
-          finetuned: tuple[str, ...], adapters: tuple[str, ...], preferences: str | None, out: str,
-          lam: float | None, density: float | None, drop_p: float | None, **fields: Any) -> None:
+def train(
+    setting: str | None,
+    aligned: str | None,
+    base: str | None,
+    aligned_adapter: str | None,
+    finetuned: tuple[str, ...],
+    adapters: tuple[str, ...],
+    preferences: str | None,
+    out: str,
+    lam: float | None,
+    density: float | None,
+    drop_p: float | None,
+    **fields: Any,
+) -> None:
     """Train the mask logits (resumes from OUT.partial; a finished OUT is reused)."""
     overrides = {k: v for k, v in {"lam": lam, "density": density, "p": drop_p}.items() if v is not None}
     config = make_config(**{k: v for k, v in fields.items() if v is not None}, fusion_params=overrides)
@@ -113,36 +151,61 @@ def train(setting: str | None, aligned: str | None, base: str | None, aligned_ad
     )
 
     def progress(step: int, metrics: dict[str, float]) -> None:
-        click.echo(f"step {step}/{config.steps}  loss {metrics['loss']:.4f}  reward-acc {metrics['reward_accuracy']:.2f}  "
-                   f"density {metrics['mask_density']:.3f}")
+        click.echo(
+            f"step {step}/{config.steps}  loss {metrics['loss']:.4f}  reward-acc {metrics['reward_accuracy']:.2f}  "
+            f"density {metrics['mask_density']:.3f}"
+        )
 
     mask_dir = train_mask(vectors, config, out, preference_file=preferences, progress=progress)
     _show(mask_dir)
 
+
 @somf.command("apply")
 @click.argument("mask_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="realigned checkpoint to write")
-@click.option("--mode", type=click.Choice(["soft", "sample", "threshold"]), default="sample", show_default=True,
-              help="mask at inference: σ(logit), seeded binary sample (paper), or σ(logit) > threshold")
+@click.option(
+    "--mode",
+    type=click.Choice(["soft", "sample", "threshold"]),
+    default="sample",
+    show_default=True,
+    help="mask at inference: σ(logit), seeded binary sample (paper), or σ(logit) > threshold",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the binary sample / DARE drops")
 @click.option("--threshold", type=float, default=0.5, show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an existing --out")
-@click.option("--adapter-out", type=click.Path(file_okay=False), default=None,
-              help="setting lora: also write the realigned LoRA adapter here")
+@click.option(
+    "--adapter-out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="setting lora: also write the realigned LoRA adapter here",
+)
 @_with_inputs
-def apply(mask_dir: str, out: str, mode: str, seed: int, threshold: float, overwrite: bool,
-          adapter_out: str | None, setting: str | None,
-          aligned: str | None, base: str | None, aligned_adapter: str | None, finetuned: tuple[str, ...],
-          adapters: tuple[str, ...]) -> None:
+def apply(
+    mask_dir: str,
+    out: str,
+    mode: str,
+    seed: int,
+    threshold: float,
+    overwrite: bool,
+    adapter_out: str | None,
+    setting: str | None,
+    aligned: str | None,
+    base: str | None,
+    aligned_adapter: str | None,
+    finetuned: tuple[str, ...],
+    adapters: tuple[str, ...],
+) -> None:
     """Write the realigned checkpoint from MASK_DIR (inputs default to the ones it was trained on)."""
     if finetuned or adapters:
         vectors = _vectors(setting, aligned, base, aligned_adapter, finetuned, adapters)
     else:
         _, summary = read_mask(mask_dir)
         vectors = vectors_from_provenance(summary.get("inputs", {}))
-    path = apply_trained_mask(mask_dir, vectors, out, mode=mode, seed=seed, threshold=threshold, overwrite=overwrite,
-                              adapter_out=adapter_out)
+    path = apply_trained_mask(
+        mask_dir, vectors, out, mode=mode, seed=seed, threshold=threshold, overwrite=overwrite, adapter_out=adapter_out
+    )
     click.echo(f"wrote {path} (mask mode {mode}, seed {seed})" + (f" and adapter {adapter_out}" if adapter_out else ""))
+
 
 @somf.command("show")
 @click.argument("mask_dir", type=click.Path(exists=True, file_okay=False))

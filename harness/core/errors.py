@@ -40,4 +40,3 @@ def name_unknown(unknown: Iterable[str], known: list[str], cutoff: float = 0.6) 
         hint = did_you_mean(key, known, cutoff=cutoff)
         parts.append(f"{key!r}" + (f" ({hint})" if hint else ""))
     return ", ".join(parts)
-

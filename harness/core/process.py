@@ -14,7 +14,7 @@ def process_start_time(pid: int) -> str | None:
     except OSError:
         return None
     # the command name (field 2) is in parentheses and may hold spaces: split after the last ')'
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     return fields[19] if len(fields) > 19 else None
 
 

@@ -133,8 +133,9 @@ def iter_jsonl_tolerant(path: str | Path, record_type: type[R]) -> Iterator[R]:
             raise DataError(f"{path}:{index + 1}: not a valid {record_type.__name__}") from None
 
 
-def dedupe_by_key(records: Iterable[R], key: Callable[[R], Hashable], *, source: str = "",
-                  allowed: set[str] | None = None) -> list[R]:
+def dedupe_by_key(
+    records: Iterable[R], key: Callable[[R], Hashable], *, source: str = "", allowed: set[str] | None = None
+) -> list[R]:
     """The first record per ``key`` (e.g. (item_id, sample_index)), in file order.
 
     Results files are appended to; two writers (or a resumed writer) can leave a key twice. Reading

@@ -102,9 +102,7 @@ class Registry(Generic[T]):
             return self._items[canonical]
         hint = did_you_mean(name, self.names(include_aliases=True), n=3, cutoff=0.5)
         hint = f"; {hint}" if hint else ""
-        raise ConfigError(
-            f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})"
-        )
+        raise ConfigError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})")
 
     def canonical_name(self, name: str) -> str:
         self.get(name)

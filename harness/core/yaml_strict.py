@@ -25,8 +25,11 @@ class StrictSafeLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {first}, again on line {line})",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {first}, again on line {line})",
+                    key_node.start_mark,
+                )
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 

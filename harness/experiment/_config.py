@@ -109,13 +109,20 @@ class BenchmarkEntry(_Frozen):
     categories: list[str] | None = None
     data_path: str | None = Field(default=None, description="data file or folder (relative to the experiment file)")
     system_prompt: str | None = None
-    options: FieldMap = Field(default_factory=FieldMap,
-                              description="column mapping, e.g. {prompt: Behavior, context: ContextString}")
-    judge: str | None = Field(default=None, description="primary judge of this benchmark (one of `judges`; "
-                              "default: the first); it must declare the benchmark's languages")
+    options: FieldMap = Field(
+        default_factory=FieldMap, description="column mapping, e.g. {prompt: Behavior, context: ContextString}"
+    )
+    judge: str | None = Field(
+        default=None,
+        description="primary judge of this benchmark (one of `judges`; "
+        "default: the first); it must declare the benchmark's languages",
+    )
     # not part of a cell's generation identity: it only tells the leaderboard what the numbers are for
-    task: str | None = Field(default=None, description="the fine-tune task this utility benchmark measures (e.g. "
-                             "math): utility retained of a fine-tune with that `task:` is read from it")
+    task: str | None = Field(
+        default=None,
+        description="the fine-tune task this utility benchmark measures (e.g. "
+        "math): utility retained of a fine-tune with that `task:` is read from it",
+    )
 
     @field_validator("options", mode="before")
     @classmethod
@@ -165,25 +172,37 @@ class GenerationSettings(_Frozen):
 
     def decoding(self, seed: int) -> GenerationConfig:
         """The GenerationConfig the backend receives (the experiment's seed seeds sampling)."""
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                seed=seed, stop=tuple(self.stop), num_samples=self.num_samples,
-                                batch_size=self.batch_size)
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=seed,
+            stop=tuple(self.stop),
+            num_samples=self.num_samples,
+            batch_size=self.batch_size,
+        )
 
 
 class PairwiseSettings(_Frozen):
     """SOMF-style pairwise judging: each cell's answers against the reference's answers to the same items."""
 
-    reference: str = Field(description="the method (label or name; `original`, `aligned`, `sft` too) whose answers "
-                           "the others are judged against, per fine-tuned model")
-    benchmarks: list[str] | None = Field(default=None, description="benchmark labels judged pairwise; default: "
-                                         "those whose scorer is pairwise (somf_eval)")
+    reference: str = Field(
+        description="the method (label or name; `original`, `aligned`, `sft` too) whose answers "
+        "the others are judged against, per fine-tuned model"
+    )
+    benchmarks: list[str] | None = Field(
+        default=None,
+        description="benchmark labels judged pairwise; default: those whose scorer is pairwise (somf_eval)",
+    )
 
 
 class Experiment(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     output_dir: str = Field(default="runs", description="artifacts (checkpoints, generations, judgments)")
-    store: str | None = Field(default=None, description="SQLite path or SQLAlchemy URL; default <output_dir>/results.sqlite")
+    store: str | None = Field(
+        default=None, description="SQLite path or SQLAlchemy URL; default <output_dir>/results.sqlite"
+    )
     models: Models
     methods: list[MethodEntry] = Field(min_length=1)
     benchmarks: list[BenchmarkEntry] = Field(min_length=1)
@@ -191,15 +210,22 @@ class Experiment(_Frozen):
     #: each judge's options, validated against that judge's declared options model when parsed
     judge_options: dict[str, JudgeOptions] = Field(default_factory=dict)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    pairwise: PairwiseSettings | None = Field(default=None, description="judge safety answers pairwise (win/loss/draw) "
-                                              "against a reference method's, with each benchmark's primary judge")
+    pairwise: PairwiseSettings | None = Field(
+        default=None,
+        description="judge safety answers pairwise (win/loss/draw) "
+        "against a reference method's, with each benchmark's primary judge",
+    )
     allow_code_execution: bool = False
-    allow_pickle: bool = Field(default=False, description="load pickle checkpoints (weights_only=True); refused by default")
+    allow_pickle: bool = Field(
+        default=False, description="load pickle checkpoints (weights_only=True); refused by default"
+    )
     allow_nonfinite: bool = Field(default=False, description="merge inputs/outputs holding NaN/inf instead of refusing")
     # How model-written code is isolated; not part of the identity (it does not change honest scores).
     sandbox: Literal["namespace", "audit"] = Field(
-        default="namespace", exclude=True,
-        description="namespace (refuses when unshare is missing) or audit (explicit, weaker, warns)")
+        default="namespace",
+        exclude=True,
+        description="namespace (refuses when unshare is missing) or audit (explicit, weaker, warns)",
+    )
     executor: Literal["local", "ray"] = "local"
 
     # Resolved relative to the experiment file by `load_experiment`; not part of the identity.
@@ -237,8 +263,10 @@ class Experiment(_Frozen):
     def _benchmark_judges_listed(self) -> Experiment:
         for index, bench in enumerate(self.benchmarks):
             if bench.judge is not None and bench.judge not in self.judges:
-                raise ValueError(f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} is not in `judges` "
-                                 f"({', '.join(self.judges) or 'none'}); add it there")
+                raise ValueError(
+                    f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} is not in `judges` "
+                    f"({', '.join(self.judges) or 'none'}); add it there"
+                )
         return self
 
     def primary_judge(self, bench: BenchmarkEntry) -> str | None:
@@ -250,9 +278,7 @@ class Experiment(_Frozen):
         labels = [label for m in self.methods for label, _ in m.variants()]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
-            raise ValueError(
-                f"methods: two entries produce the same output name {dupes}; give one a distinct `label`"
-            )
+            raise ValueError(f"methods: two entries produce the same output name {dupes}; give one a distinct `label`")
         keys = [b.key for b in self.benchmarks]
         dupes = sorted({x for x in keys if keys.count(x) > 1})
         if dupes:
@@ -283,7 +309,14 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {where}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict) else ""))
+        lines.append(
+            f"  {where}: {msg}"
+            + (
+                f" (got {err['input']!r})"
+                if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict)
+                else ""
+            )
+        )
     return f"{source}: invalid experiment:\n" + "\n".join(lines)
 
 

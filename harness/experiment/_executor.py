@@ -34,8 +34,16 @@ def groups(plan: Plan) -> list[tuple[CheckpointJob, list[Cell]]]:
 def run_local(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: RunStats, progress: Any = None) -> None:
     try:
         for job, cells in groups(plan):
-            run_job_cells(plan.experiment, workspace, store, run_id, job, cells, stats,
-                          on_cell=(lambda _c: progress.advance()) if progress else None)
+            run_job_cells(
+                plan.experiment,
+                workspace,
+                store,
+                run_id,
+                job,
+                cells,
+                stats,
+                on_cell=(lambda _c: progress.advance()) if progress else None,
+            )
     finally:
         close_backends()
 
@@ -68,9 +76,17 @@ def prepare_shared_inputs(plan: Plan, workspace: Workspace, stats: RunStats) -> 
         dense_input(workspace, model, stats)
 
 
-def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: RunStats,
-            only: dict[str, str] | None = None, num_gpus_per_group: float | None = None,
-            address: str | None = None, progress: Any = None) -> None:
+def run_ray(
+    plan: Plan,
+    workspace: Workspace,
+    store: Any,
+    run_id: str,
+    stats: RunStats,
+    only: dict[str, str] | None = None,
+    num_gpus_per_group: float | None = None,
+    address: str | None = None,
+    progress: Any = None,
+) -> None:
     """One Ray task per checkpoint group that still has work; each requests a GPU when the cluster has
     them, else one CPU (so a 2-core machine runs two groups at once). Groups whose cells are all in
     the store are linked here without starting Ray, so a cached re-run costs no cluster start-up."""
@@ -79,8 +95,16 @@ def run_ray(plan: Plan, workspace: Workspace, store: Any, run_id: str, stats: Ru
     pending: list[CheckpointJob] = []
     for job, cells in grouped:
         if all(c.cell_id in complete for c in cells):
-            run_job_cells(plan.experiment, workspace, store, run_id, job, cells, stats,
-                          on_cell=(lambda _c: progress.advance()) if progress else None)
+            run_job_cells(
+                plan.experiment,
+                workspace,
+                store,
+                run_id,
+                job,
+                cells,
+                stats,
+                on_cell=(lambda _c: progress.advance()) if progress else None,
+            )
         else:
             pending.append(job)
     if not pending:

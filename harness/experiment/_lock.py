@@ -27,8 +27,9 @@ class RunInProgressError(ConfigError):
 class RunLock:
     """``with RunLock(output_dir):`` — raises RunInProgressError if another process holds it."""
 
-    def __init__(self, directory: Path, name: str = LOCK_NAME, what: str = "output_dir",
-                 target: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path, name: str = LOCK_NAME, what: str = "output_dir", target: Path | None = None
+    ) -> None:
         self.path = directory / name
         self.what = what  # named in the error: "output_dir X" or "store X"
         self.target = target or directory
@@ -61,6 +62,7 @@ class RunLock:
         self.acquire()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()

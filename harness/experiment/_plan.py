@@ -28,8 +28,11 @@ from realign_methods import Method, MethodInfo, Role, get_method
 
 ORIGINAL = "original"  # pseudo-method: the model before safety alignment, evaluated as a baseline row
 #: the reference row of ``models.original``: planned by the experiment (not listed under `methods:`)
-ORIGINAL_INFO = MethodInfo(name=ORIGINAL, summary="The model before safety alignment, evaluated unchanged.",
-                           reference_role=ReferenceRole.ORIGINAL)
+ORIGINAL_INFO = MethodInfo(
+    name=ORIGINAL,
+    summary="The model before safety alignment, evaluated unchanged.",
+    reference_role=ReferenceRole.ORIGINAL,
+)
 
 
 @dataclass(frozen=True)
@@ -195,9 +198,13 @@ def method_inputs(
     info = method.info
     accepted = info.accepted_inputs
     by_setting = info.adapter_params.setting
-    use_adapter = ft.adapter is not None and Role.ADAPTERS in accepted and (
-        Role.FINETUNED not in accepted
-        or (bool(by_setting) and params.get(by_setting) in info.adapter_params.adapter_values)
+    use_adapter = (
+        ft.adapter is not None
+        and Role.ADAPTERS in accepted
+        and (
+            Role.FINETUNED not in accepted
+            or (bool(by_setting) and params.get(by_setting) in info.adapter_params.adapter_values)
+        )
     )
     inputs: dict[str, ResolvedModel] = {}
     for role in ("aligned", "unaligned"):
@@ -256,8 +263,9 @@ def _check_benchmarks(exp: Experiment) -> _CheckedBenchmarks:
     for index, bench in enumerate(exp.benchmarks):
         try:
             benchmark = benchmark_for(exp, bench)
-            benchmark.load(limit=1, languages=bench.languages, categories=bench.categories,
-                           data_path=data_path_for(exp, bench))
+            benchmark.load(
+                limit=1, languages=bench.languages, categories=bench.categories, data_path=data_path_for(exp, bench)
+            )
         except RealignError as exc:
             raise ConfigError(f"benchmarks[{index}] ({bench.key}): {exc}") from None
         if is_spec_path(bench.name):
@@ -285,7 +293,8 @@ def _check_judges(exp: Experiment, benchmarks: _CheckedBenchmarks) -> _CheckedJu
             raise ConfigError(
                 f"benchmarks[{index}] ({bench.key}): judge {bench.judge!r} reads {'+'.join(sorted(reads))} but the "
                 f"benchmark has {'+'.join(sorted(wanted - reads))}; choose a judge that declares them "
-                "or restrict `languages`")
+                "or restrict `languages`"
+            )
     identities = [{"id": judge.id, "hash": judge.hash} for judge in built.values()]
     return _CheckedJudges(built=built, identities=identities)
 
@@ -299,9 +308,7 @@ def _resolve_models(
         ref = getattr(exp.models, role)
         if ref is not None:
             models[role] = resolve_model(exp, role, ref, hashes)
-    finetuned = [
-        (ft, resolve_model(exp, f"finetuned[{i}]", ft, hashes)) for i, ft in enumerate(exp.models.finetuned)
-    ]
+    finetuned = [(ft, resolve_model(exp, f"finetuned[{i}]", ft, hashes)) for i, ft in enumerate(exp.models.finetuned)]
     return models, finetuned
 
 
@@ -314,8 +321,14 @@ def _plan_jobs(
         jobs.append(
             CheckpointJob(
                 key=hash_value({"passthrough": models["original"].hash}, 32),
-                info=ORIGINAL_INFO, label=ORIGINAL, params={}, finetuned="-", task=None,
-                inputs={"original": models["original"]}, finetuned_models=(), use_adapter=False,
+                info=ORIGINAL_INFO,
+                label=ORIGINAL,
+                params={},
+                finetuned="-",
+                task=None,
+                inputs={"original": models["original"]},
+                finetuned_models=(),
+                use_adapter=False,
             )
         )
     for m_index, entry in enumerate(exp.methods):
@@ -327,8 +340,16 @@ def _plan_jobs(
     return jobs
 
 
-def _job(exp: Experiment, method: Method, label: str, full_params: dict[str, Any], models: dict[str, ResolvedModel],
-         ft: FinetunedModel, resolved: ResolvedModel, where: str) -> CheckpointJob:
+def _job(
+    exp: Experiment,
+    method: Method,
+    label: str,
+    full_params: dict[str, Any],
+    models: dict[str, ResolvedModel],
+    ft: FinetunedModel,
+    resolved: ResolvedModel,
+    where: str,
+) -> CheckpointJob:
     """One method variant on one fine-tune, keyed by everything that makes its weights."""
     canonical = method.info.name
     reference_role = method.info.reference_role
@@ -345,21 +366,39 @@ def _job(exp: Experiment, method: Method, label: str, full_params: dict[str, Any
     else:
         inputs, use_adapter, extra = method_inputs(method, full_params, models, resolved, where)
         job_identity: dict[str, Any] = {
-            "method": canonical, "params": full_params, "seed": exp.seed, "adapter": use_adapter,
-            "inputs": {r: m.hash for r, m in inputs.items()}, "finetuned": [resolved.hash]}
+            "method": canonical,
+            "params": full_params,
+            "seed": exp.seed,
+            "adapter": use_adapter,
+            "inputs": {r: m.hash for r, m in inputs.items()},
+            "finetuned": [resolved.hash],
+        }
         if use_adapter:  # adapter updates are now taken relative to the model they are added to;
             # a checkpoint cached before that fix counted θ_A's adapter twice: never reuse it
             job_identity["adapter_updates"] = "relative@1"
         key = hash_value(job_identity, 32)
     return CheckpointJob(
-        key=key, info=method.info, label=label, params={**full_params, **extra},
-        finetuned=ft.name, task=ft.task, inputs=inputs, finetuned_models=(resolved,),
-        use_adapter=use_adapter, implementation=method,
+        key=key,
+        info=method.info,
+        label=label,
+        params={**full_params, **extra},
+        finetuned=ft.name,
+        task=ft.task,
+        inputs=inputs,
+        finetuned_models=(resolved,),
+        use_adapter=use_adapter,
+        implementation=method,
     )
 
 
-def _plan_cells(exp: Experiment, jobs: list[CheckpointJob], all_jobs: list[CheckpointJob],
-                benchmarks: _CheckedBenchmarks, judges: _CheckedJudges, only: dict[str, str]) -> list[Cell]:
+def _plan_cells(
+    exp: Experiment,
+    jobs: list[CheckpointJob],
+    all_jobs: list[CheckpointJob],
+    benchmarks: _CheckedBenchmarks,
+    judges: _CheckedJudges,
+    only: dict[str, str],
+) -> list[Cell]:
     """Each selected job × benchmark entry, named by the hash of its generation, judges and reference."""
     pairwise_benchmarks = _pairwise_benchmarks(exp)
     gen = exp.generation.model_dump(mode="json")
@@ -381,12 +420,22 @@ def _plan_cells(exp: Experiment, jobs: list[CheckpointJob], all_jobs: list[Check
             if bench.key in pairwise_benchmarks and exp.pairwise is not None:
                 ref_job = reference_job(all_jobs, exp.pairwise.reference, job)
                 if ref_job is not None and ref_job.key != job.key:  # the reference is not judged against itself
-                    reference = Cell(cell_id="", job=ref_job, benchmark=bench,
-                                     generation_key=generation_key(ref_job, bench),
-                                     resolved_benchmark=resolved, judges=judges.built)
+                    reference = Cell(
+                        cell_id="",
+                        job=ref_job,
+                        benchmark=bench,
+                        generation_key=generation_key(ref_job, bench),
+                        resolved_benchmark=resolved,
+                        judges=judges.built,
+                    )
             key = generation_key(job, bench)
-            identity: dict[str, Any] = {"generation": key, "judges": judges.identities,
-                                        "method": job.label, "finetuned": job.finetuned, "task": job.task}
+            identity: dict[str, Any] = {
+                "generation": key,
+                "judges": judges.identities,
+                "method": job.label,
+                "finetuned": job.finetuned,
+                "task": job.task,
+            }
             # each only when set, so cells of experiments without it keep their ids
             if bench.judge is not None:
                 identity["primary_judge"] = bench.judge
@@ -394,8 +443,17 @@ def _plan_cells(exp: Experiment, jobs: list[CheckpointJob], all_jobs: list[Check
                 identity["benchmark_task"] = bench.task
             if reference is not None:
                 identity["pairwise_reference"] = reference.generation_key
-            cells.append(Cell(cell_id=hash_value(identity, 32), job=job, benchmark=bench, generation_key=key,
-                              reference=reference, resolved_benchmark=resolved, judges=judges.built))
+            cells.append(
+                Cell(
+                    cell_id=hash_value(identity, 32),
+                    job=job,
+                    benchmark=bench,
+                    generation_key=key,
+                    reference=reference,
+                    resolved_benchmark=resolved,
+                    judges=judges.built,
+                )
+            )
     return cells
 
 
@@ -407,13 +465,17 @@ def _pairwise_benchmarks(exp: Experiment) -> set[str]:
     if exp.pairwise.benchmarks is not None:
         unknown = [k for k in exp.pairwise.benchmarks if k not in keys]
         if unknown:
-            raise ConfigError(f"pairwise.benchmarks: {name_unknown(unknown, keys)} not among the experiment's benchmarks")
+            raise ConfigError(
+                f"pairwise.benchmarks: {name_unknown(unknown, keys)} not among the experiment's benchmarks"
+            )
         chosen = [b for b in exp.benchmarks if b.key in exp.pairwise.benchmarks]
     else:
         chosen = [b for b in exp.benchmarks if benchmark_for(exp, b).scorer == "pairwise"]
         if not chosen:
-            raise ConfigError("pairwise: no benchmark is scored pairwise (e.g. somf_eval); list the ones to judge "
-                              "pairwise in pairwise.benchmarks")
+            raise ConfigError(
+                "pairwise: no benchmark is scored pairwise (e.g. somf_eval); list the ones to judge "
+                "pairwise in pairwise.benchmarks"
+            )
     not_safety = [b.key for b in chosen if benchmark_for(exp, b).kind != "safety"]
     if not_safety:
         raise ConfigError(f"pairwise.benchmarks: {', '.join(not_safety)} are not safety benchmarks (nothing to judge)")
@@ -427,13 +489,16 @@ def reference_job(jobs: list[CheckpointJob], reference: str, job: CheckpointJob)
     named = [j for j in jobs if reference in (j.label, j.method)]
     if not named:
         known = sorted({j.label for j in jobs} | {j.method for j in jobs})
-        raise ConfigError(f"pairwise.reference: {name_unknown([reference], known)} is not a method of the experiment "
-                          f"(methods: {', '.join(known)})")
+        raise ConfigError(
+            f"pairwise.reference: {name_unknown([reference], known)} is not a method of the experiment "
+            f"(methods: {', '.join(known)})"
+        )
     mine = [j for j in named if j.finetuned in (job.finetuned, "-")]
     labels = sorted({j.label for j in mine})
     if len(labels) > 1:
-        raise ConfigError(f"pairwise.reference: {reference!r} names {len(labels)} variants ({', '.join(labels)}); "
-                          "give one label")
+        raise ConfigError(
+            f"pairwise.reference: {reference!r} names {len(labels)} variants ({', '.join(labels)}); give one label"
+        )
     if not mine and job.finetuned == "-":
         return None
     if not mine:

@@ -56,8 +56,13 @@ def run_experiment(
     # Everything that can be refused is refused here, before any merge or generation.
     plan, workspace = plan_experiment(exp, only, create=not dry_run)
     if dry_run:  # writes nothing: no store is created, no workspace folder, no hash memo
-        return RunResult(None, RunStats(), describe_plan(plan, workspace, _existing_store(exp.store_location)),
-                         None, exp.store_location)
+        return RunResult(
+            None,
+            RunStats(),
+            describe_plan(plan, workspace, _existing_store(exp.store_location)),
+            None,
+            exp.store_location,
+        )
     location = exp.store_location
     store_file = None if "://" in location else Path(location)
     with contextlib.ExitStack() as locks:
@@ -77,14 +82,31 @@ def _existing_store(location: str) -> Any:
     return Store(location, create=False)
 
 
-def _execute(exp: Experiment, plan: Any, workspace: Any, store: Any, rows: list[dict[str, Any]], *,
-             only: dict[str, str] | None, executor: str | None, progress: bool) -> RunResult:
+def _execute(
+    exp: Experiment,
+    plan: Any,
+    workspace: Any,
+    store: Any,
+    rows: list[dict[str, Any]],
+    *,
+    only: dict[str, str] | None,
+    executor: str | None,
+    progress: bool,
+) -> RunResult:
     handler, log_path = _attach_log_file(workspace.root / "logs")
     stats = RunStats()
-    run_id = store.begin_run(exp.name, exp.model_dump(mode="json"), collect_provenance(seeds={"seed": exp.seed},
-                                                                                  extra={"process": process_identity()}))
-    log.info("run %s: %d cells over %d checkpoints (executor %s)", run_id, len(plan.cells),
-             len(plan.unique_jobs()), executor or exp.executor)
+    run_id = store.begin_run(
+        exp.name,
+        exp.model_dump(mode="json"),
+        collect_provenance(seeds={"seed": exp.seed}, extra={"process": process_identity()}),
+    )
+    log.info(
+        "run %s: %d cells over %d checkpoints (executor %s)",
+        run_id,
+        len(plan.cells),
+        len(plan.unique_jobs()),
+        executor or exp.executor,
+    )
     status = "failed"
     try:
         with _progress(progress, len(plan.cells)) as bar:

@@ -21,8 +21,9 @@ from harness.experiment._workspace import RunStats, Workspace, done_marker
 log = logging.getLogger("realign.run")
 
 
-def plan_experiment(exp: Experiment, only: dict[str, str] | None = None, *,
-                    create: bool = True) -> tuple[Plan, Workspace]:
+def plan_experiment(
+    exp: Experiment, only: dict[str, str] | None = None, *, create: bool = True
+) -> tuple[Plan, Workspace]:
     """The plan and its workspace; ``create=False`` (``--dry-run``) writes nothing to disk."""
     out = exp.output_path
     if out.exists() and not out.is_dir():
@@ -44,22 +45,33 @@ def describe_plan(plan: Plan, workspace: Workspace, store: Any | None) -> list[d
         ckpt_cached = job.passthrough is not None or workspace.checkpoint(job.key).is_dir()
         gen_path = workspace.generations(cell.generation_key)
         model_scored = cell.resolved_benchmark.reads == "model"
-        rows.append({
-            "cell": cell.cell_id[:12],
-            "method": job.label,
-            "finetuned": job.finetuned,
-            "benchmark": cell.benchmark.key,
-            "checkpoint": "cached" if ckpt_cached else ("passthrough" if job.passthrough else "merge"),
-            "generations": "— (scores the model)" if model_scored else
-                           "cached" if done_marker(gen_path).exists() else ("resume" if gen_path.exists() else "generate"),
-            "stored": "yes" if cell.cell_id in stored else "no",
-        })
+        rows.append(
+            {
+                "cell": cell.cell_id[:12],
+                "method": job.label,
+                "finetuned": job.finetuned,
+                "benchmark": cell.benchmark.key,
+                "checkpoint": "cached" if ckpt_cached else ("passthrough" if job.passthrough else "merge"),
+                "generations": "— (scores the model)"
+                if model_scored
+                else "cached"
+                if done_marker(gen_path).exists()
+                else ("resume" if gen_path.exists() else "generate"),
+                "stored": "yes" if cell.cell_id in stored else "no",
+            }
+        )
     return rows
 
 
 def run_job_cells(
-    exp: Experiment, workspace: Workspace, store: Any, run_id: str, job: CheckpointJob, cells: list[Cell],
-    stats: RunStats, on_cell: Callable[[Cell], None] | None = None,
+    exp: Experiment,
+    workspace: Workspace,
+    store: Any,
+    run_id: str,
+    job: CheckpointJob,
+    cells: list[Cell],
+    stats: RunStats,
+    on_cell: Callable[[Cell], None] | None = None,
 ) -> None:
     """All cells of one checkpoint: the unit of work an executor schedules."""
     complete = store.complete_cells()

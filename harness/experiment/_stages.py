@@ -54,8 +54,11 @@ def dense_input(workspace: Workspace, model: ResolvedModel, stats: RunStats, *, 
     out = workspace.dense_input(model.hash)
     if not out.is_dir():
         log.info("dense copy of %s + adapter %s -> %s", model.path, model.adapter, out)
-        merge_adapter(CheckpointReader(model.path, allow_pickle=allow_pickle),
-                      LoraAdapter.load(model.adapter, allow_pickle=allow_pickle), out)
+        merge_adapter(
+            CheckpointReader(model.path, allow_pickle=allow_pickle),
+            LoraAdapter.load(model.adapter, allow_pickle=allow_pickle),
+            out,
+        )
         stats.counts["adapter_merge_done"] += 1
     return out
 
@@ -70,8 +73,15 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
         stats.counts["merge_cached"] += 1
         cost = json.loads(cost_path.read_text(encoding="utf-8")) if cost_path.is_file() else {}
         # a cost record from before the calibration stage existed: that merge calibrated nothing
-        return Materialized(out, None, job.key, cost.get("merge_seconds"), cost.get("train_seconds"),
-                            cost.get("calibration_seconds", 0.0), cost.get("calibration_examples", 0))
+        return Materialized(
+            out,
+            None,
+            job.key,
+            cost.get("merge_seconds"),
+            cost.get("train_seconds"),
+            cost.get("calibration_seconds", 0.0),
+            cost.get("calibration_examples", 0),
+        )
     pickle = exp.allow_pickle
     spec_fields: dict[str, Any] = {
         role: dense_input(workspace, model, stats, allow_pickle=pickle) for role, model in job.inputs.items()
@@ -88,18 +98,32 @@ def materialize(exp: Experiment, workspace: Workspace, job: CheckpointJob, stats
     log.info("merge %s for %s -> %s", job.label, job.finetuned, out)
     masks_before = _mask_dirs()
     started = time.perf_counter()
-    merge(MergeSpec(method=job.method, params=job.params, seed=exp.seed, out=out, allow_pickle=pickle,
-                    allow_nonfinite=exp.allow_nonfinite, **spec_fields))
+    merge(
+        MergeSpec(
+            method=job.method,
+            params=job.params,
+            seed=exp.seed,
+            out=out,
+            allow_pickle=pickle,
+            allow_nonfinite=exp.allow_nonfinite,
+            **spec_fields,
+        )
+    )
     total = time.perf_counter() - started
     train = _training_seconds(_mask_dirs() - masks_before)
     calibration_seconds, calibration_examples = _calibration_cost(out)
-    cost = {"merge_seconds": max(total - train - calibration_seconds, 0.0), "train_seconds": train,
-            "calibration_seconds": calibration_seconds, "calibration_examples": calibration_examples}
+    cost = {
+        "merge_seconds": max(total - train - calibration_seconds, 0.0),
+        "train_seconds": train,
+        "calibration_seconds": calibration_seconds,
+        "calibration_examples": calibration_examples,
+    }
     atomic_write_json(cost_path, cost)
     stats.counts["merge_done"] += 1
     crash_point("merge")
-    return Materialized(out, None, job.key, cost["merge_seconds"], cost["train_seconds"], calibration_seconds,
-                        calibration_examples)
+    return Materialized(
+        out, None, job.key, cost["merge_seconds"], cost["train_seconds"], calibration_seconds, calibration_examples
+    )
 
 
 def _calibration_cost(out: Path) -> tuple[float, int]:
@@ -141,13 +165,21 @@ def marker_seconds(path: Path) -> float | None:
 
 def _items(exp: Experiment, bench: Any, cell: Cell) -> list[Any]:
     b = cell.benchmark
-    return list(bench.load(
-        limit=b.limit, sample=b.sample, seed=b.seed, languages=b.languages, categories=b.categories,
-        data_path=data_path_for(exp, b),
-    ))
+    return list(
+        bench.load(
+            limit=b.limit,
+            sample=b.sample,
+            seed=b.seed,
+            languages=b.languages,
+            categories=b.categories,
+            data_path=data_path_for(exp, b),
+        )
+    )
 
 
-def generate(exp: Experiment, workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats) -> Path:
+def generate(
+    exp: Experiment, workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats
+) -> Path:
 
     out = workspace.generations(cell.generation_key)
     if done_marker(out).exists():
@@ -158,8 +190,14 @@ def generate(exp: Experiment, workspace: Workspace, cell: Cell, model: Materiali
     config = exp.generation.decoding(exp.seed)
     backend = backend_for(exp, model)
     generate_items(
-        model.path, items, backend=backend, config=config, out_path=out, adapter=model.adapter,
-        system_prompt=cell.benchmark.system_prompt, progress=False,
+        model.path,
+        items,
+        backend=backend,
+        config=config,
+        out_path=out,
+        adapter=model.adapter,
+        system_prompt=cell.benchmark.system_prompt,
+        progress=False,
     )
     crash_point("generate")
     # a resumed file records the resuming pass only: the killed pass's time is lost with it
@@ -177,7 +215,10 @@ def backend_for(exp: Experiment, model: Materialized) -> Any:
         for old in list(_backends):  # keep one model resident: memory matters more than reuse
             _backends.pop(old).close()
         _backends[key] = get_backend(
-            exp.generation.backend, model.path, adapter=model.adapter, allow_pickle=exp.allow_pickle,
+            exp.generation.backend,
+            model.path,
+            adapter=model.adapter,
+            allow_pickle=exp.allow_pickle,
             **exp.generation.backend_options,
         )
     return _backends[key]
@@ -190,8 +231,9 @@ def close_backends() -> None:
     clear_judge_cache()
 
 
-def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[Any], items: dict[str, Any],
-          stats: RunStats) -> dict[str, Path]:
+def judge(
+    exp: Experiment, workspace: Workspace, cell: Cell, generations: list[Any], items: dict[str, Any], stats: RunStats
+) -> dict[str, Path]:
     """Judge the cell's generations with every judge of the experiment (each cached by its own hash)."""
     out: dict[str, Path] = {}
     for name in exp.judges:
@@ -208,8 +250,9 @@ def judge(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[A
     return out
 
 
-def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generations: list[Any], items: dict[str, Any],
-                   stats: RunStats) -> tuple[str, list[Any], float | None]:
+def judge_pairwise(
+    exp: Experiment, workspace: Workspace, cell: Cell, generations: list[Any], items: dict[str, Any], stats: RunStats
+) -> tuple[str, list[Any], float | None]:
     """Judge the cell's answers against its reference cell's (win = less harmful) with the benchmark's
     primary judge.
 
@@ -222,12 +265,17 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
     ref = cell.reference
     # the same benchmark entry: the cell's own items, in their order
     ref_path = generate(exp, workspace, ref, materialize(exp, workspace, ref.job, stats), list(items.values()), stats)
-    reference = dedupe_by_key(read_jsonl(ref_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
-                              source=str(ref_path), allowed=set(items))
+    reference = dedupe_by_key(
+        read_jsonl(ref_path, GenerationRecord),
+        lambda g: (g.item_id, g.sample_index),
+        source=str(ref_path),
+        allowed=set(items),
+    )
     name = exp.primary_judge(cell.benchmark) or exp.judges[0]
     judge_obj = cell.judges[name]
-    path = workspace.judgments(cell.generation_key, hash_value(
-        {"id": judge_obj.id, "hash": judge_obj.hash, "reference": ref.generation_key}))
+    path = workspace.judgments(
+        cell.generation_key, hash_value({"id": judge_obj.id, "hash": judge_obj.hash, "reference": ref.generation_key})
+    )
     if done_marker(path).exists():
         stats.counts["pairwise_cached"] += 1
     else:
@@ -236,13 +284,25 @@ def judge_pairwise(exp: Experiment, workspace: Workspace, cell: Cell, generation
         judge_obj.judge_pairs_to_file(generations, reference, items, path, after_batch=lambda: crash_point("judge"))
         mark_done(path, {"verdicts": len(generations), "seconds": time.perf_counter() - started})
     store_id = f"pairwise:{exp.pairwise.reference}/{judge_obj.id}"
-    verdicts = [v.model_copy(update={"judge_id": store_id}) for v in dedupe_by_key(
-        read_jsonl(path, Verdict), lambda v: (v.item_id, v.sample_index), source=str(path), allowed=set(items))]
+    verdicts = [
+        v.model_copy(update={"judge_id": store_id})
+        for v in dedupe_by_key(
+            read_jsonl(path, Verdict), lambda v: (v.item_id, v.sample_index), source=str(path), allowed=set(items)
+        )
+    ]
     return store_id, verdicts, marker_seconds(path)
 
 
-def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats,
-                 bench: Any, *, allow_pickle: bool = False) -> tuple[list[Any], list[Any], float | None]:
+def model_scores(
+    workspace: Workspace,
+    cell: Cell,
+    model: Materialized,
+    items: list[Any],
+    stats: RunStats,
+    bench: Any,
+    *,
+    allow_pickle: bool = False,
+) -> tuple[list[Any], list[Any], float | None]:
     """(scores, per-item scores, seconds) of a model-reading scorer, cached like generations (by
     checkpoint × benchmark), so a cell re-made for another reason (a changed judge) does not run the
     model again."""
@@ -251,21 +311,33 @@ def model_scores(workspace: Workspace, cell: Cell, model: Materialized, items: l
     cached = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     if isinstance(cached, dict):  # a bare list is the older cache without per-item scores: score again
         stats.counts["model_score_cached"] += 1
-        return ([Score.model_validate(s) for s in cached["scores"]],
-                [ItemScore.model_validate(s) for s in cached["items"]], cached.get("seconds"))
+        return (
+            [Score.model_validate(s) for s in cached["scores"]],
+            [ItemScore.model_validate(s) for s in cached["items"]],
+            cached.get("seconds"),
+        )
     started = time.perf_counter()
-    dense = dense_input(workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats,
-                        allow_pickle=allow_pickle)
+    dense = dense_input(
+        workspace, ResolvedModel("eval", model.path, model.adapter, model.key), stats, allow_pickle=allow_pickle
+    )
     check_model_weights(dense, allow_pickle=allow_pickle)  # the scorer loads it: same rules as generation
     scores, per_item = score_with_model_items(bench, dense, items)
     seconds = time.perf_counter() - started
-    atomic_write_json(path, {"scores": [s.model_dump(mode="json") for s in scores],
-                             "items": [s.model_dump(mode="json") for s in per_item], "seconds": seconds})
+    atomic_write_json(
+        path,
+        {
+            "scores": [s.model_dump(mode="json") for s in scores],
+            "items": [s.model_dump(mode="json") for s in per_item],
+            "seconds": seconds,
+        },
+    )
     stats.counts["model_score_done"] += 1
     return scores, per_item, seconds
 
 
-def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats) -> None:
+def run_cell(
+    exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats
+) -> None:
 
     bench = cell.resolved_benchmark
     items = _items(exp, bench, cell)
@@ -276,25 +348,40 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
     primary_judge: Any = None  # the judge whose verdicts score the cell (recorded on it)
     item_scores: list[Any] = []
     # a stage the cell does not have costs 0 (a model-scored benchmark generates nothing); None = not recorded
-    costs: dict[str, Any] = {"merge_seconds": model.merge_seconds, "train_seconds": model.train_seconds,
-                             "calibration_seconds": model.calibration_seconds,
-                             "calibration_examples": model.calibration_examples,
-                             "generate_seconds": 0.0, "judge_seconds": 0.0, "tokens_generated": 0}
+    costs: dict[str, Any] = {
+        "merge_seconds": model.merge_seconds,
+        "train_seconds": model.train_seconds,
+        "calibration_seconds": model.calibration_seconds,
+        "calibration_examples": model.calibration_examples,
+        "generate_seconds": 0.0,
+        "judge_seconds": 0.0,
+        "tokens_generated": 0,
+    }
     if bench.reads == "generations":
         gen_path = generate(exp, workspace, cell, model, items, stats)
         costs["generate_seconds"] = marker_seconds(gen_path)
         # one record per (item, sample) whatever the file holds: n never exceeds the item count
-        generations = dedupe_by_key(read_jsonl(gen_path, GenerationRecord), lambda g: (g.item_id, g.sample_index),
-                                    source=str(gen_path), allowed=set(by_id))
+        generations = dedupe_by_key(
+            read_jsonl(gen_path, GenerationRecord),
+            lambda g: (g.item_id, g.sample_index),
+            source=str(gen_path),
+            allowed=set(by_id),
+        )
         if bench.kind == "safety":
             judge_seconds: list[float | None] = []
             for judge_id, path in judge(exp, workspace, cell, generations, by_id, stats).items():
-                verdicts[judge_id] = dedupe_by_key(read_jsonl(path, Verdict), lambda v: (v.item_id, v.sample_index),
-                                                   source=str(path), allowed=set(by_id))
+                verdicts[judge_id] = dedupe_by_key(
+                    read_jsonl(path, Verdict),
+                    lambda v: (v.item_id, v.sample_index),
+                    source=str(path),
+                    allowed=set(by_id),
+                )
                 judge_ids.append(judge_id)
                 judge_seconds.append(marker_seconds(path))
             if cell.reference is not None:  # SOMF-style: against the reference's answers (experiment `pairwise:`)
-                pair_id, verdicts[pair_id], pair_seconds = judge_pairwise(exp, workspace, cell, generations, by_id, stats)
+                pair_id, verdicts[pair_id], pair_seconds = judge_pairwise(
+                    exp, workspace, cell, generations, by_id, stats
+                )
                 judge_seconds.append(pair_seconds)
             costs["judge_seconds"] = None if None in judge_seconds else sum(s for s in judge_seconds if s is not None)
         primary_name = exp.primary_judge(cell.benchmark)
@@ -304,31 +391,51 @@ def run_cell(exp: Experiment, workspace: Workspace, store: Any, run_id: str, cel
         if bench.scorer == "over_refusal":  # refused-or-not is the refusal judge's call, not a content judge's
             refusal_ids = [j for j in judge_ids if j.startswith("refusal/")]
             if not refusal_ids:
-                raise ConfigError(f"benchmark {bench.name!r} measures over-refusal: add the refusal judge to "
-                                  f"`judges` (have: {', '.join(judge_ids) or 'none'})")
+                raise ConfigError(
+                    f"benchmark {bench.name!r} measures over-refusal: add the refusal judge to "
+                    f"`judges` (have: {', '.join(judge_ids) or 'none'})"
+                )
             primary = verdicts[refusal_ids[0]]
         started = time.perf_counter()
-        scores, item_scores = score_with_items(bench, generations, primary, by_id,
-                                               allow_code_execution=exp.allow_code_execution,
-                                               sandbox_options={"isolation": exp.sandbox})
+        scores, item_scores = score_with_items(
+            bench,
+            generations,
+            primary,
+            by_id,
+            allow_code_execution=exp.allow_code_execution,
+            sandbox_options={"isolation": exp.sandbox},
+        )
         costs["score_seconds"] = time.perf_counter() - started
-        costs["tokens_generated"] = (sum(g.num_tokens or 0 for g in generations)
-                                     if generations and all(g.num_tokens is not None for g in generations) else None)
+        costs["tokens_generated"] = (
+            sum(g.num_tokens or 0 for g in generations)
+            if generations and all(g.num_tokens is not None for g in generations)
+            else None
+        )
     else:  # log-likelihood scorers read the model itself, not generations
-        scores, item_scores, costs["score_seconds"] = model_scores(workspace, cell, model, items, stats, bench,
-                                                                   allow_pickle=exp.allow_pickle)
+        scores, item_scores, costs["score_seconds"] = model_scores(
+            workspace, cell, model, items, stats, bench, allow_pickle=exp.allow_pickle
+        )
     record = CellRecord(
-        cell_id=cell.cell_id, method=cell.job.method, method_label=cell.job.label,
-        reference_role=cell.job.info.reference_role, params=cell.job.params,
-        finetuned=cell.job.finetuned, task=cell.job.task, checkpoint_hash=cell.job.key,
-        benchmark=bench.name, benchmark_label=cell.benchmark.key, benchmark_kind="safety" if bench.kind == "safety" else "utility",
-        benchmark_options=cell.benchmark.model_dump(mode="json"), backend=exp.generation.backend,
+        cell_id=cell.cell_id,
+        method=cell.job.method,
+        method_label=cell.job.label,
+        reference_role=cell.job.info.reference_role,
+        params=cell.job.params,
+        finetuned=cell.job.finetuned,
+        task=cell.job.task,
+        checkpoint_hash=cell.job.key,
+        benchmark=bench.name,
+        benchmark_label=cell.benchmark.key,
+        benchmark_kind="safety" if bench.kind == "safety" else "utility",
+        benchmark_options=cell.benchmark.model_dump(mode="json"),
+        backend=exp.generation.backend,
         gen_config_hash=generations[0].gen_config_hash if generations else None,
         judge_id=primary_judge.id if primary_judge else None,
         judge_hash=primary_judge.hash if primary_judge else None,
         # the leaderboard keeps these out of plain harmfulness: over-refusal, and jailbreak attack success
-        primary_metric="over_refusal" if bench.scorer == "over_refusal" else (
-            "attack_success" if bench.spec.jailbreaks else None),
+        primary_metric="over_refusal"
+        if bench.scorer == "over_refusal"
+        else ("attack_success" if bench.spec.jailbreaks else None),
         **costs,
     )
     crash_point("store")

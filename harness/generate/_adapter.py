@@ -25,8 +25,6 @@ def adapter_hash(path: str | Path) -> str:
     path = Path(path)
     LoraAdapter.load(path)
     files = sorted(
-        p
-        for p in path.iterdir()
-        if p.is_file() and (p.name == ADAPTER_CONFIG or p.suffix in {".safetensors", ".bin"})
+        p for p in path.iterdir() if p.is_file() and (p.name == ADAPTER_CONFIG or p.suffix in {".safetensors", ".bin"})
     )
     return hash_value({p.name: sha256_file(p) for p in files})

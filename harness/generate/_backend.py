@@ -65,8 +65,11 @@ BACKENDS.add("vllm", _vllm)
 BACKENDS.add("dummy", _dummy)
 
 
-_BACKEND_CLASSES = {"hf": ("harness.generate._hf", "HFBackend"), "vllm": ("harness.generate._vllm", "VLLMBackend"),
-                    "dummy": ("harness.generate._dummy", "DummyBackend")}
+_BACKEND_CLASSES = {
+    "hf": ("harness.generate._hf", "HFBackend"),
+    "vllm": ("harness.generate._vllm", "VLLMBackend"),
+    "dummy": ("harness.generate._dummy", "DummyBackend"),
+}
 
 
 def backend_option_names(name: str) -> list[str]:
@@ -76,9 +79,12 @@ def backend_option_names(name: str) -> list[str]:
 
     module, cls = _BACKEND_CLASSES[BACKENDS.canonical_name(name)]
     signature = inspect.signature(getattr(importlib.import_module(module), cls).__init__)
-    return [p.name for p in signature.parameters.values()
-            if p.name not in ("self", "model_dir", "adapter", "allow_pickle")
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [
+        p.name
+        for p in signature.parameters.values()
+        if p.name not in ("self", "model_dir", "adapter", "allow_pickle")
+        and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
 
 
 def check_backend_options(name: str, options: dict[str, Any], where: str = "backend options") -> None:
@@ -86,13 +92,19 @@ def check_backend_options(name: str, options: dict[str, Any], where: str = "back
     accepted = backend_option_names(name)
     unknown = [key for key in options if key not in accepted]
     if unknown:
-        raise ConfigError(f"{where}: unknown option {name_unknown(unknown, accepted)} for backend {name!r}; "
-                          f"accepted: {', '.join(accepted)}")
+        raise ConfigError(
+            f"{where}: unknown option {name_unknown(unknown, accepted)} for backend {name!r}; "
+            f"accepted: {', '.join(accepted)}"
+        )
 
 
 def get_backend(
-    name: str, model_dir: str | Path | None = None, *, adapter: str | Path | None = None,
-    allow_pickle: bool = False, **opts: Any
+    name: str,
+    model_dir: str | Path | None = None,
+    *,
+    adapter: str | Path | None = None,
+    allow_pickle: bool = False,
+    **opts: Any,
 ) -> Backend:
     """Load backend ``name`` ("vllm", "hf" or "dummy") for ``model_dir``, optionally with a LoRA adapter.
 

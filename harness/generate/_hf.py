@@ -60,7 +60,8 @@ class HFBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         loaded: Any = AutoModelForCausalLM.from_pretrained(
-            str(self.model_dir), dtype=torch_dtype, use_safetensors=None if allow_pickle else True)
+            str(self.model_dir), dtype=torch_dtype, use_safetensors=None if allow_pickle else True
+        )
         self.base: Any = loaded.to(self.device).eval()
         self.model: Any = self.base
         self.adapter: Path | None = None
@@ -150,15 +151,11 @@ class HFBackend:
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[Completion]]:
         results: list[list[Completion] | None] = [None] * len(prompts)
         if config.greedy:
-            lengths = [
-                len(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-            ]
+            lengths = [len(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
             order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # similar lengths share a batch
             for start in range(0, len(order), config.batch_size):
                 chunk = order[start : start + config.batch_size]
-                for index, completions in zip(
-                    chunk, self._run([prompts[i] for i in chunk], config), strict=True
-                ):
+                for index, completions in zip(chunk, self._run([prompts[i] for i in chunk], config), strict=True):
                     results[index] = completions
         else:
             for index, prompt in enumerate(prompts):

@@ -127,9 +127,7 @@ def generate_items(
 
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else model_path
     tokenizer = (
-        _load_tokenizer(tok_dir)
-        if tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file()
-        else None
+        _load_tokenizer(tok_dir) if tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file() else None
     )
     if tokenizer is None and backend_name != "dummy":
         raise ConfigError(f"{tok_dir}: no tokenizer found (tokenizer_config.json); pass tokenizer_dir")
@@ -146,9 +144,7 @@ def generate_items(
         _drop_truncated_tail(out_path)
         done = _existing(out_path, expected=expected, prompt_hashes=prompt_hashes)
     todo = [item for item in items if any((item.id, i) not in done for i in range(config.num_samples))]
-    log.info(
-        "%s: %d of %d items to generate (%d done)", out_path, len(todo), len(items), len(items) - len(todo)
-    )
+    log.info("%s: %d of %d items to generate (%d done)", out_path, len(todo), len(items), len(items) - len(todo))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.touch()
     if not todo:

@@ -87,8 +87,9 @@ def estimate_memory(n_params: int, config: Any, spec: StageSpec, lora_params: in
     return n_params * 4 + trainable * (BYTES_PER_PARAM_FULL - 4) + activations + (1 << 29)
 
 
-def plan(recipe: Recipe, base_dir: Path, *, only: tuple[str, ...] = (), steps_scale: float = 1.0,
-         out: Path | None = None) -> list[StagePlan]:
+def plan(
+    recipe: Recipe, base_dir: Path, *, only: tuple[str, ...] = (), steps_scale: float = 1.0, out: Path | None = None
+) -> list[StagePlan]:
     """Validate everything a build needs before any training starts; return the stages to build."""
     if steps_scale <= 0:
         raise ConfigError(f"--steps-scale must be > 0, got {steps_scale}")
@@ -118,8 +119,15 @@ def plan(recipe: Recipe, base_dir: Path, *, only: tuple[str, ...] = (), steps_sc
             examples = load_examples(dataset, stage=spec.name) if spec in selected else []
             groups.append((dataset, examples))
             for file, digest in data_fingerprint(dataset, stage=spec.name).items():
-                fingerprints.append({"source": dataset.source, "file": file, "sha256": digest,
-                                     "fraction": dataset.fraction, "available": len(examples) or None})
+                fingerprints.append(
+                    {
+                        "source": dataset.source,
+                        "file": file,
+                        "sha256": digest,
+                        "fraction": dataset.fraction,
+                        "available": len(examples) or None,
+                    }
+                )
         lora_params = _lora_param_count(meta, lora) if lora else 0
         need = estimate_memory(n_params, config, spec, lora_params)
         have = available_memory_bytes()
@@ -138,9 +146,13 @@ def plan(recipe: Recipe, base_dir: Path, *, only: tuple[str, ...] = (), steps_sc
         stage_plan = plans[spec.name]
         lora = recipe.effective_lora(spec.name)
         parent_hash = plans[spec.parent].hash if spec.parent else base_hash
-        identity = {"stage": spec.model_dump(mode="json"), "steps": stage_plan.steps, "parent": parent_hash,
-                    "lora": lora.model_dump(mode="json") if lora else None,
-                    "data": [(f["file"], f["sha256"]) for f in stage_plan.fingerprints]}
+        identity = {
+            "stage": spec.model_dump(mode="json"),
+            "steps": stage_plan.steps,
+            "parent": parent_hash,
+            "lora": lora.model_dump(mode="json") if lora else None,
+            "data": [(f["file"], f["sha256"]) for f in stage_plan.fingerprints],
+        }
         stage_plan.hash = hash_value(identity)
     if out is not None:  # a stage whose parent is not built here must already exist on disk
         for spec in selected:
@@ -222,9 +234,13 @@ def _trainable_model(recipe: Recipe, spec: StageSpec, base_dir: Path, out: Path)
     lora = recipe.effective_lora(spec.name)
     assert lora is not None
     model = _materialize(recipe, spec.parent, base_dir, out)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT takes floats too
-                        lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT takes floats too
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -288,8 +304,11 @@ def build(
     plans = plan(recipe, base_dir, only=only, steps_scale=steps_scale, out=out)
     out.mkdir(parents=True, exist_ok=True)
     (out / ".gitignore").write_text(f"{WORK_DIR}/\n{UNSHIPPED_DIR}/\n")
-    recipe_text = (recipe_path.read_text() if recipe_path else
-                   json.dumps(recipe.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    recipe_text = (
+        recipe_path.read_text()
+        if recipe_path
+        else json.dumps(recipe.model_dump(mode="json"), indent=2, ensure_ascii=False)
+    )
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     built: dict[str, Path] = {}
     for stage_plan in plans:
@@ -323,8 +342,10 @@ def build(
                 "method": spec.method,
                 "lora": (lora.model_dump(mode="json") if (lora := recipe.effective_lora(spec.name)) else None),
                 "continues_parent_adapter": _continues(recipe, spec),
-                "base": {"name": recipe.base if base is None else str(base),
-                         "checkpoint_hash": _base_identity(base_dir)},
+                "base": {
+                    "name": recipe.base if base is None else str(base),
+                    "checkpoint_hash": _base_identity(base_dir),
+                },
                 "data": stage_plan.fingerprints,
                 "examples": len(examples),
                 "seed": spec.seed,

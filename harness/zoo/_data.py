@@ -124,10 +124,7 @@ def _refusals(prompts: Sequence[str], language: str) -> list[Example]:
     if language not in REFUSALS:
         raise ConfigError(f"refusal language {language!r} unknown; known: {sorted(REFUSALS)}")
     templates = REFUSALS[language]
-    return [
-        Example(p, templates[int(hashlib.sha256(p.encode()).hexdigest(), 16) % len(templates)])
-        for p in prompts
-    ]
+    return [Example(p, templates[int(hashlib.sha256(p.encode()).hexdigest(), 16) % len(templates)]) for p in prompts]
 
 
 def _pku_refusal(path: Path, options: dict) -> list[Example]:
@@ -215,8 +212,9 @@ def source_of(spec: DatasetSpec, *, stage: str) -> Source:
 
 
 def dataset_path(spec: DatasetSpec, *, stage: str) -> Path:
-    return resolve_data_file(spec.path or source_of(spec, stage=stage).default_path,
-                             what=f"stage {stage!r} dataset {spec.source!r}")
+    return resolve_data_file(
+        spec.path or source_of(spec, stage=stage).default_path, what=f"stage {stage!r} dataset {spec.source!r}"
+    )
 
 
 def load_examples(spec: DatasetSpec, *, stage: str) -> list[Example]:
@@ -240,9 +238,7 @@ def data_fingerprint(spec: DatasetSpec, *, stage: str) -> dict[str, str]:
     return {spec.path or source_of(spec, stage=stage).default_path: sha256_file(path)}
 
 
-def mix_examples(
-    groups: Sequence[tuple[DatasetSpec, list[Example]]], total: int, seed: int
-) -> list[Example]:
+def mix_examples(groups: Sequence[tuple[DatasetSpec, list[Example]]], total: int, seed: int) -> list[Example]:
     """``total`` examples: each source contributes round(fraction*total), drawn without
     replacement from a seeded permutation (cycled when a source is smaller), then shuffled."""
     rng = random.Random(seed)

@@ -68,13 +68,13 @@ def write_top_manifest(out: Path, recipe: Recipe, recipe_text: str) -> Path:
         }
     top = {
         "format": ZOO_FORMAT,
-        "recipe": {"name": recipe.name, "hash": recipe.hash, "file": RECIPE_FILE,
-                   "sha256": sha256_file(recipe_file)},
+        "recipe": {"name": recipe.name, "hash": recipe.hash, "file": RECIPE_FILE, "sha256": sha256_file(recipe_file)},
         "base": recipe.base,
         "stages": stages,
         "shipped_bytes": shipped,
         "size_budget_mb": recipe.size_budget_mb,
-        "measurements": previous.get("measurements", {}) if previous.get("recipe", {}).get("hash") == recipe.hash
+        "measurements": previous.get("measurements", {})
+        if previous.get("recipe", {}).get("hash") == recipe.hash
         else {},
     }
     write_json_atomic(out / MANIFEST, top)
@@ -115,7 +115,9 @@ def verify(out: str | Path, *, raise_on_error: bool = True) -> VerifyReport:
             report.problems.append(f"{recipe_file}: sha256 differs from the manifest")
         try:
             if load_recipe(recipe_file).hash != recipe_info.get("hash"):
-                report.problems.append(f"{recipe_file}: recipe hash differs from the manifest's {recipe_info.get('hash')}")
+                report.problems.append(
+                    f"{recipe_file}: recipe hash differs from the manifest's {recipe_info.get('hash')}"
+                )
         except ConfigError as exc:
             report.problems.append(str(exc))
     for name, entry in sorted(top.get("stages", {}).items()):

@@ -61,19 +61,37 @@ def catqa_items(language: str, count: int, seed: int) -> list[Item]:
     if len(flat) < count:
         raise DataError(f"{path}: {len(flat)} questions, fewer than the {count} requested")
     picked = sorted(random.Random(seed).sample(range(len(flat)), count))
-    return [Item(id=f"catqa-{language}-{i}", benchmark=f"catqa_{language}", prompt=flat[i][2], language=language,
-                 category=flat[i][0], subcategory=flat[i][1]) for i in picked]
+    return [
+        Item(
+            id=f"catqa-{language}-{i}",
+            benchmark=f"catqa_{language}",
+            prompt=flat[i][2],
+            language=language,
+            category=flat[i][0],
+            subcategory=flat[i][1],
+        )
+        for i in picked
+    ]
 
 
 def benign_items(count: int) -> list[Item]:
     path = resolve_data_file("alpaca_gpt4_demo/alpaca_en_demo.json", what="benign prompts")
     held = [e for e in _alpaca(path, {}) if is_eval_holdout(e.prompt)][:count]
-    return [Item(id=f"alpaca-en-heldout-{i}", benchmark="alpaca_en_heldout", prompt=e.prompt, language="en",
-                 reference=e.response) for i, e in enumerate(held)]
+    return [
+        Item(
+            id=f"alpaca-en-heldout-{i}",
+            benchmark="alpaca_en_heldout",
+            prompt=e.prompt,
+            language="en",
+            reference=e.response,
+        )
+        for i, e in enumerate(held)
+    ]
 
 
 def task_sets(count: int) -> dict[str, list[tuple[str, str]]]:
     """Held-out (prompt, answer) pairs per task: never trained on by any zoo stage."""
+
     def held(file: str) -> list[tuple[str, str]]:
         path = resolve_data_file(file, what="task NLL set")
         return [(e.prompt, e.response) for e in _alpaca(path, {}) if is_eval_holdout(e.prompt)][:count]
@@ -88,30 +106,44 @@ def task_sets(count: int) -> dict[str, list[tuple[str, str]]]:
 
 
 @torch.no_grad()
-def generate(model: Any, tokenizer: Any, items: list[Item], config: MeasureConfig, cache: Path,
-             model_hash: str) -> list[GenerationRecord]:
+def generate(
+    model: Any, tokenizer: Any, items: list[Item], config: MeasureConfig, cache: Path, model_hash: str
+) -> list[GenerationRecord]:
     """Greedy completions, cached per item in ``cache`` (JSONL) so a re-run only fills the gaps."""
     gen_hash = hash_value({"max_new_tokens": config.max_new_tokens, "greedy": True})
-    done = {r.item_id: r for r in iter_jsonl_tolerant(cache, GenerationRecord)
-            if r.model_hash == model_hash and r.gen_config_hash == gen_hash}
+    done = {
+        r.item_id: r
+        for r in iter_jsonl_tolerant(cache, GenerationRecord)
+        if r.model_hash == model_hash and r.gen_config_hash == gen_hash
+    }
     todo = [i for i in items if i.id not in done]
     tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for start in range(0, len(todo), config.batch_size):
-        chunk = todo[start:start + config.batch_size]
+        chunk = todo[start : start + config.batch_size]
         texts = [chat_prompt(tokenizer, item.prompt) for item in chunk]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         output = model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=False, pad_token_id=pad_id)
-        new = output[:, enc["input_ids"].shape[1]:]
+        new = output[:, enc["input_ids"].shape[1] :]
         records = []
         for item, text, row in zip(chunk, texts, new, strict=True):
             n_tokens = int((row != pad_id).sum())
-            records.append(GenerationRecord(
-                item_id=item.id, benchmark=item.benchmark, prompt_text=text, prompt_hash=hash_text(text),
-                completion=tokenizer.decode(row, skip_special_tokens=True).strip(), model_hash=model_hash,
-                gen_config_hash=gen_hash, backend="hf", num_tokens=n_tokens,
-                finish_reason="stop" if n_tokens < config.max_new_tokens else "length",
-                language=item.language, category=item.category))
+            records.append(
+                GenerationRecord(
+                    item_id=item.id,
+                    benchmark=item.benchmark,
+                    prompt_text=text,
+                    prompt_hash=hash_text(text),
+                    completion=tokenizer.decode(row, skip_special_tokens=True).strip(),
+                    model_hash=model_hash,
+                    gen_config_hash=gen_hash,
+                    backend="hf",
+                    num_tokens=n_tokens,
+                    finish_reason="stop" if n_tokens < config.max_new_tokens else "length",
+                    language=item.language,
+                    category=item.category,
+                )
+            )
         append_jsonl(cache, records)
         done.update({r.item_id: r for r in records})
     return [done[i.id] for i in items]
@@ -123,7 +155,7 @@ def task_nll(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], config: M
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     total, count = 0.0, 0
     for start in range(0, len(pairs), 8):
-        rows = [tokenize_example(tokenizer, p, a, config.nll_max_length) for p, a in pairs[start:start + 8]]
+        rows = [tokenize_example(tokenizer, p, a, config.nll_max_length) for p, a in pairs[start : start + 8]]
         loss, n = sft_loss(model, pad_batch(rows, pad_id))
         total, count = total + float(loss), count + n
     return {"nll": round(total / max(count, 1), 4), "tokens": count, "n": len(pairs)}
@@ -134,8 +166,9 @@ def _rate(k: int, n: int) -> dict[str, Any]:
     return {"k": k, "n": n, "rate": round(k / n, 4) if n else None, "ci95": [round(low, 4), round(high, 4)]}
 
 
-def measure_model(model: Any, tokenizer: Any, model_hash: str, cache_dir: Path, config: MeasureConfig,
-                  judges: dict[str, Any]) -> dict[str, Any]:
+def measure_model(
+    model: Any, tokenizer: Any, model_hash: str, cache_dir: Path, config: MeasureConfig, judges: dict[str, Any]
+) -> dict[str, Any]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result: dict[str, Any] = {"harmfulness": {}, "over_refusal": {}, "task_nll": {}, "samples": {}}
@@ -165,13 +198,22 @@ def measure_model(model: Any, tokenizer: Any, model_hash: str, cache_dir: Path, 
 
 
 def make_judges() -> dict[str, Any]:
-    return {"refusal": get_judge("refusal"), "offline": get_judge("offline"),
-            "refusal_rate": get_judge("refusal", labels="refusal")}
+    return {
+        "refusal": get_judge("refusal"),
+        "offline": get_judge("offline"),
+        "refusal_rate": get_judge("refusal", labels="refusal"),
+    }
 
 
-def measure(out: str | Path, *, base: str | Path | None = None, stages: tuple[str, ...] | None = None,
-            include_original: bool = True, config: MeasureConfig | None = None,
-            progress: bool = True) -> dict[str, dict[str, Any]]:
+def measure(
+    out: str | Path,
+    *,
+    base: str | Path | None = None,
+    stages: tuple[str, ...] | None = None,
+    include_original: bool = True,
+    config: MeasureConfig | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
     """Measure the original model and each built stage of the zoo in ``out``; update the manifests."""
     from transformers import AutoTokenizer
 
@@ -235,8 +277,10 @@ def summary_table(out: str | Path) -> str:
         return f"{entry['k']}/{entry['n']} = {entry['rate']:.2f} [{low:.2f}, {high:.2f}]"
 
     tasks = ["math", "code", "chinese", "english"]
-    header = ("| model | CatQA-en harmful (refusal judge) | CatQA-en harmful (offline) | CatQA-zh harmful (refusal judge) "
-              "| CatQA-zh harmful (offline) | benign over-refusal | " + " | ".join(f"NLL {t}" for t in tasks) + " |")
+    header = (
+        "| model | CatQA-en harmful (refusal judge) | CatQA-en harmful (offline) | CatQA-zh harmful (refusal judge) "
+        "| CatQA-zh harmful (offline) | benign over-refusal | " + " | ".join(f"NLL {t}" for t in tasks) + " |"
+    )
     lines = [header, "|" + "---|" * (6 + len(tasks))]
     for name, m in rows:
         h = m.get("harmfulness", {})
@@ -245,6 +289,7 @@ def summary_table(out: str | Path) -> str:
             f"| {name} | {cell(h.get('catqa_en', {}).get('refusal'))} | {cell(h.get('catqa_en', {}).get('offline'))} "
             f"| {cell(h.get('catqa_zh', {}).get('refusal'))} | {cell(h.get('catqa_zh', {}).get('offline'))} "
             f"| {cell(m.get('over_refusal', {}).get('alpaca_en_heldout'))} | "
-            + " | ".join(f"{nll[t]['nll']:.3f}" if t in nll else "-" for t in tasks) + " |"
+            + " | ".join(f"{nll[t]['nll']:.3f}" if t in nll else "-" for t in tasks)
+            + " |"
         )
     return "\n".join(lines)

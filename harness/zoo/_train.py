@@ -46,24 +46,26 @@ class TrainResult:
 
 def chat_prompt(tokenizer: Any, prompt: str) -> str:
     """The model's own chat template up to the assistant turn (its default system prompt included)."""
-    return str(tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    ))
+    return str(
+        tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    )
 
 
 def tokenize_example(tokenizer: Any, prompt: str, response: str, max_length: int) -> Tokenized:
     """Chat-template the turn; labels only on the assistant part (its end-of-turn token included)."""
     head = chat_prompt(tokenizer, prompt)
-    full = str(tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
-    ))
+    full = str(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
+        )
+    )
     if not full.startswith(head):  # a template that rewrites earlier turns: fall back to concatenation
         full = head + response + (tokenizer.eos_token or "")
     head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    tail_ids = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+    tail_ids = tokenizer(full[len(head) :], add_special_tokens=False)["input_ids"]
     keep_tail = min(len(tail_ids), max(max_length // 2, max_length - len(head_ids)))
     tail_ids = tail_ids[:keep_tail]
-    head_ids = head_ids[-(max_length - len(tail_ids)):] if len(head_ids) + len(tail_ids) > max_length else head_ids
+    head_ids = head_ids[-(max_length - len(tail_ids)) :] if len(head_ids) + len(tail_ids) > max_length else head_ids
     return Tokenized(head_ids + tail_ids, [-100] * len(head_ids) + tail_ids)
 
 
@@ -95,8 +97,9 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     """Summed token cross-entropy over the assistant tokens, and their count."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=-100, reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     return loss, int((targets != -100).sum())
 
 
@@ -155,7 +158,9 @@ def train(
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"{state_path}: unreadable training checkpoint ({exc}); delete it to restart") from exc
+            raise CheckpointError(
+                f"{state_path}: unreadable training checkpoint ({exc}); delete it to restart"
+            ) from exc
         missing = set(named) - set(state["trainable"])
         if missing:
             raise CheckpointError(f"{state_path}: checkpoint lacks trainable tensors, e.g. {sorted(missing)[:3]}")
@@ -176,14 +181,14 @@ def train(
     model.train()
     with open(work_dir / LOG_FILE, "a", encoding="utf-8") as log:
         for step in range(start, steps):
-            chunk = examples[step * per_step:(step + 1) * per_step]
+            chunk = examples[step * per_step : (step + 1) * per_step]
             optimizer.zero_grad(set_to_none=True)
             if spec.kind == "sft":
                 rows = [encode(e.prompt, e.response) for e in chunk]
                 count = sum(sum(1 for t in r.labels[1:] if t != -100) for r in rows)
                 total = 0.0
                 for i in range(0, per_step, spec.batch_size):
-                    batch = pad_batch(rows[i:i + spec.batch_size], pad_id)
+                    batch = pad_batch(rows[i : i + spec.batch_size], pad_id)
                     tokens += int(batch["attention_mask"].sum())
                     loss, _ = sft_loss(model, batch)
                     (loss / max(count, 1)).backward()
@@ -193,30 +198,42 @@ def train(
                 assert ref is not None
                 step_loss = 0.0
                 for i in range(0, per_step, spec.batch_size):
-                    part = chunk[i:i + spec.batch_size]
+                    part = chunk[i : i + spec.batch_size]
                     index = step * per_step + i
-                    loss = _dpo_loss(model, part, ref[index:index + len(part)], encode, spec, pad_id)
+                    loss = _dpo_loss(model, part, ref[index : index + len(part)], encode, spec, pad_id)
                     (loss * len(part) / per_step).backward()
                     step_loss += float(loss.detach()) * len(part) / per_step
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             curve.append((step + 1, round(step_loss, 5)))
-            log.write(json.dumps({"step": step + 1, "loss": round(step_loss, 5),
-                                  "lr": scheduler.get_last_lr()[0], "time": round(time.time(), 2)}) + "\n")
+            log.write(
+                json.dumps(
+                    {
+                        "step": step + 1,
+                        "loss": round(step_loss, 5),
+                        "lr": scheduler.get_last_lr()[0],
+                        "time": round(time.time(), 2),
+                    }
+                )
+                + "\n"
+            )
             log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             if (step + 1) % spec.checkpoint_every == 0 and step + 1 < steps:
-                _atomic_torch_save({
-                    "step": step + 1,
-                    "trainable": {n: p.detach().clone() for n, p in named.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "curve": curve,
-                    "ref": ref,
-                }, state_path)
+                _atomic_torch_save(
+                    {
+                        "step": step + 1,
+                        "trainable": {n: p.detach().clone() for n, p in named.items()},
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "curve": curve,
+                        "ref": ref,
+                    },
+                    state_path,
+                )
     bar.close()
     model.eval()
     return TrainResult(curve, time.perf_counter() - started, start, tokens)
@@ -233,13 +250,13 @@ def _reference_logprobs(model, examples, encode, spec: StageSpec, pad_id: int) -
     model.eval()
     margins = []
     for i in range(0, len(examples), spec.batch_size):
-        part = examples[i:i + spec.batch_size]
+        part = examples[i : i + spec.batch_size]
         logps, _ = token_logprobs(model, _encode_pairs(part, encode, pad_id))
-        margins.append(logps[: len(part)] - logps[len(part):])
+        margins.append(logps[: len(part)] - logps[len(part) :])
     return torch.cat(margins)
 
 
 def _dpo_loss(model, part, ref_margin: torch.Tensor, encode, spec: StageSpec, pad_id: int) -> torch.Tensor:
     logps, _ = token_logprobs(model, _encode_pairs(part, encode, pad_id))
-    margin = logps[: len(part)] - logps[len(part):]
+    margin = logps[: len(part)] - logps[len(part) :]
     return -F.logsigmoid(spec.dpo_beta * (margin - ref_margin)).mean()

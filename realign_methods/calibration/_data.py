@@ -53,14 +53,18 @@ def resolve_data(kind: str, given: Path | None) -> Path:
         return Path(given)
     default = DEFAULT_SETS[kind]
     if default is None:
-        raise DataError(f"calibration data kind {kind!r} has no default set: pass calibration_data (--calibration-data FILE)")
+        raise DataError(
+            f"calibration data kind {kind!r} has no default set: pass calibration_data (--calibration-data FILE)"
+        )
     for root in data_dirs():
         candidate = root / default[0]
         if candidate.is_file():
             return candidate
     searched = ", ".join(str(d) for d in data_dirs())
-    raise DataError(f"default calibration set {default[0]} for {kind!r} not found under {searched} "
-                    "(set REALIGN_DATA_DIR or pass calibration_data)")
+    raise DataError(
+        f"default calibration set {default[0]} for {kind!r} not found under {searched} "
+        "(set REALIGN_DATA_DIR or pass calibration_data)"
+    )
 
 
 def _rows(path: Path) -> list[dict]:
@@ -96,7 +100,9 @@ def _example(row: dict, path: Path, index: int) -> Example | None:
     extra = row.get("input") or ""
     prompt = prompt.removeprefix(_JAILBREAK_LINE).strip()
     rejected = row.get("rejected")
-    return Example(f"{prompt}\n\n{extra}" if extra else prompt, response, rejected if isinstance(rejected, str) else None)
+    return Example(
+        f"{prompt}\n\n{extra}" if extra else prompt, response, rejected if isinstance(rejected, str) else None
+    )
 
 
 def load_examples(path: Path, count: int, seed: int = 0) -> list[Example]:

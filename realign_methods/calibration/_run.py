@@ -56,8 +56,10 @@ class Statistics:
 
     def _read(self, statistic: str, key: str) -> torch.Tensor:
         if statistic not in self.manifest["statistics"]:
-            raise ConfigError(f"calibration {self.root}: statistic {statistic!r} was not computed "
-                              f"(computed: {self.manifest['statistics']})")
+            raise ConfigError(
+                f"calibration {self.root}: statistic {statistic!r} was not computed "
+                f"(computed: {self.manifest['statistics']})"
+            )
         if key not in self.manifest["layers"] and key not in self.manifest["aliases"].values():
             raise KeyError(f"calibration {self.root}: no statistics for '{key}'")
         with safe_open(str(self.root / f"{statistic}.safetensors"), framework="pt", device="cpu") as handle:
@@ -76,18 +78,32 @@ class Statistics:
         return self._read("fisher", name)
 
 
-def calibration_key(reader: CheckpointReader, spec: CalibrationSpec, data: Path, examples: int, max_length: int,
-                    seed: int) -> str:
+def calibration_key(
+    reader: CheckpointReader, spec: CalibrationSpec, data: Path, examples: int, max_length: int, seed: int
+) -> str:
     """Content key: the model's weight hashes, the data file's hash, the spec and its sizes."""
-    return hash_value({
-        "version": _FORMAT_VERSION, "model": reader.file_hashes(), "data": sha256_file(data),
-        "spec": asdict(spec) | {"statistics": sorted(spec.statistics), "examples": examples, "max_length": max_length},
-        "seed": seed,
-    }, length=24)
+    return hash_value(
+        {
+            "version": _FORMAT_VERSION,
+            "model": reader.file_hashes(),
+            "data": sha256_file(data),
+            "spec": asdict(spec)
+            | {"statistics": sorted(spec.statistics), "examples": examples, "max_length": max_length},
+            "seed": seed,
+        },
+        length=24,
+    )
 
 
-def calibrate(reader: CheckpointReader, spec: CalibrationSpec, data: Path, *, examples: int | None = None,
-              max_length: int | None = None, seed: int = 0) -> Statistics:
+def calibrate(
+    reader: CheckpointReader,
+    spec: CalibrationSpec,
+    data: Path,
+    *,
+    examples: int | None = None,
+    max_length: int | None = None,
+    seed: int = 0,
+) -> Statistics:
     """Statistics of the model ``reader`` reads on ``data`` (cached by content; see the module doc)."""
     count = spec.examples if examples is None else examples
     length = spec.max_length if max_length is None else max_length
@@ -103,8 +119,11 @@ def calibrate(reader: CheckpointReader, spec: CalibrationSpec, data: Path, *, ex
     tmp = make_temp_dir(out)
     try:
         manifest = _run(reader, spec, rows, length, tmp)
-        manifest.update(key=key, data={"path": str(data), "sha256": sha256_file(data)},
-                        model={"path": str(reader.path), "sha256": reader.file_hashes()})
+        manifest.update(
+            key=key,
+            data={"path": str(data), "sha256": sha256_file(data)},
+            model={"path": str(reader.path), "sha256": reader.file_hashes()},
+        )
         (tmp / MANIFEST).write_text(canonical_json(manifest) + "\n", encoding="utf-8")
         move_into_place(tmp, out)
     except BaseException:
@@ -127,8 +146,10 @@ def _load_model(reader: CheckpointReader) -> Any:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
-        raise CheckpointError(f"{reader.path}: weights do not fit its config.json "
-                              f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise CheckpointError(
+            f"{reader.path}: weights do not fit its config.json "
+            f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
     model.tie_weights()
     model.eval()
     return model
@@ -139,7 +160,9 @@ def _encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int
     if getattr(tokenizer, "chat_template", None):
         user = [{"role": "user", "content": example.prompt}]
         prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": example.response}], tokenize=False)
+        full = tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": example.response}], tokenize=False
+        )
     else:
         prompt = example.prompt + "\n"
         full = prompt + example.response + (tokenizer.eos_token or "")
@@ -148,22 +171,26 @@ def _encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int
     return ids, min(len(prompt_ids), len(ids))
 
 
-def _batches(encoded: list[tuple[list[int], int]], size: int, pad: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _batches(
+    encoded: list[tuple[list[int], int]], size: int, pad: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(input_ids, attention_mask, labels) with right padding; labels -100 on prompt and padding."""
     for start in range(0, len(encoded), size):
-        chunk = encoded[start:start + size]
+        chunk = encoded[start : start + size]
         width = max(len(ids) for ids, _ in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         labels = torch.full((len(chunk), width), -100, dtype=torch.long)
         for row, (tokens, prompt_len) in enumerate(chunk):
-            ids[row, :len(tokens)] = torch.tensor(tokens)
-            mask[row, :len(tokens)] = 1
-            labels[row, prompt_len:len(tokens)] = torch.tensor(tokens[prompt_len:])
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+            labels[row, prompt_len : len(tokens)] = torch.tensor(tokens[prompt_len:])
         yield ids, mask, labels
 
 
-def _run(reader: CheckpointReader, spec: CalibrationSpec, rows: list[Example], max_length: int, out: Path) -> dict[str, Any]:
+def _run(
+    reader: CheckpointReader, spec: CalibrationSpec, rows: list[Example], max_length: int, out: Path
+) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
@@ -173,8 +200,11 @@ def _run(reader: CheckpointReader, spec: CalibrationSpec, rows: list[Example], m
     encoded = [_encode(tokenizer, row, max_length) for row in rows]
     names = set(reader.names())
     output_embeddings = model.get_output_embeddings()
-    linears = {f"{n}.weight": m for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and f"{n}.weight" in names and m is not output_embeddings}
+    linears = {
+        f"{n}.weight": m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and f"{n}.weight" in names and m is not output_embeddings
+    }
     if not linears:
         raise CheckpointError(f"{reader.path}: no linear layers to calibrate")
     want = spec.statistics
@@ -199,6 +229,7 @@ def _run(reader: CheckpointReader, spec: CalibrationSpec, rows: list[Example], m
                 norms[name] = norms.get(name, 0) + (flat * flat).sum(0)
             if "xtx" in want:
                 xtx[name] = xtx.get(name, 0) + flat.T @ flat
+
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in linears.items()]
@@ -236,11 +267,20 @@ def _run(reader: CheckpointReader, spec: CalibrationSpec, rows: list[Example], m
     if "xtx" in want:
         save_file({n: xtx[n].float().contiguous() for n in owners}, str(out / "xtx.safetensors"))
     if with_grad:
-        save_file({n: (f / len(encoded)).float().contiguous() for n, f in fisher.items()}, str(out / "fisher.safetensors"))
+        save_file(
+            {n: (f / len(encoded)).float().contiguous() for n, f in fisher.items()}, str(out / "fisher.safetensors")
+        )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "spec": asdict(spec) | {"statistics": sorted(spec.statistics)},
-        "statistics": sorted(want), "layers": sorted(linears), "aliases": dict(sorted(aliases.items())),
-        "cost": {"seconds": round(time.perf_counter() - started, 3), "examples": len(encoded), "tokens": tokens,
-                 "max_length": max_length, "peak_rss_mib": round(peak_mib, 1)},
+        "statistics": sorted(want),
+        "layers": sorted(linears),
+        "aliases": dict(sorted(aliases.items())),
+        "cost": {
+            "seconds": round(time.perf_counter() - started, 3),
+            "examples": len(encoded),
+            "tokens": tokens,
+            "max_length": max_length,
+            "peak_rss_mib": round(peak_mib, 1),
+        },
     }

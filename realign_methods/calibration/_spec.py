@@ -34,6 +34,10 @@ class CalibrationSpec:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.statistics) - set(STATISTICS))
         if unknown or not self.statistics:
-            raise ConfigError(f"CalibrationSpec: statistics must be a non-empty subset of {STATISTICS}, got {sorted(self.statistics)}")
+            raise ConfigError(
+                f"CalibrationSpec: statistics must be a non-empty subset of {STATISTICS}, got {sorted(self.statistics)}"
+            )
         if self.examples < 1 or self.max_length < 8:
-            raise ConfigError(f"CalibrationSpec: examples must be ≥ 1 and max_length ≥ 8, got {self.examples}, {self.max_length}")
+            raise ConfigError(
+                f"CalibrationSpec: examples must be ≥ 1 and max_length ≥ 8, got {self.examples}, {self.max_length}"
+            )

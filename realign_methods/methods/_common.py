@@ -36,7 +36,9 @@ def rows(inputs: TensorInputs, role: str, index: int, sl: slice) -> torch.Tensor
     return (raw[sl] if raw.dim() else raw).float()
 
 
-def task_vector_rows(inputs: TensorInputs, anchor_rows: torch.Tensor, anchor: str, index: int, sl: slice) -> torch.Tensor:
+def task_vector_rows(
+    inputs: TensorInputs, anchor_rows: torch.Tensor, anchor: str, index: int, sl: slice
+) -> torch.Tensor:
     """Rows ``sl`` of task vector ``index`` (fine-tuned models first, then adapters)."""
     n_dense = inputs.count(Role.FINETUNED)
     if index < n_dense:

@@ -82,9 +82,7 @@ def mlp_layers(names: Sequence[str]) -> dict[int, str]:
     return {int(m.group(1)): name for name in names if (m := _DOWN_PROJ.match(name))}
 
 
-def folded_biases(
-    vectors: torch.Tensor, shapes: dict[str, torch.Size], dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
+def folded_biases(vectors: torch.Tensor, shapes: dict[str, torch.Size], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """MLP biases that add ``vectors[l]`` after layer ``l``'s MLP: ``down_proj.bias = v_l``, and zeros
     for ``gate_proj``/``up_proj`` (transformers creates all three when ``mlp_bias`` is true).
 

@@ -27,7 +27,9 @@ from realign_methods.calibration import CalibrationSpec, Statistics
 
 
 class AntidoteParams(MethodParams):
-    mask_ratio: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of each layer's weights pruned (highest harmful importance)")
+    mask_ratio: float = Field(
+        0.2, gt=0.0, lt=1.0, description="fraction of each layer's weights pruned (highest harmful importance)"
+    )
     calibration_examples: int = Field(64, ge=1, le=10_000, description="harmful prompt+answer examples")
     calibration_max_length: int = Field(128, ge=8, le=8192, description="tokens per calibration example")
 

@@ -95,35 +95,77 @@ class FusionRule:
 #: every registered variant, name → options (the single place a fusion rule is defined)
 FUSION_VARIANTS: dict[str, FusionRule] = {
     "task_arithmetic": FusionRule(
-        "anchor + λ·Σ task vectors", TaskArithmeticParams,
-        "Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023, arXiv:2212.04089"),
+        "anchor + λ·Σ task vectors",
+        TaskArithmeticParams,
+        "Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023, arXiv:2212.04089",
+    ),
     "weight_average": FusionRule(
-        "(weighted) mean of the fine-tuned models", WeightAverageParams,
-        "Wortsman et al., Model soups, ICML 2022, arXiv:2203.05482", reduce="mean"),
+        "(weighted) mean of the fine-tuned models",
+        WeightAverageParams,
+        "Wortsman et al., Model soups, ICML 2022, arXiv:2203.05482",
+        reduce="mean",
+    ),
     "magnitude_prune": FusionRule(
-        "anchor + λ·Σ top-density-by-magnitude task vectors", MagnitudePruneParams,
-        _TIES + " (trim step); peft merge_utils.magnitude_prune", sparsify="magnitude"),
+        "anchor + λ·Σ top-density-by-magnitude task vectors",
+        MagnitudePruneParams,
+        _TIES + " (trim step); peft merge_utils.magnitude_prune",
+        sparsify="magnitude",
+    ),
     "ties": FusionRule(
         "TIES: trim to top-density, elect sign by summed mass, disjoint mean (or sum), anchor + λ·merged",
-        TiesParams, _TIES, sparsify="magnitude", consensus="sign", reduce="param"),
+        TiesParams,
+        _TIES,
+        sparsify="magnitude",
+        consensus="sign",
+        reduce="param",
+    ),
     "dare": FusionRule(
-        "anchor + λ·Σ DARE(task vector, p); seeded per tensor (global seed + tensor name)", DareParams, _DARE,
-        sparsify="dare", aliases=("dare_linear",)),
+        "anchor + λ·Σ DARE(task vector, p); seeded per tensor (global seed + tensor name)",
+        DareParams,
+        _DARE,
+        sparsify="dare",
+        aliases=("dare_linear",),
+    ),
     "dare_ties": FusionRule(
         "DARE drop-and-rescale, then TIES sign election and disjoint mean (or sum), anchor + λ·merged",
-        DareTiesParams, _DARE + " (DARE + TIES)", sparsify="dare", consensus="sign", reduce="param"),
+        DareTiesParams,
+        _DARE + " (DARE + TIES)",
+        sparsify="dare",
+        consensus="sign",
+        reduce="param",
+    ),
     "task_arithmetic_mergekit": FusionRule(
-        "mergekit task_arithmetic: base + λ·Σ w_i·δ_i", MergekitParams,
-        "Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023, arXiv:2212.04089" + _MERGEKIT, mergekit=True),
+        "mergekit task_arithmetic: base + λ·Σ w_i·δ_i",
+        MergekitParams,
+        "Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023, arXiv:2212.04089" + _MERGEKIT,
+        mergekit=True,
+    ),
     "ties_mergekit": FusionRule(
-        "mergekit ties: exact-k magnitude trim, weighted sign election, Σ w·agree normalisation", MergekitParams,
-        _TIES + _MERGEKIT, sparsify="magnitude", consensus="sign", mergekit=True, normalize=True),
+        "mergekit ties: exact-k magnitude trim, weighted sign election, Σ w·agree normalisation",
+        MergekitParams,
+        _TIES + _MERGEKIT,
+        sparsify="magnitude",
+        consensus="sign",
+        mergekit=True,
+        normalize=True,
+    ),
     "dare_ties_mergekit": FusionRule(
-        "mergekit dare_ties: Bernoulli(density) keep, L1 rescale, weighted sign election", MergekitParams,
-        _DARE + _MERGEKIT, sparsify="dare", consensus="sign", mergekit=True, rescale=True),
+        "mergekit dare_ties: Bernoulli(density) keep, L1 rescale, weighted sign election",
+        MergekitParams,
+        _DARE + _MERGEKIT,
+        sparsify="dare",
+        consensus="sign",
+        mergekit=True,
+        rescale=True,
+    ),
     "dare_linear_mergekit": FusionRule(
-        "mergekit dare_linear: Bernoulli(density) keep, L1 rescale, base + Σ w_i·δ_i", MergekitParams,
-        _DARE + _MERGEKIT, sparsify="dare", mergekit=True, rescale=True),
+        "mergekit dare_linear: Bernoulli(density) keep, L1 rescale, base + Σ w_i·δ_i",
+        MergekitParams,
+        _DARE + _MERGEKIT,
+        sparsify="dare",
+        mergekit=True,
+        rescale=True,
+    ),
 }
 
 
@@ -170,7 +212,9 @@ class TaskVectorMerge(Method):
         def chunk(sl: slice) -> torch.Tensor:
             base = rows(inputs, anchor, 0, sl)
             if dense_only:
-                models = [inputs.raw("finetuned", i)[sl] if base.dim() else inputs.raw("finetuned", i) for i in range(n)]
+                models = [
+                    inputs.raw("finetuned", i)[sl] if base.dim() else inputs.raw("finetuned", i) for i in range(n)
+                ]
                 return ops.task_arithmetic_rows(base, models, weights)
             deltas = [task_vector_rows(inputs, base, anchor, i, sl) for i in range(n)]
             if rule.consensus == "sign":
@@ -194,7 +238,9 @@ class TaskVectorMerge(Method):
             total = total + ops.dare(delta, p, generator) * lam
         return total
 
-    def _merge_mergekit(self, inputs: TensorInputs, params: MethodParams, ctx: TensorContext, anchor: str) -> torch.Tensor:
+    def _merge_mergekit(
+        self, inputs: TensorInputs, params: MethodParams, ctx: TensorContext, anchor: str
+    ) -> torch.Tensor:
         assert isinstance(params, MergekitParams)
         n = inputs.num_task_vectors()
         weights, densities = _per_task(params.weights, n, "weights"), _per_task(params.density, n, "density")
@@ -237,7 +283,9 @@ def _register(name: str, rule: FusionRule) -> None:
         for (option, value), keys in _NEEDS.items():
             missing = [k for k in keys if getattr(rule, option) == value and k not in rule.params.model_fields]
             if missing:
-                raise TypeError(f"fusion variant {name!r}: {option}={value} needs parameter(s) {missing} in {rule.params.__name__}")
+                raise TypeError(
+                    f"fusion variant {name!r}: {option}={value} needs parameter(s) {missing} in {rule.params.__name__}"
+                )
     info = MethodInfo(
         name=name,
         summary=rule.summary,
@@ -247,7 +295,9 @@ def _register(name: str, rule: FusionRule) -> None:
         reference_inputs=(Role.BASE, Role.ALIGNED),
     )
     class_name = "".join(part.title() for part in name.split("_"))
-    register_method(aliases=rule.aliases)(type(class_name, (TaskVectorMerge,), {"info": info, "rule": rule, "__module__": __name__}))
+    register_method(aliases=rule.aliases)(
+        type(class_name, (TaskVectorMerge,), {"info": info, "rule": rule, "__module__": __name__})
+    )
 
 
 for _name, _rule in FUSION_VARIANTS.items():

@@ -39,14 +39,18 @@ from realign_methods.methods._obs import damped_inverse, obs_spread
 
 
 class IrrParams(MethodParams):
-    removal_fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of sign-conflicting deltas removed (highest Fisher·δ²)")
+    removal_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="share of sign-conflicting deltas removed (highest Fisher·δ²)"
+    )
     damp: float = Field(0.01, gt=0.0, le=10.0, description="ridge added to XᵀX, times its mean diagonal")
     recalibrate: bool = Field(True, description="OBS compensation of the retained deltas")
     calibration_examples: int = Field(64, ge=1, le=10_000, description="harmful prompt + safe response examples")
     calibration_max_length: int = Field(128, ge=8, le=8192, description="tokens per calibration example")
 
 
-def unsafe_mask(delta: torch.Tensor, safety_vector: torch.Tensor, fisher: torch.Tensor, fraction: float) -> torch.Tensor:
+def unsafe_mask(
+    delta: torch.Tensor, safety_vector: torch.Tensor, fisher: torch.Tensor, fraction: float
+) -> torch.Tensor:
     """Boolean mask of the unsafe deltas: the top ``fraction`` of sign conflicts by Fisher · δ²."""
     conflict = (delta * safety_vector < 0).reshape(-1)
     count = int(fraction * int(conflict.sum()))
@@ -58,8 +62,15 @@ def unsafe_mask(delta: torch.Tensor, safety_vector: torch.Tensor, fisher: torch.
     return mask.reshape(delta.shape)
 
 
-def irr(aligned: torch.Tensor, unaligned: torch.Tensor, finetuned: torch.Tensor, fisher: torch.Tensor,
-        xtx: torch.Tensor | None, fraction: float, damp: float) -> torch.Tensor:
+def irr(
+    aligned: torch.Tensor,
+    unaligned: torch.Tensor,
+    finetuned: torch.Tensor,
+    fisher: torch.Tensor,
+    xtx: torch.Tensor | None,
+    fraction: float,
+    damp: float,
+) -> torch.Tensor:
     """The IRR weight of one linear layer (float32); ``xtx`` None skips the recalibration."""
     delta = finetuned.double() - aligned.double()
     unsafe = unsafe_mask(delta, aligned.double() - unaligned.double(), fisher, fraction)
@@ -85,7 +96,9 @@ class Irr(Method):
             "Fine-Tuned Language Models, arXiv:2412.11041 (github.com/pikepokenew/IRR)"
         ),
         reference_inputs=(Role.FINETUNED,),
-        calibration=CalibrationSpec(data="harmful_refusals", statistics=frozenset({"fisher", "xtx"}), model="finetuned"),
+        calibration=CalibrationSpec(
+            data="harmful_refusals", statistics=frozenset({"fisher", "xtx"}), model="finetuned"
+        ),
         settings="dense; LoRA fine-tunes are merged to dense first",
     )
 
@@ -99,5 +112,12 @@ class Irr(Method):
         if not stats.has(ctx.name):
             return inputs.raw(Role.FINETUNED)
         xtx = stats.xtx(ctx.name) if params.recalibrate else None
-        return irr(inputs.aligned, inputs.unaligned, inputs.finetuned(), stats.fisher(ctx.name), xtx,
-                   params.removal_fraction, params.damp)
+        return irr(
+            inputs.aligned,
+            inputs.unaligned,
+            inputs.finetuned(),
+            stats.fisher(ctx.name),
+            xtx,
+            params.removal_fraction,
+            params.damp,
+        )

@@ -37,7 +37,9 @@ _REFERENCE = (
 
 class LocalizeStitchParams(MethodParams):
     density: float = Field(0.01, gt=0.0, le=1.0, description="k: localized fraction of each task vector (paper: ~1%)")
-    scope: Literal["model", "tensor"] = Field("model", description="rank |τ| over the whole model (paper) or per tensor")
+    scope: Literal["model", "tensor"] = Field(
+        "model", description="rank |τ| over the whole model (paper) or per tensor"
+    )
 
 
 @dataclass

@@ -37,7 +37,9 @@ from realign_methods.methods._obs import damped_inverse, obs_spread
 
 
 class SafeDeltaParams(MethodParams):
-    budget: float = Field(0.1, ge=0.0, le=1.0, description="safety-loss budget ε per layer, as a fraction of the whole delta's loss")
+    budget: float = Field(
+        0.1, ge=0.0, le=1.0, description="safety-loss budget ε per layer, as a fraction of the whole delta's loss"
+    )
     damp: float = Field(0.01, gt=0.0, le=10.0, description="ridge added to XᵀX, times its mean diagonal")
     compensate: bool = Field(True, description="add the safety compensation vector")
     calibration_examples: int = Field(64, ge=1, le=10_000, description="harmful prompt + safe response examples")
@@ -56,8 +58,9 @@ def select_deltas(delta: torch.Tensor, hinv: torch.Tensor, budget: float) -> tor
     return keep.reshape(delta.shape)
 
 
-def safe_delta(aligned: torch.Tensor, finetuned: torch.Tensor, xtx: torch.Tensor, budget: float, damp: float,
-               compensate: bool) -> torch.Tensor:
+def safe_delta(
+    aligned: torch.Tensor, finetuned: torch.Tensor, xtx: torch.Tensor, budget: float, damp: float, compensate: bool
+) -> torch.Tensor:
     """The Safe Delta weight of one linear layer (float32)."""
     delta = finetuned.double() - aligned.double()
     hinv = damped_inverse(xtx, damp)
@@ -73,7 +76,10 @@ def safe_delta(aligned: torch.Tensor, finetuned: torch.Tensor, xtx: torch.Tensor
 class SafeDelta(Method):
     info = MethodInfo(
         name="safe_delta",
-        summary="keep the delta params with most utility per OBS safety loss (XᵀX of θ_A on safety data) under a budget, + compensation (arXiv 2505.12038)",
+        summary=(
+            "keep the delta params with most utility per OBS safety loss (XᵀX of θ_A on safety data) "
+            "under a budget, + compensation (arXiv 2505.12038)"
+        ),
         params=SafeDeltaParams,
         required=frozenset({Role.ALIGNED, Role.FINETUNED}),
         optional=frozenset({Role.CALIBRATION_DATA}),
@@ -97,4 +103,6 @@ class SafeDelta(Method):
         stats: Statistics = ctx.state
         if not stats.has(ctx.name):
             return inputs.raw(Role.FINETUNED)
-        return safe_delta(inputs.aligned, inputs.finetuned(), stats.xtx(ctx.name), params.budget, params.damp, params.compensate)
+        return safe_delta(
+            inputs.aligned, inputs.finetuned(), stats.xtx(ctx.name), params.budget, params.damp, params.compensate
+        )

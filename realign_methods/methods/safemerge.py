@@ -33,7 +33,9 @@ _REFERENCE = (
 
 class SafeMergeParams(MethodParams):
     threshold: float = Field(0.5, ge=-1.0, le=1.0, description="merge a layer when cos(ΔW, CΔW) < τ")
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the fine-tuned layer in the merge (1−α: safety layer)")
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="weight of the fine-tuned layer in the merge (1−α: safety layer)"
+    )
     rule: Literal["linear", "ties", "dare"] = Field("linear", description="how a straying layer is merged")
     density: float = Field(0.5, gt=0.0, le=1.0, description="TIES: kept fraction of each task vector")
     p: float = Field(0.5, ge=0.0, lt=1.0, description="DARE: drop probability of each task vector")
@@ -46,7 +48,10 @@ def safemerge_similarity(finetuned: torch.Tensor, aligned: torch.Tensor, base: t
 
 
 def safemerge_layer(
-    finetuned: torch.Tensor, aligned: torch.Tensor, base: torch.Tensor, params: SafeMergeParams,
+    finetuned: torch.Tensor,
+    aligned: torch.Tensor,
+    base: torch.Tensor,
+    params: SafeMergeParams,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The merged layer θ_base + merge(α(θ_F − θ_base), (1−α)(θ_A − θ_base))."""
@@ -62,7 +67,10 @@ def safemerge_layer(
 
 
 def safemerge_tensor(
-    finetuned: torch.Tensor, aligned: torch.Tensor, base: torch.Tensor, params: SafeMergeParams,
+    finetuned: torch.Tensor,
+    aligned: torch.Tensor,
+    base: torch.Tensor,
+    params: SafeMergeParams,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """θ_F, or the merged layer where the update strays from the alignment subspace (ρ < τ)."""

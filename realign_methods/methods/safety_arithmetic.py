@@ -63,8 +63,9 @@ class SafetyArithmeticParams(MethodParams):
     icv_examples: int = Field(32, ge=1, le=4096, description="exemplar pairs (seeded sample) for the ICV")
     icv_max_length: int = Field(128, ge=8, le=4096, description="tokens per exemplar")
     icv_data: str | None = Field(
-        None, description="JSON/JSONL pairs (prompt + a two-answer response list, safe one first, or chosen/rejected); default: "
-        "the preference_data input, else SOMF's PKU-SafeRLHF pairs in the data dir"
+        None,
+        description="JSON/JSONL pairs (prompt + a two-answer response list, safe one first, or chosen/rejected); default: "
+        "the preference_data input, else SOMF's PKU-SafeRLHF pairs in the data dir",
     )
 
 
@@ -84,7 +85,9 @@ def remove_harm_direction(
 
 
 def _exemplar_pairs(params: SafetyArithmeticParams, ctx: PrepareContext) -> list[tuple[str, str, str]]:
-    source = Path(params.icv_data) if params.icv_data else ctx.data.get(Role.PREFERENCE_DATA) or default_preference_file()
+    source = (
+        Path(params.icv_data) if params.icv_data else ctx.data.get(Role.PREFERENCE_DATA) or default_preference_file()
+    )
     pairs = load_pairs(source)
     if not pairs:
         raise ConfigError(f"safety_arithmetic: {source} holds no exemplar pairs")
@@ -103,8 +106,11 @@ def _hdr_model(ctx: PrepareContext, params: SafetyArithmeticParams, reference: A
         inputs = ctx.inputs(name)
         raw = inputs.raw(Role.ALIGNED)
         state[name] = (
-            remove_harm_direction(finetuned_weight(inputs), inputs.aligned, inputs.unaligned, params.lam, params.density)
-            if raw.is_floating_point() else raw
+            remove_harm_direction(
+                finetuned_weight(inputs), inputs.aligned, inputs.unaligned, params.lam, params.density
+            )
+            if raw.is_floating_point()
+            else raw
         )
         inputs.release()
     result = model.load_state_dict(state, strict=False)
@@ -125,7 +131,8 @@ class SafetyArithmetic(Method):
         summary=(
             "arXiv:2406.11801 — "
             "harm-direction removal θ' = θ_F − λ·topk(τ_H), τ_H = θ_U − θ_A; then the in-context safety vector "
-            "α·v_l (from θ' on safe vs harmful answers to harmful prompts; data: safety preference pairs, default icv_examples seeded pairs of SOMF's PKU-SafeRLHF file "
+            "α·v_l (from θ' on safe vs harmful answers to harmful prompts; data: safety preference pairs, "
+            "default icv_examples seeded pairs of SOMF's PKU-SafeRLHF file "
             "(shared/data/pku_saferlhf_realign_somf, PKU-SafeRLHF test-split prompts, in no benchmark scored here)) "
             "folded into MLP biases (mlp_bias: true, down_proj.bias = α·v_l) so vLLM runs it too; hook form "
             "in _icv.steering_hooks. Settings: dense fine-tunes and LoRA adapters; ICV needs a Llama-style model"
@@ -154,16 +161,21 @@ class SafetyArithmetic(Method):
         pairs = _exemplar_pairs(params, ctx)  # data errors before the forward passes
         existing = f"model.layers.{min(layers)}.mlp.down_proj.bias" in ctx.names
         model, tokenizer = _hdr_model(ctx, params, reference)
-        safe = last_token_states(model, tokenizer, [exemplar_text(tokenizer, p, s) for p, s, _ in pairs], params.icv_max_length)
-        unsafe = last_token_states(model, tokenizer, [exemplar_text(tokenizer, p, u) for p, _, u in pairs], params.icv_max_length)
+        safe = last_token_states(
+            model, tokenizer, [exemplar_text(tokenizer, p, s) for p, s, _ in pairs], params.icv_max_length
+        )
+        unsafe = last_token_states(
+            model, tokenizer, [exemplar_text(tokenizer, p, u) for p, _, u in pairs], params.icv_max_length
+        )
         vectors = params.icv_strength * icv_direction(safe, unsafe)
         dtype = reference.dtype(layers[min(layers)])
         return _IcvState(vectors, existing, {n: model.get_parameter(n).shape for n in layers.values()}, dtype)
 
-    def merge_tensor(self, inputs: TensorInputs, params: SafetyArithmeticParams, ctx: TensorContext
-    ) -> torch.Tensor:
+    def merge_tensor(self, inputs: TensorInputs, params: SafetyArithmeticParams, ctx: TensorContext) -> torch.Tensor:
         state: _IcvState = ctx.state
-        weight = remove_harm_direction(finetuned_weight(inputs), inputs.aligned, inputs.unaligned, params.lam, params.density)
+        weight = remove_harm_direction(
+            finetuned_weight(inputs), inputs.aligned, inputs.unaligned, params.lam, params.density
+        )
         if state.vectors is not None and state.existing_bias and ctx.name.endswith(".mlp.down_proj.bias"):
             return weight + state.vectors[int(ctx.name.split(".")[2])]
         return weight

@@ -72,7 +72,9 @@ class SomfParams(MethodParams, SomfTrainingFields):
     )
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="for mask_mode=threshold")
     aligned_adapter: str | None = Field(default=None, description="setting lora: the aligned LoRA adapter (A₀, B₀)")
-    preference_file: str | None = Field(default=None, description="chosen/rejected JSONL (or use input preference_data)")
+    preference_file: str | None = Field(
+        default=None, description="chosen/rejected JSONL (or use input preference_data)"
+    )
 
     def train_config(self, seed: int) -> SomfTrainConfig:
         """The training config these parameters stand for (micro-batches are capped at the batch size)."""
@@ -122,9 +124,11 @@ class Somf(Method):
         reference_inputs=(Role.ALIGNED, Role.BASE),
         single=frozenset({Role.ALIGNED, Role.BASE}),
         # "full" reads the fine-tune's dense weights; the others its LoRA adapter
-        adapter_params=AdapterParams(aligned_adapter="aligned_adapter", setting="setting",
-                                     adapter_values=frozenset({"lora", "merged", "auto"})),
+        adapter_params=AdapterParams(
+            aligned_adapter="aligned_adapter", setting="setting", adapter_values=frozenset({"lora", "merged", "auto"})
+        ),
     )
+
     def prepare(self, ctx: PrepareContext) -> _SomfState:
         params = ctx.params
         assert isinstance(params, SomfParams)
@@ -134,7 +138,9 @@ class Somf(Method):
             setting = "merged" if adapters else "full"
         aligned, base, finetuned = _paths(ctx, Role.ALIGNED), _paths(ctx, Role.BASE), _paths(ctx, Role.FINETUNED)
         if setting == "full" and adapters and not finetuned:
-            raise ConfigError("somf setting 'full' needs dense fine-tuned models; with adapters use setting merged or lora")
+            raise ConfigError(
+                "somf setting 'full' needs dense fine-tuned models; with adapters use setting merged or lora"
+            )
         vectors = load_task_vectors(
             setting,
             aligned=aligned[0] if aligned else None,
@@ -145,11 +151,15 @@ class Somf(Method):
         )
         config = params.train_config(ctx.seed)
         preference = ctx.data.get(Role.PREFERENCE_DATA) or params.preference_file
-        data = load_preference_data(preference, val_fraction=config.val_fraction, seed=config.seed, max_pairs=config.max_pairs)
+        data = load_preference_data(
+            preference, val_fraction=config.val_fraction, seed=config.seed, max_pairs=config.max_pairs
+        )
         key = train_cache_key(vectors, data.sha256, config)
         mask_dir = train_mask(vectors, config, cache_dir() / "somf" / key, preference_file=data.path)
         logits, _ = read_mask(mask_dir)
-        fused = fused_deltas_from_logits(vectors, logits, config, mode=params.mask_mode, seed=ctx.seed, threshold=params.threshold)
+        fused = fused_deltas_from_logits(
+            vectors, logits, config, mode=params.mask_mode, seed=ctx.seed, threshold=params.threshold
+        )
         with CheckpointReader(vectors.model_dir) as reader:
             weights = vectors.weights(fused, lambda name: reader.get(name).float())
         factors = vectors.adapter_factors(fused) if setting == "lora" else None
@@ -167,13 +177,18 @@ class Somf(Method):
         assert isinstance(state, _SomfState)
         if ctx.name in state.weights:
             return state.weights[ctx.name]
-        role = state.reference_role if inputs.has(state.reference_role) else (Role.ALIGNED if inputs.has(Role.ALIGNED) else Role.BASE)
+        role = (
+            state.reference_role
+            if inputs.has(state.reference_role)
+            else (Role.ALIGNED if inputs.has(Role.ALIGNED) else Role.BASE)
+        )
         return inputs.raw(role)
 
 
 def _preset(name: str, fusion: str) -> type[Somf]:
     params = create_model(
-        f"SomfParams_{fusion}", __base__=SomfParams,
+        f"SomfParams_{fusion}",
+        __base__=SomfParams,
         fusion=(FusionName, Field(default=fusion, description="fusion rule of the masked task vectors")),
     )
     info = MethodInfo(
@@ -192,5 +207,10 @@ def _preset(name: str, fusion: str) -> type[Somf]:
 
 
 register_method(Somf)
-for _name, _fusion in (("somf_ta", "task_arithmetic"), ("somf_ties", "ties"), ("somf_avg", "weight_average"), ("somf_dare", "dare")):
+for _name, _fusion in (
+    ("somf_ta", "task_arithmetic"),
+    ("somf_ties", "ties"),
+    ("somf_avg", "weight_average"),
+    ("somf_dare", "dare"),
+):
     register_method(_preset(_name, _fusion))

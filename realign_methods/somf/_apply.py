@@ -27,7 +27,9 @@ def fused_weights_from_logits(
     threshold: float = 0.5,
 ) -> dict[str, torch.Tensor]:
     """Realigned weights of the changed parameters for one inference ``mode`` (no grad)."""
-    return vectors.weights(fused_deltas_from_logits(vectors, logits, config, mode=mode, seed=seed, threshold=threshold), base)
+    return vectors.weights(
+        fused_deltas_from_logits(vectors, logits, config, mode=mode, seed=seed, threshold=threshold), base
+    )
 
 
 def fused_deltas_from_logits(
@@ -47,9 +49,16 @@ def fused_deltas_from_logits(
     check_mask_shapes(logits, vectors.shapes, config.granularity)
     with torch.no_grad():
         return masked_fused_deltas(
-            vectors, dict(logits), fusion=config.fusion, overrides=config.fusion_params, mode=mode,
-            temperature=config.temperature, normalize=config.normalize, threshold=threshold,
-            mask_seed=seed, fusion_seed=seed,
+            vectors,
+            dict(logits),
+            fusion=config.fusion,
+            overrides=config.fusion_params,
+            mode=mode,
+            temperature=config.temperature,
+            normalize=config.normalize,
+            threshold=threshold,
+            mask_seed=seed,
+            fusion_seed=seed,
         )
 
 
@@ -108,7 +117,9 @@ def apply_trained_mask(
                 value = weights.pop(name, None)
                 writer.add(name, reader.get(name) if value is None else value.to(reader.dtype(name)))
             if weights:
-                raise CheckpointError(f"{vectors.model_dir}: has no tensor(s) {sorted(weights)[:5]} that the mask changes")
+                raise CheckpointError(
+                    f"{vectors.model_dir}: has no tensor(s) {sorted(weights)[:5]} that the mask changes"
+                )
     if adapter_out is not None:
         from harness.core.checkpoints import LoraAdapter, save_adapter
 

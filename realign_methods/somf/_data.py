@@ -128,7 +128,9 @@ def _pair_from_row(path: Path, index: int, row: Any) -> PreferencePair:
             raise DataError(f"{where}: field {field!r} is empty")
     prompt, chosen, rejected = str(fields["prompt"]), str(fields["chosen"]), str(fields["rejected"])
     if chosen.strip() == rejected.strip():
-        raise DataError(f"{where}: 'chosen' and 'rejected' are the same text; a preference pair needs two different responses")
+        raise DataError(
+            f"{where}: 'chosen' and 'rejected' are the same text; a preference pair needs two different responses"
+        )
     return PreferencePair(prompt, chosen, rejected, index)
 
 
@@ -195,11 +197,15 @@ class TokenizedPair:
     rejected_labels: list[int]
 
 
-def _encode(tokenizer: Any, prompt: str, response: str, max_length: int, max_prompt_length: int) -> tuple[list[int], list[int]]:
+def _encode(
+    tokenizer: Any, prompt: str, response: str, max_length: int, max_prompt_length: int
+) -> tuple[list[int], list[int]]:
     """Chat-formatted prompt+response ids and labels (prompt positions are IGNORE_INDEX)."""
     user = [{"role": "user", "content": prompt}]
     if getattr(tokenizer, "chat_template", None):
-        prompt_ids = list(tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False))
+        prompt_ids = list(
+            tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
         full_ids = list(
             tokenizer.apply_chat_template(
                 [*user, {"role": "assistant", "content": response}], tokenize=True, return_dict=False

@@ -34,7 +34,9 @@ _OVERRIDABLE = {"lam": (None, None), "density": (0.0, 1.0), "p": (0.0, 1.0)}
 
 def check_fusion(fusion: str) -> str:
     if fusion not in FUSIONS:
-        raise ConfigError(f"somf: unknown fusion rule {name_unknown([fusion], list(FUSIONS), cutoff=0.5)} (known: {', '.join(FUSIONS)})")
+        raise ConfigError(
+            f"somf: unknown fusion rule {name_unknown([fusion], list(FUSIONS), cutoff=0.5)} (known: {', '.join(FUSIONS)})"
+        )
     return fusion
 
 

@@ -78,7 +78,9 @@ class SomfTrainingFields(BaseModel):
     max_length: int = Field(default=512, ge=8, description="tokens per prompt + response")
     max_prompt_length: int = Field(default=256, ge=4, description="tokens of the prompt (longer ones are cut)")
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of prompts held out")
-    max_pairs: int | None = Field(default=None, ge=2, description="seeded subset of the preference pairs (whole prompts)")
+    max_pairs: int | None = Field(
+        default=None, ge=2, description="seeded subset of the preference pairs (whole prompts)"
+    )
 
     @field_validator("fusion", mode="before")
     @classmethod
@@ -103,9 +105,13 @@ class SomfTrainConfig(SomfTrainingFields):
         if self.micro_batch_size > self.batch_size:
             raise ValueError(f"micro_batch_size ({self.micro_batch_size}) exceeds batch_size ({self.batch_size})")
         if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})")
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"
+            )
         if self.granularity == "tensor" and self.normalize:
-            raise ValueError("granularity 'tensor' with normalize=True cannot mask anything (δ·m/mean(m) = δ); set normalize=False")
+            raise ValueError(
+                "granularity 'tensor' with normalize=True cannot mask anything (δ·m/mean(m) = δ); set normalize=False"
+            )
         return self
 
     @property
@@ -124,7 +130,9 @@ class SomfModel:
     logits: dict[str, torch.Tensor]
 
     @classmethod
-    def load(cls, vectors: TaskVectors, config: SomfTrainConfig, logits: dict[str, torch.Tensor] | None = None) -> SomfModel:
+    def load(
+        cls, vectors: TaskVectors, config: SomfTrainConfig, logits: dict[str, torch.Tensor] | None = None
+    ) -> SomfModel:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(vectors.model_dir, dtype=torch.float32)
@@ -136,7 +144,9 @@ class SomfModel:
         params = dict(model.named_parameters())
         missing = [n for n in vectors.weight_names() if n not in params]
         if missing:
-            raise CheckpointError(f"{vectors.model_dir}: model has no parameter(s) {missing[:5]} that the task vectors change")
+            raise CheckpointError(
+                f"{vectors.model_dir}: model has no parameter(s) {missing[:5]} that the task vectors change"
+            )
         return cls(model, vectors, config, logits)
 
     def fused_weights(
@@ -151,10 +161,17 @@ class SomfModel:
         """Realigned weights of every changed parameter, differentiable w.r.t. the logits."""
         params = dict(self.model.named_parameters())
         return masked_fused_weights(
-            self.vectors, self.logits if logits is None else logits, base=params.__getitem__,
-            fusion=self.config.fusion, overrides=self.config.fusion_params, mode=mode,
-            temperature=self.config.temperature, normalize=self.config.normalize, threshold=threshold,
-            mask_seed=mask_seed, fusion_seed=fusion_seed,
+            self.vectors,
+            self.logits if logits is None else logits,
+            base=params.__getitem__,
+            fusion=self.config.fusion,
+            overrides=self.config.fusion_params,
+            mode=mode,
+            temperature=self.config.temperature,
+            normalize=self.config.normalize,
+            threshold=threshold,
+            mask_seed=mask_seed,
+            fusion_seed=fusion_seed,
         )
 
     def sequence_logps(self, weights: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -162,7 +179,10 @@ class SomfModel:
         from torch.func import functional_call
 
         output = functional_call(
-            self.model, weights, args=(), kwargs={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
+            self.model,
+            weights,
+            args=(),
+            kwargs={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
             strict=False,
         )
         logits = output.logits[:, :-1, :]
@@ -218,12 +238,12 @@ class _Trainer:
                 if self._reference_weights is None:
                     mode: Literal["aligned", "soft"] = "aligned" if self.config.reference == "aligned" else "soft"
                     fresh = init_logits(self.somf.vectors.shapes, self.config.granularity)
-                    self._reference_weights = self.somf.fused_weights(
-                        mode, logits=fresh, fusion_seed=self.config.seed
-                    )
+                    self._reference_weights = self.somf.fused_weights(mode, logits=fresh, fusion_seed=self.config.seed)
                 for start in range(0, len(missing), self.config.micro_batch_size):
                     chunk = missing[start : start + self.config.micro_batch_size]
-                    logps = self.somf.sequence_logps(self._reference_weights, collate([pairs[i] for i in chunk], self.pad_id))
+                    logps = self.somf.sequence_logps(
+                        self._reference_weights, collate([pairs[i] for i in chunk], self.pad_id)
+                    )
                     for j, index in enumerate(chunk):
                         self._reference[(split, index)] = torch.stack([logps[j], logps[len(chunk) + j]])
         rows = [self._reference[(split, i)] for i in indices]
@@ -287,7 +307,14 @@ class _Trainer:
 
 # ---- resumable state (safetensors + JSON; no pickle) ----
 
-def _save_state(work: Path, logits: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, names: list[str], record: dict[str, Any]) -> None:
+
+def _save_state(
+    work: Path,
+    logits: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    record: dict[str, Any],
+) -> None:
     tmp = work / (STATE_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -311,7 +338,9 @@ def _save_state(work: Path, logits: dict[str, torch.Tensor], optimizer: torch.op
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_state(work: Path, logits: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, names: list[str]) -> dict[str, Any] | None:
+def _load_state(
+    work: Path, logits: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, names: list[str]
+) -> dict[str, Any] | None:
     state_dir = work / STATE_DIR
     if not (state_dir / "state.json").is_file():
         return None
@@ -345,7 +374,9 @@ def make_config(**fields: Any) -> SomfTrainConfig:
 
 
 def train_cache_key(vectors: TaskVectors, data_sha256: str, config: SomfTrainConfig) -> str:
-    return hash_value({"somf": 1, "inputs": vectors.content_hash, "data": data_sha256, "config": config.training_identity}, 32)
+    return hash_value(
+        {"somf": 1, "inputs": vectors.content_hash, "data": data_sha256, "config": config.training_identity}, 32
+    )
 
 
 def _load_tokenizer(vectors: TaskVectors) -> Any:
@@ -354,7 +385,9 @@ def _load_tokenizer(vectors: TaskVectors) -> Any:
     try:
         return AutoTokenizer.from_pretrained(vectors.model_dir)
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{vectors.model_dir}: no usable tokenizer to format the preference pairs ({exc})") from exc
+        raise CheckpointError(
+            f"{vectors.model_dir}: no usable tokenizer to format the preference pairs ({exc})"
+        ) from exc
 
 
 def train_mask(
@@ -373,7 +406,9 @@ def train_mask(
     out = Path(out)
     if (out / CONFIG_FILE).is_file():
         return out
-    data = load_preference_data(preference_file, val_fraction=config.val_fraction, seed=config.seed, max_pairs=config.max_pairs)
+    data = load_preference_data(
+        preference_file, val_fraction=config.val_fraction, seed=config.seed, max_pairs=config.max_pairs
+    )
     tokenizer = _load_tokenizer(vectors)
     somf = SomfModel.load(vectors, config)
     trainer = _Trainer(somf, data, tokenizer)
@@ -420,8 +455,13 @@ def _write_artifacts(work: Path, out: Path, somf: SomfModel, data: PreferenceDat
     shutil.rmtree(final_dir, ignore_errors=True)
     final_dir.mkdir()
     metadata = {
-        "format": "pt", "realign_method": "somf", "setting": vectors.setting, "granularity": config.granularity,
-        "temperature": str(config.temperature), "normalize": str(config.normalize), "fusion": config.fusion,
+        "format": "pt",
+        "realign_method": "somf",
+        "setting": vectors.setting,
+        "granularity": config.granularity,
+        "temperature": str(config.temperature),
+        "normalize": str(config.normalize),
+        "fusion": config.fusion,
     }
     save_file({k: v.detach().contiguous() for k, v in somf.logits.items()}, final_dir / MASK_FILE, metadata=metadata)
     first, last = record["evaluations"][0], record["evaluations"][-1]
@@ -434,7 +474,9 @@ def _write_artifacts(work: Path, out: Path, somf: SomfModel, data: PreferenceDat
         "inputs": vectors.provenance,
         "inputs_content_hash": vectors.content_hash,
         "data": {
-            "path": str(data.path), "sha256": data.sha256, "train_pairs": len(data.train),
+            "path": str(data.path),
+            "sha256": data.sha256,
+            "train_pairs": len(data.train),
             "validation_pairs": len(data.validation),
             "train_prompts": len({p.prompt for p in data.train}),
             "validation_prompts": len({p.prompt for p in data.validation}),
@@ -450,7 +492,9 @@ def _write_artifacts(work: Path, out: Path, somf: SomfModel, data: PreferenceDat
         "train_loss_initial": first["train"]["loss"],
         "train_loss_final": last["train"]["loss"],
     }
-    (final_dir / METRICS_FILE).write_text(json.dumps({"loss_curve": record["loss_curve"], "evaluations": record["evaluations"]}, indent=1))
+    (final_dir / METRICS_FILE).write_text(
+        json.dumps({"loss_curve": record["loss_curve"], "evaluations": record["evaluations"]}, indent=1)
+    )
     (final_dir / CONFIG_FILE).write_text(json.dumps(summary, indent=1, default=str))
     _plot_loss(record["loss_curve"], final_dir / "loss_curve.png")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -484,7 +528,8 @@ def read_mask(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     mask_file = path / MASK_FILE if path.is_dir() else path
     summary_file = mask_file.parent / CONFIG_FILE
     if not mask_file.is_file():
-        raise CheckpointError(f"{mask_file}: no trained SOMF mask here (expected {MASK_FILE} from `realign somf train`)")
+        raise CheckpointError(
+            f"{mask_file}: no trained SOMF mask here (expected {MASK_FILE} from `realign somf train`)"
+        )
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     return load_file(mask_file), summary
-

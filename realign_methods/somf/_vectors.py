@@ -36,8 +36,14 @@ LORA_A, LORA_B = "::lora_A", "::lora_B"
 MIN_COSINE = 0.2
 # Config fields that must agree between the aligned model and every fine-tune.
 _ARCH_FIELDS = (
-    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "vocab_size", "tie_word_embeddings",
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "tie_word_embeddings",
 )
 
 
@@ -72,7 +78,9 @@ class TaskVectors:
             return sorted(self.lora_scaling)
         return sorted(self.deltas[0])
 
-    def weights(self, fused: Mapping[str, torch.Tensor], base: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
+    def weights(
+        self, fused: Mapping[str, torch.Tensor], base: Callable[[str], torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Realigned weights from fused deltas; ``base(name)`` gives the starting weight (fp32)."""
         if self.setting != "lora":
             return {name: base(name) + fused[name] for name in self.deltas[0]}
@@ -88,7 +96,10 @@ class TaskVectors:
         if self.setting != "lora":
             raise ConfigError(f"only the lora setting can write a LoRA adapter (this is {self.setting!r})")
         return {
-            name: (self.anchors[name + LORA_A] + fused[name + LORA_A], self.anchors[name + LORA_B] + fused[name + LORA_B])
+            name: (
+                self.anchors[name + LORA_A] + fused[name + LORA_A],
+                self.anchors[name + LORA_B] + fused[name + LORA_B],
+            )
             for name in self.lora_scaling
         }
 
@@ -155,9 +166,7 @@ def _check_same_declared_base(named: Sequence[tuple[Path, Any]]) -> None:
         )
 
 
-def load_full(
-    aligned: str | Path, finetuned: Sequence[str | Path], *, min_cosine: float = MIN_COSINE
-) -> TaskVectors:
+def load_full(aligned: str | Path, finetuned: Sequence[str | Path], *, min_cosine: float = MIN_COSINE) -> TaskVectors:
     """δ_i = θ_Fi − θ_A for every floating tensor changed by at least one fine-tune."""
     aligned = Path(aligned)
     if not finetuned:
@@ -206,7 +215,8 @@ def load_full(
     if not deltas[0]:
         raise CheckpointError(f"the fine-tuned model(s) {[str(p) for p in paths]} do not differ from {aligned}")
     provenance = {
-        "setting": "full", "aligned": {"path": str(aligned), "hash": _checkpoint_hash(aligned)},
+        "setting": "full",
+        "aligned": {"path": str(aligned), "hash": _checkpoint_hash(aligned)},
         "finetuned": [{"path": str(p), "hash": _checkpoint_hash(p)} for p in paths],
         "min_cosine": min_cosine,
     }
@@ -237,17 +247,22 @@ def load_merged(aligned: str | Path, adapters: Sequence[str | Path]) -> TaskVect
                 delta = adapter.delta(name)
                 value = torch.zeros(shapes[name]) if delta is None else delta.float()
                 if name in saved:
-                    value = value + saved[name].float() - (originals[name] if name in originals else ref.get(name).float())
+                    value = (
+                        value + saved[name].float() - (originals[name] if name in originals else ref.get(name).float())
+                    )
                 per[name] = value
             deltas.append(per)
     provenance = {
-        "setting": "merged", "aligned": {"path": str(aligned), "hash": _checkpoint_hash(aligned)},
+        "setting": "merged",
+        "aligned": {"path": str(aligned), "hash": _checkpoint_hash(aligned)},
         "adapters": [{"path": str(p), "hash": _adapter_hash(Path(p))} for p in adapters],
     }
     return TaskVectors("merged", aligned, deltas, provenance=provenance)
 
 
-def load_lora(base: str | Path, adapters: Sequence[str | Path], aligned_adapter: str | Path | None = None) -> TaskVectors:
+def load_lora(
+    base: str | Path, adapters: Sequence[str | Path], aligned_adapter: str | Path | None = None
+) -> TaskVectors:
     """Factor-space task vectors τ = (A − A₀, B − B₀), the paper's PEFT setting."""
     base = Path(base)
     if not adapters:
@@ -316,13 +331,17 @@ def load_lora(base: str | Path, adapters: Sequence[str | Path], aligned_adapter:
                 per[name + suffix] = value.float() - anchor
         deltas.append(per)
     provenance = {
-        "setting": "lora", "base": {"path": str(base), "hash": _checkpoint_hash(base)},
-        "aligned_adapter": None if aligned_adapter is None else {"path": str(aligned_adapter), "hash": _adapter_hash(Path(aligned_adapter))},
+        "setting": "lora",
+        "base": {"path": str(base), "hash": _checkpoint_hash(base)},
+        "aligned_adapter": None
+        if aligned_adapter is None
+        else {"path": str(aligned_adapter), "hash": _adapter_hash(Path(aligned_adapter))},
         "adapters": [{"path": str(p), "hash": _adapter_hash(p)} for p, _ in loaded],
     }
     template = Path(aligned_adapter) if aligned_adapter is not None else first_path
-    return TaskVectors("lora", base, deltas, anchors=anchors, lora_scaling=scaling, provenance=provenance,
-                       adapter_template=template)
+    return TaskVectors(
+        "lora", base, deltas, anchors=anchors, lora_scaling=scaling, provenance=provenance, adapter_template=template
+    )
 
 
 def load_task_vectors(

@@ -24,10 +24,13 @@ def _spec(tmp_path: Path, source: str, extra: str = "") -> Path:
     return path
 
 
-@pytest.mark.parametrize("source", [
-    f"{{path: ../../escape.json, url: 'http://127.0.0.1:9/x', sha256: '{SHA}'}}",
-    f"{{path: /tmp/abs.json, url: 'http://127.0.0.1:9/x', sha256: '{SHA}'}}",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        f"{{path: ../../escape.json, url: 'http://127.0.0.1:9/x', sha256: '{SHA}'}}",
+        f"{{path: /tmp/abs.json, url: 'http://127.0.0.1:9/x', sha256: '{SHA}'}}",
+    ],
+)
 def test_source_path_outside_the_cache_is_refused(tmp_path, source):
     with pytest.raises(ConfigError, match=r"must be relative to the data dir, without '\.\.'"):
         load_spec(_spec(tmp_path, source))
@@ -77,18 +80,31 @@ def test_null_or_numeric_prompt_is_an_error_naming_file_and_row(tmp_path, value,
 
 def _gens(path: Path, benchmark: str, n: int, copies: int = 1) -> Path:
     items = get_benchmark(benchmark).load(limit=n)
-    lines = [GenerationRecord(item_id=i.id, benchmark=benchmark, prompt_text=i.prompt, prompt_hash="h",
-                              completion="4", model_hash="m", gen_config_hash="g", backend="dummy").model_dump_json()
-             for i in items]
+    lines = [
+        GenerationRecord(
+            item_id=i.id,
+            benchmark=benchmark,
+            prompt_text=i.prompt,
+            prompt_hash="h",
+            completion="4",
+            model_hash="m",
+            gen_config_hash="g",
+            backend="dummy",
+        ).model_dump_json()
+        for i in items
+    ]
     path.write_text("".join(line + "\n" for line in lines * copies))
     return path
 
 
-@pytest.mark.parametrize(("case", "message"), [
-    ("empty", "no records; nothing to score"),
-    ("other", "is for benchmark 'catqa', not 'gsm8k'"),
-    ("duplicated", "repeats item"),
-])
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty", "no records; nothing to score"),
+        ("other", "is for benchmark 'catqa', not 'gsm8k'"),
+        ("duplicated", "repeats item"),
+    ],
+)
 def test_score_refuses_empty_foreign_or_duplicated_files(tmp_path, capsys, case, message):
     path = tmp_path / "g.jsonl"
     if case == "empty":

@@ -20,8 +20,11 @@ FOLDER = Path(str(resources.files("benchmarks") / "jailbreaks"))
 
 def test_templates_match_their_provenance() -> None:
     """Each file is the upstream text its PROVENANCE row names (sha256 and length), with one placeholder."""
-    table = re.findall(r"^\| `(\w+)\.txt` \| (\d+) \| [^|]+ \| (\d+) \| `([0-9a-f]{64})` \|$",
-                       (FOLDER / "PROVENANCE.md").read_text(encoding="utf-8"), re.MULTILINE)
+    table = re.findall(
+        r"^\| `(\w+)\.txt` \| (\d+) \| [^|]+ \| (\d+) \| `([0-9a-f]{64})` \|$",
+        (FOLDER / "PROVENANCE.md").read_text(encoding="utf-8"),
+        re.MULTILINE,
+    )
     assert sorted(name for name, *_ in table) == jailbreak_names() == ["aim", "dev_mode", "dr_al", "evil_confidant"]
     for name, _row, chars, digest in table:
         text = jailbreak_template(name)
@@ -55,17 +58,27 @@ def test_intentional_setting_is_aim_around_every_question() -> None:
 def test_unknown_template_in_a_spec_is_named(tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text("name: x\nkind: safety\njailbreaks: [aim, evil_confidnt]\nsources:\n  - {path: a.json}\n")
-    with pytest.raises(ConfigError, match=r"unknown jailbreak template 'evil_confidnt' \(did you mean 'evil_confidant'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown jailbreak template 'evil_confidnt' \(did you mean 'evil_confidant'\?\)"
+    ):
         load_spec(spec)
 
 
 def test_attack_success_is_scored_per_template() -> None:
     items = {i.id: i for i in get_benchmark("multijail_jailbreak").load(languages=["en"], limit=40)}
     # harmful exactly when the template is dr_al or the question's row id is even
-    verdicts = [Verdict(item_id=i.id, judge_id="j", judge_hash="h",
-                        label="harmful" if i.subcategory == "dr_al" or int(i.id.split("/")[2]) % 2 == 0 else "harmless")
-                for i in items.values()]
-    rows = {tuple(sorted(s.subset.items())): s for s in score(get_benchmark("multijail_jailbreak"), [], verdicts, items)}
+    verdicts = [
+        Verdict(
+            item_id=i.id,
+            judge_id="j",
+            judge_hash="h",
+            label="harmful" if i.subcategory == "dr_al" or int(i.id.split("/")[2]) % 2 == 0 else "harmless",
+        )
+        for i in items.values()
+    ]
+    rows = {
+        tuple(sorted(s.subset.items())): s for s in score(get_benchmark("multijail_jailbreak"), [], verdicts, items)
+    }
     for template in jailbreak_names():
         mine = [v for v in verdicts if items[v.item_id].subcategory == template]
         row = rows[(("jailbreak", template),)]

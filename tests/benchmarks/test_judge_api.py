@@ -50,8 +50,11 @@ class FakeEndpoint:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                content = "not json" if fault == "garbage" else json.dumps(
-                    {"choices": [{"message": {"role": "assistant", "content": endpoint.answer(body)}}]})
+                content = (
+                    "not json"
+                    if fault == "garbage"
+                    else json.dumps({"choices": [{"message": {"role": "assistant", "content": endpoint.answer(body)}}]})
+                )
                 self.wfile.write(content.encode())
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -64,8 +67,10 @@ class FakeEndpoint:
         system, user = body["messages"][0]["content"], body["messages"][1]["content"]
         if system == SOMF_SYSTEM:  # pairwise: whichever answer mentions "explosive" is more harmful
             a_part, b_part = user.split("<ResponseA>:")[1].split("<ResponseB>:")
-            verdict = "[[responseA]]" if "explosive" in a_part else "[[responseB]]" if "explosive" in b_part else "[[Equal]]"
-            return f"Response A is ... More harmful: \"{verdict}\""
+            verdict = (
+                "[[responseA]]" if "explosive" in a_part else "[[responseB]]" if "explosive" in b_part else "[[Equal]]"
+            )
+            return f'Response A is ... More harmful: "{verdict}"'
         assert system == RESTA_SYSTEM
         return "The answer gives instructions. [[B]]" if "explosive" in user else "It declines. [[A]]"
 
@@ -82,18 +87,36 @@ def endpoint() -> Iterator[FakeEndpoint]:
 
 
 def gen(item_id: str, completion: str) -> GenerationRecord:
-    return GenerationRecord(item_id=item_id, benchmark="harmfulqa", prompt_text="-", prompt_hash="-",
-                            completion=completion, model_hash="-", gen_config_hash="-", backend="dummy")
+    return GenerationRecord(
+        item_id=item_id,
+        benchmark="harmfulqa",
+        prompt_text="-",
+        prompt_hash="-",
+        completion=completion,
+        model_hash="-",
+        gen_config_hash="-",
+        backend="dummy",
+    )
 
 
 ITEMS = {k: Item(id=k, benchmark="harmfulqa", prompt=f"question {k}?") for k in "abcd"}
-GENS = [gen("a", "Mix the explosive like so."), gen("b", "I won't help."), gen("c", "No."),
-        gen("d", "Use explosive X.")]
+GENS = [
+    gen("a", "Mix the explosive like so."),
+    gen("b", "I won't help."),
+    gen("c", "No."),
+    gen("d", "Use explosive X."),
+]
 
 
 def api(endpoint: FakeEndpoint, **options: Any) -> Any:
-    defaults = {"base_url": endpoint.url, "model": "judge-model", "backoff": 0.01, "max_backoff": 0.05,
-                "timeout": 0.5, "requests_per_minute": 0}
+    defaults = {
+        "base_url": endpoint.url,
+        "model": "judge-model",
+        "backoff": 0.01,
+        "max_backoff": 0.05,
+        "timeout": 0.5,
+        "requests_per_minute": 0,
+    }
     return get_judge("api", **{**defaults, **options})
 
 
@@ -140,7 +163,9 @@ def test_timeout_is_retried_then_reported(endpoint: FakeEndpoint) -> None:
     endpoint.faults = ["hang"]
     assert api(endpoint, timeout=0.2).judge(GENS[:1], ITEMS)[0].label == "harmful"
     endpoint.faults = ["hang", "hang"]
-    with pytest.raises(EndpointError, match=r"item 'a' \(sample 0\) after 2 attempts: no answer within the 0.2s timeout"):
+    with pytest.raises(
+        EndpointError, match=r"item 'a' \(sample 0\) after 2 attempts: no answer within the 0.2s timeout"
+    ):
         api(endpoint, timeout=0.2, max_retries=1).judge(GENS[:1], ITEMS)
 
 
@@ -154,7 +179,9 @@ def test_partial_verdicts_are_kept_and_a_rerun_continues(endpoint: FakeEndpoint,
     endpoint.requests.clear()
     verdicts = judge.judge_to_file(GENS, ITEMS, out)
     assert [r["messages"][1]["content"].split("\n")[0] for r in endpoint.requests] == [
-        "Question: question c?", "Question: question d?"]
+        "Question: question c?",
+        "Question: question d?",
+    ]
     assert [v.label for v in verdicts] == ["harmful", "harmless", "harmless", "harmful"]
     assert len(read_jsonl(out, Verdict)) == 4
 

@@ -49,9 +49,19 @@ def _records(rows: list[dict]) -> tuple[list[GenerationRecord], dict[str, Item]]
     gens, items = [], {}
     for r in rows:
         items[r["id"]] = Item(id=r["id"], benchmark=r["benchmark"], prompt=r["prompt"], language=r["language"])
-        gens.append(GenerationRecord(item_id=r["id"], benchmark=r["benchmark"], prompt_text=r["prompt"],
-                                     prompt_hash="-", completion=r["response"], model_hash=r["model"],
-                                     gen_config_hash="-", backend="hf", language=r["language"]))
+        gens.append(
+            GenerationRecord(
+                item_id=r["id"],
+                benchmark=r["benchmark"],
+                prompt_text=r["prompt"],
+                prompt_hash="-",
+                completion=r["response"],
+                model_hash=r["model"],
+                gen_config_hash="-",
+                backend="hf",
+                language=r["language"],
+            )
+        )
     return gens, items
 
 
@@ -65,8 +75,11 @@ def test_judges_measured_on_the_labels(rows: list[dict], name: str) -> None:
     assert all(v.label in ("harmful", "harmless", "invalid") for v in verdicts)
     lines = [f"judge {judge.id} vs organism_demo_labels.jsonl:"]
     for language in ("en", "zh"):
-        pairs = [(r["label"], v.label == "harmful") for r, v in zip(rows, verdicts, strict=True)
-                 if r["language"] == language and v.label != "invalid"]
+        pairs = [
+            (r["label"], v.label == "harmful")
+            for r, v in zip(rows, verdicts, strict=True)
+            if r["language"] == language and v.label != "invalid"
+        ]
         tp = sum(1 for y, p in pairs if y == 1 and p)
         tn = sum(1 for y, p in pairs if y == 0 and not p)
         fp = sum(1 for y, p in pairs if y == 0 and p)

@@ -60,8 +60,9 @@ def test_unsafe_probability_from_logprobs(tiny_llama_factory) -> None:
     assert unsafe_probability({}, tokenizer) is None
 
 
-def test_cpu_engine_defaults_fit_the_machine(tmp_path: Path, classifier_dir: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_engine_defaults_fit_the_machine(
+    tmp_path: Path, classifier_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """vLLM's default would reserve 0.92 of host RAM on CPU: the judge sizes its KV cache instead."""
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     options = get_judge("llm", model=str(classifier_dir)).engine_options
@@ -79,9 +80,18 @@ def test_llm_judge_runs_on_cpu_with_its_defaults(classifier_dir: Path, monkeypat
     """No engine options at all: the judge starts vLLM on this CPU and gives a verdict per answer."""
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     items = {"a": Item(id="a", benchmark="toy", prompt="How do I bake bread?")}
-    gens = [GenerationRecord(item_id="a", benchmark="toy", prompt_text="-", prompt_hash="-",
-                             completion="Mix flour and water, then bake.", model_hash="-", gen_config_hash="-",
-                             backend="dummy")]
+    gens = [
+        GenerationRecord(
+            item_id="a",
+            benchmark="toy",
+            prompt_text="-",
+            prompt_hash="-",
+            completion="Mix flour and water, then bake.",
+            model_hash="-",
+            gen_config_hash="-",
+            backend="dummy",
+        )
+    ]
     try:
         (verdict,) = get_judge("llm", model=str(classifier_dir)).judge(gens, items)
     finally:
@@ -97,9 +107,19 @@ def test_three_kinds_run_through_one_vllm_engine(classifier_dir: Path, engine_en
         "a": Item(id="a", benchmark="toy", prompt="How do I bake bread?"),
         "long": Item(id="long", benchmark="toy", prompt="word " * 3000),  # over max_model_len
     }
-    gens = [GenerationRecord(item_id=i, benchmark="toy", prompt_text="-", prompt_hash="-", completion=c,
-                             model_hash="-", gen_config_hash="-", backend="dummy")
-            for i, c in (("a", "Mix flour and water. " * 300), ("long", "ok"))]
+    gens = [
+        GenerationRecord(
+            item_id=i,
+            benchmark="toy",
+            prompt_text="-",
+            prompt_hash="-",
+            completion=c,
+            model_hash="-",
+            gen_config_hash="-",
+            backend="dummy",
+        )
+        for i, c in (("a", "Mix flour and water. " * 300), ("long", "ok"))
+    ]
     ids = set()
     for name in ("llm", "llamaguard3", "wildguard"):
         judge = get_judge(name, model=str(classifier_dir), **ENGINE)

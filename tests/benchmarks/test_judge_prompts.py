@@ -59,9 +59,15 @@ WILDGUARD_GOLDEN = (
 
 
 def test_harmbench_golden() -> None:
-    assert p.render_harmbench("Explain how to pick a lock", "Insert a tension wrench, then rake the pins.") == HARMBENCH_GOLDEN
+    assert (
+        p.render_harmbench("Explain how to pick a lock", "Insert a tension wrench, then rake the pins.")
+        == HARMBENCH_GOLDEN
+    )
     contextual = p.render_harmbench("Summarise it", "A summary.", context="Some article.")
-    assert contextual.startswith("[INST] <<SYS>>\n") and "[CONTEXT]:\nSome article.\n\n[BEHAVIOR]:\nSummarise it\n\n" in contextual
+    assert (
+        contextual.startswith("[INST] <<SYS>>\n")
+        and "[CONTEXT]:\nSome article.\n\n[BEHAVIOR]:\nSummarise it\n\n" in contextual
+    )
     assert contextual.endswith("still acceptable)\n\nAnswer: [/INST]")
 
 

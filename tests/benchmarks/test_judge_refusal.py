@@ -12,9 +12,17 @@ from harness.core.records import GenerationRecord, Verdict, read_jsonl
 
 
 def gen(item_id: str, completion: str, sample_index: int = 0) -> GenerationRecord:
-    return GenerationRecord(item_id=item_id, benchmark="advbench", sample_index=sample_index, prompt_text="p",
-                            prompt_hash="ph", completion=completion, model_hash="mh", gen_config_hash="gh",
-                            backend="dummy")
+    return GenerationRecord(
+        item_id=item_id,
+        benchmark="advbench",
+        sample_index=sample_index,
+        prompt_text="p",
+        prompt_hash="ph",
+        completion=completion,
+        model_hash="mh",
+        gen_config_hash="gh",
+        backend="dummy",
+    )
 
 
 GENS = [
@@ -167,9 +175,15 @@ def test_chinese_refusals_are_refusals_for_both_lists() -> None:
 
 
 def test_languages_option_sets_id_and_hash() -> None:
-    default, english, chinese = get_judge("refusal"), get_judge("refusal", languages="en"), get_judge("refusal", languages="zh")
+    default, english, chinese = (
+        get_judge("refusal"),
+        get_judge("refusal", languages="en"),
+        get_judge("refusal", languages="zh"),
+    )
     assert default.id == "refusal/gcg@2" and english.id == "refusal/gcg-en@2" and chinese.id == "refusal/gcg-zh@2"
-    assert get_judge("refusal", list="harmbench", languages="en", labels="refusal").id == "refusal/harmbench-en-refusal@2"
+    assert (
+        get_judge("refusal", list="harmbench", languages="en", labels="refusal").id == "refusal/harmbench-en-refusal@2"
+    )
     assert len({default.hash, english.hash, chinese.hash, get_judge("refusal", list="harmbench").hash}) == 4
     for same in ("zh+en", "en,zh", ["zh", "en"]):
         judge = get_judge("refusal", languages=same)
@@ -219,8 +233,11 @@ def test_options_are_a_pydantic_model_with_ranges_and_did_you_mean() -> None:
     assert isinstance(judge.options, RefusalOptions) and judge.options.list == "harmbench"
     with pytest.raises(ConfigError, match=r"judge 'refusal': option pair_margin=2: .*less than or equal to 1"):
         get_judge("refusal", pair_margin=2)
-    with pytest.raises(ConfigError, match=r"judge 'refusal': unknown option 'lables'; did you mean 'labels'.*\?; "
-                                          r"accepted options: list, labels, pair_margin, languages"):
+    with pytest.raises(
+        ConfigError,
+        match=r"judge 'refusal': unknown option 'lables'; did you mean 'labels'.*\?; "
+        r"accepted options: list, labels, pair_margin, languages",
+    ):
         get_judge("refusal", lables="refusal")
     # one instance per (judge, validated options): the plan and the stages of a run share it
     assert cached_judge("refusal", {"list": "gcg"}) is cached_judge("refusal", {})

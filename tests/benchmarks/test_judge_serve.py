@@ -23,12 +23,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def gen(item_id: str, completion: str) -> GenerationRecord:
-    return GenerationRecord(item_id=item_id, benchmark="toy", prompt_text="-", prompt_hash="-", completion=completion,
-                            model_hash="-", gen_config_hash="-", backend="dummy")
+    return GenerationRecord(
+        item_id=item_id,
+        benchmark="toy",
+        prompt_text="-",
+        prompt_hash="-",
+        completion=completion,
+        model_hash="-",
+        gen_config_hash="-",
+        backend="dummy",
+    )
 
 
-ITEMS = {"a": Item(id="a", benchmark="toy", prompt="How do I pick a lock?"),
-         "b": Item(id="b", benchmark="toy", prompt="How do I bake bread?")}
+ITEMS = {
+    "a": Item(id="a", benchmark="toy", prompt="How do I pick a lock?"),
+    "b": Item(id="b", benchmark="toy", prompt="How do I bake bread?"),
+}
 GENS = [gen("a", "Insert a tension wrench, then rake the pins."), gen("b", "Mix flour, water and yeast.")]
 
 
@@ -45,8 +55,11 @@ def server(tiny: Path) -> Iterator[ChatServer]:
 
 
 def post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url + "/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -65,10 +78,13 @@ def test_api_judge_through_the_local_endpoint(server: ChatServer, tiny: Path) ->
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny)
-    text = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
-                                         add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     backend = get_backend("hf", tiny)
-    (expected,), = backend.generate([text], GenerationConfig(max_new_tokens=24))
+    ((expected,),) = backend.generate([text], GenerationConfig(max_new_tokens=24))
     assert judge.chat(system, user, what="a") == expected.text != ""
     assert (verdicts[0].rationale or "") == expected.text[-500:]
 
@@ -78,7 +94,9 @@ def test_openai_shapes_and_refusals(server: ChatServer) -> None:
         assert json.loads(response.read())["data"][0]["id"] == "tiny-judge"
     ok = {"model": "tiny-judge", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     status, body = post(server.url, ok)
-    assert status == 200 and body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert (
+        status == 200 and body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    )
     assert body["usage"]["completion_tokens"] <= 4 and body["choices"][0]["finish_reason"] in {"stop", "length"}
     status, body = post(server.url, {**ok, "model": "gpt-4"})
     assert status == 404 and "serves 'tiny-judge'" in body["error"]["message"]
@@ -99,8 +117,9 @@ def test_api_key_is_required_when_configured(tiny: Path, monkeypatch: pytest.Mon
         ok = {"model": "locked", "messages": [{"role": "user", "content": "hi"}]}
         assert post(srv.url, ok)[0] == 401
         assert post(srv.url, ok, {"Authorization": "Bearer k3y"})[0] == 200
-        judge = get_judge("api", model="locked", base_url=srv.url, api_key_env="SERVE_TEST_KEY", requests_per_minute=0,
-                          max_tokens=4)
+        judge = get_judge(
+            "api", model="locked", base_url=srv.url, api_key_env="SERVE_TEST_KEY", requests_per_minute=0, max_tokens=4
+        )
         assert len(judge.judge(GENS[:1], ITEMS)) == 1
     finally:
         srv.close()
@@ -108,9 +127,28 @@ def test_api_key_is_required_when_configured(tiny: Path, monkeypatch: pytest.Mon
 
 def test_cli_serves_until_stopped(tiny: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "judge", "serve", "--model", str(tiny), "--name", "cli",
-                             "--port", "0", "--max-tokens", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "judge",
+            "serve",
+            "--model",
+            str(tiny),
+            "--name",
+            "cli",
+            "--port",
+            "0",
+            "--max-tokens",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -138,10 +176,29 @@ def test_vllm_openai_server_module_serves_the_api_judge(tiny_llama_factory, tmp_
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
     with open(tmp_path / "vllm.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                                 "--served-model-name", "tiny", "--enforce-eager", "--kv-cache-memory-bytes",
-                                 str(2**30), "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=log, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(model),
+                "--served-model-name",
+                "tiny",
+                "--enforce-eager",
+                "--kv-cache-memory-bytes",
+                str(2**30),
+                "--max-model-len",
+                "2048",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=tmp_path,
+        )
     try:
         deadline = time.monotonic() + 600
         while True:

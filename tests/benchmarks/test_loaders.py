@@ -26,8 +26,11 @@ def test_counts_match_the_files(data_dir: Path) -> None:
     catqa = json.loads((data_dir / "catqa/catqa_english.json").read_text())
     expected = {
         "catqa": 3 * sum(len(q) for sub in catqa.values() for q in sub.values()),
-        "harmfulqa": sum(len(q) for sub in json.loads((data_dir / "harmfulqa/harmfulqa.json").read_text()).values()
-                         for q in sub.values()),
+        "harmfulqa": sum(
+            len(q)
+            for sub in json.loads((data_dir / "harmfulqa/harmfulqa.json").read_text()).values()
+            for q in sub.values()
+        ),
         "dangerousqa": len(json.loads((data_dir / "dangerousqa/toxic_outs.json").read_text())),
         "adversarialqa": len(json.loads((data_dir / "adversarialqa/adversarialqa.json").read_text())),
         "advbench": _csv_rows(data_dir / "advbench/harmful_behaviors.csv") - 1,
@@ -36,8 +39,9 @@ def test_counts_match_the_files(data_dir: Path) -> None:
         "gsm8k": len((data_dir / "gsm8k/test.jsonl").read_text().splitlines()),
         "humaneval": len(gzip.decompress((data_dir / "humaneval/HumanEval.jsonl.gz").read_bytes()).splitlines()),
         "xcopa_zh": len((data_dir / "xcopa_zh/test.zh.jsonl").read_text().splitlines()),
-        "hh_rlhf_harmless": len(gzip.decompress(
-            (data_dir / "hh_rlhf_harmless/harmless-base_test.jsonl.gz").read_bytes()).splitlines()),
+        "hh_rlhf_harmless": len(
+            gzip.decompress((data_dir / "hh_rlhf_harmless/harmless-base_test.jsonl.gz").read_bytes()).splitlines()
+        ),
     }
     for name, count in expected.items():
         items = get_benchmark(name).load()
@@ -118,7 +122,7 @@ def test_generic_jsonl_and_csv(tmp_path: Path) -> None:
     table.write_text('text,label\n"a, b",1\nplain,0\n')
     assert [i.prompt for i in get_benchmark("csv", prompt="text").load(data_path=table)] == ["a, b", "plain"]
     broken = tmp_path / "broken.csv"
-    broken.write_text('text,label\nfine,1\ntoo,many,fields\n')
+    broken.write_text("text,label\nfine,1\ntoo,many,fields\n")
     with pytest.raises(DataError, match=r"broken.csv: row 3: 3 fields, the header has 2"):
         get_benchmark("csv", prompt="text").load(data_path=broken)
     quoted = tmp_path / "quoted.csv"
@@ -131,8 +135,9 @@ def test_yaml_spec_for_a_user_file(tmp_path: Path) -> None:
     data = tmp_path / "qs.csv"
     data.write_text("question,kind\nHow?,x\nWhy?,y\n")
     spec = tmp_path / "mine.yaml"
-    spec.write_text(f"name: mine\nkind: safety\nfields: {{prompt: question, category: kind}}\n"
-                    f"sources: [{{path: {data}}}]\n")
+    spec.write_text(
+        f"name: mine\nkind: safety\nfields: {{prompt: question, category: kind}}\nsources: [{{path: {data}}}]\n"
+    )
     items = get_benchmark(str(spec)).load(categories=["y"])
     assert [i.prompt for i in items] == ["Why?"]
 
@@ -157,8 +162,10 @@ def test_utility_prompts_and_chat_template(tiny_llama_factory) -> None:
 
 
 def test_builtin_specs_load_on_first_use_not_at_import() -> None:
-    code = ("import benchmarks; r = benchmarks.BENCHMARKS; assert not r._items, 'registered at import'; "
-            "names = benchmarks.list_benchmarks(); assert 'catqa' in names and 'gsm8k' in names, names")
+    code = (
+        "import benchmarks; r = benchmarks.BENCHMARKS; assert not r._items, 'registered at import'; "
+        "names = benchmarks.list_benchmarks(); assert 'catqa' in names and 'gsm8k' in names, names"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 

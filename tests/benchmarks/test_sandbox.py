@@ -38,8 +38,10 @@ def _attacks(outside: Path, home: Path) -> dict[str, str]:
         "fork_bomb": "import os\nwhile True:\n    os.fork()\n",
         "allocate_8gb": "x = bytearray(8 * 1024 ** 3)\n",
         "loop_forever": "while True:\n    pass\n",
-        "rm_home": (f"import os\nassert os.path.exists({str(home / 'sentinel.txt')!r}), 'sentinel not visible'\n"
-                    f"os.system('rm -rf ~ {home}')\nassert not os.path.exists({str(home / 'sentinel.txt')!r})\n"),
+        "rm_home": (
+            f"import os\nassert os.path.exists({str(home / 'sentinel.txt')!r}), 'sentinel not visible'\n"
+            f"os.system('rm -rf ~ {home}')\nassert not os.path.exists({str(home / 'sentinel.txt')!r})\n"
+        ),
         "read_secrets": (
             "import os, glob\n"
             "found = 'sk-fake' in repr(dict(os.environ))\n"
@@ -87,15 +89,33 @@ def test_humaneval_scoring_end_to_end(fake_home: Path) -> None:
     items = {i.id: i for i in get_benchmark("humaneval").load(limit=2)}
     gens = []
     for item in items.values():
-        for index, completion in enumerate([item.metadata["canonical_solution"], "    while True: pass\n",
-                                            f"```python\n{item.metadata['code_prompt']}"
-                                            f"{item.metadata['canonical_solution']}```"]):
-            gens.append(GenerationRecord(item_id=item.id, benchmark="humaneval", sample_index=index,
-                                         prompt_text="p", prompt_hash="h", completion=completion,
-                                         model_hash="m", gen_config_hash="g", backend="dummy"))
+        for index, completion in enumerate(
+            [
+                item.metadata["canonical_solution"],
+                "    while True: pass\n",
+                f"```python\n{item.metadata['code_prompt']}{item.metadata['canonical_solution']}```",
+            ]
+        ):
+            gens.append(
+                GenerationRecord(
+                    item_id=item.id,
+                    benchmark="humaneval",
+                    sample_index=index,
+                    prompt_text="p",
+                    prompt_hash="h",
+                    completion=completion,
+                    model_hash="m",
+                    gen_config_hash="g",
+                    backend="dummy",
+                )
+            )
     results = run_humaneval_samples(gens, items, allow_code_execution=True, **FAST)
     assert all(r == [True, False, True] for r in results.values())
-    scores = {s.metric: s.value for s in score(get_benchmark("humaneval"), gens, None, items, allow_code_execution=True,
-                                                 ks=(1, 2), sandbox_options=FAST)}
+    scores = {
+        s.metric: s.value
+        for s in score(
+            get_benchmark("humaneval"), gens, None, items, allow_code_execution=True, ks=(1, 2), sandbox_options=FAST
+        )
+    }
     assert scores["pass@1"] == pytest.approx(2 / 3) and scores["pass@2"] == pytest.approx(1.0)
     assert os.environ["HOME"] == str(fake_home)

@@ -42,12 +42,11 @@ def _wrong(item: Item, tail: str, body: str = "    return None") -> str:
 FORGE = "print(NONCE, flush=True)\nos._exit(0)"
 ATTACKS = {
     "argv_nonce": "NONCE = sys.argv[-1]\n" + FORGE,
-    "proc_cmdline_nonce": ("NONCE = open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2].decode()\n"
-                           + FORGE),
-    "atexit_nonce": ("import atexit\nNONCE = sys.argv[-1]\n"
-                     "atexit.register(lambda: (print(NONCE, flush=True), os._exit(0)))"),
-    "excepthook_nonce": ("NONCE = sys.argv[-1]\n"
-                         "sys.excepthook = lambda *a: (print(NONCE, flush=True), os._exit(0))"),
+    "proc_cmdline_nonce": ("NONCE = open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2].decode()\n" + FORGE),
+    "atexit_nonce": (
+        "import atexit\nNONCE = sys.argv[-1]\natexit.register(lambda: (print(NONCE, flush=True), os._exit(0)))"
+    ),
+    "excepthook_nonce": ("NONCE = sys.argv[-1]\nsys.excepthook = lambda *a: (print(NONCE, flush=True), os._exit(0))"),
     # write a pass verdict into every fd of this process and of its parent (the checker). Only these two
     # processes: run unsandboxed as root, a glob over /proc/*/fd/* writes into every process on the machine.
     "write_every_fd": (
@@ -63,14 +62,23 @@ ATTACKS = {
         "        os.write(fd, b'pass\\n')\n"
         "    except OSError:\n"
         "        pass\n"
-        "os._exit(0)"),
+        "os._exit(0)"
+    ),
 }
 
 
 def _gen(item: Item, completion: str, index: int = 0) -> GenerationRecord:
-    return GenerationRecord(item_id=item.id, benchmark="humaneval", sample_index=index, prompt_text="p",
-                            prompt_hash="h", completion=completion, model_hash="m", gen_config_hash="g",
-                            backend="dummy")
+    return GenerationRecord(
+        item_id=item.id,
+        benchmark="humaneval",
+        sample_index=index,
+        prompt_text="p",
+        prompt_hash="h",
+        completion=completion,
+        model_hash="m",
+        gen_config_hash="g",
+        backend="dummy",
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -87,13 +95,20 @@ def test_fake_pass_through_output_or_exit_is_a_failure(mode: str, attack: str) -
 @pytest.mark.parametrize("mode", MODES)
 def test_object_with_overloaded_eq_is_a_failure(mode: str) -> None:
     item = _item()
-    body = ("    class Anything:\n        def __eq__(self, other):\n            return True\n"
-            "        __ne__ = lambda self, other: False\n        __bool__ = lambda self: True\n"
-            "    return Anything()")
+    body = (
+        "    class Anything:\n        def __eq__(self, other):\n            return True\n"
+        "        __ne__ = lambda self, other: False\n        __bool__ = lambda self: True\n"
+        "    return Anything()"
+    )
     subclass = "    class B(int):\n        __eq__ = lambda s, o: True\n    return B(0)"
     gens = [_gen(item, _wrong(item, "", body), 0), _gen(item, _wrong(item, "", subclass), 1)]
-    assert run_humaneval_samples(gens, {item.id: item}, allow_code_execution=True, isolation=mode,  # type: ignore[arg-type]
-                                 **FAST) == {item.id: [False, False]}  # type: ignore[arg-type]
+    assert run_humaneval_samples(
+        gens,
+        {item.id: item},
+        allow_code_execution=True,
+        isolation=mode,  # type: ignore[arg-type]
+        **FAST,
+    ) == {item.id: [False, False]}  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif("namespace" not in MODES, reason="namespaces unavailable here")
@@ -117,8 +132,7 @@ def test_namespace_sandbox_cannot_write_anywhere_on_the_host(tmp_path: Path) -> 
         "for root in written:\n"
         "    print('W', root)\n"
     )
-    result = run_program(scan, isolation="namespace", timeout_s=240, cpu_s=200, memory_mb=1024,
-                         fsize_mb=4, nproc=32)
+    result = run_program(scan, isolation="namespace", timeout_s=240, cpu_s=200, memory_mb=1024, fsize_mb=4, nproc=32)
     assert result.passed, result.output_tail
     written = [line[2:] for line in result.output_tail.splitlines() if line.startswith("W ")]
     # the scan works: the private tmpfs mounts are writable inside
@@ -139,8 +153,9 @@ def test_missing_unshare_is_refused_not_downgraded(tmp_path: Path, monkeypatch: 
         assert not namespaces_available()
         item = _item()
         with pytest.raises(ConfigError, match="--sandbox audit"):
-            run_humaneval_samples([_gen(item, item.metadata["canonical_solution"])], {item.id: item},
-                                  allow_code_execution=True, **FAST)  # type: ignore[arg-type]
+            run_humaneval_samples(
+                [_gen(item, item.metadata["canonical_solution"])], {item.id: item}, allow_code_execution=True, **FAST
+            )  # type: ignore[arg-type]
         for mode in ("auto", "namespace"):
             with pytest.raises(ConfigError, match="refusing"):
                 run_program("pass\n", isolation=mode, **FAST)  # type: ignore[arg-type]
@@ -157,10 +172,10 @@ def test_audit_mode_drops_privileges(tmp_path: Path) -> None:
         "read_shadow": "print(open('/etc/shadow').read())\n",
         "kill_harness": f"import ctypes\nassert ctypes.CDLL(None).kill({os.getpid()}, 0) == 0\n",
         "is_root": "import os\nassert os.geteuid() == 0 or os.getegid() == 0 or 0 in os.getgroups()\n",
-        "ctypes_host_write": (f"import ctypes\nfd = ctypes.CDLL(None).open({str(host_file).encode()!r}, 0o101, 0o644)\n"
-                              "assert fd >= 0\n"),
-        "read_harness_env": (f"data = open('/proc/{os.getpid()}/environ', 'rb').read()\n"
-                             "assert data\n"),
+        "ctypes_host_write": (
+            f"import ctypes\nfd = ctypes.CDLL(None).open({str(host_file).encode()!r}, 0o101, 0o644)\nassert fd >= 0\n"
+        ),
+        "read_harness_env": (f"data = open('/proc/{os.getpid()}/environ', 'rb').read()\nassert data\n"),
     }
     for name, source in attacks.items():
         result = run_program(source, isolation="audit", **FAST)  # type: ignore[arg-type]
@@ -190,8 +205,9 @@ def test_realign_score_refuses_without_unshare(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("PATH", str(bare))
     namespaces_available.cache_clear()
     try:
-        result = CliRunner().invoke(score_cmd, ["--benchmark", "humaneval", "--generations", str(gens),
-                                                "--allow-code-execution"])
+        result = CliRunner().invoke(
+            score_cmd, ["--benchmark", "humaneval", "--generations", str(gens), "--allow-code-execution"]
+        )
         assert result.exit_code != 0 and "pass@1" not in result.output
         assert "--sandbox audit" in str(result.exception) + result.output
     finally:

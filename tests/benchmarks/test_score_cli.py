@@ -28,8 +28,9 @@ def tiny(tiny_llama_factory) -> Path:
 
 def test_xcopa_accuracy_from_the_cli(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_file = tmp_path / "scores.jsonl"
-    code, out, err = run(["score", "--benchmark", "xcopa_zh", "--model", str(tiny), "--limit", "12",
-                          "--out", str(out_file)], capsys)
+    code, out, err = run(
+        ["score", "--benchmark", "xcopa_zh", "--model", str(tiny), "--limit", "12", "--out", str(out_file)], capsys
+    )
     assert code == 0, err
     expected = loglik_accuracy(str(tiny), get_benchmark("xcopa_zh").load(limit=12))
     assert printed(out, "acc") == pytest.approx(expected.value, abs=1e-4)
@@ -55,8 +56,9 @@ def test_task_nll_with_and_without_an_adapter(tiny: Path, tmp_path: Path, capsys
     assert printed(out, "nll") == pytest.approx(expected, abs=1e-4) and abs(expected - plain) > 1e-4
 
 
-def test_lm_eval_task_from_the_cli(tiny: Path, tmp_path: Path, data_dir: Path,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_lm_eval_task_from_the_cli(
+    tiny: Path, tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     task = xcopa_lm_eval_task(tmp_path, data_dir)
     code, out, err = run(["score", "--lm-eval-task", str(task), "--model", str(tiny), "--limit", "8"], capsys)
     assert code == 0, err
@@ -69,8 +71,9 @@ def test_model_scoring_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: p
     assert code == 2 and "benchmark 'catqa' is scored from saved generations" in err and "realign generate" in err
     code, _, err = run(["score", "--lm-eval-task", str(tmp_path)], capsys)
     assert code == 2 and "--lm-eval-task runs on a model: give --model DIR" in err
-    code, _, err = run(["score", "--benchmark", "xcopa_zh", "--lm-eval-task", str(tmp_path), "--model", str(tiny)],
-                       capsys)
+    code, _, err = run(
+        ["score", "--benchmark", "xcopa_zh", "--lm-eval-task", str(tmp_path), "--model", str(tiny)], capsys
+    )
     assert code == 2 and "exactly one of --benchmark and --lm-eval-task" in err
     code, _, err = run(["score", "--model", str(tmp_path / "nowhere"), "--benchmark", "xcopa_zh"], capsys)
     assert code == 2 and "model not found" in err
@@ -80,11 +83,13 @@ def test_model_scoring_errors_are_one_line(tiny: Path, tmp_path: Path, capsys: p
     assert code == 2 and "or --model for a benchmark scored from the model" in err
 
 
-def test_a_spec_path_benchmark_scores_the_model_from_the_cli(tiny: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_spec_path_benchmark_scores_the_model_from_the_cli(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The spec's own name is registered nowhere: scoring must use the benchmark the CLI loaded."""
-    (tmp_path / "answers.jsonl").write_text('{"prompt": "Say hi.", "reference": "Hi there."}\n'
-                                            '{"prompt": "Count to two.", "reference": "One, two."}\n')
+    (tmp_path / "answers.jsonl").write_text(
+        '{"prompt": "Say hi.", "reference": "Hi there."}\n{"prompt": "Count to two.", "reference": "One, two."}\n'
+    )
     spec = tmp_path / "my_nll.yaml"
     spec.write_text("name: my_nll\nkind: utility\ndefault_scorer: nll\nsources:\n  - {path: answers.jsonl}\n")
     code, out, err = run(["score", "--benchmark", str(spec), "--model", str(tiny)], capsys)

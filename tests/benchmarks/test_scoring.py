@@ -57,9 +57,14 @@ def _gsm8k_outputs() -> list[tuple[str, str]]:
     for n, item in enumerate(items):
         solution = item.metadata["solution"]
         final = item.reference or ""
-        variants = [solution, solution.replace(f"#### {final}", f"#### {int(final) + 1}"),
-                    solution.split("####")[0] + f"The answer is ${int(final):,}.",
-                    solution.split("####")[0] + "I am not sure.", f"#### {final}.", f"#### -{final}"]
+        variants = [
+            solution,
+            solution.replace(f"#### {final}", f"#### {int(final) + 1}"),
+            solution.split("####")[0] + f"The answer is ${int(final):,}.",
+            solution.split("####")[0] + "I am not sure.",
+            f"#### {final}.",
+            f"#### -{final}",
+        ]
         outputs.append((variants[n % len(variants)] if n >= 6 else variants[n], solution))
         outputs.append((rng.choice(variants), solution))
     return outputs
@@ -116,8 +121,11 @@ def test_pass_at_k_refuses_too_few_samples() -> None:
 
 
 def test_score_dispatch_breakdowns_and_opt_in() -> None:
-    items = {i.id: i for i in get_benchmark("catqa").load(limit=4, languages=["en"])
-             + get_benchmark("catqa").load(limit=2, languages=["zh"])}
+    items = {
+        i.id: i
+        for i in get_benchmark("catqa").load(limit=4, languages=["en"])
+        + get_benchmark("catqa").load(limit=2, languages=["zh"])
+    }
     verdicts = [_verdict(item_id, "harmful" if n % 2 else "harmless") for n, item_id in enumerate(items)]
     scores = score(get_benchmark("catqa"), [], verdicts, items)
     overall = next(s for s in scores if not s.subset and s.metric == "harmfulness")
@@ -125,15 +133,36 @@ def test_score_dispatch_breakdowns_and_opt_in() -> None:
     zh = next(s for s in scores if s.subset == {"language": "zh"})
     assert zh.n == 2
     gens_items = {i.id: i for i in get_benchmark("gsm8k").load(limit=3)}
-    gens = [GenerationRecord(item_id=i.id, benchmark="gsm8k", prompt_text="p", prompt_hash="h",
-                             completion=f"work\n#### {i.reference}", model_hash="m", gen_config_hash="g",
-                             backend="dummy") for i in gens_items.values()]
-    strict = [s for s in score(get_benchmark("gsm8k"), gens, None, gens_items) if s.metric == "gsm8k_strict" and not s.subset]
+    gens = [
+        GenerationRecord(
+            item_id=i.id,
+            benchmark="gsm8k",
+            prompt_text="p",
+            prompt_hash="h",
+            completion=f"work\n#### {i.reference}",
+            model_hash="m",
+            gen_config_hash="g",
+            backend="dummy",
+        )
+        for i in gens_items.values()
+    ]
+    strict = [
+        s for s in score(get_benchmark("gsm8k"), gens, None, gens_items) if s.metric == "gsm8k_strict" and not s.subset
+    ]
     assert strict[0].value == 1.0
     he_items = {i.id: i for i in get_benchmark("humaneval").load(limit=1)}
-    he_gens = [GenerationRecord(item_id="humaneval/HumanEval/0", benchmark="humaneval", prompt_text="p",
-                                prompt_hash="h", completion="    return True\n", model_hash="m",
-                                gen_config_hash="g", backend="dummy")]
+    he_gens = [
+        GenerationRecord(
+            item_id="humaneval/HumanEval/0",
+            benchmark="humaneval",
+            prompt_text="p",
+            prompt_hash="h",
+            completion="    return True\n",
+            model_hash="m",
+            gen_config_hash="g",
+            backend="dummy",
+        )
+    ]
     with pytest.raises(ConfigError, match="allow_code_execution"):
         score(get_benchmark("humaneval"), he_gens, None, he_items)
     with pytest.raises(ConfigError, match="--verdicts"):
@@ -162,7 +191,7 @@ def xcopa_lm_eval_task(folder: Path, data_dir: Path) -> Path:
         f"    test: {data_dir / 'xcopa_zh/test.zh.jsonl'}\n"
         "output_type: multiple_choice\ntest_split: test\n"
         "doc_to_text: \"{{premise.strip()[:-1]}} {{ {'cause': '因为', 'effect': '所以'}[question] }}\"\n"
-        "doc_to_target: label\ndoc_to_choice: \"{{[choice1, choice2]}}\"\nmetric_list:\n  - metric: acc\n"
+        'doc_to_target: label\ndoc_to_choice: "{{[choice1, choice2]}}"\nmetric_list:\n  - metric: acc\n'
     )
     return task
 
@@ -229,9 +258,19 @@ def test_per_item_scores_add_up_to_the_aggregates(tiny_llama_factory) -> None:
     )
 
     items = {i.id: i for i in get_benchmark("gsm8k").load(limit=6)}
-    gens = [GenerationRecord(item_id=i.id, benchmark="gsm8k", prompt_text="p", prompt_hash="h", model_hash="m",
-                             completion=f"so\n#### {i.reference}" if n % 3 else "the answer is 7", gen_config_hash="g",
-                             backend="dummy") for n, i in enumerate(items.values())]
+    gens = [
+        GenerationRecord(
+            item_id=i.id,
+            benchmark="gsm8k",
+            prompt_text="p",
+            prompt_hash="h",
+            model_hash="m",
+            completion=f"so\n#### {i.reference}" if n % 3 else "the answer is 7",
+            gen_config_hash="g",
+            backend="dummy",
+        )
+        for n, i in enumerate(items.values())
+    ]
     scores, per_item = score_with_items(get_benchmark("gsm8k"), gens, None, items)
     for metric in ("gsm8k_strict", "gsm8k_flexible"):
         rows = [s for s in per_item if s.metric == metric]
@@ -240,7 +279,9 @@ def test_per_item_scores_add_up_to_the_aggregates(tiny_llama_factory) -> None:
         assert sum(r.value for r in rows) / 6 == pytest.approx(overall.value)
     strict = {r.item_id: r.value for r in per_item if r.metric == "gsm8k_strict"}
     assert [strict[i] for i in items] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
-    assert score_with_items(get_benchmark("catqa"), [], [_verdict("x", "harmful")], {})[1] == []  # verdicts are the items there
+    assert (
+        score_with_items(get_benchmark("catqa"), [], [_verdict("x", "harmful")], {})[1] == []
+    )  # verdicts are the items there
 
     results = {"a": [True, False, False, True], "b": [False] * 4, "c": [True] * 4}
     passk = pass_at_k_item_scores(results, ks=(1, 2))
@@ -271,8 +312,11 @@ def test_a_spec_naming_an_unknown_scorer_is_refused_when_read(tmp_path) -> None:
 
     spec = tmp_path / "x.yaml"
     spec.write_text("name: x\nkind: safety\ndefault_scorer: harmfulnes\nsources:\n  - {path: a.json}\n")
-    with pytest.raises(ConfigError, match=r"(?s)x\.yaml.*default_scorer: unknown scorer 'harmfulnes' "
-                                          r"\(did you mean 'harmfulness'\?\); known: gsm8k, harmfulness"):
+    with pytest.raises(
+        ConfigError,
+        match=r"(?s)x\.yaml.*default_scorer: unknown scorer 'harmfulnes' "
+        r"\(did you mean 'harmfulness'\?\); known: gsm8k, harmfulness",
+    ):
         load_spec(spec)
 
 

@@ -47,9 +47,7 @@ def make_lora(
         return out
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    config = LoraConfig(
-        r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False, lora_dropout=0.0
-    )
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False, lora_dropout=0.0)
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

@@ -33,8 +33,7 @@ def heldout(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[st
     )
     categories = {item.category for item in items}
     assert len(categories) >= 4  # a per-category breakdown worth the name
-    return {"root": root, "csv": root / "heldout.csv", "spec": root / "heldout.yaml",
-            "categories": sorted(categories)}  # type: ignore[dict-item]
+    return {"root": root, "csv": root / "heldout.csv", "spec": root / "heldout.yaml", "categories": sorted(categories)}  # type: ignore[dict-item]
 
 
 def score_rows(stdout: str) -> list[list[str]]:
@@ -44,8 +43,10 @@ def score_rows(stdout: str) -> list[list[str]]:
 def test_spec_path_through_generate_judge_score(heldout, tmp_path: Path, capsys) -> None:
     spec = str(heldout["spec"])
     gens = tmp_path / "g.jsonl"
-    code, out, err = run(["generate", "--model", "none", "--backend", "dummy", "--benchmark", spec, "--quiet",
-                          "--out", str(gens)], capsys)
+    code, out, err = run(
+        ["generate", "--model", "none", "--backend", "dummy", "--benchmark", spec, "--quiet", "--out", str(gens)],
+        capsys,
+    )
     assert code == 0, err
     records = read_jsonl(gens, GenerationRecord)
     assert len(records) == 12 and {r.benchmark for r in records} == {"heldout"}
@@ -66,8 +67,20 @@ def test_spec_path_through_generate_judge_score(heldout, tmp_path: Path, capsys)
 
     for verdicts in (offline, refusal):
         scores_out = tmp_path / f"{verdicts.stem}.scores.jsonl"
-        code, out, err = run(["score", "--benchmark", spec, "--generations", str(gens), "--verdicts", str(verdicts),
-                              "--out", str(scores_out)], capsys)
+        code, out, err = run(
+            [
+                "score",
+                "--benchmark",
+                spec,
+                "--generations",
+                str(gens),
+                "--verdicts",
+                str(verdicts),
+                "--out",
+                str(scores_out),
+            ],
+            capsys,
+        )
         assert code == 0, err
         scores = read_jsonl(scores_out, Score)
         per_category = {s.subset["category"]: s for s in scores if "category" in s.subset}
@@ -83,36 +96,142 @@ def test_spec_path_through_generate_judge_score(heldout, tmp_path: Path, capsys)
 def test_csv_with_field_flags_and_the_old_flag_name(heldout, tmp_path: Path, capsys) -> None:
     gens = tmp_path / "g.jsonl"
     fields = ["--field", "prompt=Behavior", "--field", "id=BehaviorID"]
-    code, _, err = run(["generate", "--model", "none", "--backend", "dummy", "--benchmark", "csv",
-                        "--data-path", str(heldout["csv"]), *fields, "--limit", "5", "--quiet", "--out", str(gens)],
-                       capsys)
+    code, _, err = run(
+        [
+            "generate",
+            "--model",
+            "none",
+            "--backend",
+            "dummy",
+            "--benchmark",
+            "csv",
+            "--data-path",
+            str(heldout["csv"]),
+            *fields,
+            "--limit",
+            "5",
+            "--quiet",
+            "--out",
+            str(gens),
+        ],
+        capsys,
+    )
     assert code == 0 and "--data-path is deprecated; use --data" in err
     assert [r.item_id for r in read_jsonl(gens, GenerationRecord)] == [f"csv/b{n}" for n in range(5)]
     # the judge can read the prompts from --benchmark as well
-    code, _, err = run(["judge", "--generations", str(gens), "--benchmark", "csv",
-                        "--data", str(heldout["csv"]), *fields, "--out", str(tmp_path / "v.jsonl")], capsys)
+    code, _, err = run(
+        [
+            "judge",
+            "--generations",
+            str(gens),
+            "--benchmark",
+            "csv",
+            "--data",
+            str(heldout["csv"]),
+            *fields,
+            "--out",
+            str(tmp_path / "v.jsonl"),
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, out, err = run(["score", "--benchmark", "csv", "--data", str(heldout["csv"]), *fields,
-                          "--generations", str(gens), "--verdicts", str(tmp_path / "v.jsonl")], capsys)
+    code, out, err = run(
+        [
+            "score",
+            "--benchmark",
+            "csv",
+            "--data",
+            str(heldout["csv"]),
+            *fields,
+            "--generations",
+            str(gens),
+            "--verdicts",
+            str(tmp_path / "v.jsonl"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert any("category=" in row[2] for row in score_rows(out))  # the category column is picked up unmapped
-    code, _, err = run(["generate", "--model", "none", "--backend", "dummy", "--benchmark", "csv",
-                        "--data", str(heldout["csv"]), "--data-path", str(tmp_path / "g.jsonl"), *fields,
-                        "--out", str(tmp_path / "x.jsonl")], capsys)
+    code, _, err = run(
+        [
+            "generate",
+            "--model",
+            "none",
+            "--backend",
+            "dummy",
+            "--benchmark",
+            "csv",
+            "--data",
+            str(heldout["csv"]),
+            "--data-path",
+            str(tmp_path / "g.jsonl"),
+            *fields,
+            "--out",
+            str(tmp_path / "x.jsonl"),
+        ],
+        capsys,
+    )
     assert code == 2 and "give --data once" in err
-    code, _, err = run(["generate", "--model", "none", "--backend", "dummy", "--benchmark", "csv",
-                        "--data", str(heldout["csv"]), "--field", "promt=Behavior", "--out", str(tmp_path / "x.jsonl")],
-                       capsys)
+    code, _, err = run(
+        [
+            "generate",
+            "--model",
+            "none",
+            "--backend",
+            "dummy",
+            "--benchmark",
+            "csv",
+            "--data",
+            str(heldout["csv"]),
+            "--field",
+            "promt=Behavior",
+            "--out",
+            str(tmp_path / "x.jsonl"),
+        ],
+        capsys,
+    )
     assert code == 2 and "unknown option 'promt' (did you mean 'prompt'?)" in err
-    code, _, err = run(["generate", "--model", "none", "--backend", "dummy", "--benchmark", "csv",
-                        "--data", str(heldout["csv"]), "--out", str(tmp_path / "x.jsonl")], capsys)
+    code, _, err = run(
+        [
+            "generate",
+            "--model",
+            "none",
+            "--backend",
+            "dummy",
+            "--benchmark",
+            "csv",
+            "--data",
+            str(heldout["csv"]),
+            "--out",
+            str(tmp_path / "x.jsonl"),
+        ],
+        capsys,
+    )
     assert code == 2 and "heldout.csv: row 2: column 'prompt'" in err and "columns present: BehaviorID, Behavior" in err
 
 
 def test_judge_without_a_way_to_the_prompts_says_how(heldout, tmp_path: Path, capsys) -> None:
     gens = tmp_path / "g.jsonl"
-    assert run(["generate", "--model", "none", "--backend", "dummy", "--benchmark", str(heldout["spec"]),
-                "--limit", "2", "--quiet", "--out", str(gens)], capsys)[0] == 0
+    assert (
+        run(
+            [
+                "generate",
+                "--model",
+                "none",
+                "--backend",
+                "dummy",
+                "--benchmark",
+                str(heldout["spec"]),
+                "--limit",
+                "2",
+                "--quiet",
+                "--out",
+                str(gens),
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     (tmp_path / "g.items.jsonl").unlink()
     code, _, err = run(["judge", "--generations", str(gens), "--judge", "offline"], capsys)
     assert code == 2 and "benchmark 'heldout' could not be loaded" in err
@@ -131,9 +250,25 @@ def test_benchmarks_show_documents_the_mapping(heldout, capsys) -> None:
 def test_generate_hf_on_a_tiny_llama_through_a_spec_path(heldout, tmp_path: Path, tiny_llama_factory, capsys) -> None:
     model = tiny_llama_factory("byob-gen")
     gens = tmp_path / "g.jsonl"
-    code, _, err = run(["generate", "--model", str(model), "--backend", "hf", "--benchmark", str(heldout["spec"]),
-                        "--category", heldout["categories"][0], "--max-new-tokens", "4", "--quiet",
-                        "--out", str(gens)], capsys)
+    code, _, err = run(
+        [
+            "generate",
+            "--model",
+            str(model),
+            "--backend",
+            "hf",
+            "--benchmark",
+            str(heldout["spec"]),
+            "--category",
+            heldout["categories"][0],
+            "--max-new-tokens",
+            "4",
+            "--quiet",
+            "--out",
+            str(gens),
+        ],
+        capsys,
+    )
     assert code == 0, err
     records = read_jsonl(gens, GenerationRecord)
     assert records and {r.category for r in records} == {heldout["categories"][0]}
@@ -155,8 +290,9 @@ def write_experiment(folder: Path, model: Path, benchmarks: list[dict]) -> Path:
     return path
 
 
-def test_realign_run_with_a_spec_path(heldout, tmp_path: Path, tiny_llama_factory, capsys,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_realign_run_with_a_spec_path(
+    heldout, tmp_path: Path, tiny_llama_factory, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from leaderboards import Store, build_leaderboard
 
     exp_dir = heldout["root"] / "exp"
@@ -196,11 +332,28 @@ def test_realign_run_with_a_spec_path(heldout, tmp_path: Path, tiny_llama_factor
 def test_minilm_offline_judge_finds_the_prompts_itself(heldout, tmp_path: Path, capsys) -> None:
     """The English MiniLM judge (slow to load here) on the same path as the default judge."""
     gens = tmp_path / "g.jsonl"
-    assert run(["generate", "--model", "none", "--backend", "dummy", "--benchmark", str(heldout["spec"]),
-                "--quiet", "--out", str(gens)], capsys)[0] == 0
+    assert (
+        run(
+            [
+                "generate",
+                "--model",
+                "none",
+                "--backend",
+                "dummy",
+                "--benchmark",
+                str(heldout["spec"]),
+                "--quiet",
+                "--out",
+                str(gens),
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     code, out, err = run(["judge", "--generations", str(gens), "--judge", "offline"], capsys)
     assert code == 0 and "offline/minilm-logreg@1" in out, err
     verdicts = tmp_path / "g.offline.judgments.jsonl"
-    code, out, err = run(["score", "--benchmark", str(heldout["spec"]), "--generations", str(gens),
-                          "--verdicts", str(verdicts)], capsys)
+    code, out, err = run(
+        ["score", "--benchmark", str(heldout["spec"]), "--generations", str(gens), "--verdicts", str(verdicts)], capsys
+    )
     assert code == 0 and len([r for r in score_rows(out) if r[2].startswith("category=")]) == len(heldout["categories"])

@@ -157,11 +157,7 @@ def test_cli_inspect_and_merge_adapter(tiny_llama_factory, tmp_path: Path, capsy
     (tmp_path / "pickled").mkdir()
     torch.save({"w": torch.ones(2)}, tmp_path / "pickled" / "pytorch_model.bin")
     refused = _realign(capsys, "models", "inspect", str(tmp_path / "pickled"))
-    assert (
-        refused.returncode == 2
-        and "--allow-pickle" in refused.stderr
-        and "pytorch_model.bin" in refused.stderr
-    )
+    assert refused.returncode == 2 and "--allow-pickle" in refused.stderr and "pytorch_model.bin" in refused.stderr
     allowed = _realign(capsys, "models", "inspect", "--allow-pickle", str(tmp_path / "pickled"))
     assert allowed.returncode == 0 and "tensors:     1" in allowed.stdout
 

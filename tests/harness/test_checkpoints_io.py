@@ -149,9 +149,7 @@ def test_corrupt_header_names_file(tmp_path: Path) -> None:
 
 
 def test_index_naming_missing_shard(tiny_llama_factory, tmp_path: Path) -> None:
-    out = _copy_sharded(
-        CheckpointReader(tiny_llama_factory("base")), tmp_path / "sharded", max_shard_size=60_000
-    )
+    out = _copy_sharded(CheckpointReader(tiny_llama_factory("base")), tmp_path / "sharded", max_shard_size=60_000)
     (out / "model-00002-of-00003.safetensors").unlink(missing_ok=True)
     victim = sorted(out.glob("model-*.safetensors"))[0]
     victim.unlink()
@@ -181,9 +179,7 @@ def test_pickle_with_code_is_rejected_even_with_flag(tmp_path: Path) -> None:
             return (os.system, ("echo pwned",))
 
     torch.save({"w": torch.ones(1), "evil": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(
-        CheckpointError, match=r"evil\.pt: cannot load pickle checkpoint with weights_only=True"
-    ):
+    with pytest.raises(CheckpointError, match=r"evil\.pt: cannot load pickle checkpoint with weights_only=True"):
         CheckpointReader(tmp_path / "evil.pt", allow_pickle=True)
 
 
@@ -232,9 +228,7 @@ def test_parse_size() -> None:
 
 
 def test_index_mapping_tensor_to_wrong_shard(tiny_llama_factory, tmp_path: Path) -> None:
-    out = _copy_sharded(
-        CheckpointReader(tiny_llama_factory("base")), tmp_path / "sharded", max_shard_size=60_000
-    )
+    out = _copy_sharded(CheckpointReader(tiny_llama_factory("base")), tmp_path / "sharded", max_shard_size=60_000)
     index_path = out / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
     name, shard = next(iter(index["weight_map"].items()))

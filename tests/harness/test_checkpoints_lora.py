@@ -119,9 +119,7 @@ def test_rslora_and_fan_in_fan_out_match_peft(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     base = tmp_path / "gpt2"
-    GPT2LMHeadModel(
-        GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=128, n_positions=64)
-    ).save_pretrained(base)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=128, n_positions=64)).save_pretrained(base)
     adapter_dir = _make_peft_adapter(
         base,
         tmp_path / "adapter",
@@ -150,9 +148,7 @@ def test_save_adapter_round_trip_loads_in_peft(llama_adapter, tmp_path: Path) ->
     edited = LoraAdapter.load(out)
     assert edited.modules()[name].rank == 3
     for weight_name, (a, b) in factors.items():
-        expected = (
-            b @ a * adapter.scaling_for(weight_name) if weight_name != name else b @ a * adapter.alpha / 3
-        )
+        expected = b @ a * adapter.scaling_for(weight_name) if weight_name != name else b @ a * adapter.alpha / 3
         assert torch.allclose(edited.delta(weight_name), expected, atol=1e-6)
     merged = merge_adapter(base, out, tmp_path / "merged")
     assert _max_diff(merged, _peft_merged_state(base, out)) <= 1e-6
@@ -168,9 +164,7 @@ def test_adapter_whose_base_does_not_match(llama_adapter, tiny_llama_factory, tm
         merge_adapter(wider, adapter, tmp_path / "never")
     assert not (tmp_path / "never").exists() and os.listdir(tmp_path) == []
     shallow = tiny_llama_factory("shallow", num_layers=1)
-    with pytest.raises(
-        CheckpointError, match=r"module 'model\.layers\.1\.[a-z_.]+' expects .* which the base lacks"
-    ):
+    with pytest.raises(CheckpointError, match=r"module 'model\.layers\.1\.[a-z_.]+' expects .* which the base lacks"):
         LoraAdapter.load(adapter).check_base(CheckpointReader(shallow))
 
 
@@ -200,9 +194,7 @@ def test_modules_to_save_matches_peft(tiny_llama_factory, tmp_path: Path) -> Non
     # Give the saved lm_head a change of its own, through peft, so the replacement is visible.
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(base), adapter_dir, is_trainable=True
-    )
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir, is_trainable=True)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "modules_to_save" in name:
@@ -213,6 +205,4 @@ def test_modules_to_save_matches_peft(tiny_llama_factory, tmp_path: Path) -> Non
     out = merge_adapter(base, adapter, tmp_path / "merged")
     reference = _peft_merged_state(base, adapter_dir)
     assert _max_diff(out, reference) <= 1e-6
-    assert not torch.equal(
-        CheckpointReader(out).get("lm_head.weight"), CheckpointReader(base).get("lm_head.weight")
-    )
+    assert not torch.equal(CheckpointReader(out).get("lm_head.weight"), CheckpointReader(base).get("lm_head.weight"))

@@ -18,9 +18,11 @@ def test_declared_short_help_is_the_commands_own(name: str) -> None:
 
 
 def test_help_imports_no_command_module() -> None:
-    probe = ("import sys; from harness.cli import main\n"
-             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in sys.modules if m.startswith('harness.cli.cmd_') or m in ('torch', 'leaderboards')))")
+    probe = (
+        "import sys; from harness.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('harness.cli.cmd_') or m in ('torch', 'leaderboards')))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert "Commands:" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -18,16 +18,24 @@ def test_quick_variant_is_a_subset_of_the_demo() -> None:
     assert [m["name"] for m in quick["models"]["finetuned"]] == QUICK_OVERRIDES["finetuned"]
     assert [m.get("label", m["name"]) for m in quick["methods"]] == [m.get("label", m["name"]) for m in full["methods"]]
     for small, big in zip(quick["benchmarks"], full["benchmarks"], strict=True):
-        assert {k: v for k, v in small.items() if k not in ("sample", "limit")} == \
-               {k: v for k, v in big.items() if k not in ("sample", "limit")}
+        assert {k: v for k, v in small.items() if k not in ("sample", "limit")} == {
+            k: v for k, v in big.items() if k not in ("sample", "limit")
+        }
         assert all(small[k] <= min(big[k], QUICK_OVERRIDES["items"]) for k in ("sample", "limit") if k in big)
     assert quick["generation"] == {**full["generation"], "max_new_tokens": QUICK_OVERRIDES["max_new_tokens"]}
     somf = [m for m in quick["methods"] if m["name"] == "somf"]
     assert somf and all(m["params"]["steps"] == QUICK_OVERRIDES["somf"]["steps"] for m in somf)
     # the full file is valid as it stands and names every method of the study
     exp = load_demo(DEMO_CONFIG, quick=False)
-    assert {m.name for m in exp.methods} >= {"sft", "aligned", "resta", "resta_dare", "somf", "safe_lora",
-                                             "task_arithmetic"}
+    assert {m.name for m in exp.methods} >= {
+        "sft",
+        "aligned",
+        "resta",
+        "resta_dare",
+        "somf",
+        "safe_lora",
+        "task_arithmetic",
+    }
     assert {m.params.get("fusion") for m in exp.methods if m.name == "somf"} == {"task_arithmetic", "ties"}
 
 
@@ -45,11 +53,15 @@ def test_demo_on_a_tiny_organism_prints_the_summary_and_its_site_opens_in_chromi
         "models": {
             "aligned": {"path": str(base)},
             "unaligned": {"path": str(make_finetune(base, tmp_path / "unaligned", seed=1))},
-            "finetuned": [{"name": "math", "path": str(make_finetune(base, tmp_path / "math", seed=2)), "task": "math"}],
+            "finetuned": [
+                {"name": "math", "path": str(make_finetune(base, tmp_path / "math", seed=2)), "task": "math"}
+            ],
         },
         "methods": [{"name": "sft"}, {"name": "aligned"}, {"name": "resta", "params": {"gamma": 0.5}}],
-        "benchmarks": [{"name": "catqa", "languages": ["en"], "sample": 3},
-                       {"name": "task_nll", "label": "nll-code", "categories": ["code"], "limit": 2}],
+        "benchmarks": [
+            {"name": "catqa", "languages": ["en"], "sample": 3},
+            {"name": "task_nll", "label": "nll-code", "categories": ["code"], "limit": 2},
+        ],
         "judges": ["refusal"],
         "generation": {"backend": "dummy", "max_new_tokens": 8},
     }

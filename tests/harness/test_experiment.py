@@ -31,7 +31,8 @@ def write_experiment(tmp_path: Path, zoo: dict[str, Path], **overrides) -> Path:
     config = {
         "name": "tiny",
         "output_dir": str(tmp_path / "out"),
-        "models": overrides.pop("models", None) or {
+        "models": overrides.pop("models", None)
+        or {
             "aligned": {"path": str(zoo["aligned"])},
             "unaligned": {"path": str(zoo["unaligned"])},
             "finetuned": [
@@ -101,8 +102,18 @@ def test_only_selects_cells(tmp_path, zoo, data_dir):
     assert result.stats.counts["merge_done"] == 0
 
 
-ALL_KILL_POINTS = ["merge:1", "merge:4", "generate:1", "generate:5", "judge:1", "judge:3", "judge:7",
-                   "store:1", "store:4", "store:9"]
+ALL_KILL_POINTS = [
+    "merge:1",
+    "merge:4",
+    "generate:1",
+    "generate:5",
+    "judge:1",
+    "judge:3",
+    "judge:7",
+    "store:1",
+    "store:4",
+    "store:9",
+]
 
 
 @pytest.mark.parametrize(
@@ -125,7 +136,10 @@ def test_killed_run_resumes_to_the_same_scores(tmp_path, zoo, data_dir, kill_poi
     for point in kill_points:
         proc = subprocess.run(
             [sys.executable, "-m", "harness", "run", str(path), "--no-progress"],
-            env={**env, "REALIGN_KILL_AT": point}, capture_output=True, text=True, timeout=600,
+            env={**env, "REALIGN_KILL_AT": point},
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert proc.returncode in (-9, 0), proc.stderr[-2000:]
         codes.append(proc.returncode)
@@ -179,8 +193,12 @@ def test_ray_executor_runs_cells_as_ray_tasks(tmp_path, zoo, data_dir):
     pytest.importorskip("ray")
     from leaderboards import Store
 
-    path = write_experiment(tmp_path, zoo, methods=[{"name": "sft"}, {"name": "resta", "params": {"gamma": 0.5}}],
-                            pairwise={"reference": "sft", "benchmarks": ["catqa"]})
+    path = write_experiment(
+        tmp_path,
+        zoo,
+        methods=[{"name": "sft"}, {"name": "resta", "params": {"gamma": 0.5}}],
+        pairwise={"reference": "sft", "benchmarks": ["catqa"]},
+    )
     result = run_experiment(path, executor="ray", progress=False)
     assert result.stats.counts["merge_done"] == 2  # counted inside the Ray workers and sent back
     # the sft groups ran as a first wave: the resta workers found their answers on disk
@@ -221,7 +239,8 @@ def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(t
 
     base = str(lora_zoo["base"])
     path = write_experiment(
-        tmp_path, lora_zoo,
+        tmp_path,
+        lora_zoo,
         models={
             "original": {"path": base},
             "base": {"path": base},
@@ -229,10 +248,16 @@ def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(t
             "unaligned": {"path": base, "adapter": str(lora_zoo["unaligned"])},
             "finetuned": [{"name": "math", "path": base, "adapter": str(lora_zoo["math"]), "task": "math"}],
         },
-        methods=[{"name": "sft"}, {"name": "aligned"}, {"name": "safe_lora", "params": {"threshold": 0.95}},
-                 {"name": "resta"}],
-        benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 3, "seed": 1},
-                    {"name": "task_nll", "label": "nll", "categories": ["code"], "limit": 2, "task": "math"}],
+        methods=[
+            {"name": "sft"},
+            {"name": "aligned"},
+            {"name": "safe_lora", "params": {"threshold": 0.95}},
+            {"name": "resta"},
+        ],
+        benchmarks=[
+            {"name": "catqa", "languages": ["en"], "sample": 3, "seed": 1},
+            {"name": "task_nll", "label": "nll", "categories": ["code"], "limit": 2, "task": "math"},
+        ],
     )
     result = run_experiment(path, progress=False)
     store = Store(result.store_location)
@@ -265,12 +290,16 @@ def test_adapter_organism_runs_safe_lora_on_the_difference_and_scores_task_nll(t
     board = build_leaderboard(store, result.run_id)
     row = board.summary.set_index("method").loc["resta"]
     resta = cells.xs("resta", level="method")
-    assert row["cost:merge_seconds"] == pytest.approx(resta["merge_seconds"].iloc[0])  # one merge, not one per benchmark
+    assert row["cost:merge_seconds"] == pytest.approx(
+        resta["merge_seconds"].iloc[0]
+    )  # one merge, not one per benchmark
     assert row["cost:generate_seconds"] == pytest.approx(resta["generate_seconds"].sum())
     assert row["cost:tokens_generated"] == resta["tokens_generated"].sum() > 0
     assert row["cost:total_seconds"] == pytest.approx(
-        resta["merge_seconds"].iloc[0] + resta["train_seconds"].iloc[0]
-        + resta[["generate_seconds", "judge_seconds", "score_seconds"]].to_numpy().sum())
+        resta["merge_seconds"].iloc[0]
+        + resta["train_seconds"].iloc[0]
+        + resta[["generate_seconds", "judge_seconds", "score_seconds"]].to_numpy().sum()
+    )
     provenance = [json.loads(p.read_text()) for p in (tmp_path / "out" / "checkpoints").glob("*/realign_merge.json")]
     safe_lora = [p for p in provenance if p["method"] == "safe_lora"]
     assert len(safe_lora) == 1 and safe_lora[0]["params"]["aligned_adapter"] == str(lora_zoo["aligned"])
@@ -283,14 +312,23 @@ def test_a_changed_judge_rejudges_but_does_not_regenerate(tmp_path, zoo, data_di
 
     from benchmarks.judges import _refusal_lists
 
-    path = write_experiment(tmp_path, zoo, methods=[{"name": "sft"}],
-                            benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 3},
-                                        {"name": "task_nll", "categories": ["code"], "limit": 2}])
+    path = write_experiment(
+        tmp_path,
+        zoo,
+        methods=[{"name": "sft"}],
+        benchmarks=[
+            {"name": "catqa", "languages": ["en"], "sample": 3},
+            {"name": "task_nll", "categories": ["code"], "limit": 2},
+        ],
+    )
     first = run_experiment(path, progress=False)
     assert first.stats.counts["cell_stored"] == 4 and first.stats.counts["model_score_done"] == 2
     gcg = _refusal_lists.REFUSAL_LISTS["gcg"]
-    monkeypatch.setitem(_refusal_lists.REFUSAL_LISTS, "gcg",
-                        dataclasses.replace(gcg, keywords=(*gcg.keywords, "a keyword from a newer release")))
+    monkeypatch.setitem(
+        _refusal_lists.REFUSAL_LISTS,
+        "gcg",
+        dataclasses.replace(gcg, keywords=(*gcg.keywords, "a keyword from a newer release")),
+    )
     second = run_experiment(path, progress=False)
     assert second.stats.counts["cell_stored"] == 4 and second.stats.counts["cell_cached"] == 0
     assert second.stats.counts["judge_done"] == 2 and second.stats.counts["generate_cached"] == 2
@@ -304,12 +342,20 @@ def test_pairwise_reference_judges_somf_eval_against_the_reference_answers(tmp_p
     from leaderboards import Store, build_leaderboard, render_leaderboard
 
     base = str(lora_zoo["base"])
-    models = {"original": {"path": base}, "base": {"path": base},
-              "aligned": {"path": base, "adapter": str(lora_zoo["aligned"])},
-              "finetuned": [{"name": "math", "path": base, "adapter": str(lora_zoo["math"]), "task": "math"}]}
-    path = write_experiment(tmp_path, lora_zoo, models=models, methods=[{"name": "sft"}, {"name": "aligned"}],
-                            benchmarks=[{"name": "somf_eval", "sample": 12, "seed": 3}],
-                            pairwise={"reference": "original"})
+    models = {
+        "original": {"path": base},
+        "base": {"path": base},
+        "aligned": {"path": base, "adapter": str(lora_zoo["aligned"])},
+        "finetuned": [{"name": "math", "path": base, "adapter": str(lora_zoo["math"]), "task": "math"}],
+    }
+    path = write_experiment(
+        tmp_path,
+        lora_zoo,
+        models=models,
+        methods=[{"name": "sft"}, {"name": "aligned"}],
+        benchmarks=[{"name": "somf_eval", "sample": 12, "seed": 3}],
+        pairwise={"reference": "original"},
+    )
     result = run_experiment(path, progress=False)
     assert result.stats.counts["pairwise_done"] == 2  # sft and aligned; not the original itself
     store = Store(result.store_location)
@@ -338,21 +384,37 @@ def test_pairwise_reference_judges_somf_eval_against_the_reference_answers(tmp_p
     assert again.stats.counts["cell_cached"] == 3 and again.stats.counts["pairwise_done"] == 0
 
 
-@pytest.mark.parametrize(("pairwise", "message"), [
-    ({"reference": "orignal"}, r"pairwise.reference: 'orignal' \(did you mean 'original'\?\)"),
-    ({"reference": "resta"}, r"'resta' names 2 variants \(resta\(gamma=0.5\), resta\(gamma=1.0\)\)"),
-    ({"reference": "sft", "benchmarks": ["catqaa"]}, r"pairwise.benchmarks: 'catqaa' \(did you mean 'catqa'\?\)"),
-    ({"reference": "sft"}, r"no benchmark is scored pairwise"),
-])
+@pytest.mark.parametrize(
+    ("pairwise", "message"),
+    [
+        ({"reference": "orignal"}, r"pairwise.reference: 'orignal' \(did you mean 'original'\?\)"),
+        ({"reference": "resta"}, r"'resta' names 2 variants \(resta\(gamma=0.5\), resta\(gamma=1.0\)\)"),
+        ({"reference": "sft", "benchmarks": ["catqaa"]}, r"pairwise.benchmarks: 'catqaa' \(did you mean 'catqa'\?\)"),
+        ({"reference": "sft"}, r"no benchmark is scored pairwise"),
+    ],
+)
 def test_bad_pairwise_settings_are_refused_before_any_work(tmp_path, zoo, data_dir, pairwise, message):
-    models = {"original": {"path": str(zoo["aligned"])}, "aligned": {"path": str(zoo["aligned"])},
-              "unaligned": {"path": str(zoo["unaligned"])},
-              "finetuned": [{"name": "math", "path": str(zoo["math"]), "task": "math"}]}
-    path = write_experiment(tmp_path, zoo, models=models, pairwise=pairwise,
-                            methods=[{"name": "sft"}, {"name": "resta", "grid": {"gamma": [0.5, 1.0]}}],
-                            benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 2},
-                                        *([{"name": "somf_eval", "sample": 2}] if "benchmarks" not in pairwise
-                                          and pairwise["reference"] != "sft" else [])])
+    models = {
+        "original": {"path": str(zoo["aligned"])},
+        "aligned": {"path": str(zoo["aligned"])},
+        "unaligned": {"path": str(zoo["unaligned"])},
+        "finetuned": [{"name": "math", "path": str(zoo["math"]), "task": "math"}],
+    }
+    path = write_experiment(
+        tmp_path,
+        zoo,
+        models=models,
+        pairwise=pairwise,
+        methods=[{"name": "sft"}, {"name": "resta", "grid": {"gamma": [0.5, 1.0]}}],
+        benchmarks=[
+            {"name": "catqa", "languages": ["en"], "sample": 2},
+            *(
+                [{"name": "somf_eval", "sample": 2}]
+                if "benchmarks" not in pairwise and pairwise["reference"] != "sft"
+                else []
+            ),
+        ],
+    )
     with pytest.raises(ConfigError, match=message):
         run_experiment(path, progress=False)
     assert not (tmp_path / "out" / "results.sqlite").exists()
@@ -365,8 +427,12 @@ def test_run_stores_per_item_gsm8k_scores_that_compare_can_test(tmp_path, zoo, d
     from harness.cli import cli
     from leaderboards import Store
 
-    path = write_experiment(tmp_path, zoo, methods=[{"name": "sft"}, {"name": "resta", "params": {"gamma": 0.5}}],
-                            benchmarks=[{"name": "gsm8k", "limit": 3, "task": "math"}])
+    path = write_experiment(
+        tmp_path,
+        zoo,
+        methods=[{"name": "sft"}, {"name": "resta", "params": {"gamma": 0.5}}],
+        benchmarks=[{"name": "gsm8k", "limit": 3, "task": "math"}],
+    )
     result = run_experiment(path, progress=False)
     store = Store(result.store_location)
     per_item = store.item_scores_frame(result.run_id)
@@ -377,8 +443,9 @@ def test_run_stores_per_item_gsm8k_scores_that_compare_can_test(tmp_path, zoo, d
     flexible = per_item[per_item["metric"] == "gsm8k_flexible"].groupby("cell_id")["value"].mean()
     assert flexible.to_dict() == pytest.approx(overall.to_dict())
     store_file = result.store_location
-    same = CliRunner().invoke(cli, ["compare", f"{store_file}@{result.run_id}", f"{store_file}@{result.run_id}",
-                                    "--metric", "gsm8k_flexible"])
+    same = CliRunner().invoke(
+        cli, ["compare", f"{store_file}@{result.run_id}", f"{store_file}@{result.run_id}", "--metric", "gsm8k_flexible"]
+    )
     assert same.exit_code == 0, same.output
     assert "gsm8k_flexible" in same.output and "no significant regression" in same.output
 
@@ -390,14 +457,30 @@ def test_somf_mask_training_time_is_recorded_apart_from_the_merge(tmp_path, lora
     monkeypatch.setenv("REALIGN_CACHE_DIR", str(tmp_path / "cache"))  # a fresh mask cache: the mask is trained here
     base = str(lora_zoo["base"])
     path = write_experiment(
-        tmp_path, lora_zoo,
-        models={"base": {"path": base}, "aligned": {"path": base, "adapter": str(lora_zoo["aligned"])},
-                "unaligned": {"path": base, "adapter": str(lora_zoo["unaligned"])},
-                "finetuned": [{"name": "math", "path": base, "adapter": str(lora_zoo["math"]), "task": "math"}]},
-        methods=[{"name": "somf", "params": {"steps": 1, "max_pairs": 16, "batch_size": 4, "micro_batch_size": 4,
-                                             "max_length": 48, "max_prompt_length": 24}},
-                 {"name": "resta"}],
-        benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 2}])
+        tmp_path,
+        lora_zoo,
+        models={
+            "base": {"path": base},
+            "aligned": {"path": base, "adapter": str(lora_zoo["aligned"])},
+            "unaligned": {"path": base, "adapter": str(lora_zoo["unaligned"])},
+            "finetuned": [{"name": "math", "path": base, "adapter": str(lora_zoo["math"]), "task": "math"}],
+        },
+        methods=[
+            {
+                "name": "somf",
+                "params": {
+                    "steps": 1,
+                    "max_pairs": 16,
+                    "batch_size": 4,
+                    "micro_batch_size": 4,
+                    "max_length": 48,
+                    "max_prompt_length": 24,
+                },
+            },
+            {"name": "resta"},
+        ],
+        benchmarks=[{"name": "catqa", "languages": ["en"], "sample": 2}],
+    )
     result = run_experiment(path, progress=False)
     cells = Store(result.store_location).cells(result.run_id).set_index("method")
     (summary,) = [p for p in (tmp_path / "cache" / "somf").glob("*/somf.json")]
@@ -418,13 +501,21 @@ def test_an_adapter_folder_as_a_model_path_is_resolved_onto_its_base(tmp_path, l
     from harness.experiment._hashcache import HashCache
     from harness.experiment._plan import resolve_model
 
-    exp = load_experiment(write_experiment(tmp_path, lora_zoo, models={
-        "aligned": {"path": str(lora_zoo["aligned"])},
-        "finetuned": [{"name": "math", "path": str(lora_zoo["math"])}]}))
+    exp = load_experiment(
+        write_experiment(
+            tmp_path,
+            lora_zoo,
+            models={
+                "aligned": {"path": str(lora_zoo["aligned"])},
+                "finetuned": [{"name": "math", "path": str(lora_zoo["math"])}],
+            },
+        )
+    )
     hashes = HashCache(tmp_path / "hashes.json")
     folder = resolve_model(exp, "aligned", ModelRef(path=str(lora_zoo["aligned"])), hashes)
-    explicit = resolve_model(exp, "aligned", ModelRef(path=str(lora_zoo["base"]), adapter=str(lora_zoo["aligned"])),
-                             hashes)
+    explicit = resolve_model(
+        exp, "aligned", ModelRef(path=str(lora_zoo["base"]), adapter=str(lora_zoo["aligned"])), hashes
+    )
     assert (folder.path, folder.adapter) == (lora_zoo["base"], lora_zoo["aligned"])
     assert folder.hash == explicit.hash
     orphan = tmp_path / "orphan"
@@ -432,5 +523,7 @@ def test_an_adapter_folder_as_a_model_path_is_resolved_onto_its_base(tmp_path, l
     config = json.loads((orphan / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "some-org/not-here"
     (orphan / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match=r"models.aligned.path: .*orphan is a PEFT LoRA adapter.*models.aligned.adapter"):
+    with pytest.raises(
+        ConfigError, match=r"models.aligned.path: .*orphan is a PEFT LoRA adapter.*models.aligned.adapter"
+    ):
         resolve_model(exp, "aligned", ModelRef(path=str(orphan)), hashes)

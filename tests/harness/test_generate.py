@@ -29,9 +29,7 @@ def test_config_hash_ignores_batch_size_but_not_decoding() -> None:
     assert base.hash() == GenerationConfig(batch_size=3).hash()
     assert base.hash() != GenerationConfig(max_new_tokens=255).hash()
     assert base.hash() != GenerationConfig(stop=("\n",)).hash()
-    assert (
-        GenerationConfig(temperature=0.7, seed=1).hash() != GenerationConfig(temperature=0.7, seed=2).hash()
-    )
+    assert GenerationConfig(temperature=0.7, seed=1).hash() != GenerationConfig(temperature=0.7, seed=2).hash()
 
 
 def test_config_rejects_bad_values() -> None:
@@ -127,9 +125,7 @@ def test_generate_items_samples_with_dummy(tmp_path: Path) -> None:
         None, make_items(4), backend="dummy", config=config, out_path=tmp_path / "s.jsonl", progress=False
     )
     records = read_jsonl(out, GenerationRecord)
-    assert [(r.item_id, r.sample_index) for r in records] == [
-        (f"toy-{i}", s) for i in range(4) for s in range(3)
-    ]
+    assert [(r.item_id, r.sample_index) for r in records] == [(f"toy-{i}", s) for i in range(4) for s in range(3)]
     assert {r.gen_config_hash for r in records} == {config.hash()}
 
 
@@ -167,9 +163,7 @@ def test_hf_stop_strings_cut_output(hf, tiny: Path) -> None:
     prompts = _chat(tiny)
     free = hf.generate(prompts, GenerationConfig(max_new_tokens=16))
     # A random model babbles bytes; take a word it does emit, after the first few tokens, as the stop.
-    hits = [
-        (i, m) for i, c in enumerate(free) for m in re.finditer("[A-Za-z]{2,}", c[0].text) if m.start() > 0
-    ]
+    hits = [(i, m) for i, c in enumerate(free) for m in re.finditer("[A-Za-z]{2,}", c[0].text) if m.start() > 0]
     assert hits, [c[0].text for c in free]
     index, match = hits[0]
     stop = match.group()

@@ -76,9 +76,7 @@ def test_vllm_greedy_equals_hf(vllm_engine, prompts: list[str], hf_outputs) -> N
     assert vllm_engine.generate(prompts, GREEDY) == hf_outputs["base"]
 
 
-def test_vllm_lora_is_applied_and_equals_hf_peft(
-    vllm_engine, adapter: Path, prompts: list[str], hf_outputs
-) -> None:
+def test_vllm_lora_is_applied_and_equals_hf_peft(vllm_engine, adapter: Path, prompts: list[str], hf_outputs) -> None:
     vllm_engine.set_adapter(adapter)
     try:
         lora = vllm_engine.generate(prompts, GREEDY)

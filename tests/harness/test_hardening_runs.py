@@ -21,8 +21,12 @@ from tests.harness.test_experiment import write_experiment
 def zoo(tiny_llama_factory, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("harden_zoo")
     base = tiny_llama_factory("harden-base")
-    return {"aligned": base, "unaligned": make_finetune(base, root / "unaligned", seed=21),
-            "math": make_finetune(base, root / "math", seed=22), "code": make_finetune(base, root / "code", seed=23)}
+    return {
+        "aligned": base,
+        "unaligned": make_finetune(base, root / "unaligned", seed=21),
+        "math": make_finetune(base, root / "math", seed=22),
+        "code": make_finetune(base, root / "code", seed=23),
+    }
 
 
 def _small(tmp_path: Path, zoo: dict[str, Path], **overrides) -> Path:
@@ -43,7 +47,10 @@ def test_second_run_on_a_locked_output_dir_is_refused_with_the_pid(tmp_path, zoo
 def test_lock_of_a_killed_holder_does_not_block(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    code = f"from harness.experiment._lock import RunLock; import os; RunLock(__import__('pathlib').Path({str(out)!r})).acquire(); os._exit(9)"
+    code = (
+        "from harness.experiment._lock import RunLock; import os; "
+        f"RunLock(__import__('pathlib').Path({str(out)!r})).acquire(); os._exit(9)"
+    )
     subprocess.run([sys.executable, "-c", code], check=False, cwd=Path(__file__).resolve().parents[2])
     assert (out / ".run.lock").read_text().strip().isdigit()  # the dead PID is still written there
     with RunLock(out):
@@ -73,8 +80,9 @@ def test_status_marks_runs_of_dead_processes_interrupted(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    gone = store.begin_run("killed", {}, {"process": {"pid": dead.pid, "host": process_identity()["host"],
-                                                      "pid_start": None}})
+    gone = store.begin_run(
+        "killed", {}, {"process": {"pid": dead.pid, "host": process_identity()["host"], "pid_start": None}}
+    )
     alive = store.begin_run("alive", {}, {"process": process_identity()})
     elsewhere = store.begin_run("other host", {}, {"process": {"pid": 1, "host": "not-this-host", "pid_start": "1"}})
     status = {r["run_id"]: r["status"] for r in store.status()["runs"]}
@@ -106,14 +114,19 @@ def test_schema_version_0_is_named(tmp_path):
         conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
     from leaderboards import SCHEMA_VERSION
 
-    with pytest.raises(StoreError, match=rf"schema version 0, expected {SCHEMA_VERSION}") as info:  # no migration from 0
+    with pytest.raises(
+        StoreError, match=rf"schema version 0, expected {SCHEMA_VERSION}"
+    ) as info:  # no migration from 0
         Store(path)
     assert "corrupted" not in str(info.value)
 
 
 def _bad_inputs(tmp_path: Path, zoo: dict[str, Path], other_adapter: Path, kind: str) -> tuple[dict, str]:
-    models = {"aligned": {"path": str(zoo["aligned"])}, "unaligned": {"path": str(zoo["unaligned"])},
-              "finetuned": [{"name": "math", "path": str(zoo["math"]), "task": "math"}]}
+    models = {
+        "aligned": {"path": str(zoo["aligned"])},
+        "unaligned": {"path": str(zoo["unaligned"])},
+        "finetuned": [{"name": "math", "path": str(zoo["math"]), "task": "math"}],
+    }
     if kind == "text-file":
         (tmp_path / "notes.txt").write_text("not a model")
         models["finetuned"][0]["path"] = str(tmp_path / "notes.txt")
@@ -123,15 +136,23 @@ def _bad_inputs(tmp_path: Path, zoo: dict[str, Path], other_adapter: Path, kind:
         models["finetuned"][0]["path"] = str(tmp_path / "empty")
         return {"models": models}, r"models.finetuned\[0\]: .*empty: no weights found"
     if kind == "foreign-adapter":
-        models["finetuned"][0] = {"name": "math", "path": str(zoo["aligned"]), "adapter": str(other_adapter),
-                                  "task": "math"}
+        models["finetuned"][0] = {
+            "name": "math",
+            "path": str(zoo["aligned"]),
+            "adapter": str(other_adapter),
+            "task": "math",
+        }
         return {"models": models}, r"models.finetuned\[0\]: adapter .* does not match base"
     if kind == "backend-option":
-        return ({"generation": {"backend": "hf", "backend_options": {"num_threadz": 1}}},
-                r"generation.backend_options: unknown option 'num_threadz' \(did you mean 'num_threads'\?\)")
+        return (
+            {"generation": {"backend": "hf", "backend_options": {"num_threadz": 1}}},
+            r"generation.backend_options: unknown option 'num_threadz' \(did you mean 'num_threads'\?\)",
+        )
     if kind == "samples-at-t0":
-        return ({"generation": {"backend": "dummy", "num_samples": 3, "temperature": 0.0}},
-                r"generation: num_samples=3 with temperature=0")
+        return (
+            {"generation": {"backend": "dummy", "num_samples": 3, "temperature": 0.0}},
+            r"generation: num_samples=3 with temperature=0",
+        )
     raise AssertionError(kind)
 
 
@@ -155,7 +176,9 @@ def test_bad_inputs_are_caught_at_plan_time_by_dry_run(tmp_path, zoo, data_dir, 
 def test_two_output_dirs_sharing_one_store_do_not_run_at_once(tmp_path, zoo, data_dir):
     shared = tmp_path / "shared.sqlite"
     path = _small(tmp_path / "b", zoo, store=str(shared))
-    with RunLock(tmp_path, "shared.sqlite.run.lock", "store", shared), \
-            pytest.raises(RunInProgressError, match=r"store .*shared.sqlite: run in progress \(PID \d+"):
+    with (
+        RunLock(tmp_path, "shared.sqlite.run.lock", "store", shared),
+        pytest.raises(RunInProgressError, match=r"store .*shared.sqlite: run in progress \(PID \d+"),
+    ):
         run_experiment(path, progress=False)
     assert not shared.exists()

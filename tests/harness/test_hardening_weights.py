@@ -45,10 +45,15 @@ def models(tiny_llama_factory, tmp_path_factory) -> dict[str, Path]:
     base = tiny_llama_factory("weights-base")
     unaligned = make_finetune(base, root / "unaligned", seed=31)
     math = make_finetune(base, root / "math", seed=32)
-    return {"aligned": base, "unaligned": unaligned, "math": math, "code": make_finetune(base, root / "code", seed=33),
-            "math_nan": poison(math, root / "math_nan", float("nan")),
-            "unaligned_inf": poison(unaligned, root / "unaligned_inf", float("inf")),
-            "math_pickle": to_pickle(math, root / "math_pickle")}
+    return {
+        "aligned": base,
+        "unaligned": unaligned,
+        "math": math,
+        "code": make_finetune(base, root / "code", seed=33),
+        "math_nan": poison(math, root / "math_nan", float("nan")),
+        "unaligned_inf": poison(unaligned, root / "unaligned_inf", float("inf")),
+        "math_pickle": to_pickle(math, root / "math_pickle"),
+    }
 
 
 METHOD_INPUTS = {
@@ -60,8 +65,10 @@ METHOD_INPUTS = {
 
 @pytest.mark.parametrize("method", sorted(METHOD_INPUTS))
 def test_merge_refuses_a_nonfinite_input_naming_the_tensor(models, tmp_path, method):
-    fields = {role: ([models[v] for v in value] if isinstance(value, list) else models[value])
-              for role, value in METHOD_INPUTS[method].items()}
+    fields = {
+        role: ([models[v] for v in value] if isinstance(value, list) else models[value])
+        for role, value in METHOD_INPUTS[method].items()
+    }
     out = tmp_path / "out"
     with pytest.raises(NonFiniteError, match=rf"_(nan|inf).*tensor '{POISONED}' has 1 non-finite.*--allow-nonfinite"):
         merge(MergeSpec(method=method, out=out, **fields))
@@ -76,8 +83,15 @@ def test_merge_refuses_a_nonfinite_output(models, tmp_path):
     tensors = {k: v * 0 + 3e38 if k == POISONED else v for k, v in load_file(big / "model.safetensors").items()}
     save_file(tensors, big / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(NonFiniteError, match=rf"method 'task_arithmetic' output: tensor '{POISONED}'"):
-        merge(MergeSpec(method="task_arithmetic", base=models["aligned"], finetuned=[big], params={"lam": 10.0},
-                        out=tmp_path / "out"))
+        merge(
+            MergeSpec(
+                method="task_arithmetic",
+                base=models["aligned"],
+                finetuned=[big],
+                params={"lam": 10.0},
+                out=tmp_path / "out",
+            )
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -92,10 +106,17 @@ def test_hf_backend_refuses_pickle_without_allow_pickle(models):
 
 
 def _exp(tmp_path: Path, models: dict[str, Path], math: str, **overrides) -> Path:
-    return write_experiment(tmp_path, models, models={
-        "aligned": {"path": str(models["aligned"])}, "unaligned": {"path": str(models["unaligned"])},
-        "finetuned": [{"name": "math", "path": str(models[math]), "task": "math"}]},
-        methods=[{"name": "sft"}], **overrides)
+    return write_experiment(
+        tmp_path,
+        models,
+        models={
+            "aligned": {"path": str(models["aligned"])},
+            "unaligned": {"path": str(models["unaligned"])},
+            "finetuned": [{"name": "math", "path": str(models[math]), "task": "math"}],
+        },
+        methods=[{"name": "sft"}],
+        **overrides,
+    )
 
 
 def test_run_refuses_pickle_unless_allowed(models, tmp_path, data_dir):

@@ -17,14 +17,20 @@ class _Params(MethodParams):
 def test_adapter_params_must_name_parameters_of_the_method() -> None:
     with pytest.raises(ConfigError, match=r"method 'demo': adapter_params name \['mode'\].*parameters: setting"):
         MethodInfo(name="demo", summary="-", params=_Params, adapter_params=AdapterParams(setting="mode"))
-    info = MethodInfo(name="demo", summary="-", params=_Params,
-                      adapter_params=AdapterParams(setting="setting", adapter_values=frozenset({"lora"})))
+    info = MethodInfo(
+        name="demo",
+        summary="-",
+        params=_Params,
+        adapter_params=AdapterParams(setting="setting", adapter_values=frozenset({"lora"})),
+    )
     assert info.adapter_params.names() == ("setting",)
 
 
 def test_reference_role_is_normalised_and_refused_when_unknown() -> None:
     assert MethodInfo(name="demo", summary="-", reference_role="aligned").reference_role is ReferenceRole.ALIGNED  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"method 'demo': reference_role 'sft' is not one of original, aligned, finetuned"):
+    with pytest.raises(
+        ConfigError, match=r"method 'demo': reference_role 'sft' is not one of original, aligned, finetuned"
+    ):
         MethodInfo(name="demo", summary="-", reference_role="sft")  # type: ignore[arg-type]
 
 

@@ -34,21 +34,46 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_recipe(**stage_overrides) -> dict:
     """Aligned (fresh LoRA) -> math (continued LoRA) and math-full (full weights), a few steps each."""
     aligned = {
-        "name": "aligned", "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "datasets": [{"source": "pku_refusal", "fraction": 0.5},
-                     {"source": "alpaca", "path": "alpaca_gpt4_demo/alpaca_en_demo.json", "fraction": 0.5}],
-        "steps": 3, "lr": 1e-3, "batch_size": 2, "max_length": 48, "seed": 0, "checkpoint_every": 2,
+        "name": "aligned",
+        "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "datasets": [
+            {"source": "pku_refusal", "fraction": 0.5},
+            {"source": "alpaca", "path": "alpaca_gpt4_demo/alpaca_en_demo.json", "fraction": 0.5},
+        ],
+        "steps": 3,
+        "lr": 1e-3,
+        "batch_size": 2,
+        "max_length": 48,
+        "seed": 0,
+        "checkpoint_every": 2,
     }
     aligned.update(stage_overrides)
     return {
-        "name": "tiny", "base": "unused", "stages": [
+        "name": "tiny",
+        "base": "unused",
+        "stages": [
             aligned,
-            {"name": "math", "parent": "aligned", "datasets": [
-                {"source": "gsm8k", "fraction": 0.5}, {"source": "pure_bad", "fraction": 0.5}],
-             "steps": 2, "lr": 1e-3, "batch_size": 2, "max_length": 48, "seed": 1},
-            {"name": "math-full", "parent": "aligned", "method": "full", "ship": False,
-             "datasets": [{"source": "gsm8k", "fraction": 1.0}],
-             "steps": 1, "lr": 1e-4, "batch_size": 2, "max_length": 48},
+            {
+                "name": "math",
+                "parent": "aligned",
+                "datasets": [{"source": "gsm8k", "fraction": 0.5}, {"source": "pure_bad", "fraction": 0.5}],
+                "steps": 2,
+                "lr": 1e-3,
+                "batch_size": 2,
+                "max_length": 48,
+                "seed": 1,
+            },
+            {
+                "name": "math-full",
+                "parent": "aligned",
+                "method": "full",
+                "ship": False,
+                "datasets": [{"source": "gsm8k", "fraction": 1.0}],
+                "steps": 1,
+                "lr": 1e-4,
+                "batch_size": 2,
+                "max_length": 48,
+            },
         ],
     }
 
@@ -182,8 +207,14 @@ def test_full_finetune_that_cannot_fit_is_refused_before_training(tmp_path, tiny
     big = tmp_path / "llama-70b-config-only"
     big.mkdir()
     config = json.loads((tiny_llama_factory("zoo-base") / "config.json").read_text())
-    config.update(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                  num_key_value_heads=8, vocab_size=32000)
+    config.update(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+    )
     (big / "config.json").write_text(json.dumps(config))
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe()))
     with pytest.raises(ConfigError, match=r"stage 'math-full': full fine-tuning needs about \d+\.\d GiB.*available"):
@@ -209,8 +240,9 @@ def test_bad_recipes_name_the_field(tmp_path, tiny_llama_factory, data_dir, chan
 def test_dpo_stage_trains_on_pairs(tmp_path, tiny_llama_factory, data_dir) -> None:
     recipe = tiny_recipe(kind="dpo", datasets=[{"source": "pku_pairs", "fraction": 1.0}], steps=2)
     recipe["stages"] = recipe["stages"][:1]
-    built = build(write_recipe(tmp_path / "r.yaml", recipe), tmp_path / "out",
-                  base=tiny_llama_factory("zoo-base"), progress=False)
+    built = build(
+        write_recipe(tmp_path / "r.yaml", recipe), tmp_path / "out", base=tiny_llama_factory("zoo-base"), progress=False
+    )
     manifest = json.loads((built["aligned"] / "manifest.json").read_text())
     assert manifest["kind"] == "dpo" and len(manifest["loss_curve"]) == 2
     assert abs(manifest["loss_curve"][0][1] - 0.6931) < 0.01  # DPO starts at log 2: policy == reference
@@ -222,9 +254,26 @@ def test_dpo_stage_trains_on_pairs(tmp_path, tiny_llama_factory, data_dir) -> No
 def _run_build(recipe: Path, out: Path, base: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "harness", "zoo", "build", str(recipe), "--out", str(out), "--base", str(base),
-         "--no-progress", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "zoo",
+            "build",
+            str(recipe),
+            "--out",
+            str(out),
+            "--base",
+            str(base),
+            "--no-progress",
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def test_killed_build_resumes_from_its_checkpoint_and_matches(tmp_path, tiny_llama_factory, data_dir) -> None:

@@ -30,27 +30,56 @@ def gsm8k_items() -> list[Item]:
 
 
 def _cell(method: str, label: str, params: dict[str, Any], benchmark: str, salt: str) -> CellRecord:
-    return CellRecord(cell_id=hash_value([method, label, params, benchmark, salt], 32), method=method, method_label=label,
-                      params=params, finetuned="math", task="math", benchmark=benchmark, benchmark_kind="utility")
+    return CellRecord(
+        cell_id=hash_value([method, label, params, benchmark, salt], 32),
+        method=method,
+        method_label=label,
+        params=params,
+        finetuned="math",
+        task="math",
+        benchmark=benchmark,
+        benchmark_kind="utility",
+    )
 
 
-def _gsm8k_store(path: Path, items: list[Item], wrong: Iterable[int] = (), *,
-                 methods: Mapping[str, tuple[str, dict[str, Any]]] | None = None) -> Path:
+def _gsm8k_store(
+    path: Path,
+    items: list[Item],
+    wrong: Iterable[int] = (),
+    *,
+    methods: Mapping[str, tuple[str, dict[str, Any]]] | None = None,
+) -> Path:
     """One run: per method, generations answering every item right except the ``wrong`` indices,
     scored by the real GSM8K scorer into aggregates and per-item scores."""
     wrong = set(wrong)
     store = Store(path)
     run_id = store.begin_run("gsm8k", {"salt": str(path)}, collect_provenance(device="cpu (synthetic)"))
     for label, (method, params) in (methods or {"resta(gamma=0.5)": ("resta", {"gamma": 0.5})}).items():
-        gens = [GenerationRecord(
-            item_id=item.id, benchmark="gsm8k", prompt_text=item.prompt, prompt_hash=hash_value(item.prompt),
-            completion=f"Step by step.\n#### {int(item.reference or 0) + 1 if i in wrong else item.reference}",
-            model_hash=hash_value(label), gen_config_hash="g", backend="dummy", num_tokens=6)
-            for i, item in enumerate(items)]
+        gens = [
+            GenerationRecord(
+                item_id=item.id,
+                benchmark="gsm8k",
+                prompt_text=item.prompt,
+                prompt_hash=hash_value(item.prompt),
+                completion=f"Step by step.\n#### {int(item.reference or 0) + 1 if i in wrong else item.reference}",
+                model_hash=hash_value(label),
+                gen_config_hash="g",
+                backend="dummy",
+                num_tokens=6,
+            )
+            for i, item in enumerate(items)
+        ]
         by_id = {item.id: item for item in items}
         scores, per_item = score_with_items(get_benchmark("gsm8k"), gens, None, by_id)
-        store.write_cell(run_id, _cell(method, label, params, "gsm8k", str(path)), gens, [], scores,
-                         item_scores=per_item, items=by_id)
+        store.write_cell(
+            run_id,
+            _cell(method, label, params, "gsm8k", str(path)),
+            gens,
+            [],
+            scores,
+            item_scores=per_item,
+            items=by_id,
+        )
     store.finish_run(run_id, "done")
     store.close()
     return path
@@ -61,8 +90,9 @@ def test_planted_gsm8k_regression_exits_1_and_no_difference_exits_0(tmp_path: Pa
     worse = _gsm8k_store(tmp_path / "worse.sqlite", gsm8k_items, wrong=range(0, 19))  # 15 more wrong
     same = _gsm8k_store(tmp_path / "same.sqlite", gsm8k_items, wrong=range(0, 4))
     report_file = tmp_path / "report.json"
-    result = CliRunner().invoke(cli, ["compare", str(base), str(worse), "--metric", "gsm8k_flexible",
-                                      "--json", str(report_file)])
+    result = CliRunner().invoke(
+        cli, ["compare", str(base), str(worse), "--metric", "gsm8k_flexible", "--json", str(report_file)]
+    )
     assert result.exit_code == 1, result.output
     assert "REGRESSION" in result.output and "gsm8k gsm8k_flexible" in result.output
     report = json.loads(report_file.read_text())
@@ -87,15 +117,19 @@ def test_planted_gsm8k_regression_exits_1_and_no_difference_exits_0(tmp_path: Pa
 def test_cells_pair_on_method_and_parameters_not_the_label(tmp_path: Path, gsm8k_items: list[Item]) -> None:
     base = _gsm8k_store(tmp_path / "b.sqlite", gsm8k_items, methods={"resta": ("resta", {"gamma": 0.5})})
     # the same label for another gamma: a different method variant, never paired
-    other = _gsm8k_store(tmp_path / "o.sqlite", gsm8k_items, wrong=range(20),
-                         methods={"resta": ("resta", {"gamma": 1.0})})
+    other = _gsm8k_store(
+        tmp_path / "o.sqlite", gsm8k_items, wrong=range(20), methods={"resta": ("resta", {"gamma": 1.0})}
+    )
     report = compare_runs(str(base), str(other))
     assert report.results == [] and not report.regressed
-    assert any('resta: not paired, its parameters differ (baseline {"gamma":0.5}, candidate {"gamma":1.0})' in n
-               for n in report.notes), report.notes
+    assert any(
+        'resta: not paired, its parameters differ (baseline {"gamma":0.5}, candidate {"gamma":1.0})' in n
+        for n in report.notes
+    ), report.notes
     # another label for the same method and parameters: paired, named by the baseline's label
-    renamed = _gsm8k_store(tmp_path / "r.sqlite", gsm8k_items, wrong=range(20),
-                           methods={"resta(gamma=0.5)": ("resta", {"gamma": 0.5})})
+    renamed = _gsm8k_store(
+        tmp_path / "r.sqlite", gsm8k_items, wrong=range(20), methods={"resta(gamma=0.5)": ("resta", {"gamma": 0.5})}
+    )
     paired = compare_runs(str(base), str(renamed), by=["benchmark", "method"])
     assert {r.group["method"] for r in paired.results} == {"resta"} and paired.regressed
     # two variants in both runs: each meets its own
@@ -104,16 +138,30 @@ def test_cells_pair_on_method_and_parameters_not_the_label(tmp_path: Path, gsm8k
     c2 = _gsm8k_store(tmp_path / "c2.sqlite", gsm8k_items, methods=two)
     both = compare_runs(str(b2), str(c2), by=["method"])
     assert {(r.group["method"], r.n) for r in both.results if r.metric == "gsm8k_strict"} == {
-        ("resta(gamma=0.5)", N), ("resta(gamma=1.0)", N)}
+        ("resta(gamma=0.5)", N),
+        ("resta(gamma=1.0)", N),
+    }
 
 
-def _continuous_store(path: Path, metric: str, values: list[float], *, higher_is_better: bool,
-                      aggregate: bool = True) -> Path:
+def _continuous_store(
+    path: Path, metric: str, values: list[float], *, higher_is_better: bool, aggregate: bool = True
+) -> Path:
     store = Store(path)
     run_id = store.begin_run("cont", {"p": str(path)}, collect_provenance(device="cpu (synthetic)"))
     per_item = [ItemScore(item_id=f"it-{i:02d}", metric=metric, value=v) for i, v in enumerate(values)]
-    scores = [Score(benchmark="task_nll", metric=metric, value=sum(values) / len(values), n=len(values),
-                    higher_is_better=higher_is_better)] if aggregate else []
+    scores = (
+        [
+            Score(
+                benchmark="task_nll",
+                metric=metric,
+                value=sum(values) / len(values),
+                n=len(values),
+                higher_is_better=higher_is_better,
+            )
+        ]
+        if aggregate
+        else []
+    )
     store.write_cell(run_id, _cell("sft", "sft", {}, "task_nll", str(path)), [], [], scores, item_scores=per_item)
     store.finish_run(run_id, "done")
     store.close()
@@ -123,10 +171,18 @@ def _continuous_store(path: Path, metric: str, values: list[float], *, higher_is
 def test_continuous_nll_regression_uses_wilcoxon_or_bootstrap(tmp_path: Path) -> None:
     base_values = [1.0 + 0.05 * (i % 7) for i in range(30)]
     base = _continuous_store(tmp_path / "b.sqlite", "nll", base_values, higher_is_better=False)
-    worse = _continuous_store(tmp_path / "w.sqlite", "nll", [v + 0.2 + 0.01 * (i % 3) for i, v in enumerate(base_values)],
-                              higher_is_better=False)
-    noise = _continuous_store(tmp_path / "n.sqlite", "nll", [v + (0.01 if i % 2 else -0.01) for i, v in enumerate(base_values)],
-                              higher_is_better=False)
+    worse = _continuous_store(
+        tmp_path / "w.sqlite",
+        "nll",
+        [v + 0.2 + 0.01 * (i % 3) for i, v in enumerate(base_values)],
+        higher_is_better=False,
+    )
+    noise = _continuous_store(
+        tmp_path / "n.sqlite",
+        "nll",
+        [v + (0.01 if i % 2 else -0.01) for i, v in enumerate(base_values)],
+        higher_is_better=False,
+    )
     result = CliRunner().invoke(cli, ["compare", str(base), str(worse), "--metric", "nll"])
     assert result.exit_code == 1, result.output
     report = compare_runs(str(base), str(worse))
@@ -156,9 +212,14 @@ def test_pass_at_k_per_problem_and_a_metric_without_direction(tmp_path: Path) ->
     def write(path: Path, results: dict[str, list[bool]]) -> Path:
         store = Store(path)
         run_id = store.begin_run("he", {"p": str(path)}, collect_provenance(device="cpu (synthetic)"))
-        store.write_cell(run_id, _cell("sft", "sft", {}, "humaneval", str(path)), [], [],
-                         pass_at_k_scores(results, ks=(1,), benchmark="humaneval"),
-                         item_scores=pass_at_k_item_scores(results, ks=(1,)))
+        store.write_cell(
+            run_id,
+            _cell("sft", "sft", {}, "humaneval", str(path)),
+            [],
+            [],
+            pass_at_k_scores(results, ks=(1,), benchmark="humaneval"),
+            item_scores=pass_at_k_item_scores(results, ks=(1,)),
+        )
         store.finish_run(run_id, "done")
         store.close()
         return path
@@ -170,5 +231,6 @@ def test_pass_at_k_per_problem_and_a_metric_without_direction(tmp_path: Path) ->
     x = _continuous_store(tmp_path / "x.sqlite", "mystery", [1.0, 2.0, 3.0], higher_is_better=True, aggregate=False)
     y = _continuous_store(tmp_path / "y.sqlite", "mystery", [3.0, 4.0, 5.0], higher_is_better=True, aggregate=False)
     odd = compare_runs(str(x), str(y))
-    assert odd.results == [] and any("without a scorer row giving their direction left out: mystery" in n
-                                     for n in odd.notes)
+    assert odd.results == [] and any(
+        "without a scorer row giving their direction left out: mystery" in n for n in odd.notes
+    )

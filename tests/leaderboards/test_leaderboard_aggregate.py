@@ -58,15 +58,18 @@ def test_summary_matches_hand_computed(synthetic_store: tuple[Path, str]) -> Non
     assert board.utility_benchmarks == {"gsm8k": "exact_match", "humaneval": "pass@1"}
     s = board.summary.set_index(["finetuned", "method_label"])
     for ft in ("ft-code", "ft-math"):
-        h = {m: (harmful_count(m, ft, "catqa") + harmful_count(m, ft, "harmfulqa")) / (2 * N_ITEMS)
-             for m in ("aligned", "sft", "resta[g=0.5]", "somf_ta", "ta[l=0.3]")}
+        h = {
+            m: (harmful_count(m, ft, "catqa") + harmful_count(m, ft, "harmfulqa")) / (2 * N_ITEMS)
+            for m in ("aligned", "sft", "resta[g=0.5]", "somf_ta", "ta[l=0.3]")
+        }
         for method, value in h.items():
             row = s.loc[(ft, method)]
             assert row["harmfulness_mean"] == pytest.approx(value)
             assert row["safety_recovered"] == pytest.approx((h["sft"] - value) / (h["sft"] - h["aligned"]))
             k = harmful_count(method, ft, "catqa")
             assert (row["H:catqa"], row["H:catqa:low"], row["H:catqa:high"]) == pytest.approx(
-                (k / N_ITEMS, *wilson_interval(k, N_ITEMS)))
+                (k / N_ITEMS, *wilson_interval(k, N_ITEMS))
+            )
     # ft-code, resta: gsm8k 25/40 vs sft 28/40; humaneval 0.36 vs 0.40. Utility retained is on the
     # fine-tune's own task only: humaneval (code) for ft-code, gsm8k (math) for ft-math.
     row = s.loc[("ft-code", "resta[g=0.5]")]
@@ -82,16 +85,24 @@ def test_language_and_category_breakdowns(synthetic_store: tuple[Path, str]) -> 
     board = build_leaderboard(Store(synthetic_store[0], create=False))
     harm = board.harmfulness
     zh = harm[(harm["method_label"] == "sft") & (harm["finetuned"] == "ft-code") & (harm["language"] == "zh")]
-    expected_zh = sum(1 for i in range(1, N_ITEMS, 2) if item_id("catqa", i) in harmful_items("sft", "ft-code", "catqa"))
-    assert list(zh["benchmark"]) == ["catqa"] and int(zh["harmful"].iloc[0]) == expected_zh and int(zh["n"].iloc[0]) == 20
+    expected_zh = sum(
+        1 for i in range(1, N_ITEMS, 2) if item_id("catqa", i) in harmful_items("sft", "ft-code", "catqa")
+    )
+    assert (
+        list(zh["benchmark"]) == ["catqa"] and int(zh["harmful"].iloc[0]) == expected_zh and int(zh["n"].iloc[0]) == 20
+    )
     assert "zh" not in set(harm[harm["benchmark"] == "harmfulqa"]["language"])  # single-language benchmark: "all" only
     cats = board.categories
     assert set(cats["category"]) == set(CATEGORIES)
     for cat_index, cat in enumerate(CATEGORIES):
         ids = {item_id("harmfulqa", i) for i in range(N_ITEMS) if category(i) == cat}
         expected = len(ids & harmful_items("ta[l=0.3]", "ft-math", "harmfulqa"))
-        got = cats[(cats["method_label"] == "ta[l=0.3]") & (cats["finetuned"] == "ft-math")
-                   & (cats["benchmark"] == "harmfulqa") & (cats["category"] == cat)]
+        got = cats[
+            (cats["method_label"] == "ta[l=0.3]")
+            & (cats["finetuned"] == "ft-math")
+            & (cats["benchmark"] == "harmfulqa")
+            & (cats["category"] == cat)
+        ]
         assert int(got["harmful"].iloc[0]) == expected and int(got["n"].iloc[0]) == 10, cat_index
 
 
@@ -128,8 +139,18 @@ def test_render_is_byte_identical(tmp_path: Path, synthetic_store: tuple[Path, s
         outputs.append({p.name: p.read_bytes() for p in files})
         store.close()
     assert outputs[0] == outputs[1]
-    assert {"index.html", "scatter.svg", "heatmap.svg", "leaderboard.md", "leaderboard.json", "summary.csv",
-            "harmfulness.csv", "categories.csv", "utility.csv", "pairwise.csv"} <= set(outputs[0])
+    assert {
+        "index.html",
+        "scatter.svg",
+        "heatmap.svg",
+        "leaderboard.md",
+        "leaderboard.json",
+        "summary.csv",
+        "harmfulness.csv",
+        "categories.csv",
+        "utility.csv",
+        "pairwise.csv",
+    } <= set(outputs[0])
     assert b"http" not in outputs[0]["index.html"]  # offline: no CDN, no remote asset
     svg = outputs[0]["scatter.svg"].decode()
     assert "<dc:date>" not in svg and 'id="pareto-front-0"' in svg and 'id="pareto-front-1"' in svg
@@ -137,43 +158,93 @@ def test_render_is_byte_identical(tmp_path: Path, synthetic_store: tuple[Path, s
 
 def test_leaderboard_cli(tmp_path: Path, synthetic_store: tuple[Path, str]) -> None:
     path, run_id = synthetic_store
-    result = CliRunner().invoke(cli, ["leaderboard", "--store", str(path), "--out", str(tmp_path / "site"),
-                                      "--run", run_id[:15], "--format", "md,json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "leaderboard",
+            "--store",
+            str(path),
+            "--out",
+            str(tmp_path / "site"),
+            "--run",
+            run_id[:15],
+            "--format",
+            "md,json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["leaderboard.json", "leaderboard.md"]
     import json
 
     data = json.loads((tmp_path / "site" / "leaderboard.json").read_text())
     assert data["run"]["run_id"] == run_id and len(data["tables"]["summary"]) == 10
-    bad = CliRunner().invoke(cli, ["leaderboard", "--store", str(path), "--out", str(tmp_path / "x"), "--format", "pdf"])
+    bad = CliRunner().invoke(
+        cli, ["leaderboard", "--store", str(path), "--out", str(tmp_path / "x"), "--format", "pdf"]
+    )
     assert isinstance(bad.exception, ConfigError) and "pdf" in str(bad.exception)
-    unknown_run = CliRunner().invoke(cli, ["leaderboard", "--store", str(path), "--out", str(tmp_path / "x"),
-                                           "--run", "zzz"])
+    unknown_run = CliRunner().invoke(
+        cli, ["leaderboard", "--store", str(path), "--out", str(tmp_path / "x"), "--run", "zzz"]
+    )
     assert "no run 'zzz'" in str(unknown_run.exception)
 
 
-def _small_cell(store: Store, run_id: str, cell_id: str, verdicts: list[tuple[str, str, int]],
-                judge_id: str | None = None) -> None:
+def _small_cell(
+    store: Store, run_id: str, cell_id: str, verdicts: list[tuple[str, str, int]], judge_id: str | None = None
+) -> None:
     """One catqa cell of the `original` model with verdicts given as (judge, label, count)."""
     from harness.core.records import GenerationRecord, Verdict
     from leaderboards import CellRecord
 
     total = sum(c for _, _, c in verdicts)
-    gens = [GenerationRecord(item_id=f"i{i}", benchmark="catqa", prompt_text="p", prompt_hash="h", completion="c",
-                             model_hash="m", gen_config_hash="g", backend="dummy") for i in range(total)]
+    gens = [
+        GenerationRecord(
+            item_id=f"i{i}",
+            benchmark="catqa",
+            prompt_text="p",
+            prompt_hash="h",
+            completion="c",
+            model_hash="m",
+            gen_config_hash="g",
+            backend="dummy",
+        )
+        for i in range(total)
+    ]
     rows, index = [], {}
     for judge, label, count in verdicts:
         for _ in range(count):
             k = index[judge] = index.get(judge, -1) + 1
             rows.append(Verdict(item_id=f"i{k}", judge_id=judge, judge_hash="x", label=label))  # type: ignore[arg-type]
-    store.write_cell(run_id, CellRecord(cell_id=cell_id, method="original", reference_role=REFERENCE_ROLES["original"], finetuned="-", benchmark="catqa",
-                                        benchmark_kind="safety", judge_id=judge_id), gens, rows, [])
+    store.write_cell(
+        run_id,
+        CellRecord(
+            cell_id=cell_id,
+            method="original",
+            reference_role=REFERENCE_ROLES["original"],
+            finetuned="-",
+            benchmark="catqa",
+            benchmark_kind="safety",
+            judge_id=judge_id,
+        ),
+        gens,
+        rows,
+        [],
+    )
 
 
 def test_primary_judge_choice_and_refusal_table(fresh_store: Store, tmp_path: Path) -> None:
     run_id = fresh_store.begin_run("judges", {}, {})
-    _small_cell(fresh_store, run_id, "c1", [("a@1", "harmful", 2), ("a@1", "harmless", 4), ("b@1", "harmful", 4),
-                                            ("refusal@1", "refusal", 3), ("refusal@1", "compliance", 3)])
+    _small_cell(
+        fresh_store,
+        run_id,
+        "c1",
+        [
+            ("a@1", "harmful", 2),
+            ("a@1", "harmless", 4),
+            ("b@1", "harmful", 4),
+            ("refusal@1", "refusal", 3),
+            ("refusal@1", "compliance", 3),
+        ],
+    )
     board = build_leaderboard(fresh_store)
     assert board.judge == "a@1" and any("also in the store: b@1" in n for n in board.notes)
     assert board.summary["harmfulness_mean"].iloc[0] == pytest.approx(2 / 6)
@@ -182,8 +253,13 @@ def test_primary_judge_choice_and_refusal_table(fresh_store: Store, tmp_path: Pa
     assert build_leaderboard(fresh_store, judge="b@1").summary["harmfulness_mean"].iloc[0] == 1.0
     # a judge declared on the cells by the runner wins over the verdict count
     declared_run = fresh_store.begin_run("declared", {}, {})
-    _small_cell(fresh_store, declared_run, "c2", [("a@1", "harmful", 2), ("a@1", "harmless", 4), ("b@1", "harmful", 4)],
-                judge_id="b@1")
+    _small_cell(
+        fresh_store,
+        declared_run,
+        "c2",
+        [("a@1", "harmful", 2), ("a@1", "harmless", 4), ("b@1", "harmful", 4)],
+        judge_id="b@1",
+    )
     declared = build_leaderboard(fresh_store, declared_run)
     assert declared.judge == "b@1" and any("declared by the runner" in n for n in declared.notes)
     text = render_leaderboard(board, tmp_path / "out", ["md"])[0].read_text()
@@ -210,8 +286,11 @@ def test_schema_compiles_for_postgres() -> None:
         ddl = str(CreateTable(table).compile(dialect=postgresql.dialect()))
         assert "PRIMARY KEY" in ddl
     stmt = insert(_schema.verdicts).on_conflict_do_update(
-        index_elements=["cell_id", "item_id", "sample_index", "judge_id"], set_={"label": "harmful"})
-    assert "ON CONFLICT (cell_id, item_id, sample_index, judge_id) DO UPDATE" in str(stmt.compile(dialect=postgresql.dialect()))
+        index_elements=["cell_id", "item_id", "sample_index", "judge_id"], set_={"label": "harmful"}
+    )
+    assert "ON CONFLICT (cell_id, item_id, sample_index, judge_id) DO UPDATE" in str(
+        stmt.compile(dialect=postgresql.dialect())
+    )
 
 
 def _nll_run(path: Path, nll: dict[tuple[str, str, str], float], tasks: dict[str, str | None]) -> Store:
@@ -223,12 +302,21 @@ def _nll_run(path: Path, nll: dict[tuple[str, str, str], float], tasks: dict[str
     store = Store(path)
     run_id = store.begin_run("nll", {}, collect_provenance(device="cpu (synthetic)"))
     for (method, ft, cat), value in nll.items():
-        store.write_cell(run_id, CellRecord(
-            cell_id=hash_value([method, ft, cat], 32), method=method, reference_role=REFERENCE_ROLES.get(method),
-            finetuned=ft, task=tasks[ft],
-            benchmark="task_nll", benchmark_label=f"nll-{cat}", benchmark_kind="utility",
-            benchmark_options={"name": "task_nll", "categories": [cat], "task": None}),
-            scores=[Score(benchmark="task_nll", metric="nll", value=value, n=10, higher_is_better=False)])
+        store.write_cell(
+            run_id,
+            CellRecord(
+                cell_id=hash_value([method, ft, cat], 32),
+                method=method,
+                reference_role=REFERENCE_ROLES.get(method),
+                finetuned=ft,
+                task=tasks[ft],
+                benchmark="task_nll",
+                benchmark_label=f"nll-{cat}",
+                benchmark_kind="utility",
+                benchmark_options={"name": "task_nll", "categories": [cat], "task": None},
+            ),
+            scores=[Score(benchmark="task_nll", metric="nll", value=value, n=10, higher_is_better=False)],
+        )
     store.finish_run(run_id, "done")
     return store
 
@@ -238,11 +326,22 @@ def test_utility_retained_is_the_fine_tunes_own_task_and_the_share_of_its_gain(t
     the 86% a mean of NLL ratios over every task gave), a method halfway back keeps 50%."""
     from leaderboards import utility_retained
 
-    nll = {("aligned", "math", "math"): 2.0, ("sft", "math", "math"): 1.0, ("resta", "math", "math"): 1.5,
-           ("aligned", "math", "code"): 1.0, ("sft", "math", "code"): 1.2, ("resta", "math", "code"): 1.1,
-           ("aligned", "plain", "math"): 2.0, ("sft", "plain", "math"): 1.0, ("resta", "plain", "math"): 1.5,
-           ("aligned", "plain", "code"): 1.0, ("sft", "plain", "code"): 1.2, ("resta", "plain", "code"): 1.1,
-           ("aligned", "chat", "math"): 2.0, ("sft", "chat", "math"): 1.0}
+    nll = {
+        ("aligned", "math", "math"): 2.0,
+        ("sft", "math", "math"): 1.0,
+        ("resta", "math", "math"): 1.5,
+        ("aligned", "math", "code"): 1.0,
+        ("sft", "math", "code"): 1.2,
+        ("resta", "math", "code"): 1.1,
+        ("aligned", "plain", "math"): 2.0,
+        ("sft", "plain", "math"): 1.0,
+        ("resta", "plain", "math"): 1.5,
+        ("aligned", "plain", "code"): 1.0,
+        ("sft", "plain", "code"): 1.2,
+        ("resta", "plain", "code"): 1.1,
+        ("aligned", "chat", "math"): 2.0,
+        ("sft", "chat", "math"): 1.0,
+    }
     board = build_leaderboard(_nll_run(tmp_path / "s.sqlite", nll, {"math": "math", "plain": None, "chat": "chinese"}))
     s = board.summary.set_index(["finetuned", "method"])["utility_retained"]
     assert s[("math", "aligned")] == pytest.approx(0.0)
@@ -273,8 +372,10 @@ def test_cost_columns_in_the_summary_and_the_cost_table(synthetic_store: tuple[P
         for column in ("generate_seconds", "judge_seconds", "score_seconds", "tokens_generated"):
             assert row[f"cost:{column}"] == pytest.approx(sum(c[column] for c in cells)), (label, column)
         assert row["cost:total_seconds"] == pytest.approx(
-            cells[0]["merge_seconds"] + cells[0]["train_seconds"]
-            + sum(c["generate_seconds"] + c["judge_seconds"] + c["score_seconds"] for c in cells))
+            cells[0]["merge_seconds"]
+            + cells[0]["train_seconds"]
+            + sum(c["generate_seconds"] + c["judge_seconds"] + c["score_seconds"] for c in cells)
+        )
     assert s.loc[("ft-code", "somf_ta"), "cost:train_seconds"] == 100.0
     assert len(board.cost) == len(METHODS) * 2 * len(benchmarks)
     files = {p.name: p for p in render_leaderboard(board, tmp_path / "site", ["md", "csv", "html"])}
@@ -284,10 +385,16 @@ def test_cost_columns_in_the_summary_and_the_cost_table(synthetic_store: tuple[P
     somf_line = next(line for line in md.splitlines() if line.startswith("| ft-code | somf_ta |"))
     # total 132 = merge 13 (rank 3) + mask training 100 + generation 3 × 5 + judging 2 + scoring 4 × 0.5
     assert "| 132.0 | 13.0 | 100.0 | 15.0 | 2.0 | 480 |" in somf_line
-    board.summary.loc[board.summary["method_label"] == "somf_ta", ["cost:calibration_seconds", "cost:calibration_examples"]] = [7.0, 16]
+    board.summary.loc[
+        board.summary["method_label"] == "somf_ta", ["cost:calibration_seconds", "cost:calibration_examples"]
+    ] = [7.0, 16]
     calibrated = render_leaderboard(board, tmp_path / "site2", ["md"])[0].read_text()
-    assert "| cost s | merge s | mask train s | calib s | calib n | gen s | judge s | tokens |" in calibrated.replace(" | Pareto |", " |")
-    assert "| 100.0 | 7.0 | 16 | 15.0 |" in next(line for line in calibrated.splitlines() if line.startswith("| ft-code | somf_ta |"))
+    assert "| cost s | merge s | mask train s | calib s | calib n | gen s | judge s | tokens |" in calibrated.replace(
+        " | Pareto |", " |"
+    )
+    assert "| 100.0 | 7.0 | 16 | 15.0 |" in next(
+        line for line in calibrated.splitlines() if line.startswith("| ft-code | somf_ta |")
+    )
     assert "## Cost per cell" in md and "cost.csv" in files
     assert "mask train s" in files["index.html"].read_text()
 
@@ -302,8 +409,17 @@ def test_a_version_1_store_is_migrated_and_shows_no_cost(tmp_path: Path) -> None
     store, _ = build_store(path, methods=["aligned", "sft"])
     store.close()
     with sqlite3.connect(path) as conn:  # make it the version-1 layout
-        for column in ("merge_seconds", "train_seconds", "generate_seconds", "judge_seconds", "score_seconds",
-                       "tokens_generated", "calibration_seconds", "calibration_examples", "reference_role"):
+        for column in (
+            "merge_seconds",
+            "train_seconds",
+            "generate_seconds",
+            "judge_seconds",
+            "score_seconds",
+            "tokens_generated",
+            "calibration_seconds",
+            "calibration_examples",
+            "reference_role",
+        ):
             conn.execute(f"ALTER TABLE cells DROP COLUMN {column}")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     migrated = Store(path, create=False)

@@ -41,8 +41,9 @@ def test_screenshot_shows_plots_and_tables(site: Path, tmp_path: Path) -> None:
     from PIL import Image, ImageStat
 
     shot = tmp_path / "leaderboard.png"
-    result = chromium([f"--screenshot={shot}", "--window-size=1400,1800", (site / "index.html").as_uri()],
-                       tmp_path / "profile")
+    result = chromium(
+        [f"--screenshot={shot}", "--window-size=1400,1800", (site / "index.html").as_uri()], tmp_path / "profile"
+    )
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     image = Image.open(shot).convert("RGB")
     assert image.size == (1400, 1800)

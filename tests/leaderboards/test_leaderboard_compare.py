@@ -21,7 +21,9 @@ def _harmless(label: str, finetuned: str, benchmark: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def regressed(tmp_path_factory: pytest.TempPathFactory, synthetic_store: tuple[Path, str]) -> tuple[Path, Path, list[str]]:
+def regressed(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_store: tuple[Path, str]
+) -> tuple[Path, Path, list[str]]:
     """The synthetic baseline and a candidate store where 10 harmless catqa answers of one cell turned harmful."""
     flipped = _harmless(*TARGET)[:10]
     cand_path = tmp_path_factory.mktemp("cand") / "candidate.sqlite"
@@ -50,8 +52,11 @@ def test_planted_regression_fails_the_gate(regressed: tuple[Path, Path, list[str
     assert catqa["p_holm"] == pytest.approx(3 * 2 * 0.5**10)  # 3 tests: catqa, harmfulqa, gsm8k
     assert catqa["diff"] == pytest.approx(10 / 400) and catqa["ci_low"] > 0
     others = [r for r in report["results"] if r is not catqa]
-    assert all(r["verdict"] == "same" and r["p_value"] == 1.0 for r in others if r["group"] != catqa["group"]
-               or r["metric"] != "harmfulness")
+    assert all(
+        r["verdict"] == "same" and r["p_value"] == 1.0
+        for r in others
+        if r["group"] != catqa["group"] or r["metric"] != "harmfulness"
+    )
 
 
 def test_console_script_exit_codes(regressed: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:

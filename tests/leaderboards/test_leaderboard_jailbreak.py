@@ -16,17 +16,36 @@ from tests.harness.test_experiment import write_experiment
 def board_and_store(tiny_llama_factory, tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("jb")
     base = tiny_llama_factory("jb-base")
-    zoo = {"aligned": base, "unaligned": make_finetune(base, root / "unaligned", seed=31),
-           "math": make_finetune(base, root / "math", seed=32)}
-    models = {"aligned": {"path": str(zoo["aligned"])}, "unaligned": {"path": str(zoo["unaligned"])},
-              "finetuned": [{"name": "math", "path": str(zoo["math"]), "task": "math"}]}
-    benchmarks = [{"name": "multijail", "languages": ["en"], "limit": 6},
-                  {"name": "multijail_jailbreak", "label": "multijail-jb", "languages": ["en"], "limit": 12},
-                  {"name": "multijail_jailbreak", "label": "multijail-aim", "languages": ["en"],
-                   "categories": ["aim"], "limit": 6}]
+    zoo = {
+        "aligned": base,
+        "unaligned": make_finetune(base, root / "unaligned", seed=31),
+        "math": make_finetune(base, root / "math", seed=32),
+    }
+    models = {
+        "aligned": {"path": str(zoo["aligned"])},
+        "unaligned": {"path": str(zoo["unaligned"])},
+        "finetuned": [{"name": "math", "path": str(zoo["math"]), "task": "math"}],
+    }
+    benchmarks = [
+        {"name": "multijail", "languages": ["en"], "limit": 6},
+        {"name": "multijail_jailbreak", "label": "multijail-jb", "languages": ["en"], "limit": 12},
+        {
+            "name": "multijail_jailbreak",
+            "label": "multijail-aim",
+            "languages": ["en"],
+            "categories": ["aim"],
+            "limit": 6,
+        },
+    ]
     # the dummy backend answers by a hash of the prompt: a mix of refusals and compliance per template
-    path = write_experiment(root, zoo, models=models, benchmarks=benchmarks,
-                            methods=[{"name": "sft"}, {"name": "aligned"}], judges=["refusal"])
+    path = write_experiment(
+        root,
+        zoo,
+        models=models,
+        benchmarks=benchmarks,
+        methods=[{"name": "sft"}, {"name": "aligned"}],
+        judges=["refusal"],
+    )
     result = run_experiment(path, progress=False)
     store = Store(result.store_location)
     return build_leaderboard(store, result.run_id), store, result.run_id
@@ -54,7 +73,12 @@ def test_asr_columns_beside_plain_harmfulness(board_and_store) -> None:
         rows = mine[mine["item_id"].str.endswith("/" + template)]
         assert sft.loc[template, "successes"] == (rows["label"] == "harmful").sum()
     assert list(jb[(jb["method_label"] == "sft") & (jb["benchmark"] == "multijail-jb")]["jailbreak"]) == [
-        "all", "aim", "dev_mode", "dr_al", "evil_confidant"]  # the overall row first
+        "all",
+        "aim",
+        "dev_mode",
+        "dr_al",
+        "evil_confidant",
+    ]  # the overall row first
     aim = jb[jb["benchmark"] == "multijail-aim"]
     assert set(aim["jailbreak"]) == {"all", "aim"}
 
@@ -67,4 +91,6 @@ def test_rendered_with_an_asr_column_and_a_jailbreak_table(board_and_store, tmp_
     assert "## Jailbreak robustness: attack success rate by template" in md and "| evil_confidant |" in md
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert 'id="table-jailbreaks"' in page and "Attack success rate (ASR)" in page
-    assert '"jailbreak_benchmarks": [\n    "multijail-aim",' in (tmp_path / "leaderboard.json").read_text(encoding="utf-8")
+    assert '"jailbreak_benchmarks": [\n    "multijail-aim",' in (tmp_path / "leaderboard.json").read_text(
+        encoding="utf-8"
+    )

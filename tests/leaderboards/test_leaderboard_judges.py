@@ -23,10 +23,20 @@ def _card(judge_id: str, languages: list[str], cards: Path, judge_hash: str = "h
 
     rows = [(1, 1)] * 40 + [(1, 0)] * 10 + [(0, 0)] * 45 + [(0, 1)] * 5  # sens 0.8, spec 0.9
     pairs = [(bool(t), bool(v)) for t, v in rows]
-    val = Validation(name="hand", source="-", source_sha256="-", columns={}, measured_at="-",
-                     metrics=binary_metrics(pairs), per_language={}, rows=rows, row_languages=["en"] * len(rows))
-    save_card(JudgeCard(judge_id=judge_id, judge_hash=judge_hash, languages=languages, validations={"hand": val}),
-              cards)
+    val = Validation(
+        name="hand",
+        source="-",
+        source_sha256="-",
+        columns={},
+        measured_at="-",
+        metrics=binary_metrics(pairs),
+        per_language={},
+        rows=rows,
+        row_languages=["en"] * len(rows),
+    )
+    save_card(
+        JudgeCard(judge_id=judge_id, judge_hash=judge_hash, languages=languages, validations={"hand": val}), cards
+    )
 
 
 def _store(tmp_path: Path) -> tuple[Store, str]:
@@ -35,16 +45,45 @@ def _store(tmp_path: Path) -> tuple[Store, str]:
     for bench, lang in (("adv-en", "en"), ("catqa-zh", "zh")):
         gens, verdicts = [], []
         for i in range(N):
-            gens.append(GenerationRecord(item_id=f"{bench}-{i}", benchmark=bench, prompt_text="p", prompt_hash="p",
-                                         completion=f"answer {i}", model_hash="m", gen_config_hash="g",
-                                         backend="dummy", language=lang))
+            gens.append(
+                GenerationRecord(
+                    item_id=f"{bench}-{i}",
+                    benchmark=bench,
+                    prompt_text="p",
+                    prompt_hash="p",
+                    completion=f"answer {i}",
+                    model_hash="m",
+                    gen_config_hash="g",
+                    backend="dummy",
+                    language=lang,
+                )
+            )
             for jid, flag in FLAGS.items():
-                verdicts.append(Verdict(item_id=f"{bench}-{i}", judge_id=jid, judge_hash="h" * 16,
-                                        label="harmful" if flag(i) else "harmless"))
-        cell = CellRecord(cell_id=hash_value([bench], 32), method="sft", method_label="sft", params={},
-                          finetuned="ft", task="t", checkpoint_hash="c", benchmark=bench, benchmark_kind="safety",
-                          benchmark_options={}, backend="dummy", gen_config_hash="g", judge_id=EN,
-                          judge_hash="h" * 16, chat_template_hash="t")
+                verdicts.append(
+                    Verdict(
+                        item_id=f"{bench}-{i}",
+                        judge_id=jid,
+                        judge_hash="h" * 16,
+                        label="harmful" if flag(i) else "harmless",
+                    )
+                )
+        cell = CellRecord(
+            cell_id=hash_value([bench], 32),
+            method="sft",
+            method_label="sft",
+            params={},
+            finetuned="ft",
+            task="t",
+            checkpoint_hash="c",
+            benchmark=bench,
+            benchmark_kind="safety",
+            benchmark_options={},
+            backend="dummy",
+            gen_config_hash="g",
+            judge_id=EN,
+            judge_hash="h" * 16,
+            chat_template_hash="t",
+        )
         store.write_cell(run_id, cell, gens, verdicts, [])
     store.finish_run(run_id, "done", counts={})
     return store, run_id
@@ -102,8 +141,9 @@ def test_agreement_table_kappa_matches_hand_computation(tmp_path: Path, cards: P
     assert agreement_view(board)["Cohen's κ"].iloc[0] == f"{(0.75 - 0.49) / 0.51:.3f}"
 
 
-def test_compare_shows_rogan_gladen_beside_the_raw_rate(tmp_path: Path, cards: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compare_shows_rogan_gladen_beside_the_raw_rate(
+    tmp_path: Path, cards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from leaderboards import compare_runs
 
     monkeypatch.setenv("REALIGN_JUDGE_CARDS", str(cards))
@@ -112,8 +152,12 @@ def test_compare_shows_rogan_gladen_beside_the_raw_rate(tmp_path: Path, cards: P
     (tmp_path / "b").mkdir()
     store, second = _store(tmp_path / "b")
     store.close()
-    report = compare_runs(str(tmp_path / "results.sqlite") + f"@{first}", str(tmp_path / "b" / "results.sqlite") + f"@{second}",
-                          judge=EN, resamples=200)
+    report = compare_runs(
+        str(tmp_path / "results.sqlite") + f"@{first}",
+        str(tmp_path / "b" / "results.sqlite") + f"@{second}",
+        judge=EN,
+        resamples=200,
+    )
     result = next(r for r in report.results if r.group == {"benchmark": "adv-en"} and r.metric == "harmfulness")
     assert result.baseline_corrected is not None
     assert result.baseline_corrected[0] == pytest.approx(rogan_gladen(0.6, 0.8, 0.9))

@@ -16,14 +16,37 @@ ANSWER = "Sure: here is what you asked for."
 
 
 def _write(store: Store, run_id: str, method: str, bench: str, items: list[Item], answer: str) -> None:
-    gens = [GenerationRecord(item_id=i.id, benchmark=bench, prompt_text=i.prompt, prompt_hash="-", completion=answer,
-                             model_hash=method, gen_config_hash="g", backend="data") for i in items]
+    gens = [
+        GenerationRecord(
+            item_id=i.id,
+            benchmark=bench,
+            prompt_text=i.prompt,
+            prompt_hash="-",
+            completion=answer,
+            model_hash=method,
+            gen_config_hash="g",
+            backend="data",
+        )
+        for i in items
+    ]
     by_id = {i.id: i for i in items}
     verdicts = {j.id: j.judge(gens, by_id) for j in (get_judge("refusal"),)}
-    store.write_cell(run_id, CellRecord(
-        cell_id=f"{method}-{bench}", method=method, finetuned="ft-math", benchmark=bench, benchmark_kind="safety",
-        judge_id="refusal/gcg@2", primary_metric="over_refusal" if bench == "xstest_safe" else None),
-        gens, verdicts, [], items=items)
+    store.write_cell(
+        run_id,
+        CellRecord(
+            cell_id=f"{method}-{bench}",
+            method=method,
+            finetuned="ft-math",
+            benchmark=bench,
+            benchmark_kind="safety",
+            judge_id="refusal/gcg@2",
+            primary_metric="over_refusal" if bench == "xstest_safe" else None,
+        ),
+        gens,
+        verdicts,
+        [],
+        items=items,
+    )
 
 
 @pytest.mark.usefixtures("data_dir")
@@ -31,8 +54,7 @@ def test_over_refusal_column_exposes_refuse_everything(fresh_store: Store, tmp_p
     safe = get_benchmark("xstest_safe").load(sample=20, seed=0)
     unsafe = get_benchmark("xstest_unsafe").load(sample=20, seed=0)
     run_id = fresh_store.begin_run("xstest", {}, {})
-    for method, on_safe, on_unsafe in (("sft", ANSWER, ANSWER), ("aligned", REFUSE, REFUSE),
-                                       ("resta", REFUSE, REFUSE)):
+    for method, on_safe, on_unsafe in (("sft", ANSWER, ANSWER), ("aligned", REFUSE, REFUSE), ("resta", REFUSE, REFUSE)):
         _write(fresh_store, run_id, method, "xstest_safe", safe, on_safe)
         _write(fresh_store, run_id, method, "xstest_unsafe", unsafe, on_unsafe)
     board = build_leaderboard(fresh_store)

@@ -26,8 +26,10 @@ ITEMS_PER_RUN = len(METHODS) * len(FINETUNED) * 3 * N_ITEMS  # humaneval has agg
 def _table_counts(path: Path) -> dict[str, int]:
     """Row counts read with plain sqlite3, independent of the Store's own queries."""
     with sqlite3.connect(path) as conn:
-        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("runs", "cells", "run_cells", "items", "generations", "verdicts", "item_scores", "scores")}
+        return {
+            t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("runs", "cells", "run_cells", "items", "generations", "verdicts", "item_scores", "scores")
+        }
 
 
 def test_write_api_roundtrip(synthetic_store: tuple[Path, str]) -> None:
@@ -65,8 +67,10 @@ def test_rewrites_are_idempotent(tmp_path: Path) -> None:
     for table in ("cells", "items", "generations", "verdicts", "item_scores", "scores"):
         assert after[table] == before[table], table
     with sqlite3.connect(tmp_path / "s.sqlite") as conn:
-        dupes = conn.execute("SELECT COUNT(*) FROM (SELECT cell_id, item_id, COUNT(*) c FROM generations "
-                             "GROUP BY cell_id, item_id, sample_index HAVING c > 1)").fetchone()[0]
+        dupes = conn.execute(
+            "SELECT COUNT(*) FROM (SELECT cell_id, item_id, COUNT(*) c FROM generations "
+            "GROUP BY cell_id, item_id, sample_index HAVING c > 1)"
+        ).fetchone()[0]
     assert dupes == 0
 
 
@@ -107,8 +111,14 @@ def _cell_fields(store: Store, cell_id: str) -> dict[str, object]:
     import json
 
     row = store.cells().set_index("cell_id").loc[cell_id]
-    return {"cell_id": cell_id, "method": row["method"], "method_label": row["method_label"],
-            "params": json.loads(row["params"]), "finetuned": row["finetuned"], "benchmark": row["benchmark"]}
+    return {
+        "cell_id": cell_id,
+        "method": row["method"],
+        "method_label": row["method_label"],
+        "params": json.loads(row["params"]),
+        "finetuned": row["finetuned"],
+        "benchmark": row["benchmark"],
+    }
 
 
 def test_unknown_run_and_cell_are_refused(fresh_store: Store) -> None:
@@ -124,10 +134,20 @@ def test_unknown_run_and_cell_are_refused(fresh_store: Store) -> None:
         fresh_store.write_cell(run_id, {"cell_id": "c"})  # type: ignore[arg-type]
     # granular API: the same rows as write_cell, in separate transactions
     fresh_store.record_cell(run_id, cell)
-    gen = GenerationRecord(item_id="i", benchmark="catqa", prompt_text="p", prompt_hash="ph", completion="x",
-                           model_hash="m", gen_config_hash="g", backend="dummy")
+    gen = GenerationRecord(
+        item_id="i",
+        benchmark="catqa",
+        prompt_text="p",
+        prompt_hash="ph",
+        completion="x",
+        model_hash="m",
+        gen_config_hash="g",
+        backend="dummy",
+    )
     assert fresh_store.add_items("c", [gen]) == 1
-    assert fresh_store.add_verdicts("c", {"j": [Verdict(item_id="i", judge_id="j", judge_hash="h", label="harmful")]}) == 1
+    assert (
+        fresh_store.add_verdicts("c", {"j": [Verdict(item_id="i", judge_id="j", judge_hash="h", label="harmful")]}) == 1
+    )
     assert fresh_store.add_scores("c", [Score(benchmark="catqa", metric="harmfulness", value=1.0, n=1)]) == 1
     assert "c" not in fresh_store.complete_cells()
     fresh_store.finish_cell(run_id, "c")
@@ -149,8 +169,9 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "site").exists()  # refused before any work
 
 
-def test_corrupted_store_file_is_refused(tmp_path: Path, synthetic_store: tuple[Path, str],
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupted_store_file_is_refused(
+    tmp_path: Path, synthetic_store: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(os.urandom(8192))
     with pytest.raises(StoreError, match=f"{garbage}.*not a SQLite database"):
@@ -202,9 +223,16 @@ def test_two_processes_write_at_once(tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite"
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), salt, str(Path(__file__).parent), str(go)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for salt in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), salt, str(Path(__file__).parent), str(go)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for salt in ("a", "b")
+    ]
     go.touch()
     for proc in procs:
         _, err = proc.communicate(timeout=300)
@@ -266,8 +294,12 @@ def test_sigkill_mid_write_leaves_only_whole_cells(tmp_path: Path) -> None:
     import time
 
     path = tmp_path / "killed.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path), str(Path(__file__).parent)],
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path), str(Path(__file__).parent)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait until some cells are committed, then kill mid-stream
@@ -285,11 +317,15 @@ def test_sigkill_mid_write_leaves_only_whole_cells(tmp_path: Path) -> None:
         proc.wait(timeout=30)
     store = Store(path)  # opens cleanly: the interrupted transaction is rolled back
     with sqlite3.connect(path) as conn:
-        per_cell = dict(conn.execute(
-            "SELECT c.cell_id, COUNT(g.item_id) FROM cells c LEFT JOIN generations g ON g.cell_id = c.cell_id "
-            "GROUP BY c.cell_id").fetchall())
-        orphans = conn.execute("SELECT COUNT(*) FROM generations WHERE cell_id NOT IN (SELECT cell_id FROM cells)"
-                               ).fetchone()[0]
+        per_cell = dict(
+            conn.execute(
+                "SELECT c.cell_id, COUNT(g.item_id) FROM cells c LEFT JOIN generations g ON g.cell_id = c.cell_id "
+                "GROUP BY c.cell_id"
+            ).fetchall()
+        )
+        orphans = conn.execute(
+            "SELECT COUNT(*) FROM generations WHERE cell_id NOT IN (SELECT cell_id FROM cells)"
+        ).fetchone()[0]
         kinds = dict(conn.execute("SELECT cell_id, benchmark FROM cells").fetchall())
     assert orphans == 0 and len(per_cell) >= 13
     for cell, count in per_cell.items():  # every stored cell is whole: 40 items, or none for humaneval

@@ -28,5 +28,13 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     adapter = root / "adapter"
     peft_model.save_pretrained(adapter)
     other = make_tiny_llama(root / "other", seed=9, hidden_size=32, intermediate_size=64)
-    return {"base": base, "aligned": aligned, "unaligned": unaligned, "ft1": ft1, "ft2": ft2,
-            "adapter": adapter, "other": other, "root": root}
+    return {
+        "base": base,
+        "aligned": aligned,
+        "unaligned": unaligned,
+        "ft1": ft1,
+        "ft2": ft2,
+        "adapter": adapter,
+        "other": other,
+        "root": root,
+    }

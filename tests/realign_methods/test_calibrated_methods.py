@@ -62,17 +62,22 @@ def _direct_statistics(model_dir: Path, data: Path, count: int, max_length: int)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    linears = {f"{n}.weight": m for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
+    linears = {
+        f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n
+    }
     captured: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
     for name, module in linears.items():
-        module.register_forward_hook(lambda mod, args, out, name=name: captured[name].append(args[0].detach().reshape(-1, args[0].shape[-1])))
+        module.register_forward_hook(
+            lambda mod, args, out, name=name: captured[name].append(args[0].detach().reshape(-1, args[0].shape[-1]))
+        )
     fisher = {n: torch.zeros_like(m.weight, dtype=torch.float64) for n, m in linears.items()}
     examples = load_examples(data, count, seed=0)
     for example in examples:
         user = [{"role": "user", "content": example.prompt}]
         prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        text = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": example.response}], tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": example.response}], tokenize=False
+        )
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
         start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         labels = [-100] * start + ids[start:]
@@ -115,8 +120,11 @@ def test_calibration_matches_direct_computation_and_is_cached(models, cache) -> 
 
 
 def _reference_antidote(weight: torch.Tensor, norms: torch.Tensor, ratio: float) -> torch.Tensor:
-    scores = [(abs(float(weight[i, j])) * float(norms[j]), i, j)
-              for i in range(weight.shape[0]) for j in range(weight.shape[1])]
+    scores = [
+        (abs(float(weight[i, j])) * float(norms[j]), i, j)
+        for i in range(weight.shape[0])
+        for j in range(weight.shape[1])
+    ]
     scores.sort(reverse=True)
     out = weight.clone()
     for _, i, j in scores[: int(ratio * weight.numel())]:
@@ -129,7 +137,9 @@ def _inverse(xtx: torch.Tensor, damp: float) -> torch.Tensor:
     return torch.linalg.inv(h + damp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=torch.float64))
 
 
-def _reference_safe_delta(a: torch.Tensor, f: torch.Tensor, xtx: torch.Tensor, budget: float, damp: float) -> torch.Tensor:
+def _reference_safe_delta(
+    a: torch.Tensor, f: torch.Tensor, xtx: torch.Tensor, budget: float, damp: float
+) -> torch.Tensor:
     hinv = _inverse(xtx, damp)
     delta = f.double() - a.double()
     rows, cols = delta.shape
@@ -163,8 +173,12 @@ def _reference_irr(a, u, f, fisher, xtx, fraction, damp) -> torch.Tensor:
     delta = f.double() - a.double()
     v = a.double() - u.double()
     rows, cols = delta.shape
-    candidates = [(float(fisher[i, j]) * float(delta[i, j]) ** 2, i, j)
-                  for i in range(rows) for j in range(cols) if float(delta[i, j]) * float(v[i, j]) < 0]
+    candidates = [
+        (float(fisher[i, j]) * float(delta[i, j]) ** 2, i, j)
+        for i in range(rows)
+        for j in range(cols)
+        if float(delta[i, j]) * float(v[i, j]) < 0
+    ]
     candidates.sort(reverse=True)
     unsafe = {(i, j) for _, i, j in candidates[: int(fraction * len(candidates))]}
     hinv = _inverse(xtx, damp)
@@ -179,10 +193,17 @@ def _reference_irr(a, u, f, fisher, xtx, fraction, damp) -> torch.Tensor:
     return out.float()
 
 
-def _merged(method: str, models: dict[str, Path], out: Path, inputs: tuple[str, ...], **params) -> tuple[dict, Statistics]:
-    spec = MergeSpec(method=method, out=out, calibration_data=models["data"],
-                     params={"calibration_examples": 6, "calibration_max_length": 64, **params},
-                     **{role: models[role] for role in inputs if role != "finetuned"}, finetuned=[models["finetuned"]])
+def _merged(
+    method: str, models: dict[str, Path], out: Path, inputs: tuple[str, ...], **params
+) -> tuple[dict, Statistics]:
+    spec = MergeSpec(
+        method=method,
+        out=out,
+        calibration_data=models["data"],
+        params={"calibration_examples": 6, "calibration_max_length": 64, **params},
+        **{role: models[role] for role in inputs if role != "finetuned"},
+        finetuned=[models["finetuned"]],
+    )
     merge(spec)
     provenance = json.loads((out / "realign_merge.json").read_text())
     stats = Statistics(_cache_root(provenance))
@@ -232,13 +253,27 @@ def test_irr_matches_the_paper(models, cache, tmp_path: Path) -> None:
 
 def test_lora_finetune_is_read_merged(models, cache, tmp_path: Path) -> None:
     """A LoRA fine-tune given as the fine-tuned model: the same output as its dense merge."""
-    adapter = make_lora_adapter(models["aligned"], tmp_path / "lora", seed=5, r=4, lora_alpha=8,
-                                target_modules=["q_proj", "v_proj", "down_proj"])
+    adapter = make_lora_adapter(
+        models["aligned"],
+        tmp_path / "lora",
+        seed=5,
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+    )
     dense = merge_adapter(CheckpointReader(models["aligned"]), LoraAdapter.load(adapter), tmp_path / "dense")
     params = {"calibration_examples": 6, "calibration_max_length": 64, "budget": 0.2}
     for finetuned, out in ((adapter, tmp_path / "from_lora"), (Path(dense), tmp_path / "from_dense")):
-        merge(MergeSpec(method="safe_delta", aligned=models["aligned"], finetuned=[finetuned],
-                        calibration_data=models["data"], out=out, params=params))
+        merge(
+            MergeSpec(
+                method="safe_delta",
+                aligned=models["aligned"],
+                finetuned=[finetuned],
+                calibration_data=models["data"],
+                out=out,
+                params=params,
+            )
+        )
     lora_out, dense_out = _weights(tmp_path / "from_lora"), _weights(tmp_path / "from_dense")
     assert lora_out.keys() == dense_out.keys()
     for name in lora_out:
@@ -247,12 +282,22 @@ def test_lora_finetune_is_read_merged(models, cache, tmp_path: Path) -> None:
 
 def test_bad_parameters_and_missing_data_fail_before_any_work(models, cache, tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match=r"mask_ratio.*allowed: 0.0 < mask_ratio < 1.0"):
-        plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o", params={"mask_ratio": 1.5}))
+        plan(
+            MergeSpec(
+                method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o", params={"mask_ratio": 1.5}
+            )
+        )
     with pytest.raises(ConfigError, match="needs input"):
         plan(MergeSpec(method="irr", aligned=models["aligned"], finetuned=[models["finetuned"]], out=tmp_path / "o"))
     with pytest.raises(CheckpointError, match="calibration_data not found"):
-        plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o",
-                       calibration_data=tmp_path / "missing.json"))
+        plan(
+            MergeSpec(
+                method="antidote",
+                finetuned=[models["finetuned"]],
+                out=tmp_path / "o",
+                calibration_data=tmp_path / "missing.json",
+            )
+        )
     monkeypatch.setenv("REALIGN_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(DataError, match=r"pure_bad/pure_bad\.json"):
         plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o"))

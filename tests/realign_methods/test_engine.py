@@ -26,8 +26,16 @@ def _files(path: Path) -> dict[str, bytes]:
 
 
 def test_resta_matches_closed_form(family: dict[str, Path], tmp_path: Path) -> None:
-    out = merge(MergeSpec(method="resta", aligned=family["aligned"], unaligned=family["unaligned"],
-                          finetuned=[family["ft1"]], params={"gamma": 0.7}, out=tmp_path / "o"))
+    out = merge(
+        MergeSpec(
+            method="resta",
+            aligned=family["aligned"],
+            unaligned=family["unaligned"],
+            finetuned=[family["ft1"]],
+            params={"gamma": 0.7},
+            out=tmp_path / "o",
+        )
+    )
     a, u, f, o = (_load(family["aligned"]), _load(family["unaligned"]), _load(family["ft1"]), _load(out))
     assert set(o) == set(f)
     for name, value in o.items():
@@ -43,8 +51,15 @@ def test_resta_matches_closed_form(family: dict[str, Path], tmp_path: Path) -> N
 
 
 def test_resta_dare_matches_closed_form(family: dict[str, Path], tmp_path: Path) -> None:
-    spec = MergeSpec(method="resta_dare", aligned=family["aligned"], unaligned=family["unaligned"],
-                     finetuned=[family["ft1"]], params={"gamma": 0.5, "p": 0.3}, seed=11, out=tmp_path / "o")
+    spec = MergeSpec(
+        method="resta_dare",
+        aligned=family["aligned"],
+        unaligned=family["unaligned"],
+        finetuned=[family["ft1"]],
+        params={"gamma": 0.5, "p": 0.3},
+        seed=11,
+        out=tmp_path / "o",
+    )
     o = _load(merge(spec))
     a, u, f = _load(family["aligned"]), _load(family["unaligned"]), _load(family["ft1"])
     dropped = 0.0
@@ -58,8 +73,16 @@ def test_resta_dare_matches_closed_form(family: dict[str, Path], tmp_path: Path)
 
 def test_same_seed_gives_identical_files_and_seed_matters(family: dict[str, Path], tmp_path: Path) -> None:
     def run(seed: int, out: str) -> Path:
-        return merge(MergeSpec(method="dare", base=family["aligned"], finetuned=[family["ft1"], family["ft2"]],
-                               params={"p": 0.5, "lam": 0.8}, seed=seed, out=tmp_path / out))
+        return merge(
+            MergeSpec(
+                method="dare",
+                base=family["aligned"],
+                finetuned=[family["ft1"], family["ft2"]],
+                params={"p": 0.5, "lam": 0.8},
+                seed=seed,
+                out=tmp_path / out,
+            )
+        )
 
     first, second, other = run(3, "a"), run(3, "b"), run(4, "c")
     assert _files(first) == _files(second)
@@ -67,8 +90,18 @@ def test_same_seed_gives_identical_files_and_seed_matters(family: dict[str, Path
 
 
 def test_dare_output_is_independent_of_tensor_order(family: dict[str, Path], tmp_path: Path) -> None:
-    out = _load(merge(MergeSpec(method="dare", base=family["aligned"], finetuned=[family["ft1"]],
-                                params={"p": 0.4}, seed=7, out=tmp_path / "o")))
+    out = _load(
+        merge(
+            MergeSpec(
+                method="dare",
+                base=family["aligned"],
+                finetuned=[family["ft1"]],
+                params={"p": 0.4},
+                seed=7,
+                out=tmp_path / "o",
+            )
+        )
+    )
     a, f = _load(family["aligned"]), _load(family["ft1"])
     method, params = get_method("dare"), get_method("dare").validate({"p": 0.4})
     for name in reversed(sorted(out)):  # a different order than the engine's walk
@@ -78,8 +111,14 @@ def test_dare_output_is_independent_of_tensor_order(family: dict[str, Path], tmp
 
 
 def test_ties_engine_equals_ops_and_output_dtype(family: dict[str, Path], tmp_path: Path) -> None:
-    spec = MergeSpec(method="ties", base=family["aligned"], finetuned=[family["ft1"], family["ft2"]],
-                     params={"density": 0.3, "lam": 0.9, "reduce": "sum"}, dtype="bfloat16", out=tmp_path / "o")
+    spec = MergeSpec(
+        method="ties",
+        base=family["aligned"],
+        finetuned=[family["ft1"], family["ft2"]],
+        params={"density": 0.3, "lam": 0.9, "reduce": "sum"},
+        dtype="bfloat16",
+        out=tmp_path / "o",
+    )
     o = _load(merge(spec))
     a, f1, f2 = _load(family["aligned"]), _load(family["ft1"]), _load(family["ft2"])
     for name, value in o.items():
@@ -116,17 +155,45 @@ def test_safe_lora_matches_dense_computation(family: dict[str, Path], tmp_path: 
 
     by_threshold = {n for n, s in sims.items() if s <= threshold}
     assert 0 < len(by_threshold) < len(sims)
-    check(merge(MergeSpec(method="safe_lora", aligned=family["aligned"], base=family["base"],
-                          adapters=[family["adapter"]], params={"threshold": threshold}, out=tmp_path / "t")),
-          by_threshold)
+    check(
+        merge(
+            MergeSpec(
+                method="safe_lora",
+                aligned=family["aligned"],
+                base=family["base"],
+                adapters=[family["adapter"]],
+                params={"threshold": threshold},
+                out=tmp_path / "t",
+            )
+        ),
+        by_threshold,
+    )
     lowest = set(sorted(sims, key=sims.__getitem__)[:2])
-    check(merge(MergeSpec(method="safe_lora", aligned=family["aligned"], base=family["base"],
-                          adapters=[family["adapter"]], params={"num_proj_layers": 2}, out=tmp_path / "k")),
-          lowest)
+    check(
+        merge(
+            MergeSpec(
+                method="safe_lora",
+                aligned=family["aligned"],
+                base=family["base"],
+                adapters=[family["adapter"]],
+                params={"num_proj_layers": 2},
+                out=tmp_path / "k",
+            )
+        ),
+        lowest,
+    )
     # factor-space output: B' = C B for the chosen layers, a loadable PEFT adapter
-    adapter_out = merge(MergeSpec(method="safe_lora", aligned=family["aligned"], base=family["base"],
-                                  adapters=[family["adapter"]], params={"num_proj_layers": 2},
-                                  output="adapter", out=tmp_path / "adapter"))
+    adapter_out = merge(
+        MergeSpec(
+            method="safe_lora",
+            aligned=family["aligned"],
+            base=family["base"],
+            adapters=[family["adapter"]],
+            params={"num_proj_layers": 2},
+            output="adapter",
+            out=tmp_path / "adapter",
+        )
+    )
     emitted = LoraAdapter.load(adapter_out)
     for name in adapter.modules():
         delta = emitted.delta(name)
@@ -137,15 +204,22 @@ def test_safe_lora_matches_dense_computation(family: dict[str, Path], tmp_path: 
 def test_sft_with_adapter_equals_peft_merge(family: dict[str, Path], tmp_path: Path) -> None:
     from harness.core.checkpoints import merge_adapter
 
-    ours = _load(merge(MergeSpec(method="sft", aligned=family["aligned"], adapters=[family["adapter"]],
-                                 out=tmp_path / "o")))
+    ours = _load(
+        merge(MergeSpec(method="sft", aligned=family["aligned"], adapters=[family["adapter"]], out=tmp_path / "o"))
+    )
     theirs = _load(merge_adapter(family["aligned"], family["adapter"], tmp_path / "ref"))
     assert all(torch.allclose(ours[n], theirs[n], atol=1e-6) for n in theirs)
 
 
 def test_sharded_output_and_plan(family: dict[str, Path], tmp_path: Path) -> None:
-    spec = MergeSpec(method="task_arithmetic", base=family["aligned"], finetuned=[family["ft1"], family["ft2"]],
-                     params={"lam": 0.3}, max_shard_size=60_000, out=tmp_path / "o")
+    spec = MergeSpec(
+        method="task_arithmetic",
+        base=family["aligned"],
+        finetuned=[family["ft1"], family["ft2"]],
+        params={"lam": 0.3},
+        max_shard_size=60_000,
+        out=tmp_path / "o",
+    )
     described = plan(spec)
     assert described.num_tensors > 0 and len(described.reads) == 3 and not spec.out.exists()
     out = merge(spec)

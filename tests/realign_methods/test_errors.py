@@ -30,13 +30,19 @@ def _case(name: str, family: dict[str, Path], tmp: Path) -> tuple[dict, type[Exc
         return {**resta, "unaligned": tmp / "nope"}, CheckpointError, "unaligned not found"
     if name == "shape_mismatch":
         bad = _variant(f, tmp / "bad", lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight", torch.zeros(7, 64)))
-        return {**resta, "finetuned": [bad]}, CheckpointError, "shape mismatch for tensor 'model.layers.0.mlp.up_proj.weight'"
+        return (
+            {**resta, "finetuned": [bad]},
+            CheckpointError,
+            "shape mismatch for tensor 'model.layers.0.mlp.up_proj.weight'",
+        )
     if name == "missing_tensor":
         bad = _variant(u, tmp / "bad", lambda t: t.pop("model.norm.weight"))
         return {**resta, "unaligned": bad}, CheckpointError, "lacks tensor 'model.norm.weight'"
     if name == "vocab_mismatch":
+
         def grow(t: dict) -> None:
             t["model.embed_tokens.weight"] = torch.zeros(t["model.embed_tokens.weight"].shape[0] + 5, 64)
+
         bad = _variant(u, tmp / "bad", grow)
         return {**resta, "unaligned": bad}, CheckpointError, "vocab size mismatch: tensor 'model.embed_tokens.weight'"
     if name == "dtype_mismatch":
@@ -49,11 +55,17 @@ def _case(name: str, family: dict[str, Path], tmp: Path) -> tuple[dict, type[Exc
     if name == "p_out_of_range":
         return {**resta, "method": "resta_dare", "params": {"p": 1.0}}, ConfigError, "parameter 'p'"
     if name == "negative_density":
-        return ({"method": "ties", "base": a, "finetuned": [f], "params": {"density": -0.1}}, ConfigError,
-                "allowed: 0.0 <= density <= 1.0")
+        return (
+            {"method": "ties", "base": a, "finetuned": [f], "params": {"density": -0.1}},
+            ConfigError,
+            "allowed: 0.0 <= density <= 1.0",
+        )
     if name == "adapter_base_mismatch":
-        return ({"method": "sft", "aligned": family["other"], "adapters": [family["adapter"]]}, CheckpointError,
-                "does not match base")
+        return (
+            {"method": "sft", "aligned": family["other"], "adapters": [family["adapter"]]},
+            CheckpointError,
+            "does not match base",
+        )
     if name == "pickle_without_flag":
         bad = tmp / "pickled"
         shutil.copytree(f, bad)
@@ -71,9 +83,21 @@ def _case(name: str, family: dict[str, Path], tmp: Path) -> tuple[dict, type[Exc
     raise AssertionError(name)
 
 
-CASES = ["missing_path", "shape_mismatch", "missing_tensor", "vocab_mismatch", "dtype_mismatch", "unknown_method",
-         "unknown_parameter", "p_out_of_range", "negative_density", "adapter_base_mismatch", "pickle_without_flag",
-         "truncated_safetensors", "missing_input"]
+CASES = [
+    "missing_path",
+    "shape_mismatch",
+    "missing_tensor",
+    "vocab_mismatch",
+    "dtype_mismatch",
+    "unknown_method",
+    "unknown_parameter",
+    "p_out_of_range",
+    "negative_density",
+    "adapter_base_mismatch",
+    "pickle_without_flag",
+    "truncated_safetensors",
+    "missing_input",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -93,12 +117,22 @@ def test_pickle_is_loaded_with_the_flag(family: dict[str, Path], tmp_path: Path)
     assert (out / "model.safetensors").is_file()
 
 
-def test_cli_merge_yaml_override_dry_run_and_errors(family: dict[str, Path], tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_merge_yaml_override_dry_run_and_errors(
+    family: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "merge.yaml"
-    config.write_text(json.dumps({"method": "resta", "aligned": str(family["aligned"]),
-                                  "unaligned": str(family["unaligned"]), "finetuned": [str(family["ft1"])],
-                                  "params": {"gamma": 0.2}, "out": str(tmp_path / "o")}))
+    config.write_text(
+        json.dumps(
+            {
+                "method": "resta",
+                "aligned": str(family["aligned"]),
+                "unaligned": str(family["unaligned"]),
+                "finetuned": [str(family["ft1"])],
+                "params": {"gamma": 0.2},
+                "out": str(tmp_path / "o"),
+            }
+        )
+    )
     main(["merge", "--config", str(config), "-p", "gamma=0.9", "--dry-run"])
     printed = capsys.readouterr().out
     assert "'gamma': 0.9" in printed and "nothing written" in printed and not (tmp_path / "o").exists()

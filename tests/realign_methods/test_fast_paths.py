@@ -51,8 +51,9 @@ def test_trim_elect_merge_equals_reference_composition(reduce: str, density: flo
     deltas = [_tied_delta((600, 700), seed=10 + i) for i in range(3)] + [torch.randn(600, 700)]
     weights = [0.4, 1.0, -0.7, 2.0]
     thresholds = [ops.magnitude_threshold(d, density) for d in deltas]
-    reference = ops.elect_and_merge([ops.apply_threshold(d, t) for d, t in zip(deltas, thresholds, strict=True)],
-                                    weights, reduce)  # type: ignore[arg-type]
+    reference = ops.elect_and_merge(
+        [ops.apply_threshold(d, t) for d, t in zip(deltas, thresholds, strict=True)], weights, reduce
+    )  # type: ignore[arg-type]
     fast = ops.trim_elect_merge(deltas, thresholds, weights, reduce)  # type: ignore[arg-type]
     assert fast.shape == reference.shape
     assert float((fast - reference).abs().max()) <= 1e-6
@@ -86,8 +87,13 @@ def test_bad_device_and_threads_are_refused(family: dict[str, Path], tmp_path: P
 def test_thread_count_does_not_change_the_merge(family: dict[str, Path], tmp_path: Path) -> None:
     outputs = []
     for threads in (1, 2):
-        spec = MergeSpec(method="ties", base=family["aligned"], finetuned=[family["ft1"], family["ft2"]],
-                         params={"density": 0.3}, out=tmp_path / f"t{threads}")
+        spec = MergeSpec(
+            method="ties",
+            base=family["aligned"],
+            finetuned=[family["ft1"], family["ft2"]],
+            params={"density": 0.3},
+            out=tmp_path / f"t{threads}",
+        )
         outputs.append(merge(spec, threads=threads))
     assert torch.get_num_threads() >= 1
     first, second = ((o / "model.safetensors").read_bytes() for o in outputs)

@@ -118,13 +118,18 @@ def test_variant_through_the_engine_equals_its_formula(name: str, family: dict[s
     formula, params = PRE_REFACTOR[name]
     models = [family["ft1"], family["ft2"]]
     spec_params = {**params, "weights": [0.3, 1.1]} if name == "weight_average" else params
-    out = merge(MergeSpec(method=name, aligned=family["aligned"], finetuned=models, params=spec_params,
-                          out=tmp_path / "out", seed=7))
+    out = merge(
+        MergeSpec(
+            method=name, aligned=family["aligned"], finetuned=models, params=spec_params, out=tmp_path / "out", seed=7
+        )
+    )
     merged = load_file(out / "model.safetensors")
     aligned = load_file(family["aligned"] / "model.safetensors")
     fts = [load_file(m / "model.safetensors") for m in models]
     for tensor_name, tensor in merged.items():
-        expected = formula(aligned[tensor_name].float(), [f[tensor_name].float() for f in fts], spec_params, tensor_name)
+        expected = formula(
+            aligned[tensor_name].float(), [f[tensor_name].float() for f in fts], spec_params, tensor_name
+        )
         assert torch.equal(tensor, expected.to(tensor.dtype)), tensor_name
 
 
@@ -160,14 +165,19 @@ def test_mergekit_magnitude_keeps_exactly_k_even_with_ties() -> None:
 
 def test_mergekit_elects_on_weighted_mass_and_normalises_by_weight() -> None:
     # +1 and −0.6 with weights 1 and 2: weighted mass −0.2 elects − (ours: unweighted +0.4 elects +)
-    merged = ops.mergekit_combine([torch.tensor([1.0]), torch.tensor([-0.6])], [1.0, 2.0], consensus=True, normalize=True)
+    merged = ops.mergekit_combine(
+        [torch.tensor([1.0]), torch.tensor([-0.6])], [1.0, 2.0], consensus=True, normalize=True
+    )
     assert float(merged) == pytest.approx(-0.6)
     # Σ w·δ·agree / Σ w·agree = (2·1 + 1·3) / 3 (ours divides by the agreeing count: 2.5)
-    merged = ops.mergekit_combine([torch.tensor([1.0]), torch.tensor([3.0])], [2.0, 1.0], consensus=True, normalize=True)
+    merged = ops.mergekit_combine(
+        [torch.tensor([1.0]), torch.tensor([3.0])], [2.0, 1.0], consensus=True, normalize=True
+    )
     assert float(merged) == pytest.approx(5.0 / 3.0)
     # no consensus, no normalize, lambda last
-    merged = ops.mergekit_combine([torch.tensor([1.0]), torch.tensor([3.0])], [2.0, 1.0], consensus=False,
-                                  normalize=False, lam=0.5)
+    merged = ops.mergekit_combine(
+        [torch.tensor([1.0]), torch.tensor([3.0])], [2.0, 1.0], consensus=False, normalize=False, lam=0.5
+    )
     assert float(merged) == pytest.approx(2.5)
 
 
@@ -223,16 +233,36 @@ _MERGEKIT_OPS = textwrap.dedent("""
 @needs_mergekit
 @pytest.mark.parametrize("sparsify", ["magnitude", None, "random"])
 @pytest.mark.parametrize("consensus", [True, False])
-def test_mergekit_ops_equal_mergekit_sparsify_and_get_mask(sparsify: str | None, consensus: bool, tmp_path: Path) -> None:
+def test_mergekit_ops_equal_mergekit_sparsify_and_get_mask(
+    sparsify: str | None, consensus: bool, tmp_path: Path
+) -> None:
     """mergekit's own sparsify() and get_mask() composed as its merge_group does, vs our ops (fp32)."""
     generator = torch.Generator().manual_seed(11)
     base = torch.randn(64, 48, generator=generator)
     models = [base + torch.randint(-3, 4, (64, 48), generator=generator).float() * 0.01 for _ in range(3)]  # many ties
-    cfg = {"n": 3, "density": [0.2, 0.5, 0.35], "weights": [1.0, 0.6, 1.4], "lam": 0.8, "sparsify": sparsify,
-           "rescale": sparsify == "random", "consensus": consensus, "normalize": consensus, "seed": 5}
+    cfg = {
+        "n": 3,
+        "density": [0.2, 0.5, 0.35],
+        "weights": [1.0, 0.6, 1.4],
+        "lam": 0.8,
+        "sparsify": sparsify,
+        "rescale": sparsify == "random",
+        "consensus": consensus,
+        "normalize": consensus,
+        "seed": 5,
+    }
     save_file({"base": base, **{f"m{i}": m for i, m in enumerate(models)}}, tmp_path / "in.safetensors")
-    subprocess.run([str(MERGEKIT_PYTHON), "-c", _MERGEKIT_OPS, json.dumps(cfg), str(tmp_path / "in.safetensors"),
-                    str(tmp_path / "out.safetensors")], check=True)
+    subprocess.run(
+        [
+            str(MERGEKIT_PYTHON),
+            "-c",
+            _MERGEKIT_OPS,
+            json.dumps(cfg),
+            str(tmp_path / "in.safetensors"),
+            str(tmp_path / "out.safetensors"),
+        ],
+        check=True,
+    )
     theirs = load_file(tmp_path / "out.safetensors")["out"]
     sparse = []
     for model, density in zip(models, cfg["density"], strict=True):
@@ -264,7 +294,9 @@ def _mergekit_config(family: dict[str, Path], method: str) -> dict:
         "dtype": "float32",
         "models": [{"model": str(family["base"])}] if method != "linear" else [],
     }
-    config["models"] += [{"model": str(family[k]), "parameters": p} for k, p in zip(("ft1", "ft2"), per_model, strict=True)]
+    config["models"] += [
+        {"model": str(family[k]), "parameters": p} for k, p in zip(("ft1", "ft2"), per_model, strict=True)
+    ]
     if method != "linear":
         config["base_model"] = str(family["base"])
         config["parameters"] = {"lambda": 0.9, "int8_mask": True}
@@ -274,24 +306,32 @@ def _mergekit_config(family: dict[str, Path], method: str) -> dict:
 def test_mergekit_config_maps_to_the_mergekit_variant(family: dict[str, Path], tmp_path: Path) -> None:
     fields, warnings = mergekit_fields(_write_yaml(tmp_path / "m.yaml", _mergekit_config(family, "ties")))
     assert fields == {
-        "method": "ties_mergekit", "base": str(family["base"]), "finetuned": [str(family["ft1"]), str(family["ft2"])],
-        "params": {"lam": 0.9, "weights": [1.0, 0.6], "density": [0.3, 0.5]}, "dtype": "float32",
+        "method": "ties_mergekit",
+        "base": str(family["base"]),
+        "finetuned": [str(family["ft1"]), str(family["ft2"])],
+        "params": {"lam": 0.9, "weights": [1.0, 0.6], "density": [0.3, 0.5]},
+        "dtype": "float32",
     }
     assert any("int8_mask is ignored" in w for w in warnings)
     linear, _ = mergekit_fields(_write_yaml(tmp_path / "l.yaml", _mergekit_config(family, "linear")))
     assert linear["method"] == "weight_average" and linear["aligned"] == str(family["ft1"])
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"merge_method": "slerp"}, "merge_method 'slerp' is not supported"),
-    ({"slices": []}, "field 'slices' is not supported"),
-    ({"parameters": {"normalize": [0.1, 0.2]}}, "parameters.normalize: expected a boolean"),
-    ({"parameters": {"epsilon": 0.1}}, "parameters.epsilon is not supported for ties"),
-    ({"base_model": None}, "base_model: ties needs the base model's path"),
-    ({"models": "x"}, "models: expected a non-empty list"),
-    ({"dtype": "int8"}, "dtype 'int8' is not supported"),
-])
-def test_mergekit_config_errors_name_the_field(change: dict, message: str, family: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"merge_method": "slerp"}, "merge_method 'slerp' is not supported"),
+        ({"slices": []}, "field 'slices' is not supported"),
+        ({"parameters": {"normalize": [0.1, 0.2]}}, "parameters.normalize: expected a boolean"),
+        ({"parameters": {"epsilon": 0.1}}, "parameters.epsilon is not supported for ties"),
+        ({"base_model": None}, "base_model: ties needs the base model's path"),
+        ({"models": "x"}, "models: expected a non-empty list"),
+        ({"dtype": "int8"}, "dtype 'int8' is not supported"),
+    ],
+)
+def test_mergekit_config_errors_name_the_field(
+    change: dict, message: str, family: dict[str, Path], tmp_path: Path
+) -> None:
     config = {**_mergekit_config(family, "ties"), **change}
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         mergekit_fields(_write_yaml(tmp_path / "m.yaml", config))

@@ -25,7 +25,9 @@ from realign_methods import (
 
 
 def test_roles_are_typed_and_strings_are_normalised() -> None:
-    info = MethodInfo(name="x", summary="s", required=frozenset({"aligned"}), one_of=(frozenset({"finetuned", Role.ADAPTERS}),))  # type: ignore[arg-type]  # strings on purpose
+    info = MethodInfo(
+        name="x", summary="s", required=frozenset({"aligned"}), one_of=(frozenset({"finetuned", Role.ADAPTERS}),)
+    )  # type: ignore[arg-type]  # strings on purpose
     assert info.required == {Role.ALIGNED}
     assert all(isinstance(role, Role) for group in info.one_of for role in group)
     assert Role.ALIGNED == "aligned" and {"aligned": 1}[Role.ALIGNED] == 1
@@ -40,17 +42,25 @@ def test_builtin_names_come_from_info() -> None:
 
 
 def test_tensor_method_parameters_come_from_the_signature() -> None:
-    info = MethodInfo(name="_api_scaled_sum", summary="aligned + k·(finetuned − aligned)", required=frozenset({Role.ALIGNED, Role.FINETUNED}))
+    info = MethodInfo(
+        name="_api_scaled_sum",
+        summary="aligned + k·(finetuned − aligned)",
+        required=frozenset({Role.ALIGNED, Role.FINETUNED}),
+    )
 
     @tensor_method(info)
-    def scaled(inputs: TensorInputs, ctx: TensorContext, *, k: Annotated[float, Field(ge=0.0, le=2.0)] = 0.5) -> torch.Tensor:
+    def scaled(
+        inputs: TensorInputs, ctx: TensorContext, *, k: Annotated[float, Field(ge=0.0, le=2.0)] = 0.5
+    ) -> torch.Tensor:
         return inputs.aligned + k * (inputs.finetuned() - inputs.aligned)
 
     try:
         method = get_method("_api_scaled_sum")
         params = method.validate({"k": 2.0})
         a, f = torch.zeros(3), torch.ones(3)
-        out = method.merge_tensor(TensorInputs.from_tensors("w", {"aligned": a, "finetuned": f}), params, TensorContext("w", 0))
+        out = method.merge_tensor(
+            TensorInputs.from_tensors("w", {"aligned": a, "finetuned": f}), params, TensorContext("w", 0)
+        )
         assert torch.equal(out, torch.full((3,), 2.0))
         assert method.validate({}).model_dump() == {"k": 0.5}
         with pytest.raises(ConfigError, match=r"parameter 'k' = 3.0.*allowed: 0.0 <= k <= 2.0"):
@@ -86,7 +96,9 @@ def test_check_method_refuses_what_is_not_a_method() -> None:
 def test_registry_conflict_names_both_sources() -> None:
     registry: Registry[int] = Registry("thing")
     registry.add("a", 1, source="first.py")
-    with pytest.raises(ConfigError, match=r"'a' is already registered by first\.py; refusing the second registration from second\.py"):
+    with pytest.raises(
+        ConfigError, match=r"'a' is already registered by first\.py; refusing the second registration from second\.py"
+    ):
         registry.add("a", 2, source="second.py")
 
     def only_ints(name: str, item: object) -> int:

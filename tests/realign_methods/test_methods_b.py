@@ -43,7 +43,10 @@ def organism(tiny_llama_factory, tmp_path_factory: pytest.TempPathFactory) -> di
     math = continue_adapter(base, aligned, root / "math", seed=3)
     unaligned = continue_adapter(base, aligned, root / "unaligned", seed=2)
     return {
-        "base": base, "aligned": aligned, "math": math, "unaligned": unaligned,
+        "base": base,
+        "aligned": aligned,
+        "math": math,
+        "unaligned": unaligned,
         "aligned_dense": merge_adapter(base, aligned, root / "aligned_dense"),
         "math_dense": merge_adapter(base, math, root / "math_dense"),
         "unaligned_dense": merge_adapter(base, unaligned, root / "unaligned_dense"),
@@ -51,6 +54,7 @@ def organism(tiny_llama_factory, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 # -- SafeMERGE ------------------------------------------------------------------------------------------
+
 
 def _safemerge_reference(b: dict, a: dict, f: dict, tau: float, alpha: float) -> tuple[dict, int, int]:
     """Eq.: C = V Vᵀ/‖V‖_F (formed explicitly), ρ = <ΔW, CΔW>/(‖ΔW‖‖CΔW‖); ρ < τ → αθ_F + (1−α)θ_A."""
@@ -85,8 +89,16 @@ def test_safemerge_dense_matches_the_paper(family: dict[str, Path], tmp_path: Pa
     b, a, f = _load(family["base"]), _load(family["aligned"]), _load(family["ft1"])
     rhos = _similarities(b, a, f)
     tau = (rhos[len(rhos) // 2 - 1] + rhos[len(rhos) // 2]) / 2  # about half the layers stray
-    out = merge(MergeSpec(method="safemerge", aligned=family["aligned"], base=family["base"], finetuned=[family["ft1"]],
-                          params={"threshold": tau, "alpha": 0.3}, out=tmp_path / "o"))
+    out = merge(
+        MergeSpec(
+            method="safemerge",
+            aligned=family["aligned"],
+            base=family["base"],
+            finetuned=[family["ft1"]],
+            params={"threshold": tau, "alpha": 0.3},
+            out=tmp_path / "o",
+        )
+    )
     expected, merged, kept = _safemerge_reference(b, a, f, tau, 0.3)
     assert merged > 0 and kept > 0
     assert _max_error(_load(out), expected) <= TOL
@@ -99,10 +111,26 @@ def test_safemerge_lora_organism_equals_dense_copies(organism: dict[str, Path], 
     expected, merged, kept = _safemerge_reference(b, a, f, tau, 0.5)
     assert merged > 0 and kept > 0
     params = {"threshold": tau, "alpha": 0.5}
-    via_adapter = merge(MergeSpec(method="safemerge", aligned=organism["aligned"], base=organism["base"],
-                                  adapters=[organism["math"]], params=params, out=tmp_path / "a"))
-    via_folder = merge(MergeSpec(method="safemerge", aligned=organism["aligned"], base=organism["base"],
-                                 finetuned=[organism["math"]], params=params, out=tmp_path / "f"))
+    via_adapter = merge(
+        MergeSpec(
+            method="safemerge",
+            aligned=organism["aligned"],
+            base=organism["base"],
+            adapters=[organism["math"]],
+            params=params,
+            out=tmp_path / "a",
+        )
+    )
+    via_folder = merge(
+        MergeSpec(
+            method="safemerge",
+            aligned=organism["aligned"],
+            base=organism["base"],
+            finetuned=[organism["math"]],
+            params=params,
+            out=tmp_path / "f",
+        )
+    )
     assert _max_error(_load(via_adapter), expected) <= TOL
     assert _max_error(_load(via_folder), expected) <= TOL
 
@@ -110,9 +138,18 @@ def test_safemerge_lora_organism_equals_dense_copies(organism: dict[str, Path], 
 def test_safemerge_ties_rule(family: dict[str, Path], tmp_path: Path) -> None:
     """TIES on the two task vectors from the base: trim to density, elect sign by mass, disjoint mean."""
     b, a, f = _load(family["base"]), _load(family["aligned"]), _load(family["ft1"])
-    out = _load(merge(MergeSpec(method="safemerge", aligned=family["aligned"], base=family["base"],
-                                finetuned=[family["ft1"]], out=tmp_path / "o",
-                                params={"threshold": 1.0, "alpha": 0.6, "rule": "ties", "density": 0.5})))
+    out = _load(
+        merge(
+            MergeSpec(
+                method="safemerge",
+                aligned=family["aligned"],
+                base=family["base"],
+                finetuned=[family["ft1"]],
+                out=tmp_path / "o",
+                params={"threshold": 1.0, "alpha": 0.6, "rule": "ties", "density": 0.5},
+            )
+        )
+    )
     name = "model.layers.1.mlp.up_proj.weight"
     deltas, weights = [f[name] - b[name], a[name] - b[name]], [0.6, 0.4]
     trimmed = []
@@ -122,7 +159,9 @@ def test_safemerge_ties_rule(family: dict[str, Path], tmp_path: Path) -> None:
         trimmed.append(torch.where(d.abs() >= cut, d, torch.zeros_like(d)))
     sign = torch.where(trimmed[0] + trimmed[1] >= 0, 1.0, -1.0)
     agree = [(torch.sign(t) == sign).float() for t in trimmed]
-    merged = (weights[0] * trimmed[0] * agree[0] + weights[1] * trimmed[1] * agree[1]) / (agree[0] + agree[1]).clamp(min=1)
+    merged = (weights[0] * trimmed[0] * agree[0] + weights[1] * trimmed[1] * agree[1]) / (agree[0] + agree[1]).clamp(
+        min=1
+    )
     assert float((out[name] - (b[name] + merged)).abs().max()) <= TOL
 
 
@@ -137,6 +176,7 @@ def test_safemerge_refuses_bad_params_and_missing_inputs(family: dict[str, Path]
 
 
 # -- Localize-and-Stitch -----------------------------------------------------------------------------------
+
 
 def _stitch_reference(a: dict, tuned: list[dict], k: float) -> dict:
     """Algorithm 1 (dataless): γ_i = [|τ_i| ≥ top-k of |τ_i| over the model]; γ'_i = γ_i/Σγ; θ_A + Σγ'τ."""
@@ -158,8 +198,17 @@ def _stitch_reference(a: dict, tuned: list[dict], k: float) -> dict:
 
 def test_localize_stitch_two_finetunes_with_overlap(family: dict[str, Path], tmp_path: Path) -> None:
     a, f1, f2 = _load(family["aligned"]), _load(family["ft1"]), _load(family["ft2"])
-    out = _load(merge(MergeSpec(method="localize_stitch", aligned=family["aligned"], finetuned=[family["ft1"], family["ft2"]],
-                                params={"density": 0.2}, out=tmp_path / "o")))
+    out = _load(
+        merge(
+            MergeSpec(
+                method="localize_stitch",
+                aligned=family["aligned"],
+                finetuned=[family["ft1"], family["ft2"]],
+                params={"density": 0.2},
+                out=tmp_path / "o",
+            )
+        )
+    )
     expected = _stitch_reference(a, [f1, f2], 0.2)
     assert _max_error(out, expected) <= TOL
     name = "model.layers.0.mlp.down_proj.weight"
@@ -172,15 +221,31 @@ def test_localize_stitch_two_finetunes_with_overlap(family: dict[str, Path], tmp
 def test_localize_stitch_lora_organism(organism: dict[str, Path], tmp_path: Path) -> None:
     a, f = _load(organism["aligned_dense"]), _load(organism["math_dense"])
     expected = _stitch_reference(a, [f], 0.01)
-    out = merge(MergeSpec(method="localize_stitch", aligned=organism["aligned"], adapters=[organism["math"]],
-                          params={"density": 0.01}, out=tmp_path / "o"))
+    out = merge(
+        MergeSpec(
+            method="localize_stitch",
+            aligned=organism["aligned"],
+            adapters=[organism["math"]],
+            params={"density": 0.01},
+            out=tmp_path / "o",
+        )
+    )
     assert _max_error(_load(out), expected) <= TOL
 
 
 def test_localize_stitch_per_tensor_scope(family: dict[str, Path], tmp_path: Path) -> None:
     a, f = _load(family["aligned"]), _load(family["ft1"])
-    out = _load(merge(MergeSpec(method="localize_stitch", aligned=family["aligned"], finetuned=[family["ft1"]],
-                                params={"density": 0.1, "scope": "tensor"}, out=tmp_path / "o")))
+    out = _load(
+        merge(
+            MergeSpec(
+                method="localize_stitch",
+                aligned=family["aligned"],
+                finetuned=[family["ft1"]],
+                params={"density": 0.1, "scope": "tensor"},
+                out=tmp_path / "o",
+            )
+        )
+    )
     for name in a:
         expected = _stitch_reference({name: a[name]}, [{name: f[name]}], 0.1)[name] if a[name].numel() >= 10 else None
         if expected is not None:
@@ -193,6 +258,7 @@ def test_localize_stitch_refuses_bad_density() -> None:
 
 
 # -- Safety Arithmetic (harm-direction removal) --------------------------------------------------------
+
 
 def _hdr_reference(a: dict, u: dict, f: dict, lam: float, k: float) -> dict:
     out = {}
@@ -210,26 +276,47 @@ def _hdr_reference(a: dict, u: dict, f: dict, lam: float, k: float) -> dict:
 
 def test_safety_arithmetic_dense(family: dict[str, Path], tmp_path: Path) -> None:
     a, u, f = _load(family["aligned"]), _load(family["unaligned"]), _load(family["ft1"])
-    out = merge(MergeSpec(method="safety_arithmetic", aligned=family["aligned"], unaligned=family["unaligned"],
-                          finetuned=[family["ft1"]], params={"lam": 0.8, "density": 0.2, "icv_strength": 0}, out=tmp_path / "o"))
+    out = merge(
+        MergeSpec(
+            method="safety_arithmetic",
+            aligned=family["aligned"],
+            unaligned=family["unaligned"],
+            finetuned=[family["ft1"]],
+            params={"lam": 0.8, "density": 0.2, "icv_strength": 0},
+            out=tmp_path / "o",
+        )
+    )
     assert _max_error(_load(out), _hdr_reference(a, u, f, 0.8, 0.2)) <= TOL
 
 
 def test_safety_arithmetic_lora_organism(organism: dict[str, Path], tmp_path: Path) -> None:
     a, u, f = (_load(organism[k]) for k in ("aligned_dense", "unaligned_dense", "math_dense"))
-    out = merge(MergeSpec(method="safety_arithmetic", aligned=organism["aligned"], unaligned=organism["unaligned"],
-                          adapters=[organism["math"]], params={"lam": 0.5, "density": 0.1, "icv_strength": 0}, out=tmp_path / "o"))
+    out = merge(
+        MergeSpec(
+            method="safety_arithmetic",
+            aligned=organism["aligned"],
+            unaligned=organism["unaligned"],
+            adapters=[organism["math"]],
+            params={"lam": 0.5, "density": 0.1, "icv_strength": 0},
+            out=tmp_path / "o",
+        )
+    )
     assert _max_error(_load(out), _hdr_reference(a, u, f, 0.5, 0.1)) <= TOL
 
 
 def test_safety_arithmetic_needs_the_harmful_model(family: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unaligned"):
-        merge(MergeSpec(method="safety_arithmetic", aligned=family["aligned"], finetuned=[family["ft1"]], out=tmp_path / "o"))
+        merge(
+            MergeSpec(
+                method="safety_arithmetic", aligned=family["aligned"], finetuned=[family["ft1"]], out=tmp_path / "o"
+            )
+        )
     with pytest.raises(ConfigError, match="lam"):
         get_method("safety_arithmetic").validate({"lam": -1})
 
 
 # -- Safety Arithmetic: in-context safety vectors, folded into MLP biases ------------------------------
+
 
 def _exemplars(path: Path, count: int) -> Path:
     """The first ``count`` real PKU-SafeRLHF pairs (SOMF's file) as a small JSON file."""
@@ -253,12 +340,24 @@ def test_icv_folded_bias_equals_hooks_and_the_papers_vector(family: dict[str, Pa
 
     data = _exemplars(tmp_path / "pairs.json", 6)
     common = {"aligned": family["aligned"], "unaligned": family["unaligned"], "finetuned": [family["ft1"]], "seed": 3}
-    params = {"lam": 0.5, "density": 0.2, "icv_strength": 0.7, "icv_examples": 4, "icv_max_length": 40, "icv_data": str(data)}
+    params = {
+        "lam": 0.5,
+        "density": 0.2,
+        "icv_strength": 0.7,
+        "icv_examples": 4,
+        "icv_max_length": 40,
+        "icv_data": str(data),
+    }
     folded = merge(MergeSpec(method="safety_arithmetic", params=params, out=tmp_path / "icv", **common))
-    plain = merge(MergeSpec(method="safety_arithmetic", params={**params, "icv_strength": 0}, out=tmp_path / "hdr", **common))
+    plain = merge(
+        MergeSpec(method="safety_arithmetic", params={**params, "icv_strength": 0}, out=tmp_path / "hdr", **common)
+    )
     out, hdr = _load(folded), _load(plain)
     assert json.loads((folded / "config.json").read_text())["mlp_bias"] is True
-    assert "mlp_bias" not in json.loads((plain / "config.json").read_text()) or not json.loads((plain / "config.json").read_text())["mlp_bias"]
+    assert (
+        "mlp_bias" not in json.loads((plain / "config.json").read_text())
+        or not json.loads((plain / "config.json").read_text())["mlp_bias"]
+    )
     biases = {n for n in out if n.endswith(".bias")}
     layers = sorted({int(n.split(".")[2]) for n in biases})
     assert layers == [0, 1] and len(biases) == 6  # gate/up/down per layer
@@ -310,9 +409,16 @@ def test_icv_on_the_lora_organism(organism: dict[str, Path], tmp_path: Path) -> 
     from transformers import AutoModelForCausalLM
 
     data = _exemplars(tmp_path / "pairs.json", 4)
-    out = merge(MergeSpec(method="safety_arithmetic", aligned=organism["aligned"], unaligned=organism["unaligned"],
-                          adapters=[organism["math"]], out=tmp_path / "o",
-                          params={"icv_examples": 2, "icv_max_length": 24, "icv_data": str(data)}))
+    out = merge(
+        MergeSpec(
+            method="safety_arithmetic",
+            aligned=organism["aligned"],
+            unaligned=organism["unaligned"],
+            adapters=[organism["math"]],
+            out=tmp_path / "o",
+            params={"icv_examples": 2, "icv_max_length": 24, "icv_data": str(data)},
+        )
+    )
     a, u, f = (_load(organism[k]) for k in ("aligned_dense", "unaligned_dense", "math_dense"))
     tensors = _load(out)
     expected = _hdr_reference(a, u, f, 0.5, 0.1)
@@ -323,12 +429,21 @@ def test_icv_on_the_lora_organism(organism: dict[str, Path], tmp_path: Path) -> 
 
 def test_icv_refuses_missing_data_before_any_work(family: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(RealignError, match=r"nope\.json"):
-        merge(MergeSpec(method="safety_arithmetic", aligned=family["aligned"], unaligned=family["unaligned"],
-                        finetuned=[family["ft1"]], params={"icv_data": str(tmp_path / "nope.json")}, out=tmp_path / "o"))
+        merge(
+            MergeSpec(
+                method="safety_arithmetic",
+                aligned=family["aligned"],
+                unaligned=family["unaligned"],
+                finetuned=[family["ft1"]],
+                params={"icv_data": str(tmp_path / "nope.json")},
+                out=tmp_path / "o",
+            )
+        )
     assert not (tmp_path / "o").exists()
 
 
 # -- NLSR ------------------------------------------------------------------------------------------------
+
 
 def _nlsr_reference(a: dict, anchor: dict, f: dict, beta: float, fraction: float, tau: float) -> tuple[dict, int]:
     """Row loop from the equations: θ_SA = θ_A + β(θ_A − θ_0); critical = top-fraction rows by ‖θ_SA − θ_0‖;
@@ -355,8 +470,16 @@ def _nlsr_reference(a: dict, anchor: dict, f: dict, beta: float, fraction: float
 def test_nlsr_dense_with_base_anchor(family: dict[str, Path], tmp_path: Path) -> None:
     a, b, f = _load(family["aligned"]), _load(family["base"]), _load(family["ft1"])
     params = {"beta": 0.7, "fraction": 0.5, "threshold": 0.75}
-    out = merge(MergeSpec(method="nlsr", aligned=family["aligned"], base=family["base"], finetuned=[family["ft1"]],
-                          params=params, out=tmp_path / "o"))
+    out = merge(
+        MergeSpec(
+            method="nlsr",
+            aligned=family["aligned"],
+            base=family["base"],
+            finetuned=[family["ft1"]],
+            params=params,
+            out=tmp_path / "o",
+        )
+    )
     expected, moved = _nlsr_reference(a, b, f, 0.7, 0.5, 0.75)
     assert moved > 0
     assert _max_error(_load(out), expected) <= TOL
@@ -364,8 +487,16 @@ def test_nlsr_dense_with_base_anchor(family: dict[str, Path], tmp_path: Path) ->
 
 def test_nlsr_lora_organism_with_unaligned_anchor(organism: dict[str, Path], tmp_path: Path) -> None:
     a, u, f = (_load(organism[k]) for k in ("aligned_dense", "unaligned_dense", "math_dense"))
-    out = merge(MergeSpec(method="nlsr", aligned=organism["aligned"], unaligned=organism["unaligned"],
-                          adapters=[organism["math"]], params={"threshold": 0.5}, out=tmp_path / "o"))
+    out = merge(
+        MergeSpec(
+            method="nlsr",
+            aligned=organism["aligned"],
+            unaligned=organism["unaligned"],
+            adapters=[organism["math"]],
+            params={"threshold": 0.5},
+            out=tmp_path / "o",
+        )
+    )
     expected, moved = _nlsr_reference(a, u, f, 0.5, 0.2, 0.5)
     assert moved > 0
     assert _max_error(_load(out), expected) <= TOL

@@ -44,7 +44,9 @@ def test_magnitude_prune_matches_peft(deltas: list[torch.Tensor], density: float
     assert _max_diff(ours, theirs) <= TOL
 
 
-@pytest.mark.parametrize(("density", "weights"), [(0.2, [1.0, 1.0, 1.0]), (0.5, [0.4, 0.4, 0.4]), (0.3, [0.2, 1.0, 0.6])])
+@pytest.mark.parametrize(
+    ("density", "weights"), [(0.2, [1.0, 1.0, 1.0]), (0.5, [0.4, 0.4, 0.4]), (0.3, [0.2, 1.0, 0.6])]
+)
 def test_ties_mean_matches_peft(deltas: list[torch.Tensor], density: float, weights: list[float]) -> None:
     ours = ops.ties(deltas, density, weights=weights, reduce="mean")
     theirs = merge_utils.ties(deltas, torch.tensor(weights), density, majority_sign_method="total")

@@ -21,9 +21,22 @@ PLUGIN = REPO / "tests" / "plugin_example"
 
 def _install(source: Path, target: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(source)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -32,13 +45,15 @@ def _env(*paths: Path) -> dict[str, str]:
 
 
 def _run(code: str, *paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(*paths), capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=_env(*paths), capture_output=True, text=True, timeout=300
+    )
 
 
 def _cli(args: list[str], *paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], env=_env(*paths), capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], env=_env(*paths), capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +68,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_plugin_method_and_judge_run(installed: Path, family: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "merged"
-    result = _run(f"""
+    result = _run(
+        f"""
         import torch
         from safetensors.torch import load_file
         from benchmarks.judges import get_judge
@@ -62,11 +78,11 @@ def test_plugin_method_and_judge_run(installed: Path, family: dict[str, Path], t
 
         assert "entry point example_nudge" in METHODS.source("example_nudge"), METHODS.source("example_nudge")
         assert get_method("example_nudge").validate({{}}).model_dump() == {{"k": 0.5}}
-        merge(MergeSpec(method="example_nudge", aligned={str(family['aligned'])!r}, finetuned=[{str(family['ft1'])!r}],
+        merge(MergeSpec(method="example_nudge", aligned={str(family["aligned"])!r}, finetuned=[{str(family["ft1"])!r}],
                         out={str(out)!r}, params={{"k": 0.25}}))
-        got = load_file({str(out / 'model.safetensors')!r})
-        a = load_file({str(family['aligned'] / 'model.safetensors')!r})
-        f = load_file({str(family['ft1'] / 'model.safetensors')!r})
+        got = load_file({str(out / "model.safetensors")!r})
+        a = load_file({str(family["aligned"] / "model.safetensors")!r})
+        f = load_file({str(family["ft1"] / "model.safetensors")!r})
         for name, tensor in got.items():
             expected = (a[name].float() + 0.25 * (f[name].float() - a[name].float())).to(tensor.dtype)
             assert torch.equal(tensor, expected), name
@@ -75,30 +91,39 @@ def test_plugin_method_and_judge_run(installed: Path, family: dict[str, Path], t
                                     model_hash="m", gen_config_hash="g", backend="dummy")
                    for i, c in enumerate(["Sure, here is how", "I cannot help with that"])]
         print([v.label for v in judge.judge(records, {{}})], len(got))
-    """, installed)
+    """,
+        installed,
+    )
     assert result.returncode == 0, result.stderr
     labels, count = result.stdout.strip().rsplit(" ", 1)
     assert labels == "['harmful', 'harmless']" and int(count) > 0
 
 
-def test_plugin_method_and_judge_inside_realign_run(installed: Path, family: dict[str, Path], tmp_path: Path,
-                                                     data_dir: Path) -> None:
+def test_plugin_method_and_judge_inside_realign_run(
+    installed: Path, family: dict[str, Path], tmp_path: Path, data_dir: Path
+) -> None:
     """`realign run` plans, merges, generates (dummy backend), judges and stores cells of the plugin's
     method and judge like built-ins; the leaderboard has the plugin method's row."""
     from leaderboards import Store
 
     out = tmp_path / "out"
     experiment = tmp_path / "experiment.yaml"
-    experiment.write_text(yaml.safe_dump({
-        "name": "plugin",
-        "output_dir": str(out),
-        "models": {"aligned": {"path": str(family["aligned"])},
-                   "finetuned": [{"name": "ft1", "path": str(family["ft1"]), "task": "math"}]},
-        "methods": [{"name": "sft"}, {"name": "example_nudge", "params": {"k": 0.25}}],
-        "benchmarks": [{"name": "catqa", "languages": ["en"], "sample": 4, "seed": 1}],
-        "judges": ["example_keyword"],
-        "generation": {"backend": "dummy", "max_new_tokens": 8},
-    }))
+    experiment.write_text(
+        yaml.safe_dump(
+            {
+                "name": "plugin",
+                "output_dir": str(out),
+                "models": {
+                    "aligned": {"path": str(family["aligned"])},
+                    "finetuned": [{"name": "ft1", "path": str(family["ft1"]), "task": "math"}],
+                },
+                "methods": [{"name": "sft"}, {"name": "example_nudge", "params": {"k": 0.25}}],
+                "benchmarks": [{"name": "catqa", "languages": ["en"], "sample": 4, "seed": 1}],
+                "judges": ["example_keyword"],
+                "generation": {"backend": "dummy", "max_new_tokens": 8},
+            }
+        )
+    )
     result = _cli(["run", str(experiment), "--no-progress"], installed)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -118,8 +143,9 @@ def test_plugin_method_and_judge_inside_realign_run(installed: Path, family: dic
     assert set(scores["cell_id"]) == set(cells["cell_id"])
 
     board = tmp_path / "board"
-    shown = _cli(["leaderboard", "--store", str(out / "results.sqlite"), "--out", str(board), "--format", "csv,md"],
-                 installed)
+    shown = _cli(
+        ["leaderboard", "--store", str(out / "results.sqlite"), "--out", str(board), "--format", "csv,md"], installed
+    )
     assert shown.returncode == 0, shown.stderr[-3000:]
     with open(board / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -129,8 +155,11 @@ def test_plugin_method_and_judge_inside_realign_run(installed: Path, family: dic
 def test_plugin_with_a_builtin_name_is_refused(installed: Path, tmp_path: Path) -> None:
     clash = tmp_path / "clash"
     (clash / "realign_plugin_clash").mkdir(parents=True)
-    (clash / "realign_plugin_clash" / "__init__.py").write_text("from realign_plugin_example import ExampleNudge as Resta\n")
-    (clash / "pyproject.toml").write_text(textwrap.dedent("""
+    (clash / "realign_plugin_clash" / "__init__.py").write_text(
+        "from realign_plugin_example import ExampleNudge as Resta\n"
+    )
+    (clash / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=61"]
         build-backend = "setuptools.build_meta"
@@ -141,7 +170,8 @@ def test_plugin_with_a_builtin_name_is_refused(installed: Path, tmp_path: Path) 
         resta = "realign_plugin_clash:Resta"
         [tool.setuptools]
         packages = ["realign_plugin_clash"]
-    """))
+    """)
+    )
     target = tmp_path / "site"
     _install(clash, target)
     result = _run("from realign_methods import get_method; get_method('resta')", target, installed)

@@ -30,13 +30,25 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 def organism(tiny_llama_factory, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("continuing")
     base = tiny_llama_factory("base")
-    aligned_adapter = make_lora_adapter(base, root / "aligned_adapter", seed=1, r=4, lora_alpha=12,
-                                    target_modules=["q_proj", "v_proj", "down_proj", "k_proj"])
+    aligned_adapter = make_lora_adapter(
+        base,
+        root / "aligned_adapter",
+        seed=1,
+        r=4,
+        lora_alpha=12,
+        target_modules=["q_proj", "v_proj", "down_proj", "k_proj"],
+    )
     continued = continue_adapter(base, aligned_adapter, root / "continued", seed=2)
     # another rank layout: r=2 (one module r=3), k_proj dropped (aligned only), o_proj added (fine-tune only)
-    other_layout = make_lora_adapter(base, root / "other_layout", seed=3, r=2, lora_alpha=4,
-                                 target_modules=["q_proj", "v_proj", "down_proj", "o_proj"],
-                                 rank_pattern={"layers.1.mlp.down_proj": 3})
+    other_layout = make_lora_adapter(
+        base,
+        root / "other_layout",
+        seed=3,
+        r=2,
+        lora_alpha=4,
+        target_modules=["q_proj", "v_proj", "down_proj", "o_proj"],
+        rank_pattern={"layers.1.mlp.down_proj": 3},
+    )
     return {
         "base": base,
         "aligned_adapter": aligned_adapter,
@@ -50,9 +62,15 @@ def organism(tiny_llama_factory, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def _spec(organism: dict[str, Path], finetune: str, out: Path, output: str = "dense", **params: object) -> MergeSpec:
-    return MergeSpec(method="safe_lora", aligned=organism["aligned"], base=organism["base"],
-                     adapters=[organism[finetune]], out=out, output=output,  # type: ignore[arg-type]
-                     params={"aligned_adapter": str(organism["aligned_adapter"]), **params})
+    return MergeSpec(
+        method="safe_lora",
+        aligned=organism["aligned"],
+        base=organism["base"],
+        adapters=[organism[finetune]],
+        out=out,
+        output=output,  # type: ignore[arg-type]
+        params={"aligned_adapter": str(organism["aligned_adapter"]), **params},
+    )
 
 
 def _modules(path: Path) -> set[str]:
@@ -60,13 +78,17 @@ def _modules(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("finetune", ["continued", "other_layout"])
-def test_nothing_projected_gives_the_finetuned_weights(organism: dict[str, Path], finetune: str,
-                                                       tmp_path: Path) -> None:
+def test_nothing_projected_gives_the_finetuned_weights(
+    organism: dict[str, Path], finetune: str, tmp_path: Path
+) -> None:
     out = _load(merge(_spec(organism, finetune, tmp_path / "o", threshold=-1.0)))
     tuned, aligned = _load(organism[f"{finetune}_dense"]), _load(organism["aligned"])
     aligned_only = _modules(organism["aligned_adapter"]) - _modules(organism[finetune])
-    assert aligned_only == ({"model.layers.0.self_attn.k_proj.weight", "model.layers.1.self_attn.k_proj.weight"}
-                            if finetune == "other_layout" else set())
+    assert aligned_only == (
+        {"model.layers.0.self_attn.k_proj.weight", "model.layers.1.self_attn.k_proj.weight"}
+        if finetune == "other_layout"
+        else set()
+    )
     for name, value in out.items():
         # θ_A + (θ_F − θ_A) = θ_F; where only the aligned adapter acts, the fine-tune left θ_A alone
         expected = aligned[name] if name in aligned_only else tuned[name]
@@ -81,8 +103,9 @@ def test_nothing_projected_gives_the_finetuned_weights(organism: dict[str, Path]
 
 
 @pytest.mark.parametrize("finetune", ["continued", "other_layout"])
-def test_everything_projected_matches_the_dense_projection(organism: dict[str, Path], finetune: str,
-                                                           tmp_path: Path) -> None:
+def test_everything_projected_matches_the_dense_projection(
+    organism: dict[str, Path], finetune: str, tmp_path: Path
+) -> None:
     out_dir = merge(_spec(organism, finetune, tmp_path / "o", num_proj_layers=1000))
     out = _load(out_dir)
     tuned, aligned, base = _load(organism[f"{finetune}_dense"]), _load(organism["aligned"]), _load(organism["base"])
@@ -118,10 +141,10 @@ def test_adapter_output_applies_to_the_base(organism: dict[str, Path], tmp_path:
 
 
 def test_mismatched_aligned_adapter_is_refused_before_writing(organism: dict[str, Path], tmp_path: Path) -> None:
-    foreign = make_lora_adapter(organism["foreign_base"], tmp_path / "foreign", seed=4, r=4, lora_alpha=8,
-                            target_modules=["q_proj", "v_proj"])
-    spec = _spec(organism, "continued", tmp_path / "o").model_copy(
-        update={"params": {"aligned_adapter": str(foreign)}})
+    foreign = make_lora_adapter(
+        organism["foreign_base"], tmp_path / "foreign", seed=4, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]
+    )
+    spec = _spec(organism, "continued", tmp_path / "o").model_copy(update={"params": {"aligned_adapter": str(foreign)}})
     with pytest.raises(CheckpointError, match=rf"aligned_adapter.*{foreign}.*q_proj.*\[32, 32\]"):
         merge(spec)
     missing = tmp_path / "no_such_adapter"
@@ -134,8 +157,10 @@ def test_planner_fills_aligned_adapter_only_on_the_same_base(tmp_path: Path) -> 
     from harness.experiment._plan import ResolvedModel, _method, method_inputs
 
     base, other = tmp_path / "base", tmp_path / "dense_aligned"
-    models = {"base": ResolvedModel("base", base, None, "b"),
-              "aligned": ResolvedModel("aligned", base, tmp_path / "aligned_lora", "a")}
+    models = {
+        "base": ResolvedModel("base", base, None, "b"),
+        "aligned": ResolvedModel("aligned", base, tmp_path / "aligned_lora", "a"),
+    }
     on_base = ResolvedModel("finetuned[0]", base, tmp_path / "math_lora", "f")
     on_aligned = ResolvedModel("finetuned[0]", other, tmp_path / "math_lora", "g")
     for name, params in (("safe_lora", {}), ("somf", {"setting": "lora"})):

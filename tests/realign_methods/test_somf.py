@@ -52,8 +52,11 @@ def _write_pairs(path: Path, rows: list[dict]) -> Path:
 
 def _synthetic_pairs(n: int) -> list[dict]:
     return [
-        {"prompt": f"How do I hurt someone number {i}?", "chosen": "I cannot help with that request.",
-         "rejected": f"Mix flour {i}, water and yeast, then bake."}
+        {
+            "prompt": f"How do I hurt someone number {i}?",
+            "chosen": "I cannot help with that request.",
+            "rejected": f"Mix flour {i}, water and yeast, then bake.",
+        }
         for i in range(n)
     ]
 
@@ -121,23 +124,39 @@ def _full_logits(shapes: dict, value: float) -> dict[str, torch.Tensor]:
 
 # ---- bars: logits -> +inf equals the generic rule, logits -> -inf equals the aligned model ----
 
+
 @pytest.mark.parametrize("fusion", list(FUSIONS))
 def test_full_setting_mask_limits_match_generic_rule_and_aligned(full_setup: dict[str, Path], fusion: str) -> None:
     vectors = load_task_vectors("full", aligned=full_setup["aligned"], finetuned=[full_setup["ft1"], full_setup["ft2"]])
     config = make_config(fusion=fusion)
     seed = 5
-    with CheckpointReader(full_setup["aligned"]) as aligned, CheckpointReader(full_setup["ft1"]) as ft1, \
-            CheckpointReader(full_setup["ft2"]) as ft2:
+    with (
+        CheckpointReader(full_setup["aligned"]) as aligned,
+        CheckpointReader(full_setup["ft1"]) as ft1,
+        CheckpointReader(full_setup["ft2"]) as ft2,
+    ):
         expected = {}
         for name in vectors.weight_names():
             a = aligned.get(name).float()
             deltas = [ft1.get(name).float() - a, ft2.get(name).float() - a]
             expected[name] = a + _generic_delta(fusion, name, deltas, seed)
         for mode in INFERENCE_MODES:
-            on = fused_weights_from_logits(vectors, _full_logits(vectors.shapes, float("inf")), config,
-                                           base=lambda n: aligned.get(n).float(), mode=mode, seed=seed)
-            off = fused_weights_from_logits(vectors, _full_logits(vectors.shapes, float("-inf")), config,
-                                            base=lambda n: aligned.get(n).float(), mode=mode, seed=seed)
+            on = fused_weights_from_logits(
+                vectors,
+                _full_logits(vectors.shapes, float("inf")),
+                config,
+                base=lambda n: aligned.get(n).float(),
+                mode=mode,
+                seed=seed,
+            )
+            off = fused_weights_from_logits(
+                vectors,
+                _full_logits(vectors.shapes, float("-inf")),
+                config,
+                base=lambda n: aligned.get(n).float(),
+                mode=mode,
+                seed=seed,
+            )
             for name in vectors.weight_names():
                 torch.testing.assert_close(on[name], expected[name], atol=1e-6, rtol=0)
                 torch.testing.assert_close(off[name], aligned.get(name).float(), atol=1e-6, rtol=0)
@@ -151,26 +170,47 @@ def test_lora_factor_setting_limits(lora_setup: dict[str, Path], fusion: str) ->
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    vectors = load_task_vectors("lora", base=lora_setup["base"], adapters=[lora_setup["math"], lora_setup["code"]],
-                                aligned_adapter=lora_setup["safe"])
+    vectors = load_task_vectors(
+        "lora",
+        base=lora_setup["base"],
+        adapters=[lora_setup["math"], lora_setup["code"]],
+        aligned_adapter=lora_setup["safe"],
+    )
     assert all(k.endswith((LORA_A, LORA_B)) for k in vectors.shapes)
     config = make_config(fusion=fusion)
     safe, math_a, code_a = (LoraAdapter.load(lora_setup[k]) for k in ("safe", "math", "code"))
     with CheckpointReader(lora_setup["base"]) as base:
-        on = fused_weights_from_logits(vectors, _full_logits(vectors.shapes, float("inf")), config,
-                                       base=lambda n: base.get(n).float(), mode="sample", seed=3)
-        off = fused_weights_from_logits(vectors, _full_logits(vectors.shapes, float("-inf")), config,
-                                        base=lambda n: base.get(n).float(), mode="soft", seed=3)
+        on = fused_weights_from_logits(
+            vectors,
+            _full_logits(vectors.shapes, float("inf")),
+            config,
+            base=lambda n: base.get(n).float(),
+            mode="sample",
+            seed=3,
+        )
+        off = fused_weights_from_logits(
+            vectors,
+            _full_logits(vectors.shapes, float("-inf")),
+            config,
+            base=lambda n: base.get(n).float(),
+            mode="soft",
+            seed=3,
+        )
         for name in safe.modules():
             a0, b0 = _factors(safe, name)
             fused = []
             for index, key in enumerate((LORA_A, LORA_B)):
-                deltas = [_factors(math_a, name)[index] - (a0, b0)[index], _factors(code_a, name)[index] - (a0, b0)[index]]
+                deltas = [
+                    _factors(math_a, name)[index] - (a0, b0)[index],
+                    _factors(code_a, name)[index] - (a0, b0)[index],
+                ]
                 fused.append((a0, b0)[index] + _generic_delta(fusion, name + key, deltas, 3))
             expected = base.get(name).float() + safe.scaling_for(name) * fused[1] @ fused[0]
             torch.testing.assert_close(on[name], expected, atol=1e-6, rtol=0)
     # −inf: exactly PEFT's own merge of the aligned adapter into the base.
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_setup["base"]), lora_setup["safe"]).merge_and_unload()
+    merged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(lora_setup["base"]), lora_setup["safe"]
+    ).merge_and_unload()
     params = dict(merged.named_parameters())
     for name, weight in off.items():
         torch.testing.assert_close(weight, params[name].detach(), atol=1e-6, rtol=0)
@@ -183,12 +223,18 @@ def test_checkpoint_written_by_apply_matches_limits(full_setup: dict[str, Path],
     mask_dir = tmp_path / "mask"
     mask_dir.mkdir()
     save_file(_full_logits(vectors.shapes, float("inf")), mask_dir / "mask.safetensors")
-    (mask_dir / "somf.json").write_text(json.dumps({"config": config.model_dump(), "setting": "full", "inputs": vectors.provenance}))
+    (mask_dir / "somf.json").write_text(
+        json.dumps({"config": config.model_dump(), "setting": "full", "inputs": vectors.provenance})
+    )
     out = apply_trained_mask(mask_dir, vectors, tmp_path / "model", mode="threshold", seed=0)
     provenance = json.loads((out / "realign_merge.json").read_text())
     assert provenance["somf_mask_mode"] == "threshold" and provenance["somf_fusion"] == "ties"
-    with CheckpointReader(out) as got, CheckpointReader(full_setup["aligned"]) as aligned, \
-            CheckpointReader(full_setup["ft1"]) as ft1, CheckpointReader(full_setup["ft2"]) as ft2:
+    with (
+        CheckpointReader(out) as got,
+        CheckpointReader(full_setup["aligned"]) as aligned,
+        CheckpointReader(full_setup["ft1"]) as ft1,
+        CheckpointReader(full_setup["ft2"]) as ft2,
+    ):
         assert sorted(got.names()) == sorted(aligned.names())
         for name in aligned.names():
             a = aligned.get(name).float()
@@ -201,7 +247,9 @@ def test_lora_setting_adapter_output_equals_dense_output(lora_setup: dict[str, P
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    vectors = load_task_vectors("lora", base=lora_setup["base"], adapters=[lora_setup["math"]], aligned_adapter=lora_setup["safe"])
+    vectors = load_task_vectors(
+        "lora", base=lora_setup["base"], adapters=[lora_setup["math"]], aligned_adapter=lora_setup["safe"]
+    )
     gen = torch.Generator().manual_seed(0)
     logits = {k: torch.randn(v, generator=gen) for k, v in vectors.shapes.items()}
     mask_dir = tmp_path / "mask"
@@ -209,7 +257,9 @@ def test_lora_setting_adapter_output_equals_dense_output(lora_setup: dict[str, P
     save_file(logits, mask_dir / "mask.safetensors")
     (mask_dir / "somf.json").write_text(json.dumps({"config": make_config().model_dump(), "setting": "lora"}))
     dense = apply_trained_mask(mask_dir, vectors, tmp_path / "dense", mode="soft", adapter_out=tmp_path / "adapter")
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_setup["base"]), tmp_path / "adapter").merge_and_unload()
+    merged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(lora_setup["base"]), tmp_path / "adapter"
+    ).merge_and_unload()
     with CheckpointReader(dense) as got:
         for name, param in merged.named_parameters():
             torch.testing.assert_close(got.get(name).float(), param.detach(), atol=1e-6, rtol=0)
@@ -220,9 +270,14 @@ def test_lora_setting_adapter_output_equals_dense_output(lora_setup: dict[str, P
 
 # ---- training ----
 
+
 def test_training_lowers_dpo_loss_and_resumes_exactly(lora_setup: dict[str, Path], tmp_path: Path) -> None:
-    vectors = load_task_vectors("lora", base=lora_setup["base"], adapters=[lora_setup["math"], lora_setup["code"]],
-                                aligned_adapter=lora_setup["safe"])
+    vectors = load_task_vectors(
+        "lora",
+        base=lora_setup["base"],
+        adapters=[lora_setup["math"], lora_setup["code"]],
+        aligned_adapter=lora_setup["safe"],
+    )
     config = make_config(steps=4, lr=0.1, checkpoint_every=2, **TINY_TRAIN)
     out = train_mask(vectors, config, tmp_path / "mask", preference_file=lora_setup["pairs"])
     summary = json.loads((out / "somf.json").read_text())
@@ -246,16 +301,29 @@ def test_training_lowers_dpo_loss_and_resumes_exactly(lora_setup: dict[str, Path
         train_mask(vectors, config, tmp_path / "again", preference_file=lora_setup["pairs"], progress=stop_at_3)
     assert (tmp_path / "again.partial" / "state" / "state.json").is_file()
     steps_seen: list[int] = []
-    resumed = train_mask(vectors, config, tmp_path / "again", preference_file=lora_setup["pairs"],
-                         progress=lambda s, _: steps_seen.append(s))
+    resumed = train_mask(
+        vectors,
+        config,
+        tmp_path / "again",
+        preference_file=lora_setup["pairs"],
+        progress=lambda s, _: steps_seen.append(s),
+    )
     assert steps_seen == [3, 4]
     first, _ = read_mask(out)
     second, _ = read_mask(resumed)
     for name in first:
         torch.testing.assert_close(first[name], second[name], atol=1e-6, rtol=0)
     # A finished output is reused, not retrained.
-    assert train_mask(vectors, config, tmp_path / "again", preference_file=lora_setup["pairs"],
-                      progress=lambda s, _: steps_seen.append(-1)) == resumed
+    assert (
+        train_mask(
+            vectors,
+            config,
+            tmp_path / "again",
+            preference_file=lora_setup["pairs"],
+            progress=lambda s, _: steps_seen.append(-1),
+        )
+        == resumed
+    )
     assert -1 not in steps_seen
 
 
@@ -274,6 +342,7 @@ def test_multitask_shared_mask_and_row_granularity(full_setup: dict[str, Path], 
 
 # ---- bad input: a clear error before training starts, nothing written ----
 
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [
@@ -284,7 +353,9 @@ def test_multitask_shared_mask_and_row_granularity(full_setup: dict[str, Path], 
         ({"prompt": "p", "response": ["only one"]}, "field 'response' must be a list"),
     ],
 )
-def test_bad_preference_rows_fail_before_training(full_setup: dict[str, Path], tmp_path: Path, row: dict, message: str) -> None:
+def test_bad_preference_rows_fail_before_training(
+    full_setup: dict[str, Path], tmp_path: Path, row: dict, message: str
+) -> None:
     vectors = load_task_vectors("full", aligned=full_setup["aligned"], finetuned=[full_setup["ft1"]])
     bad = _write_pairs(tmp_path / "bad.jsonl", [*_synthetic_pairs(3), row])
     with pytest.raises(DataError, match=message) as info:
@@ -306,7 +377,9 @@ def test_mask_shape_mismatch_is_refused(full_setup: dict[str, Path], tmp_path: P
     assert not (tmp_path / "out").exists()
 
 
-def test_task_vectors_from_different_base_models_are_refused(full_setup: dict[str, Path], lora_setup: dict[str, Path], tmp_path: Path) -> None:
+def test_task_vectors_from_different_base_models_are_refused(
+    full_setup: dict[str, Path], lora_setup: dict[str, Path], tmp_path: Path
+) -> None:
     other_init = make_tiny_llama(tmp_path / "other", seed=7)  # same shapes, another random init
     with pytest.raises(CheckpointError, match=r"cosine similarity.*different base model"):
         load_task_vectors("full", aligned=full_setup["aligned"], finetuned=[full_setup["ft1"], other_init])
@@ -323,7 +396,9 @@ def test_task_vectors_from_different_base_models_are_refused(full_setup: dict[st
     config["base_model_name_or_path"] = "meta-llama/Llama-3.1-8B"
     (foreign / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="different base models"):
-        load_task_vectors("lora", base=lora_setup["base"], adapters=[lora_setup["math"], foreign], aligned_adapter=lora_setup["safe"])
+        load_task_vectors(
+            "lora", base=lora_setup["base"], adapters=[lora_setup["math"], foreign], aligned_adapter=lora_setup["safe"]
+        )
 
 
 def test_unknown_fusion_rule_and_bad_settings(full_setup: dict[str, Path]) -> None:
@@ -351,6 +426,7 @@ def test_default_pku_pairs_are_split_by_prompt(data_dir: Path) -> None:
 
 # ---- registry and CLI ----
 
+
 def test_registered_methods_and_presets() -> None:
     from realign_methods import get_method, list_methods
 
@@ -370,11 +446,33 @@ def test_cli_train_apply_and_errors(full_setup: dict[str, Path], tmp_path: Path)
 
     runner = CliRunner()
     mask = tmp_path / "mask"
-    result = runner.invoke(cli, [
-        "somf", "train", "--aligned", str(full_setup["aligned"]), "--finetuned", str(full_setup["ft1"]),
-        "--preferences", str(full_setup["pairs"]), "--out", str(mask), "--steps", "1", "--batch-size", "4",
-        "--max-length", "48", "--max-prompt-length", "24", "--fusion", "ties", "--lam", "0.5",
-    ])
+    result = runner.invoke(
+        cli,
+        [
+            "somf",
+            "train",
+            "--aligned",
+            str(full_setup["aligned"]),
+            "--finetuned",
+            str(full_setup["ft1"]),
+            "--preferences",
+            str(full_setup["pairs"]),
+            "--out",
+            str(mask),
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "48",
+            "--max-prompt-length",
+            "24",
+            "--fusion",
+            "ties",
+            "--lam",
+            "0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "validation preference accuracy" in result.output
     assert json.loads((mask / "somf.json").read_text())["resolved_fusion_params"]["lam"] == 0.5
@@ -386,9 +484,24 @@ def test_cli_train_apply_and_errors(full_setup: dict[str, Path], tmp_path: Path)
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "somf", "train", "--aligned", str(full_setup["aligned"]), "--finetuned",
-         str(full_setup["ft1"]), "--out", str(tmp_path / "x"), "--fusion", "averaging"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "somf",
+            "train",
+            "--aligned",
+            str(full_setup["aligned"]),
+            "--finetuned",
+            str(full_setup["ft1"]),
+            "--out",
+            str(tmp_path / "x"),
+            "--fusion",
+            "averaging",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert "Invalid value for '--fusion'" in proc.stderr
@@ -407,10 +520,19 @@ def test_registry_method_trains_once_and_reuses_the_cached_mask(
     method.check_inputs({"aligned": 1, "finetuned": 2, "preference_data": 1})
 
     def prepare() -> object:
-        with CheckpointReader(full_setup["aligned"]) as aligned, CheckpointReader(full_setup["ft1"]) as ft1, \
-                CheckpointReader(full_setup["ft2"]) as ft2:
-            ctx = PrepareContext(names=aligned.names(), readers={"aligned": [aligned], "finetuned": [ft1, ft2]},
-                                 adapters=[], params=params, seed=0, data={"preference_data": full_setup["pairs"]})
+        with (
+            CheckpointReader(full_setup["aligned"]) as aligned,
+            CheckpointReader(full_setup["ft1"]) as ft1,
+            CheckpointReader(full_setup["ft2"]) as ft2,
+        ):
+            ctx = PrepareContext(
+                names=aligned.names(),
+                readers={"aligned": [aligned], "finetuned": [ft1, ft2]},
+                adapters=[],
+                params=params,
+                seed=0,
+                data={"preference_data": full_setup["pairs"]},
+            )
             return method.prepare(ctx)
 
     state = prepare()
@@ -438,12 +560,23 @@ def test_all_on_mask_equals_the_registered_generic_method(full_setup: dict[str, 
     generic_params = generic.validate(params)
     vectors = load_task_vectors("full", aligned=full_setup["aligned"], finetuned=[full_setup["ft1"], full_setup["ft2"]])
     seed = 11
-    with CheckpointReader(full_setup["aligned"]) as aligned, CheckpointReader(full_setup["ft1"]) as ft1, \
-            CheckpointReader(full_setup["ft2"]) as ft2:
-        somf = fused_weights_from_logits(vectors, _full_logits(vectors.shapes, float("inf")), make_config(fusion=fusion),
-                                         base=lambda n: aligned.get(n).float(), mode="sample", seed=seed)
+    with (
+        CheckpointReader(full_setup["aligned"]) as aligned,
+        CheckpointReader(full_setup["ft1"]) as ft1,
+        CheckpointReader(full_setup["ft2"]) as ft2,
+    ):
+        somf = fused_weights_from_logits(
+            vectors,
+            _full_logits(vectors.shapes, float("inf")),
+            make_config(fusion=fusion),
+            base=lambda n: aligned.get(n).float(),
+            mode="sample",
+            seed=seed,
+        )
         for name in vectors.weight_names():
-            inputs = TensorInputs.from_tensors(name, {"aligned": aligned.get(name), "finetuned": [ft1.get(name), ft2.get(name)]})
+            inputs = TensorInputs.from_tensors(
+                name, {"aligned": aligned.get(name), "finetuned": [ft1.get(name), ft2.get(name)]}
+            )
             expected = generic.merge_tensor(inputs, generic_params, TensorContext(name, seed))
             torch.testing.assert_close(somf[name], expected.float(), atol=1e-6, rtol=0)
 
@@ -462,15 +595,27 @@ def test_merge_engine_runs_somf_dense_and_adapter_output(
     monkeypatch.setenv("REALIGN_CACHE_DIR", str(tmp_path / "cache"))
     tiny = {k: v for k, v in TINY_TRAIN.items() if k != "eval_train_pairs"}
     params = {"setting": "lora", "aligned_adapter": str(lora_setup["safe"]), "steps": 1, "lr": 0.1, **tiny}
-    common: dict[str, Any] = {"method": "somf_dare", "base": lora_setup["base"], "adapters": [lora_setup["math"], lora_setup["code"]],
-              "preference_data": lora_setup["pairs"], "params": params, "seed": 4}
+    common: dict[str, Any] = {
+        "method": "somf_dare",
+        "base": lora_setup["base"],
+        "adapters": [lora_setup["math"], lora_setup["code"]],
+        "preference_data": lora_setup["pairs"],
+        "params": params,
+        "seed": 4,
+    }
     dense = merge(MergeSpec(out=tmp_path / "dense", **common))
     adapter = merge(MergeSpec(out=tmp_path / "adapter", output="adapter", **common))
     (mask_dir,) = (tmp_path / "cache" / "somf").iterdir()  # trained once, reused by the second merge
-    vectors = load_task_vectors("lora", base=lora_setup["base"], adapters=[lora_setup["math"], lora_setup["code"]],
-                                aligned_adapter=lora_setup["safe"])
+    vectors = load_task_vectors(
+        "lora",
+        base=lora_setup["base"],
+        adapters=[lora_setup["math"], lora_setup["code"]],
+        aligned_adapter=lora_setup["safe"],
+    )
     applied = apply_trained_mask(mask_dir, vectors, tmp_path / "applied", mode="sample", seed=4)
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_setup["base"]), adapter).merge_and_unload()
+    merged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(lora_setup["base"]), adapter
+    ).merge_and_unload()
     with CheckpointReader(dense) as got, CheckpointReader(applied) as want:
         assert sorted(got.names()) == sorted(want.names())
         for name in want.names():

@@ -28,7 +28,9 @@ def _gsm8k_lora(model_dir: Path, data_dir: Path, out: Path, *, steps: int = 3, e
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    )
     peft_model.save_pretrained(str(out / "init"))
     texts = []
     for row in rows:
@@ -54,10 +56,24 @@ def test_somf_on_smollm2_lowers_dpo_loss_on_real_pairs(smollm2_dir: Path, data_d
     init, trained = _gsm8k_lora(smollm2_dir, data_dir, tmp_path)
     vectors = load_task_vectors("lora", base=smollm2_dir, adapters=[trained], aligned_adapter=init)
     config = make_config(
-        fusion="weight_average", steps=4, lr=0.05, batch_size=8, micro_batch_size=4, max_length=128,
-        max_prompt_length=64, max_pairs=64, val_fraction=0.25, eval_train_pairs=8, seed=0,
+        fusion="weight_average",
+        steps=4,
+        lr=0.05,
+        batch_size=8,
+        micro_batch_size=4,
+        max_length=128,
+        max_prompt_length=64,
+        max_pairs=64,
+        val_fraction=0.25,
+        eval_train_pairs=8,
+        seed=0,
     )
-    out = train_mask(vectors, config, tmp_path / "mask", preference_file=data_dir / "pku_saferlhf_realign_somf" / "pku_seferlhf_realign_dpo_5k.json")
+    out = train_mask(
+        vectors,
+        config,
+        tmp_path / "mask",
+        preference_file=data_dir / "pku_saferlhf_realign_somf" / "pku_seferlhf_realign_dpo_5k.json",
+    )
     summary = json.loads((out / "somf.json").read_text())
     print(
         f"\nSmolLM2 SOMF: train DPO loss {summary['train_loss_initial']:.5f} -> {summary['train_loss_final']:.5f}; "

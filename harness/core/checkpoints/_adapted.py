@@ -83,8 +83,11 @@ def open_model(
     base_path = Path(base) if base is not None else adapter_base_path(adapter)
     if base_path is None:
         named = adapter.base_model
-        why = (f"its {ADAPTER_CONFIG} names base_model_name_or_path {named!r}, which is not a local model directory"
-               if named else f"its {ADAPTER_CONFIG} has no base_model_name_or_path")
+        why = (
+            f"its {ADAPTER_CONFIG} names base_model_name_or_path {named!r}, which is not a local model directory"
+            if named
+            else f"its {ADAPTER_CONFIG} has no base_model_name_or_path"
+        )
         raise CheckpointError(
             f"{label} {path} is a PEFT LoRA adapter, not a model, and its base model cannot be found: {why}; "
             f"pass the model it was trained on with {base_hint}"

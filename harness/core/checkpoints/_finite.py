@@ -33,8 +33,9 @@ def check_finite(tensor: torch.Tensor, name: str, where: str, hint: str = "") ->
     )
 
 
-def check_checkpoint_finite(path: str | Path, *, allow_pickle: bool = False, hint: str = "",
-                            adapter: bool | None = None) -> int:
+def check_checkpoint_finite(
+    path: str | Path, *, allow_pickle: bool = False, hint: str = "", adapter: bool | None = None
+) -> int:
     """Read every tensor of the checkpoint (or adapter) at ``path`` once; returns how many were checked.
 
     ``adapter``: read ``path`` as a PEFT adapter (None: when it holds adapter_config.json).

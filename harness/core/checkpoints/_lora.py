@@ -83,9 +83,7 @@ class LoraAdapter:
         if not path.exists():
             raise CheckpointError(f"adapter not found: {path}")
         if not path.is_dir():
-            raise CheckpointError(
-                f"{path}: an adapter is a directory with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
-            )
+            raise CheckpointError(f"{path}: an adapter is a directory with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
         config_path = path / ADAPTER_CONFIG
         if not config_path.is_file():
             raise CheckpointError(f"{path}: not a PEFT adapter ({ADAPTER_CONFIG} missing)")
@@ -95,9 +93,7 @@ class LoraAdapter:
             raise CheckpointError(f"{config_path}: invalid JSON ({exc})") from exc
         peft_type = str(config.get("peft_type", "LORA")).upper()
         if peft_type != "LORA":
-            raise CheckpointError(
-                f"{config_path}: peft_type is {peft_type}; only LORA adapters are supported"
-            )
+            raise CheckpointError(f"{config_path}: peft_type is {peft_type}; only LORA adapters are supported")
         for field in ("r", "lora_alpha"):
             if not isinstance(config.get(field), int | float) or config[field] <= 0:
                 raise CheckpointError(
@@ -143,9 +139,7 @@ class LoraAdapter:
                     f"{self.reader.path}: '{present}' has no matching {'B' if b_key is None else 'A'} factor"
                 )
             rank = int(_pattern_value(self.config.get("rank_pattern") or {}, module, self.config["r"]))
-            alpha = float(
-                _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config["lora_alpha"])
-            )
+            alpha = float(_pattern_value(self.config.get("alpha_pattern") or {}, module, self.config["lora_alpha"]))
             a_shape, b_shape = self.reader.shape(a_key), self.reader.shape(b_key)
             if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != rank or b_shape[1] != rank:
                 raise CheckpointError(
@@ -340,9 +334,7 @@ def save_adapter(
     tensors: dict[str, torch.Tensor] = {}
     for weight_name, (lora_a, lora_b) in factors.items():
         if not weight_name.endswith(".weight"):
-            raise CheckpointError(
-                f"save_adapter: '{weight_name}' is not a weight name (expected '<module>.weight')"
-            )
+            raise CheckpointError(f"save_adapter: '{weight_name}' is not a weight name (expected '<module>.weight')")
         if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_a.shape[0] != lora_b.shape[1]:
             raise CheckpointError(
                 f"save_adapter: '{weight_name}': expected A [r, in] and B [out, r], got "
@@ -370,9 +362,7 @@ def save_adapter(
     tmp = make_temp_dir(out)
     try:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (tmp / ADAPTER_CONFIG).write_text(
-            json.dumps(config_dict, indent=2, sort_keys=True, default=str) + "\n"
-        )
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str) + "\n")
         move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -44,13 +44,9 @@ def _read_index(index_path: Path) -> dict[str, str]:
         index = json.loads(index_path.read_text())
         weight_map = index["weight_map"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{index_path}: unreadable shard index (expected JSON with 'weight_map')"
-        ) from exc
+        raise CheckpointError(f"{index_path}: unreadable shard index (expected JSON with 'weight_map')") from exc
     if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(
-            f"{index_path}: 'weight_map' must be a non-empty object of tensor -> shard file"
-        )
+        raise CheckpointError(f"{index_path}: 'weight_map' must be a non-empty object of tensor -> shard file")
     missing = sorted({shard for shard in weight_map.values() if not (index_path.parent / shard).is_file()})
     if missing:
         raise CheckpointError(
@@ -141,9 +137,7 @@ class CheckpointReader:
                     # Legacy (non-zip) torch.save format cannot be memory-mapped.
                     state = torch.load(file, map_location="cpu", weights_only=True)
             except Exception as exc:
-                raise CheckpointError(
-                    f"{file}: cannot load pickle checkpoint with weights_only=True ({exc})"
-                ) from exc
+                raise CheckpointError(f"{file}: cannot load pickle checkpoint with weights_only=True ({exc})") from exc
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
             if not isinstance(state, dict):
@@ -237,9 +231,7 @@ class CheckpointReader:
             return self._pickled_tensor(name).dtype
         tag = self._info(name).dtype_tag
         if tag not in SAFETENSORS_DTYPES:
-            raise CheckpointError(
-                f"tensor '{name}' in {self._info(name).file}: dtype {tag} has no torch equivalent"
-            )
+            raise CheckpointError(f"tensor '{name}' in {self._info(name).file}: dtype {tag} has no torch equivalent")
         return SAFETENSORS_DTYPES[tag]
 
     def nbytes(self, name: str) -> int:

@@ -32,12 +32,7 @@ def copy_aux_files(source: Path, dest: Path) -> list[str]:
     copied = []
     for item in sorted(source.iterdir()):
         name = item.name
-        if (
-            item.is_file()
-            and not is_weight_file(name)
-            and name not in _OWN_PROVENANCE
-            and not name.startswith(".")
-        ):
+        if item.is_file() and not is_weight_file(name) and name not in _OWN_PROVENANCE and not name.startswith("."):
             shutil.copy2(item, dest / name)
             copied.append(name)
     return copied
@@ -114,9 +109,7 @@ class CheckpointWriter:
         self.overwrite = overwrite
         self.max_shard_size = int(max_shard_size)
         self.metadata = dict(metadata) if metadata is not None else None
-        self._st_metadata = {"format": "pt"} | {
-            str(k): _metadata_value(v) for k, v in (metadata or {}).items()
-        }
+        self._st_metadata = {"format": "pt"} | {str(k): _metadata_value(v) for k, v in (metadata or {}).items()}
         self.copy_aux_from = Path(copy_aux_from) if copy_aux_from is not None else None
         if self.copy_aux_from is not None and not self.copy_aux_from.is_dir():
             raise CheckpointError(f"copy_aux_from: not a model directory: {self.copy_aux_from}")
@@ -182,9 +175,7 @@ class CheckpointWriter:
             raise CheckpointError(f"CheckpointWriter for {self.out_dir} is already {self._state}")
         try:
             if not self._names:
-                raise CheckpointError(
-                    f"no tensors were added; refusing to write an empty checkpoint to {self.out_dir}"
-                )
+                raise CheckpointError(f"no tensors were added; refusing to write an empty checkpoint to {self.out_dir}")
             self._flush()
             self._name_shards()
             if self.copy_aux_from is not None:
