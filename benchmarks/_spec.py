@@ -13,7 +13,7 @@ from benchmarks._jailbreaks import jailbreak_template
 from benchmarks._quirks import QUIRKS
 from benchmarks._splits import SPLITS
 from benchmarks.scoring import get_scorer
-from harness.core.errors import ConfigError, did_you_mean, name_unknown
+from harness.core.errors import ConfigError, name_unknown
 
 
 class SourceSpec(BaseModel):
@@ -152,7 +152,9 @@ class BenchmarkSpec(BaseModel):
     @classmethod
     def _known_quirk(cls, name: str | None) -> str | None:
         if name is not None and name not in QUIRKS:
-            raise ValueError(f"unknown quirk {name!r}{did_you_mean(name, QUIRKS)}; known: {', '.join(sorted(QUIRKS))}")
+            raise ValueError(
+                f"unknown quirk {name_unknown([name], list(QUIRKS), cutoff=0.5)}; known: {', '.join(sorted(QUIRKS))}"
+            )
         return name
 
     @field_validator("jailbreaks")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.core.errors import ConfigError, did_you_mean
+from harness.core.errors import ConfigError, name_unknown
 from harness.core.records import GenerationRecord, Item, ItemScore, Score, Verdict
 from harness.core.registry import Registry
 
@@ -80,7 +80,7 @@ def get_scorer(name: str) -> Scorer:
     """The scorer registered as ``name``; an unknown name is a ConfigError with the near name."""
     known = SCORERS.names()
     if name not in known:
-        raise ConfigError(f"unknown scorer {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
+        raise ConfigError(f"unknown scorer {name_unknown([name], list(known), cutoff=0.5)}; known: {', '.join(known)}")
     return SCORERS.get(name)
 
 

@@ -306,7 +306,7 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = str(err["msg"]).removeprefix("Value error, ")  # a validator's own message, without pydantic's prefix
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(
