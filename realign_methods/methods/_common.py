@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 import torch
 from pydantic import Field
 
-from realign_methods._method import Role, TensorContext, TensorInputs
+from harness.core.errors import ConfigError
+from realign_methods._method import Method, PrepareContext, Role, TensorContext, TensorInputs
+from realign_methods.calibration import Statistics
 
 #: elements per float32 operand in one chunk (16 MiB): keeps temporaries small on huge embeddings
 CHUNK_ELEMENTS = 1 << 22
@@ -67,3 +69,14 @@ def finetuned_weight(inputs: TensorInputs) -> torch.Tensor:
     delta = inputs.adapter_delta(0)
     aligned = inputs.aligned
     return aligned if delta is None else aligned + delta.reshape(aligned.shape)
+
+
+class CalibratedMethod(Method):
+    """A method whose ``info.calibration`` the engine runs before ``prepare``: the statistics are the state."""
+
+    def prepare(self, ctx: PrepareContext) -> Statistics:
+        if ctx.calibration is None:
+            raise ConfigError(
+                f"{self.info.name}: no calibration statistics (the engine computes them from calibration_data)"
+            )
+        return ctx.calibration

@@ -12,18 +12,16 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.core.errors import ConfigError
 from realign_methods._method import (
-    Method,
     MethodInfo,
     MethodParams,
-    PrepareContext,
     Role,
     TensorContext,
     TensorInputs,
 )
 from realign_methods._registry import register_method
 from realign_methods.calibration import CalibrationSpec, Statistics
+from realign_methods.methods._common import CalibratedMethod
 
 
 class AntidoteParams(MethodParams):
@@ -49,7 +47,7 @@ def prune_top(weight: torch.Tensor, scores: torch.Tensor, ratio: float) -> torch
 
 
 @register_method
-class Antidote(Method):
+class Antidote(CalibratedMethod):
     info = MethodInfo(
         name="antidote",
         summary="prune the top mask_ratio of each linear layer by Wanda importance |W|·‖X‖ on harmful data (arXiv 2408.09600)",
@@ -66,11 +64,6 @@ class Antidote(Method):
         calibration=CalibrationSpec(data="harmful_answers", statistics=frozenset({"input_norms"}), model="finetuned"),
         settings="dense; LoRA fine-tunes are merged to dense first",
     )
-
-    def prepare(self, ctx: PrepareContext) -> Statistics:
-        if ctx.calibration is None:
-            raise ConfigError("antidote: no calibration statistics (the engine computes them from calibration_data)")
-        return ctx.calibration
 
     def merge_tensor(self, inputs: TensorInputs, params: AntidoteParams, ctx: TensorContext) -> torch.Tensor:
         stats: Statistics = ctx.state

@@ -23,18 +23,16 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.core.errors import ConfigError
 from realign_methods._method import (
-    Method,
     MethodInfo,
     MethodParams,
-    PrepareContext,
     Role,
     TensorContext,
     TensorInputs,
 )
 from realign_methods._registry import register_method
 from realign_methods.calibration import CalibrationSpec, Statistics
+from realign_methods.methods._common import CalibratedMethod
 from realign_methods.methods._obs import damped_inverse, obs_spread
 
 
@@ -82,7 +80,7 @@ def irr(
 
 
 @register_method
-class Irr(Method):
+class Irr(CalibratedMethod):
     info = MethodInfo(
         name="irr",
         summary="remove deltas that conflict with θ_A−θ_U and matter by Fisher on safety data; OBS-recalibrate the rest (arXiv 2412.11041)",
@@ -101,11 +99,6 @@ class Irr(Method):
         ),
         settings="dense; LoRA fine-tunes are merged to dense first",
     )
-
-    def prepare(self, ctx: PrepareContext) -> Statistics:
-        if ctx.calibration is None:
-            raise ConfigError("irr: no calibration statistics (the engine computes them from calibration_data)")
-        return ctx.calibration
 
     def merge_tensor(self, inputs: TensorInputs, params: IrrParams, ctx: TensorContext) -> torch.Tensor:
         stats: Statistics = ctx.state

@@ -21,18 +21,16 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.core.errors import ConfigError
 from realign_methods._method import (
-    Method,
     MethodInfo,
     MethodParams,
-    PrepareContext,
     Role,
     TensorContext,
     TensorInputs,
 )
 from realign_methods._registry import register_method
 from realign_methods.calibration import CalibrationSpec, Statistics
+from realign_methods.methods._common import CalibratedMethod
 from realign_methods.methods._obs import damped_inverse, obs_spread
 
 
@@ -73,7 +71,7 @@ def safe_delta(
 
 
 @register_method
-class SafeDelta(Method):
+class SafeDelta(CalibratedMethod):
     info = MethodInfo(
         name="safe_delta",
         summary=(
@@ -93,11 +91,6 @@ class SafeDelta(Method):
         calibration=CalibrationSpec(data="harmful_refusals", statistics=frozenset({"xtx"}), model="aligned"),
         settings="dense; LoRA fine-tunes are merged to dense first",
     )
-
-    def prepare(self, ctx: PrepareContext) -> Statistics:
-        if ctx.calibration is None:
-            raise ConfigError("safe_delta: no calibration statistics (the engine computes them from calibration_data)")
-        return ctx.calibration
 
     def merge_tensor(self, inputs: TensorInputs, params: SafeDeltaParams, ctx: TensorContext) -> torch.Tensor:
         stats: Statistics = ctx.state
