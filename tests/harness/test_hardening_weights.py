@@ -137,3 +137,28 @@ def test_run_refuses_a_nan_model(models, tmp_path, data_dir):
         run_experiment(_exp(tmp_path, models, "math_nan"), progress=False)
     store = tmp_path / "out" / "results.sqlite"
     assert not store.exists() or not Store(store).complete_cells()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("position", [0, 777, -1])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_check_finite_fast_path_finds_every_nonfinite_entry(dtype, position, value):
+    """check_finite decides by the tensor's sum first; one bad entry anywhere must still be found."""
+    from harness.core.checkpoints._finite import check_finite
+
+    tensor = torch.randn(1000, 3).to(dtype)
+    check_finite(tensor, "w", "here")
+    tensor.view(-1)[position] = value
+    with pytest.raises(NonFiniteError, match=r"here: tensor 'w' has 1 non-finite values of 3000"):
+        check_finite(tensor, "w", "here")
+
+
+def test_check_finite_accepts_finite_values_whose_sum_overflows():
+    from harness.core.checkpoints._finite import check_finite
+
+    big = torch.full((64,), torch.finfo(torch.float16).max, dtype=torch.float16)
+    assert not torch.isfinite(big.sum())  # the fast path overflows, the exact check decides
+    check_finite(big, "w", "here")
+    opposite = torch.tensor([float("inf"), float("-inf"), 1.0])
+    with pytest.raises(NonFiniteError, match=r"2 non-finite values of 3 \(0 NaN, 2 ±inf\)"):
+        check_finite(opposite, "w", "here")
