@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from harness.core.checkpoints import atomic_write_json
-from harness.core.hashing import hash_value, sha256_file
+from harness.core.hashing import hash_value, sha256_file_memo
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _lock = threading.Lock()
@@ -29,7 +29,7 @@ class HashCache:
         key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         with _lock:
             if key not in self._entries:
-                self._entries[key] = sha256_file(file)
+                self._entries[key] = sha256_file_memo(file)
                 self._dirty = True
             return self._entries[key]
 

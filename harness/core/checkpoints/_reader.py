@@ -12,7 +12,7 @@ import torch
 
 from harness.core.checkpoints._safetensors_header import SAFETENSORS_DTYPES, TensorInfo, read_header
 from harness.core.errors import CheckpointError
-from harness.core.hashing import sha256_file
+from harness.core.hashing import sha256_file_memo
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -290,7 +290,7 @@ class CheckpointReader:
                     key = str(file.relative_to(self.root))
                 except ValueError:
                     key = file.name
-                self._hashes[key] = sha256_file(file)
+                self._hashes[key] = sha256_file_memo(file)
         return dict(self._hashes)
 
     # -- lifetime ----------------------------------------------------------------------------------
