@@ -525,15 +525,28 @@ def _merge_prepared(spec: MergeSpec, prepared: _Prepared) -> Path:
     config_updates = prepared.method.config_updates(ctx, state)
     if config_updates and aux is None:
         raise CheckpointError(f"method {spec.method!r} edits config.json, but {ref_reader.path} has none to edit")
-    with CheckpointWriter(
-        spec.out,
-        max_shard_size=_parse_size(spec.max_shard_size),
-        metadata=metadata,
-        copy_aux_from=None if config_updates else aux,
-        overwrite=spec.overwrite,
-    ) as writer:
+    layout = [(name, tuple(ref_reader.shape(name)), prepared.out_dtype[name]) for name in prepared.names]
+    layout += [(name, tuple(tensor.shape), tensor.dtype) for name, tensor in sorted(extra.items())]
+    with (
+        CheckpointWriter(
+            spec.out,
+            max_shard_size=_parse_size(spec.max_shard_size),
+            metadata=metadata,
+            copy_aux_from=None if config_updates else aux,
+            overwrite=spec.overwrite,
+            layout=layout,
+        ) as writer,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as write_pool,
+    ):
+        # One tensor is written while the next is computed; waiting on the previous write first
+        # bounds memory to two output tensors (and re-raises a write error at once).
+        writing: Future[None] | None = None
         for name, tensor in _iter_outputs(prepared, state):
-            writer.add(name, tensor)
+            if writing is not None:
+                writing.result()
+            writing = write_pool.submit(writer.add, name, tensor)
+        if writing is not None:
+            writing.result()
         for name, tensor in sorted(extra.items()):
             if not spec.allow_nonfinite:
                 check_finite(tensor, name, f"method {spec.method!r} output", NONFINITE_HINT)

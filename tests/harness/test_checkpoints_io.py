@@ -255,3 +255,60 @@ def test_sharded_pickle_with_index(tmp_path: Path) -> None:
     reader = CheckpointReader(model_dir, allow_pickle=True)
     assert sorted(reader.names()) == ["a", "b"] and torch.equal(reader.get("b"), torch.zeros(3))
     assert set(reader.file_hashes()) == set(shards)
+
+
+def _layout(reader: CheckpointReader) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    return [(name, tuple(reader.shape(name)), reader.get(name).dtype) for name in reader.names()]
+
+
+@pytest.mark.parametrize("max_shard_size", [10_000, 2**30])
+def test_planned_writer_equals_the_buffered_one(tiny_llama_factory, tmp_path: Path, max_shard_size: int) -> None:
+    """With a layout, shards are planned up front and each tensor is written in place as it arrives."""
+    reader = CheckpointReader(tiny_llama_factory("base"))
+    buffered = _copy_sharded(reader, tmp_path / "buffered", max_shard_size)
+    planned = _copy_sharded(reader, tmp_path / "planned", max_shard_size, layout=_layout(reader))
+    shards = sorted(p.name for p in buffered.glob("*.safetensors"))
+    assert sorted(p.name for p in planned.glob("*.safetensors")) == shards
+    assert (len(shards) > 1) == (max_shard_size == 10_000)
+    if len(shards) > 1:
+        assert json.loads((planned / "model.safetensors.index.json").read_text()) == json.loads(
+            (buffered / "model.safetensors.index.json").read_text()
+        )
+    for shard in shards:  # safetensors' own loader reads the planned files; same tensors, same grouping
+        want, got = load_file(buffered / shard), load_file(planned / shard)
+        assert set(got) == set(want)
+        assert all(torch.equal(got[name], want[name]) for name in want)
+    again = _copy_sharded(reader, tmp_path / "again", max_shard_size, layout=_layout(reader))
+    assert all((again / s).read_bytes() == (planned / s).read_bytes() for s in shards)  # deterministic bytes
+
+
+def test_planned_writer_refuses_what_the_layout_does_not_say(tmp_path: Path) -> None:
+    layout = [("a", (2, 3), torch.float32), ("b", (4,), torch.bfloat16)]
+    with (
+        pytest.raises(CheckpointError, match=r"tensor 'c' is not in the layout planned for .*/out"),
+        CheckpointWriter(tmp_path / "out", layout=layout) as writer,
+    ):
+        writer.add("c", torch.ones(2, 3))
+    with (
+        pytest.raises(CheckpointError, match=r"tensor 'a': got \[3, 2\] torch.float32, .* has \[2, 3\] torch.float32"),
+        CheckpointWriter(tmp_path / "out", layout=layout) as writer,
+    ):
+        writer.add("a", torch.ones(3, 2))
+    with (
+        pytest.raises(CheckpointError, match=r"tensor 'b': got \[4\] torch.float32, .* has \[4\] torch.bfloat16"),
+        CheckpointWriter(tmp_path / "out", layout=layout) as writer,
+    ):
+        writer.add("b", torch.ones(4))
+    with (
+        pytest.raises(CheckpointError, match=r"tensor 'b' is in the layout planned for .* but was never added"),
+        CheckpointWriter(tmp_path / "out", layout=layout) as writer,
+    ):
+        writer.add("a", torch.ones(2, 3))
+    with pytest.raises(CheckpointError, match="tensor 'a' appears twice in the checkpoint layout"):
+        CheckpointWriter(tmp_path / "out", layout=[*layout, ("a", (1,), torch.float32)])
+    assert os.listdir(tmp_path) == []  # every refusal removed its temp dir
+    with CheckpointWriter(tmp_path / "out", layout=layout) as writer:
+        writer.add("b", torch.arange(4).to(torch.bfloat16))  # any order
+        writer.add("a", torch.ones(2, 3))
+    loaded = load_file(tmp_path / "out" / "model.safetensors")
+    assert torch.equal(loaded["b"], torch.arange(4).to(torch.bfloat16)) and torch.equal(loaded["a"], torch.ones(2, 3))

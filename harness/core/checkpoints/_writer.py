@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -14,6 +16,7 @@ from safetensors.torch import save_file
 
 from harness.core.checkpoints._atomic import make_temp_dir, move_into_place
 from harness.core.checkpoints._reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, is_weight_file
+from harness.core.checkpoints._stream import ShardPlan, write_at
 from harness.core.errors import CheckpointError
 
 PROVENANCE_FILE = "realign_merge.json"
@@ -93,6 +96,12 @@ class CheckpointWriter:
     then renames the temp dir to ``out_dir``. Shard headers carry their metadata in sorted order, so
     equal inputs give bit-identical files. ``abort()`` (or an exception inside ``with``) removes
     the temp dir, so no half-written output is ever left.
+
+    ``layout``: every tensor's ``(name, shape, dtype)``, in write order, known before the first
+    ``add``. The shards and their headers are then planned up front and each tensor is written to
+    its offset as it is added, so no shard is ever held in memory (a merge's writer holds nothing);
+    ``add`` refuses a tensor the layout does not list, with another shape or dtype, and ``commit``
+    one the layout lists that was never added.
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class CheckpointWriter:
         metadata: dict[str, Any] | None = None,
         copy_aux_from: str | Path | None = None,
         overwrite: bool = False,
+        layout: Sequence[tuple[str, Sequence[int], torch.dtype]] | None = None,
     ) -> None:
         max_shard_size = parse_size(max_shard_size)
         self.out_dir = Path(out_dir).absolute()
@@ -122,6 +132,23 @@ class CheckpointWriter:
         self._names: set[str] = set()
         self.total_size = 0
         self._state = "open"
+        self._plan: ShardPlan | None = None
+        self._fds: list[int] = []
+        if layout is not None:
+            self._open_planned_shards(layout)
+
+    def _open_planned_shards(self, layout: Sequence[tuple[str, Sequence[int], torch.dtype]]) -> None:
+        try:
+            self._plan = ShardPlan.build(layout, self.max_shard_size, self._st_metadata)
+            for number, (header, names) in enumerate(zip(self._plan.headers, self._plan.names, strict=True)):
+                file_name = f"shard-{number + 1:05d}.safetensors"
+                fd = os.open(self.tmp_dir / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                self._fds.append(fd)
+                os.pwrite(fd, header, 0)
+                self._shards.append((file_name, names))
+        except BaseException:
+            self.abort()
+            raise
 
     def _refuse_existing(self) -> None:
         if self.out_dir.exists() and not self.overwrite:
@@ -142,6 +169,11 @@ class CheckpointWriter:
         if tensor.numel() and tensor.untyped_storage().data_ptr() in self._buffer_ptrs:
             tensor = tensor.clone()  # tied weights: safetensors refuses shared storage within a file
         size = tensor.numel() * tensor.element_size()
+        if self._plan is not None:
+            self._write_planned(name, tensor)
+            self._names.add(name)
+            self.total_size += size
+            return
         if self._buffer and self._buffer_bytes + size > self.max_shard_size:
             self._flush()
         self._buffer[name] = tensor
@@ -150,6 +182,25 @@ class CheckpointWriter:
         self._buffer_bytes += size
         self._names.add(name)
         self.total_size += size
+
+    def _write_planned(self, name: str, tensor: torch.Tensor) -> None:
+        assert self._plan is not None
+        slot = self._plan.slots.get(name)
+        if slot is None:
+            raise CheckpointError(f"tensor '{name}' is not in the layout planned for {self.out_dir}")
+        if tuple(tensor.shape) != slot.shape or tensor.dtype != slot.dtype:
+            raise CheckpointError(
+                f"tensor '{name}': got {list(tensor.shape)} {tensor.dtype}, the layout planned for {self.out_dir} "
+                f"has {list(slot.shape)} {slot.dtype}"
+            )
+        file_name = self._shards[slot.shard][0]
+        write_at(self._fds[slot.shard], tensor, slot.offset, self.tmp_dir / file_name)
+
+    def _close_files(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -176,6 +227,14 @@ class CheckpointWriter:
         try:
             if not self._names:
                 raise CheckpointError(f"no tensors were added; refusing to write an empty checkpoint to {self.out_dir}")
+            if self._plan is not None:
+                missing = [n for names in self._plan.names for n in names if n not in self._names]
+                if missing:
+                    raise CheckpointError(
+                        f"tensor '{missing[0]}' is in the layout planned for {self.out_dir} but was never added"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                    )
+                self._close_files()
             self._flush()
             self._name_shards()
             if self.copy_aux_from is not None:
@@ -210,6 +269,7 @@ class CheckpointWriter:
             return
         self._buffer = {}
         self._buffer_ptrs = set()
+        self._close_files()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self._state = "aborted"
 
