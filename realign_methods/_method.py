@@ -226,7 +226,12 @@ class TensorContext:
 
     def generator(self) -> torch.Generator:
         """A fresh CPU generator seeded from (global seed, tensor name): same draws in any tensor order."""
-        return torch.Generator().manual_seed(tensor_seed(self.seed, self.name))
+        return torch.Generator().manual_seed(self.rng_seed)
+
+    @property
+    def rng_seed(self) -> int:
+        """This tensor's seed, from (global seed, tensor name): DARE's ``ops.dare(..., seed=)`` masks."""
+        return tensor_seed(self.seed, self.name)
 
 
 def _constant(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:

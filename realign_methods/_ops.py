@@ -13,14 +13,17 @@ mask drawn with ``torch.bernoulli(full_like(delta, 1 - p), generator=...)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 
 from harness.core.errors import ConfigError, name_unknown
 
 Reduce = Literal["mean", "sum"]
+#: elements per chunk of the fused kernels and of the seeded DARE masks: 1 MB of float32 (L2-sized)
+CHUNK = 1 << 18
 Sparsify = Literal["none", "magnitude", "dare"]
 
 
@@ -156,21 +159,59 @@ def magnitude_prune(delta: torch.Tensor, density: float) -> torch.Tensor:
 
 
 def dare(
-    delta: torch.Tensor, p: float, generator: torch.Generator | None = None, *, rescale: bool = True
+    delta: torch.Tensor,
+    p: float,
+    generator: torch.Generator | None = None,
+    *,
+    rescale: bool = True,
+    seed: int | None = None,
+    task: int = 0,
 ) -> torch.Tensor:
     """DARE (Yu et al., 2024): drop each entry with probability ``p``, rescale survivors by ``1/(1-p)``.
 
-    The keep mask is ``torch.bernoulli(full_like(delta, 1-p), generator=generator)`` — the same draw
-    as peft's ``random_pruning`` — so a generator seeded like torch's global RNG reproduces it.
+    With ``seed`` the keep mask is :func:`dare_keep_mask` ``(numel, p, seed, task)``: the engine's
+    draw, which chunked and threaded kernels reproduce exactly. Without, it is
+    ``torch.bernoulli(full_like(delta, 1-p), generator=generator)``: the same draw as peft's
+    ``random_pruning``, so a generator seeded like torch's global RNG reproduces peft.
     """
     _check_fraction("p", p, upper_open=True)
     delta = _f32(delta)
     if p == 0:
         return delta
     keep_probability = 1.0 - p
-    mask = torch.bernoulli(torch.full_like(delta.detach(), keep_probability), generator=generator)
+    if seed is not None:
+        mask = dare_keep_mask(delta.numel(), p, seed, task).reshape(delta.shape)
+    else:
+        mask = torch.bernoulli(torch.full_like(delta.detach(), keep_probability), generator=generator)
     pruned = delta * mask
     return pruned / keep_probability if rescale else pruned
+
+
+def _chunks(numel: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, numel, CHUNK):
+        yield start, min(start + CHUNK, numel)
+
+
+def dare_keep_mask(numel: int, p: float, seed: int, task: int = 0) -> torch.Tensor:
+    """DARE's keep mask for ``numel`` entries: each kept with probability ``1 − p``, drawn chunk by chunk.
+
+    Chunk j of task i draws ``CHUNK`` uniform float32s from its own numpy SFC64 stream seeded by
+    ``(seed, i, j)``, so a chunk's mask does not depend on any other (chunks can be drawn in any
+    order or in parallel) and the whole mask is a pure function of ``(numel, p, seed, task)``. About
+    5× faster than ``torch.bernoulli``'s serial stream, which capped DARE-TIES at ~13 ns per entry.
+    """
+    _check_fraction("p", p, upper_open=True)
+    mask = torch.empty(numel, dtype=torch.float32)
+    for index, (start, stop) in enumerate(_chunks(numel)):
+        mask[start:stop] = dare_chunk_mask(stop - start, p, seed, task, index)
+    return mask
+
+
+def dare_chunk_mask(length: int, p: float, seed: int, task: int, chunk_index: int) -> torch.Tensor:
+    """The float32 (0/1) keep mask of chunk ``chunk_index`` of task ``task`` (see :func:`dare_keep_mask`)."""
+    rng = np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, task, chunk_index])))
+    draws = rng.random(length, dtype=np.float32)
+    return torch.from_numpy(np.less(draws, np.float32(1.0 - p), out=np.empty(length, dtype=np.float32)))
 
 
 def elect_and_merge(trimmed: Sequence[torch.Tensor], weights: Sequence[float], reduce: Reduce = "mean") -> torch.Tensor:
@@ -268,14 +309,19 @@ def fuse_deltas(
     deltas: Sequence[torch.Tensor],
     params: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
+    *,
+    seed: int | None = None,
 ) -> torch.Tensor:
     """Fuse task vectors with a named rule and return the merged delta (not including the base).
+
+    DARE's masks: with ``seed``, task i's is ``dare_keep_mask(numel, p, seed, task=i)`` (the
+    engine's draw); otherwise one torch ``generator`` drawn task by task (peft's draw).
 
     rules and their params (defaults in brackets):
       task_arithmetic: lam [1.0], weights            → Σ lam·w_i·δ_i
       weight_average:  weights                       → Σ w_i·δ_i / Σ w_i
       ties:            density [0.2], lam [1.0], reduce ["mean"|"sum"], weights
-      dare:            p [0.3], lam [1.0], weights   → Σ lam·w_i·DARE(δ_i, p)  (one generator, task by task)
+      dare:            p [0.3], lam [1.0], weights   → Σ lam·w_i·DARE(δ_i, p)
       magnitude_prune: density [0.2], lam [1.0], weights → Σ lam·w_i·prune(δ_i)
       dare_ties:       p [0.3], lam [1.0], reduce ["mean"|"sum"], weights → elect/merge of DARE(δ_i, p)
     Differentiable in the deltas.
@@ -301,7 +347,7 @@ def fuse_deltas(
         deltas = [magnitude_prune(delta, density) for delta in deltas]
     elif options.sparsify == "dare":
         p = float(params.get("p", 0.3))
-        deltas = [dare(delta, p, generator) for delta in deltas]
+        deltas = [dare(delta, p, generator, seed=seed, task=i) for i, delta in enumerate(deltas)]
     if options.sign_consensus:
         return elect_and_merge(deltas, task_weights, params.get("reduce", "mean"))
     if options.reduce == "mean":

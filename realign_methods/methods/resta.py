@@ -73,8 +73,7 @@ class RestaDare(Method):
     )
 
     def merge_tensor(self, inputs: TensorInputs, params: RestaDareParams, ctx: TensorContext) -> torch.Tensor:
-        # Whole tensor: the Bernoulli stream must not depend on chunking.
         aligned = inputs.aligned
         finetuned = _finetuned_rows(inputs, aligned, slice(None))
-        sparse_task = ops.dare(finetuned - aligned, params.p, ctx.generator())
+        sparse_task = ops.dare(finetuned - aligned, params.p, seed=ctx.rng_seed)
         return aligned + sparse_task + params.gamma * (aligned - inputs.unaligned)

@@ -2,9 +2,9 @@
 
 Defaults follow the paper: task arithmetic λ=0.3; TIES top-20 % with disjoint **sum**, λ=0.4
 (``ties``; ``ties_mean`` is standard TIES with the disjoint mean); weight averaging; DARE p=0.2,
-λ=0.3. DARE's drops use one generator per tensor seeded from (seed, tensor name), exactly like the
-merge engine's ``TensorContext.generator()``, so SOMF with an all-ones mask reproduces the generic
-rule tensor for tensor.
+λ=0.3. DARE's drops are the engine's seeded masks (``ops.dare(..., seed=tensor_seed(seed, name), task=i)``,
+as ``TensorContext.rng_seed``), so SOMF with an all-ones mask reproduces the generic rule tensor for
+tensor.
 """
 
 from __future__ import annotations
@@ -71,8 +71,7 @@ def fuse(
     params = fusion_params(fusion, overrides)
     fused = {}
     for name in deltas[0]:
-        generator = torch.Generator().manual_seed(tensor_seed(seed, name)) if rule == "dare" else None
-        fused[name] = fuse_deltas(rule, [d[name] for d in deltas], params, generator)
+        fused[name] = fuse_deltas(rule, [d[name] for d in deltas], params, seed=tensor_seed(seed, name))
     return fused
 
 

@@ -56,18 +56,21 @@ def _old_ties(anchor: torch.Tensor, models: list[torch.Tensor], p: dict, name: s
     return anchor + ops.trim_elect_merge(deltas, thresholds, [p["lam"]] * len(deltas), p["reduce"])
 
 
+# DARE's masks are the seeded per-(tensor, task) draw (ops.dare(seed=, task=)), not the pre-refactor
+# single torch generator: the draw changed on purpose so the fused kernel can draw chunks in parallel.
 def _old_dare(anchor: torch.Tensor, models: list[torch.Tensor], p: dict, name: str) -> torch.Tensor:
-    generator = TensorContext(name, 7).generator()
+    seed = TensorContext(name, 7).rng_seed
     total = anchor
-    for model in models:
-        total = total + ops.dare(model - anchor, p["p"], generator) * p["lam"]
+    for task, model in enumerate(models):
+        total = total + ops.dare(model - anchor, p["p"], seed=seed, task=task) * p["lam"]
     return total
 
 
 def _dare_ties(anchor: torch.Tensor, models: list[torch.Tensor], p: dict, name: str) -> torch.Tensor:
-    generator = TensorContext(name, 7).generator()
-    dropped = [ops.dare(m - anchor, p["p"], generator) for m in models]
-    return anchor + ops.elect_and_merge(dropped, [p["lam"]] * len(dropped), p["reduce"])
+    seed = TensorContext(name, 7).rng_seed
+    dropped = [ops.dare(m - anchor, p["p"], seed=seed, task=task) for task, m in enumerate(models)]
+    weights = [p["lam"]] * len(dropped)
+    return anchor + ops.trim_elect_merge(dropped, [None] * len(dropped), weights, p["reduce"])
 
 
 Formula = Callable[[torch.Tensor, list[torch.Tensor], dict, str], torch.Tensor]
@@ -397,7 +400,7 @@ def test_fuse_deltas_dare_ties_is_differentiable_and_matches_the_engine_variant(
     anchor = torch.randn(12, 10, generator=generator)
     leaves = [(0.1 * torch.randn(12, 10, generator=generator)).requires_grad_() for _ in range(2)]
     params = {"p": 0.4, "lam": 0.8, "reduce": "sum"}
-    fused = ops.fuse_deltas("dare_ties", leaves, params, TensorContext("w", 7).generator())
+    fused = ops.fuse_deltas("dare_ties", leaves, params, seed=TensorContext("w", 7).rng_seed)
     fused.sum().backward()
     assert all(leaf.grad is not None and bool((leaf.grad != 0).any()) for leaf in leaves)
     method = get_method("dare_ties")

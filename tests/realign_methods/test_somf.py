@@ -41,8 +41,7 @@ TINY_TRAIN = {"max_length": 48, "max_prompt_length": 24, "batch_size": 4, "micro
 
 def _generic_delta(fusion: str, name: str, deltas: list[torch.Tensor], seed: int) -> torch.Tensor:
     rule, params = GENERIC[fusion]
-    generator = torch.Generator().manual_seed(tensor_seed(seed, name)) if rule == "dare" else None
-    return fuse_deltas(rule, deltas, params, generator)
+    return fuse_deltas(rule, deltas, params, seed=tensor_seed(seed, name))
 
 
 def _write_pairs(path: Path, rows: list[dict]) -> Path:
