@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from collections.abc import Callable
@@ -19,7 +20,12 @@ from realign_methods._method import TensorContext, TensorInputs
 from realign_methods.methods.fusion import FUSION_VARIANTS
 from tests.cli import run
 
-MERGEKIT_PYTHON = Path("/work/wt-engine/.cache/mergekit-venv/bin/python")
+# mergekit lives in its own venv (perf/merge_bench.py's docstring says how to make one) so it can
+# never replace this project's torch; $REALIGN_MERGEKIT_PYTHON points elsewhere.
+MERGEKIT_PYTHON = Path(
+    os.environ.get("REALIGN_MERGEKIT_PYTHON")
+    or Path(__file__).resolve().parents[2] / ".cache" / "mergekit-venv" / "bin" / "python"
+)
 needs_mergekit = pytest.mark.skipif(
     not MERGEKIT_PYTHON.exists(), reason=f"mergekit 0.1.5 venv not found at {MERGEKIT_PYTHON} (CI has no mergekit)"
 )
