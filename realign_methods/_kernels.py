@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from harness.core.errors import ConfigError
-from realign_methods._ops import CHUNK, Reduce, _check_fraction, _chunks, dare_chunk_mask, magnitude_threshold_reference
+from realign_methods._ops import CHUNK, Reduce, _check_fraction, dare_chunk_mask, magnitude_threshold_reference
 
 _BUCKET_SHIFT = 16  # radix buckets: the top 16 bits of |x|'s float32 pattern (sign-less exponent + 7 mantissa bits)
 _BUCKETS = 1 << (31 - _BUCKET_SHIFT)
@@ -270,9 +270,10 @@ def task_arithmetic(
     """
     _check_lengths("task_arithmetic", models, weights)
     flat_base, flats, flat_out = _flat(base), [_flat(m) for m in models], out.reshape(-1)
-    buffers = _Buffers(min(CHUNK, flat_base.numel()))
-    with torch.no_grad():
-        for start, stop in _chunks(flat_base.numel()):
+
+    def work(span: range) -> None:
+        buffers = _Buffers(min(CHUNK, flat_base.numel()))
+        for start, stop in _span_chunks(flat_base.numel(), span):
             length = stop - start
             anchor = buffers.get("base", length)
             anchor.copy_(flat_base[start:stop])
@@ -283,4 +284,7 @@ def task_arithmetic(
                 torch.sub(model[start:stop], anchor, out=scratch)
                 total.add_(scratch.mul_(weight))
             flat_out[start:stop].copy_(total.add_(anchor))
+
+    with torch.no_grad():
+        _parallel_spans(flat_base.numel(), work)
     return out
