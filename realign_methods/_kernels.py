@@ -11,17 +11,25 @@ arithmetic. Results equal the reference ops of ``_ops`` (≤ 1e-6 in fp32; tests
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
+import numpy
 import torch
 
 from harness.core.errors import ConfigError
 from realign_methods._ops import CHUNK, Reduce, _check_fraction, dare_chunk_mask, magnitude_threshold_reference
 
+_T = TypeVar("_T")
+
 _BUCKET_SHIFT = 16  # radix buckets: the top 16 bits of |x|'s float32 pattern (sign-less exponent + 7 mantissa bits)
 _BUCKETS = 1 << (31 - _BUCKET_SHIFT)
 _NONFINITE_BUCKET = 0x7F800000 >> _BUCKET_SHIFT  # inf and NaN patterns start here
+_SAMPLE = 1 << 16  # sampled magnitudes per task that bracket its threshold
+_BRACKET_SIGMAS = 6.0  # bracket half-width in binomial standard deviations of the sample rank
+_MIN_SAMPLED_NUMEL = 16 * _SAMPLE  # below this a sample saves nothing over the radix sweeps
 
 
 class _Buffers:
@@ -58,12 +66,14 @@ def _deltas_into(
 
 
 def magnitude_thresholds(base: torch.Tensor, models: Sequence[torch.Tensor], density: float) -> list[float | None]:
-    """``magnitude_threshold(m_i − base, density)`` for every fine-tune, exact, in two sweeps.
+    """``magnitude_threshold(m_i − base, density)`` for every fine-tune, exact.
 
-    Sweep 1 histograms the top 16 bits of every |δ_i| (non-negative floats order like their bit
-    patterns); sweep 2 collects only the entries in the bucket holding each task's k-th largest
-    magnitude, and ``kthvalue`` ranks those few. Entries equal to the threshold are all kept.
-    ``bincount`` and boolean indexing run on one core, so each sweep splits the chunks over threads.
+    A large tensor takes one sweep: a random sample of each |δ_i| brackets its k-th largest
+    magnitude in [lo, hi] (six binomial standard deviations of the sample rank either side), the
+    sweep counts the entries above hi and collects the few in [lo, hi], and ``kthvalue`` ranks
+    those. The counts prove the bracket holds the k-th largest; when they do not (a sample that
+    missed, or a NaN/inf), that task falls to the two-sweep radix select of :func:`_radix_thresholds`.
+    Entries equal to the threshold are all kept.
     """
     _check_fraction("density", density, upper_open=False)
     if density >= 1:
@@ -73,16 +83,97 @@ def magnitude_thresholds(base: torch.Tensor, models: Sequence[torch.Tensor], den
     k = int(density * numel)
     if k == 0:
         return [float("inf")] * len(models)
-    spans = _spans(numel, torch.get_num_threads())
-    with ThreadPoolExecutor(max_workers=len(spans), thread_name_prefix="merge-threshold") as pool:
-        partial = list(pool.map(lambda span: _histograms(flat_base, flats, span), spans))
-        histograms = [torch.stack(parts).sum(0) for parts in zip(*partial, strict=True)]
-        targets = [_bucket_of(histogram, k) for histogram in histograms]
-        found = list(pool.map(lambda span: _bucket_entries(flat_base, flats, targets, span), spans))
+    thresholds: list[float | None] = [None] * len(models)
+    unresolved = list(range(len(models)))
+    if numel >= _MIN_SAMPLED_NUMEL:
+        brackets = [_sample_bracket(flat_base, flat, k, seed=index) for index, flat in enumerate(flats)]
+        sampled = [index for index, bracket in enumerate(brackets) if bracket is not None]
+        swept = _map_spans(
+            numel,
+            lambda span: _bracket_sweep(flat_base, [flats[i] for i in sampled], [brackets[i] for i in sampled], span),
+        )
+        for position, index in enumerate(sampled):
+            above = sum(part[position][0] for part in swept)
+            finite = all(part[position][2] for part in swept)
+            band = torch.cat([part[position][1] for part in swept])
+            if finite and above < k <= above + band.numel():
+                thresholds[index] = float(band.kthvalue(band.numel() - (k - above) + 1).values)
+                unresolved.remove(index)
+    if unresolved:
+        radix = _radix_thresholds(flat_base, [flats[i] for i in unresolved], density, k)
+        for index, threshold in zip(unresolved, radix, strict=True):
+            thresholds[index] = threshold
+    return thresholds
+
+
+def _sample_bracket(base: torch.Tensor, model: torch.Tensor, k: int, seed: int) -> tuple[float, float] | None:
+    """[lo, hi] that likely holds the k-th largest |model − base|, from a random sample; None if unusable."""
+    numel = base.numel()
+    positions = torch.randint(numel, (_SAMPLE,), generator=torch.Generator().manual_seed(seed))
+    sample = (model[positions].float() - base[positions].float()).abs_()
+    if not bool(torch.isfinite(sample).all()):
+        return None
+    descending = sample.sort(descending=True).values
+    fraction = k / numel
+    rank = fraction * _SAMPLE
+    margin = _BRACKET_SIGMAS * math.sqrt(_SAMPLE * fraction * (1 - fraction)) + 16
+    upper, lower = math.floor(rank - margin), math.ceil(rank + margin)
+    if lower >= _SAMPLE:  # the bracket would reach down to 0: most of the tensor would be collected
+        return None
+    hi = float(descending[upper]) if upper >= 0 else math.inf
+    return float(descending[lower]), hi
+
+
+def _bracket_sweep(
+    base: torch.Tensor, models: Sequence[torch.Tensor], brackets: Sequence[tuple[float, float] | None], span: range
+) -> list[tuple[int, torch.Tensor, bool]]:
+    """Per task: #entries above hi, the entries in [lo, hi], and whether every |δ| was finite.
+
+    The masks run in numpy: its boolean compares and compaction are vectorised (torch's bool
+    kernels here are 5-10x slower, see the module docstring's measurements).
+    """
+    buffers = _Buffers(min(CHUNK, base.numel()))
+    above = [0] * len(models)
+    finite = [True] * len(models)
+    found: list[list[torch.Tensor]] = [[] for _ in models]
+    for start, stop in _span_chunks(base.numel(), span):
+        length = stop - start
+        _, deltas = _deltas_into(buffers, base, models, start, stop)
+        at_most_hi = buffers.get("at_most_hi", length, torch.bool).numpy()
+        at_least_lo = buffers.get("at_least_lo", length, torch.bool).numpy()
+        for index, (delta, bracket) in enumerate(zip(deltas, brackets, strict=True)):
+            assert bracket is not None
+            lo, hi = bracket
+            magnitude = delta.abs_()
+            finite[index] = finite[index] and math.isfinite(float(magnitude.sum()))  # a NaN/inf makes the sum one
+            values = magnitude.numpy()
+            numpy.less_equal(values, hi, out=at_most_hi)
+            above[index] += length - int(numpy.count_nonzero(at_most_hi))
+            numpy.greater_equal(values, lo, out=at_least_lo)
+            numpy.logical_and(at_most_hi, at_least_lo, out=at_most_hi)
+            found[index].append(torch.from_numpy(values[at_most_hi]))
+    return [
+        (count, torch.cat(parts) if parts else torch.empty(0), ok)
+        for count, parts, ok in zip(above, found, finite, strict=True)
+    ]
+
+
+def _radix_thresholds(base: torch.Tensor, models: Sequence[torch.Tensor], density: float, k: int) -> list[float | None]:
+    """The exact thresholds in two sweeps, whatever the data.
+
+    Sweep 1 histograms the top 16 bits of every |δ_i| (non-negative floats order like their bit
+    patterns); sweep 2 collects only the entries in the bucket holding each task's k-th largest
+    magnitude, and ``kthvalue`` ranks those few. ``bincount`` and boolean indexing run on one core,
+    so each sweep splits the chunks over threads.
+    """
+    partial = _map_spans(base.numel(), lambda span: _histograms(base, models, span))
+    histograms = [torch.stack(parts).sum(0) for parts in zip(*partial, strict=True)]
+    targets = [_bucket_of(histogram, k) for histogram in histograms]
+    found = _map_spans(base.numel(), lambda span: _bucket_entries(base, models, targets, span))
     thresholds: list[float | None] = []
     for index, target in enumerate(targets):
         if target is None:  # NaN/inf patterns do not order like values: the reference decides
-            thresholds.append(magnitude_threshold_reference(flats[index].float() - flat_base.float(), density))
+            thresholds.append(magnitude_threshold_reference(models[index].float() - base.float(), density))
             continue
         values = torch.cat([entries[index] for entries in found])
         thresholds.append(float(values.kthvalue(values.numel() - target[1] + 1).values))
@@ -178,15 +269,23 @@ def _elect_into(
     return total
 
 
-def _parallel_spans(numel: int, work: Callable[[range], None]) -> None:
-    """Run ``work`` over the chunk indices split in one contiguous run per torch thread."""
-    spans = _spans(numel, torch.get_num_threads())
+def _map_spans(numel: int, work: Callable[[range], _T]) -> list[_T]:
+    """``work`` over the chunk indices split in one contiguous run per torch thread, in threads.
+
+    While the workers run, torch's intra-op pool is one thread: each elementwise op on a chunk
+    would otherwise fork its own OpenMP team in every worker, n² busy threads on n cores
+    (measured: slower with two workers than with one).
+    """
+    threads = torch.get_num_threads()
+    spans = _spans(numel, threads)
     if len(spans) == 1:
-        work(spans[0])
-        return
-    with ThreadPoolExecutor(max_workers=len(spans), thread_name_prefix="merge-kernel") as pool:
-        for done in [pool.submit(work, span) for span in spans]:
-            done.result()
+        return [work(spans[0])]
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=len(spans), thread_name_prefix="merge-kernel") as pool:
+            return list(pool.map(work, spans))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def ties_merge(
@@ -214,7 +313,7 @@ def ties_merge(
             flat_out[start:stop].copy_(_elect_into(buffers, deltas, weights, reduce).add_(anchor))
 
     with torch.no_grad():
-        _parallel_spans(flat_base.numel(), work)
+        _map_spans(flat_base.numel(), work)
     return out
 
 
@@ -257,7 +356,7 @@ def dare_merge(
             flat_out[start:stop].copy_(merged)
 
     with torch.no_grad():
-        _parallel_spans(flat_base.numel(), work)
+        _map_spans(flat_base.numel(), work)
     return out
 
 
@@ -286,5 +385,5 @@ def task_arithmetic(
             flat_out[start:stop].copy_(total.add_(anchor))
 
     with torch.no_grad():
-        _parallel_spans(flat_base.numel(), work)
+        _map_spans(flat_base.numel(), work)
     return out

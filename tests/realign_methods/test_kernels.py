@@ -38,12 +38,39 @@ def test_magnitude_thresholds_equal_the_reference(shape: tuple[int, ...], densit
     assert got == want
 
 
-def test_magnitude_thresholds_with_a_nonfinite_delta_fall_back_to_the_reference() -> None:
-    base, models = _family((5000,), 2, torch.float32, seed=4)
-    models[1][17] = float("inf")
+@pytest.mark.parametrize("shape", [(5000,), (3, 700_001)])  # the radix path, and the sampled one
+def test_magnitude_thresholds_with_a_nonfinite_delta_fall_back_to_the_reference(shape: tuple[int, ...]) -> None:
+    base, models = _family(shape, 2, torch.float32, seed=4)
+    models[1].view(-1)[17] = float("inf")
     got = kernels.magnitude_thresholds(base, models, 0.1)
     want = [ops.magnitude_threshold_reference(d, 0.1) for d in _reference_deltas(base, models)]
     assert [str(v) for v in got] == [str(v) for v in want]
+
+
+def test_magnitude_thresholds_fall_back_to_the_radix_select_when_the_sample_misses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a bracket that cannot hold the k-th largest (every |δ| is above it): the counts prove the miss
+    base, models = _family((3, 700_001), 2, torch.float32, seed=5)
+    monkeypatch.setattr(kernels, "_sample_bracket", lambda *args, **kwargs: (1e-9, 2e-9))
+    calls: list[int] = []
+    radix = kernels._radix_thresholds
+
+    def counted(*args: object, **kwargs: object) -> list[float | None]:
+        calls.append(1)
+        return radix(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kernels, "_radix_thresholds", counted)
+    got = kernels.magnitude_thresholds(base, models, 0.2)
+    want = [ops.magnitude_threshold_reference(d, 0.2) for d in _reference_deltas(base, models)]
+    assert got == want and calls == [1]
+
+
+def test_magnitude_thresholds_take_one_sampled_sweep_on_a_large_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    base, models = _family((3, 700_001), 3, torch.bfloat16, seed=6)
+    monkeypatch.setattr(kernels, "_radix_thresholds", lambda *args: pytest.fail("the sampled bracket missed"))
+    got = kernels.magnitude_thresholds(base, models, 0.2)
+    assert got == [ops.magnitude_threshold_reference(d, 0.2) for d in _reference_deltas(base, models)]
 
 
 def test_magnitude_thresholds_do_not_depend_on_the_thread_count() -> None:
