@@ -81,7 +81,11 @@ class ShardPlan:
             entries: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
             start = 0
             for name, shape, dtype, nbytes in group:
-                entries[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [start, start + nbytes]}
+                entries[name] = {
+                    "dtype": _ST_DTYPES[dtype],
+                    "shape": list(shape),
+                    "data_offsets": [start, start + nbytes],
+                }
                 start += nbytes
             text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
             text += b" " * (-len(text) % 8)  # data starts 8-byte aligned, as safetensors writes it
