@@ -182,13 +182,21 @@ def main() -> None:
     floor_out = args.workdir / "out_floor"
     shutil.rmtree(floor_out, ignore_errors=True)
     floor_code = textwrap.dedent(f"""
+        import torch
         from harness.core.checkpoints import CheckpointReader, CheckpointWriter
         readers = [CheckpointReader(p) for p in {inputs!r}]
         # the streaming (planned-layout) writer the engine uses: the floor holds no shard in memory either
         layout = [(n, readers[0].shape(n), readers[0].dtype(n)) for n in readers[0].names()]
+        # A read tensor is a lazy memory map: nothing is read until its pages are touched. Copy every
+        # fine-tune's bytes into one reused buffer so the floor reads all 4 models (the first is read
+        # by the write), as a merge must; without it the floor moved 2 models and claimed 5.
+        scratch = torch.empty(max(readers[0].nbytes(n) for n in readers[0].names()), dtype=torch.uint8)
         with CheckpointWriter({str(floor_out)!r}, max_shard_size=1_000_000_000, layout=layout) as w:
             for name in readers[0].names():
                 tensors = [r.get(name) for r in readers]
+                for tensor in tensors[1:]:
+                    raw = tensor.reshape(-1).view(torch.uint8)
+                    scratch[: raw.numel()].copy_(raw)
                 w.add(name, tensors[0])
                 del tensors
         {_PEAK}
