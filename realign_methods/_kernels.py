@@ -89,10 +89,8 @@ def magnitude_thresholds(base: torch.Tensor, models: Sequence[torch.Tensor], den
     if numel >= _MIN_SAMPLED_NUMEL:
         brackets = [_sample_bracket(flat_base, flat, k, seed=index) for index, flat in enumerate(flats)]
         sampled = [index for index, bracket in enumerate(brackets) if bracket is not None]
-        swept = _map_spans(
-            numel,
-            lambda span: _bracket_sweep(flat_base, [flats[i] for i in sampled], [brackets[i] for i in sampled], span),
-        )
+        bounds = [bracket for bracket in brackets if bracket is not None]
+        swept = _map_spans(numel, lambda span: _bracket_sweep(flat_base, [flats[i] for i in sampled], bounds, span))
         for position, index in enumerate(sampled):
             above = sum(part[position][0] for part in swept)
             finite = all(part[position][2] for part in swept)
@@ -126,12 +124,13 @@ def _sample_bracket(base: torch.Tensor, model: torch.Tensor, k: int, seed: int) 
 
 
 def _bracket_sweep(
-    base: torch.Tensor, models: Sequence[torch.Tensor], brackets: Sequence[tuple[float, float] | None], span: range
+    base: torch.Tensor, models: Sequence[torch.Tensor], brackets: Sequence[tuple[float, float]], span: range
 ) -> list[tuple[int, torch.Tensor, bool]]:
     """Per task: #entries above hi, the entries in [lo, hi], and whether every |δ| was finite.
 
-    The masks run in numpy: its boolean compares and compaction are vectorised (torch's bool
-    kernels here are 5-10x slower, see the module docstring's measurements).
+    The masks run in numpy: its boolean compares and compaction are vectorised, torch's bool
+    kernels are not (measured per 1M float32 entries: a compare into a bool mask 0.10 ms vs 0.92 ms,
+    the compaction 1.0 ms vs 1.9-4.1 ms).
     """
     buffers = _Buffers(min(CHUNK, base.numel()))
     above = [0] * len(models)
@@ -142,9 +141,7 @@ def _bracket_sweep(
         _, deltas = _deltas_into(buffers, base, models, start, stop)
         at_most_hi = buffers.get("at_most_hi", length, torch.bool).numpy()
         at_least_lo = buffers.get("at_least_lo", length, torch.bool).numpy()
-        for index, (delta, bracket) in enumerate(zip(deltas, brackets, strict=True)):
-            assert bracket is not None
-            lo, hi = bracket
+        for index, (delta, (lo, hi)) in enumerate(zip(deltas, brackets, strict=True)):
             magnitude = delta.abs_()
             finite[index] = finite[index] and math.isfinite(float(magnitude.sum()))  # a NaN/inf makes the sum one
             values = magnitude.numpy()
