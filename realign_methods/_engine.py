@@ -33,6 +33,7 @@ from harness.core.checkpoints import (
 from harness.core.checkpoints._finite import check_finite
 from harness.core.checkpoints._writer import copy_aux_files
 from harness.core.errors import CheckpointError, ConfigError
+from realign_methods._kernels import torch_threads
 from realign_methods._method import (
     DENSE_INPUTS,
     Method,
@@ -462,16 +463,6 @@ def _merge_one(prepared: _Prepared, state: Any, name: str, inputs: TensorInputs)
     return out
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def merge(spec: MergeSpec, *, threads: int | None = None, device: str | torch.device = "cpu") -> Path:
     """Run one merge; returns the output directory (written atomically).
 
@@ -484,7 +475,7 @@ def merge(spec: MergeSpec, *, threads: int | None = None, device: str | torch.de
     prepared = _open(spec)
     prepared.device = run_device
     try:
-        with _torch_threads(thread_count):
+        with torch_threads(thread_count):
             return _merge_prepared(spec, prepared)
     finally:
         prepared.close()

@@ -11,6 +11,7 @@ arithmetic. Results equal the reference ops of ``_ops`` (≤ 1e-6 in fp32; tests
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -274,15 +275,22 @@ def _map_spans(numel: int, work: Callable[[range], _T]) -> list[_T]:
     would otherwise fork its own OpenMP team in every worker, n² busy threads on n cores
     (measured: slower with two workers than with one).
     """
-    threads = torch.get_num_threads()
-    spans = _spans(numel, threads)
+    spans = _spans(numel, torch.get_num_threads())
     if len(spans) == 1:
         return [work(spans[0])]
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return list(_workers(len(spans)).map(work, spans))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` inside the block, restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
 
 
 @functools.cache
