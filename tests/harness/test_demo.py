@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.core.errors import ConfigError
 from harness.demo import DEMO_CONFIG, QUICK_OVERRIDES, load_demo, main, quick_variant
 
 
@@ -16,7 +17,13 @@ def test_quick_variant_is_a_subset_of_the_demo() -> None:
     quick = quick_variant(full)
     assert quick["name"] == "demo-quick"
     assert [m["name"] for m in quick["models"]["finetuned"]] == QUICK_OVERRIDES["finetuned"]
-    assert [m.get("label", m["name"]) for m in quick["methods"]] == [m.get("label", m["name"]) for m in full["methods"]]
+    # one method of each family, in the file's order, with the file's entries (params capped, one grid point)
+    keys = [m.get("label", m["name"]) for m in full["methods"]]
+    assert [m.get("label", m["name"]) for m in quick["methods"]] == [k for k in keys if k in QUICK_OVERRIDES["methods"]]
+    assert len(quick["methods"]) == len(QUICK_OVERRIDES["methods"]) < len(full["methods"])
+    resta = next(m for m in quick["methods"] if m["name"] == "resta")
+    assert resta["grid"] == {"gamma": [1.0]}
+    assert {"safe_delta", "localize_stitch"} <= {m["name"] for m in quick["methods"]}
     for small, big in zip(quick["benchmarks"], full["benchmarks"], strict=True):
         assert {k: v for k, v in small.items() if k not in ("sample", "limit")} == {
             k: v for k, v in big.items() if k not in ("sample", "limit")
@@ -25,6 +32,8 @@ def test_quick_variant_is_a_subset_of_the_demo() -> None:
     assert quick["generation"] == {**full["generation"], "max_new_tokens": QUICK_OVERRIDES["max_new_tokens"]}
     somf = [m for m in quick["methods"] if m["name"] == "somf"]
     assert somf and all(m["params"]["steps"] == QUICK_OVERRIDES["somf"]["steps"] for m in somf)
+    with pytest.raises(ConfigError, match=r"QUICK_OVERRIDES names method\(s\) \['safe_lora'\]"):
+        quick_variant({**full, "methods": [m for m in full["methods"] if m["name"] != "safe_lora"]})
     # the full file is valid as it stands and names every method of the study
     exp = load_demo(DEMO_CONFIG, quick=False)
     assert {m.name for m in exp.methods} >= {
@@ -93,10 +102,10 @@ def test_quick_demo_runs_end_to_end_and_its_site_opens_in_chromium(
     printed = capsys.readouterr().out
     site = out / "site-quick"
     assert f"open {(site / 'index.html').resolve()}" in printed.strip().splitlines()[-1]
-    assert "| math | sft |" in printed and "| math | somf_ties |" in printed  # the Markdown summary was printed
+    assert "| math | sft |" in printed and "| math | somf_ta |" in printed  # the Markdown summary was printed
     with sqlite3.connect(out / "results.sqlite") as db:
         methods = {row[0] for row in db.execute("select distinct method from cells where status = 'done'")}
-    assert methods >= {"original", "sft", "aligned", "resta", "resta_dare", "somf", "safe_lora", "task_arithmetic"}
+    assert methods == {"original", "sft", "aligned", "resta", "safe_lora", "somf", "localize_stitch", "safe_delta"}
 
     # a second run is a cache hit: nothing merged, generated or judged again
     assert main(["--quick", "--out", str(out)]) == 0
@@ -107,7 +116,7 @@ def test_quick_demo_runs_end_to_end_and_its_site_opens_in_chromium(
         pytest.skip("chromium not installed: the site was written but not opened")
     found, dom = probe_site(site, tmp_path / "profile")
     tables = {t["id"]: t for t in found["tables"]}
-    assert tables["table-summary"]["rows"] == 10  # original, aligned, sft and 7 realigned models of the math fine-tune
+    assert tables["table-summary"]["rows"] == 8  # original, aligned, sft and 5 realigned models of the math fine-tune
     assert {i["id"] for i in found["images"]} == {"plot-scatter", "plot-heatmap"}
     assert all(i["w"] > 300 for i in found["images"])
-    assert "somf_ties" in dom and "safe_lora" in dom
+    assert "somf_ta" in dom and "safe_delta" in dom
