@@ -257,6 +257,7 @@ def _open(spec: MergeSpec) -> _Prepared:
     if base_for_adapters_only:
         given.pop(Role.BASE)
     method.check_inputs(given)
+    method.check_params_inputs(params, given)
     if spec.output == "adapter" and not method.supports_adapter_output:
         raise ConfigError(f"method {spec.method!r} cannot write a LoRA adapter (output='adapter'); use output='dense'")
     for label, path in spec.input_paths():

@@ -402,6 +402,10 @@ class Method:
                 f"(accepted: {', '.join(sorted(info.accepted_inputs))})"
             )
 
+    def check_params_inputs(self, params: Any, given: Mapping[str, int]) -> None:
+        """Refuse a parameter value the given inputs cannot serve (e.g. one that needs an optional
+        input); called after :meth:`check_inputs`, before any work. The default accepts all."""
+
     def reference_input(self, given: Mapping[str, int]) -> Role:
         """The dense input whose names/dtypes/aux files define the output."""
         for role in self.info.reference_inputs:

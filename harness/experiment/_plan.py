@@ -224,6 +224,7 @@ def method_inputs(
     given = {role: 1 for role in inputs} | {("adapters" if use_adapter else "finetuned"): 1}
     try:
         method.check_inputs(given)
+        method.check_params_inputs(method.validate(params), given)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc} — add them under `models:`") from None
     return inputs, use_adapter, extra

@@ -174,6 +174,19 @@ def test_bad_config_is_refused_before_any_work(tmp_path, zoo, data_dir, override
     assert not (tmp_path / "out" / "results.sqlite").exists() or not list((tmp_path / "out" / "checkpoints").iterdir())
 
 
+def test_a_parameter_needing_a_missing_input_is_refused_before_any_work(tmp_path, zoo, data_dir):
+    """Antidote's default prune='update' needs θ_A: an experiment without `aligned` is refused at plan time."""
+    models = {"unaligned": {"path": str(zoo["unaligned"])}, "finetuned": [{"name": "math", "path": str(zoo["math"])}]}
+    path = write_experiment(tmp_path, zoo, models=models, methods=[{"name": "antidote"}])
+    with pytest.raises(ConfigError, match=r"antidote.*prune='update'.*needs input aligned.*add them under `models:`"):
+        run_experiment(path, progress=False)
+    assert not (tmp_path / "out" / "checkpoints").exists()
+    weights = write_experiment(
+        tmp_path / "w", zoo, models=models, methods=[{"name": "antidote", "params": {"prune": "weights"}}]
+    )
+    assert run_experiment(weights, progress=False, dry_run=True) is not None
+
+
 def test_missing_model_path_is_named(tmp_path, zoo, data_dir):
     path = write_experiment(tmp_path, zoo)
     exp = yaml.safe_load(path.read_text())

@@ -119,16 +119,21 @@ def test_calibration_matches_direct_computation_and_is_cached(models, cache) -> 
     assert not list(cache.glob("calibration/*/*.tmp*"))
 
 
-def _reference_antidote(weight: torch.Tensor, norms: torch.Tensor, ratio: float) -> torch.Tensor:
-    scores = [
-        (abs(float(weight[i, j])) * float(norms[j]), i, j)
-        for i in range(weight.shape[0])
-        for j in range(weight.shape[1])
-    ]
-    scores.sort(reverse=True)
-    out = weight.clone()
-    for _, i, j in scores[: int(ratio * weight.numel())]:
-        out[i, j] = 0.0
+def _reference_antidote(
+    f: torch.Tensor, a: torch.Tensor, norms: torch.Tensor, ratio: float, prune: str
+) -> torch.Tensor:
+    """Per output row, the ⌊ratio · columns⌋ entries of W (θ_F − θ_A, or θ_F) with the highest
+    |W_ij| · ‖X_j‖ are pruned: reset to θ_A, or set to zero."""
+    rows, cols = f.shape
+    out = f.clone()
+    for i in range(rows):
+        scores = []
+        for j in range(cols):
+            w = float(f[i, j]) - float(a[i, j]) if prune == "update" else float(f[i, j])
+            scores.append((abs(w) * float(norms[j]), j))
+        scores.sort(reverse=True)
+        for _, j in scores[: int(ratio * cols)]:
+            out[i, j] = a[i, j] if prune == "update" else 0.0
     return out
 
 
@@ -214,16 +219,23 @@ def _cache_root(provenance: dict) -> Path:
     return cache_dir() / "calibration" / provenance["calibration"]["key"]
 
 
-def test_antidote_matches_the_paper(models, cache, tmp_path: Path) -> None:
-    out, stats = _merged("antidote", models, tmp_path / "antidote", ("finetuned",), mask_ratio=0.1)
-    tuned = _weights(models["finetuned"])
+@pytest.mark.parametrize("prune", ["update", "weights"])
+def test_antidote_matches_the_paper(models, cache, tmp_path: Path, prune: str) -> None:
+    out, stats = _merged(
+        "antidote", models, tmp_path / "antidote", ("aligned", "finetuned"), mask_ratio=0.1, prune=prune
+    )
+    tuned, aligned = _weights(models["finetuned"]), _weights(models["aligned"])
+    checked = 0
     for name, tensor in out.items():
         if stats.has(name):
-            want = _reference_antidote(tuned[name].float(), stats.input_norms(name), 0.1)
+            want = _reference_antidote(tuned[name].float(), aligned[name].float(), stats.input_norms(name), 0.1, prune)
             assert torch.allclose(tensor, want, atol=1e-6, rtol=0), name
-            assert int((tensor == 0).sum()) == int(0.1 * tensor.numel())
+            pruned = (tensor == aligned[name].float()) if prune == "update" else (tensor == 0)
+            assert int(pruned.sum()) == tensor.shape[0] * int(0.1 * tensor.shape[1]), name
+            checked += 1
         else:
             assert torch.equal(tensor, tuned[name]), name
+    assert checked > 0
     provenance = json.loads((tmp_path / "antidote" / "realign_merge.json").read_text())
     assert provenance["calibration"]["cost"]["examples"] == 6
 
@@ -289,10 +301,22 @@ def test_bad_parameters_and_missing_data_fail_before_any_work(models, cache, tmp
         )
     with pytest.raises(ConfigError, match="needs input"):
         plan(MergeSpec(method="irr", aligned=models["aligned"], finetuned=[models["finetuned"]], out=tmp_path / "o"))
+    with pytest.raises(ConfigError, match=r"prune='update' prunes θ_F − θ_A and needs input aligned"):
+        plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o"))
+    plan(  # the weights variant needs no aligned model
+        MergeSpec(
+            method="antidote",
+            finetuned=[models["finetuned"]],
+            out=tmp_path / "o",
+            calibration_data=models["data"],
+            params={"prune": "weights"},
+        )
+    )
     with pytest.raises(CheckpointError, match="calibration_data not found"):
         plan(
             MergeSpec(
                 method="antidote",
+                aligned=models["aligned"],
                 finetuned=[models["finetuned"]],
                 out=tmp_path / "o",
                 calibration_data=tmp_path / "missing.json",
@@ -300,7 +324,9 @@ def test_bad_parameters_and_missing_data_fail_before_any_work(models, cache, tmp
         )
     monkeypatch.setenv("REALIGN_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(DataError, match=r"pure_bad/pure_bad\.json"):
-        plan(MergeSpec(method="antidote", finetuned=[models["finetuned"]], out=tmp_path / "o"))
+        plan(
+            MergeSpec(method="antidote", aligned=models["aligned"], finetuned=[models["finetuned"]], out=tmp_path / "o")
+        )
     assert not (cache / "calibration").exists() and not (tmp_path / "o").exists()
 
 
