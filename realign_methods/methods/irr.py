@@ -1,21 +1,21 @@
 """IRR (Wu et al. 2024, arXiv 2412.11041): Identify the unsafe delta parameters, Remove them,
 Recalibrate the retained ones.
 
-Per linear layer, with δ = W_F − W_A, the safety vector v = W_A − W_U (aligned minus its harmful
-fine-tune, as in RESTA) and F the diagonal Fisher of the fine-tuned model's NLL on safety data
-(harmful prompts with safe responses):
+As the authors' code (github.com/pikepokenew/IRR, SparseGPT-based) runs it, per linear layer, with
+δ = W_F − W_A, the safety vector v = W_A − W_U and F a diagonal Fisher on safety data, walking the
+columns in blocks of 128 from W = W_F (δ = 0 on dead inputs):
 
-* identify: δ_ij is a candidate when it conflicts with the safety vector, sign(δ_ij) ≠ sign(v_ij)
-  (δ_ij · v_ij < 0); its safety importance is s_ij = F_ij · δ_ij² (the Fisher estimate of the
-  safety-loss change of removing it). The ``removal_fraction`` of candidates with the highest s
-  (⌊fraction · #candidates⌋ per layer) are unsafe;
+* identify: in each block, the candidates are the entries whose current (recalibrated so far) δ
+  disagrees in sign with v, sign(δ_ij) ≠ sign(v_ij) (a zero counts as its own sign); they are sorted
+  by F ascending (ties: row-major order) and all from position ⌊(1 − ``removal_fraction``) · n⌋ on
+  are unsafe (the authors' default removes every conflict, fraction 1);
 * remove: unsafe entries go back to W_A;
-* recalibrate (``recalibrate``): the retained entries take the OBS compensation of those removals,
-  −Σ_{q unsafe} δ_q H⁻¹[q, :]/[H⁻¹]_qq with H = XᵀX of θ_F's inputs on the same data, so the
-  layer's outputs on safety data change least beyond the removals.
+* recalibrate (``recalibrate``): column by column, the removals' error is spread over the later
+  columns by SparseGPT's OBS step with H = XᵀX (see ``_obs``), so the layer's outputs change least.
 
-Tensors without statistics keep θ_F. Assumed details (the authors' code was not read): v = θ_A − θ_U,
-the top-fraction rule among conflicts and the single-weight OBS combination.
+Ours differs from the authors' in its data: F and H are both statistics of θ_F on harmful prompts with
+safe responses (one calibration pass), where the authors take F from θ_A on its own answers to
+harmful prompts and H from θ_F on the task's data. Tensors without statistics keep θ_F.
 """
 
 from __future__ import annotations
@@ -33,12 +33,18 @@ from realign_methods._method import (
 from realign_methods._registry import register_method
 from realign_methods.calibration import CalibrationSpec, Statistics
 from realign_methods.methods._common import CalibratedMethod
-from realign_methods.methods._obs import damped_inverse, obs_spread
+from realign_methods.methods._obs import inverse_hessian_cholesky, sequential_obs
+
+#: the authors' column block (SparseGPT's)
+BLOCK = 128
 
 
 class IrrParams(MethodParams):
     removal_fraction: float = Field(
-        0.5, gt=0.0, le=1.0, description="share of sign-conflicting deltas removed (highest Fisher·δ²)"
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="share of each block's sign conflicts removed, highest Fisher first (authors: all)",
     )
     damp: float = Field(0.01, gt=0.0, le=10.0, description="ridge added to XᵀX, times its mean diagonal")
     recalibrate: bool = Field(True, description="OBS compensation of the retained deltas")
@@ -49,14 +55,12 @@ class IrrParams(MethodParams):
 def unsafe_mask(
     delta: torch.Tensor, safety_vector: torch.Tensor, fisher: torch.Tensor, fraction: float
 ) -> torch.Tensor:
-    """Boolean mask of the unsafe deltas: the top ``fraction`` of sign conflicts by Fisher · δ²."""
-    conflict = (delta * safety_vector < 0).reshape(-1)
-    count = int(fraction * int(conflict.sum()))
-    mask = torch.zeros(delta.numel(), dtype=torch.bool)
-    if count > 0:
-        score = (fisher.double() * delta.double() ** 2).reshape(-1)
-        score = torch.where(conflict, score, torch.full_like(score, -1.0))
-        mask[torch.topk(score, count).indices] = True
+    """One block's unsafe entries: sign conflicts with the safety vector, the top ``fraction`` by Fisher."""
+    conflict = (torch.sign(delta) != torch.sign(safety_vector)).reshape(-1)
+    candidates = torch.nonzero(conflict).squeeze(1)
+    order = torch.sort(fisher.double().reshape(-1)[candidates], stable=True).indices
+    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
+    mask[candidates[order[int((1.0 - fraction) * candidates.numel()) :]]] = True
     return mask.reshape(delta.shape)
 
 
@@ -65,25 +69,32 @@ def irr(
     unaligned: torch.Tensor,
     finetuned: torch.Tensor,
     fisher: torch.Tensor,
-    xtx: torch.Tensor | None,
+    xtx: torch.Tensor,
     fraction: float,
     damp: float,
+    recalibrate: bool = True,
 ) -> torch.Tensor:
-    """The IRR weight of one linear layer (float32); ``xtx`` None skips the recalibration."""
-    delta = finetuned.double() - aligned.double()
-    unsafe = unsafe_mask(delta, aligned.double() - unaligned.double(), fisher, fraction)
-    removed = torch.where(unsafe, delta, torch.zeros_like(delta))
-    out = finetuned.double() - removed
-    if xtx is not None:
-        out = out - torch.where(unsafe, torch.zeros_like(delta), obs_spread(removed, damped_inverse(xtx, damp)))
-    return out.float()
+    """The IRR weight of one linear layer (float32)."""
+    a = aligned.double()
+    safety_vector = a - unaligned.double()
+    dead = torch.diagonal(xtx) == 0
+    start = torch.where(dead.reshape(1, -1), a, finetuned.double())
+
+    def select(cols: slice, current: torch.Tensor) -> torch.Tensor:
+        return unsafe_mask(current - a[:, cols], safety_vector[:, cols], fisher[:, cols], fraction)
+
+    u = inverse_hessian_cholesky(xtx, damp)
+    return sequential_obs(start, a, u, select, BLOCK, compensate=recalibrate).float()
 
 
 @register_method
 class Irr(CalibratedMethod):
     info = MethodInfo(
         name="irr",
-        summary="remove deltas that conflict with θ_A−θ_U and matter by Fisher on safety data; OBS-recalibrate the rest (arXiv 2412.11041)",
+        summary=(
+            "remove deltas whose sign conflicts with θ_A−θ_U, by Fisher on safety data; sequential-OBS "
+            "recalibrate the rest (arXiv 2412.11041)"
+        ),
         params=IrrParams,
         required=frozenset({Role.ALIGNED, Role.UNALIGNED, Role.FINETUNED}),
         optional=frozenset({Role.CALIBRATION_DATA}),
@@ -104,13 +115,13 @@ class Irr(CalibratedMethod):
         stats: Statistics = ctx.state
         if not stats.has(ctx.name):
             return inputs.raw(Role.FINETUNED)
-        xtx = stats.xtx(ctx.name) if params.recalibrate else None
         return irr(
             inputs.aligned,
             inputs.unaligned,
             inputs.finetuned(),
             stats.fisher(ctx.name),
-            xtx,
+            stats.xtx(ctx.name),
             params.removal_fraction,
             params.damp,
+            params.recalibrate,
         )

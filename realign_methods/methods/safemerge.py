@@ -32,9 +32,10 @@ _REFERENCE = (
 
 
 class SafeMergeParams(MethodParams):
-    threshold: float = Field(0.5, ge=-1.0, le=1.0, description="merge a layer when cos(ΔW, CΔW) < τ")
+    # the authors' defaults (github.com/aladinD/SafeMERGE: τ = 0.35, merge weights [0.8, 0.2])
+    threshold: float = Field(0.35, ge=-1.0, le=1.0, description="merge a layer when cos(ΔW, CΔW) < τ")
     alpha: float = Field(
-        0.5, ge=0.0, le=1.0, description="weight of the fine-tuned layer in the merge (1−α: safety layer)"
+        0.8, ge=0.0, le=1.0, description="weight of the fine-tuned layer in the merge (1−α: safety layer)"
     )
     rule: Literal["linear", "ties", "dare"] = Field("linear", description="how a straying layer is merged")
     density: float = Field(0.5, gt=0.0, le=1.0, description="TIES: kept fraction of each task vector")

@@ -137,65 +137,95 @@ def _reference_antidote(
     return out
 
 
-def _inverse(xtx: torch.Tensor, damp: float) -> torch.Tensor:
-    h = xtx.double()
-    return torch.linalg.inv(h + damp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=torch.float64))
+def _upper_cholesky_of_inverse(xtx: torch.Tensor, damp: float) -> torch.Tensor:
+    """U with H⁻¹ = UᵀU, H = XᵀX (dead diagonal -> 1) + damp · mean diag: U = Lᵀ with L the lower
+    Cholesky factor of H⁻¹, by hand (Cholesky-Banachiewicz)."""
+    h = xtx.double().clone()
+    for j in range(h.shape[0]):
+        if h[j, j] == 0:
+            h[j, j] = 1.0
+    ridge = damp * float(torch.diagonal(h).mean())
+    for j in range(h.shape[0]):
+        h[j, j] += ridge
+    a = torch.linalg.inv(h)
+    n = a.shape[0]
+    lower = torch.zeros_like(a)
+    for i in range(n):
+        for j in range(i + 1):
+            total = float(a[i, j]) - sum(float(lower[i, k]) * float(lower[j, k]) for k in range(j))
+            lower[i, j] = total**0.5 if i == j else total / float(lower[j, j])
+    return lower.T
 
 
-def _reference_safe_delta(
-    a: torch.Tensor, f: torch.Tensor, xtx: torch.Tensor, budget: float, damp: float
-) -> torch.Tensor:
-    hinv = _inverse(xtx, damp)
-    delta = f.double() - a.double()
-    rows, cols = delta.shape
-    loss = [[float(delta[i, j]) ** 2 / (2 * float(hinv[j, j])) for j in range(cols)] for i in range(rows)]
-    limit = budget * sum(map(sum, loss))
-    keep = torch.zeros(rows, cols, dtype=torch.bool)
-    spent = 0.0
-    # utility δ² over loss δ²/(2 H⁻¹_jj): best ratio first, a column at a time, rows in order
-    for j in sorted(range(cols), key=lambda c: -float(hinv[c, c])):
-        for i in range(rows):
-            if spent + loss[i][j] > limit:
+def _sequential_obs(w, goal, u, chosen_in_block, block, sub_block, compensate=True):
+    """SparseGPT's walk with explicit loops: per block, chosen_in_block(b0, b1, w) gives the set of
+    (i, j) set to goal; per sub-block, each chosen change (w − q)/U_jj is spread to later columns."""
+    w = w.double().clone()
+    rows, cols = w.shape
+    for b0 in range(0, cols, block):
+        b1 = min(b0 + block, cols)
+        chosen = chosen_in_block(b0, b1, w)
+        for s0 in range(b0, b1, sub_block):
+            s1 = min(s0 + sub_block, b1)
+            errors = {}
+            for i in range(rows):
+                for j in range(s0, s1):
+                    q = float(goal[i, j]) if (i, j) in chosen else float(w[i, j])
+                    errors[i, j] = (float(w[i, j]) - q) / float(u[j, j])
+                    w[i, j] = q
+            if compensate:
+                for (i, j), e in errors.items():
+                    for k in range(s1, cols):
+                        w[i, k] -= e * float(u[j, k])
+    return w
+
+
+def _reference_safe_delta(a, f, xtx, scale, damp, block=2048) -> torch.Tensor:
+    u = _upper_cholesky_of_inverse(xtx, damp)
+    rows = a.shape[0]
+
+    def chosen(b0, b1, w):
+        entries = [
+            (1.0 / float(u[j, j]) ** 2, i * (b1 - b0) + (j - b0), i, j) for i in range(rows) for j in range(b0, b1)
+        ]
+        budget = sum(e[0] for e in entries) / len(entries) * scale / 2 * rows / 4096
+        entries.sort()  # cheapest 1/U_jj² first, then row-major
+        entries = entries[: len(entries) - int(0.15 * len(entries))]
+        kept, spent = set(), 0.0
+        for inv_u2, _, i, j in entries:
+            spent += (float(f[i, j]) - float(w[i, j])) ** 2 * inv_u2
+            if spent > budget:
                 break
-            spent += loss[i][j]
-            keep[i, j] = True
-        else:
-            continue
-        break
-    out = a.double().clone()
-    for i in range(rows):
-        # Lagrange: fix the kept coordinates' change, move the others the least-loss way
-        change = torch.zeros(cols, dtype=torch.float64)
-        for q in range(cols):
-            if keep[i, q]:
-                change += float(delta[i, q]) * hinv[q] / hinv[q, q]
-        for j in range(cols):
-            out[i, j] += float(delta[i, j]) if keep[i, j] else float(change[j])
-    return out.float()
+            kept.add((i, j))
+        return kept
+
+    return _sequential_obs(a, f, u, chosen, block, 4).float()
 
 
-def _reference_irr(a, u, f, fisher, xtx, fraction, damp) -> torch.Tensor:
-    delta = f.double() - a.double()
-    v = a.double() - u.double()
-    rows, cols = delta.shape
-    candidates = [
-        (float(fisher[i, j]) * float(delta[i, j]) ** 2, i, j)
-        for i in range(rows)
-        for j in range(cols)
-        if float(delta[i, j]) * float(v[i, j]) < 0
-    ]
-    candidates.sort(reverse=True)
-    unsafe = {(i, j) for _, i, j in candidates[: int(fraction * len(candidates))]}
-    hinv = _inverse(xtx, damp)
-    out = f.double().clone()
-    for i in range(rows):
-        change = torch.zeros(cols, dtype=torch.float64)
-        for q in range(cols):
-            if (i, q) in unsafe:
-                change -= float(delta[i, q]) * hinv[q] / hinv[q, q]
-        for j in range(cols):
-            out[i, j] = a[i, j].double() if (i, j) in unsafe else out[i, j] + change[j]
-    return out.float()
+def _reference_irr(a, u_model, f, fisher, xtx, fraction, damp, block=128) -> torch.Tensor:
+    u = _upper_cholesky_of_inverse(xtx, damp)
+    a, f = a.double(), f.double()
+    v = a - u_model.double()
+    rows, cols = f.shape
+    start = f.clone()
+    for j in range(cols):
+        if float(xtx[j, j]) == 0:
+            start[:, j] = a[:, j]
+
+    def sign(x: float) -> int:
+        return (x > 0) - (x < 0)
+
+    def chosen(b0, b1, w):
+        candidates = [
+            (float(fisher[i, j]), i * (b1 - b0) + (j - b0), i, j)
+            for i in range(rows)
+            for j in range(b0, b1)
+            if sign(float(w[i, j]) - float(a[i, j])) != sign(float(v[i, j]))
+        ]
+        candidates.sort()
+        return {(i, j) for _, _, i, j in candidates[int((1.0 - fraction) * len(candidates)) :]}
+
+    return _sequential_obs(start, a, u, chosen, block, 1).float()
 
 
 def _merged(
@@ -240,27 +270,67 @@ def test_antidote_matches_the_paper(models, cache, tmp_path: Path, prune: str) -
     assert provenance["calibration"]["cost"]["examples"] == 6
 
 
-def test_safe_delta_matches_the_paper(models, cache, tmp_path: Path) -> None:
-    out, stats = _merged("safe_delta", models, tmp_path / "sd", ("aligned", "finetuned"), budget=0.3, damp=0.05)
+def test_safe_delta_matches_the_authors_algorithm(models, cache, tmp_path: Path) -> None:
+    # a scale large enough that some deltas are kept and some are not on these tiny layers
+    out, stats = _merged("safe_delta", models, tmp_path / "sd", ("aligned", "finetuned"), scale=20.0, damp=0.05)
     aligned, tuned = _weights(models["aligned"]), _weights(models["finetuned"])
     checked = 0
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"):
-        want = _reference_safe_delta(aligned[name], tuned[name], stats.xtx(name), 0.3, 0.05)
+        want = _reference_safe_delta(aligned[name], tuned[name], stats.xtx(name), 20.0, 0.05)
         assert torch.allclose(out[name], want, atol=1e-6, rtol=0), name
+        kept = int((out[name] == tuned[name]).sum())
+        assert 0 < kept < int(0.85 * out[name].numel()) + 1, (name, kept)  # a real selection, not all or none
         checked += 1
-    # statistics of the aligned model, not the fine-tune
+    # statistics of the aligned model, not the fine-tune; untouched tensors are θ_A's
     assert Path(stats.manifest["model"]["path"]) == models["aligned"]
+    assert torch.equal(out["model.norm.weight"], aligned["model.norm.weight"])
     assert checked == 2
 
 
-def test_irr_matches_the_paper(models, cache, tmp_path: Path) -> None:
-    out, stats = _merged("irr", models, tmp_path / "irr", ("aligned", "unaligned", "finetuned"), removal_fraction=0.4)
+def test_safe_delta_blocks_and_no_compensation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several column blocks (the selection reads the compensated weights) and compensate=False."""
+    from realign_methods.methods import safe_delta as module
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 20, generator=gen)
+    f = a + 0.1 * torch.randn(5, 20, generator=gen)
+    x = torch.randn(40, 20, generator=gen)
+    x[:, 3] = 0.0  # a dead input
+    xtx = x.T @ x
+    monkeypatch.setattr(module, "BLOCK", 8)
+    got = module.safe_delta(a, f, xtx, 300.0, 0.01, True)
+    assert torch.allclose(got, _reference_safe_delta(a, f, xtx, 300.0, 0.01, block=8), atol=1e-6, rtol=0)
+    plain = module.safe_delta(a, f, xtx, 300.0, 0.01, False)
+    assert set(plain.reshape(-1).tolist()) <= set(a.reshape(-1).tolist()) | set(f.reshape(-1).tolist())
+    assert not torch.allclose(plain, got)
+
+
+def test_irr_matches_the_authors_algorithm(models, cache, tmp_path: Path) -> None:
+    out, stats = _merged("irr", models, tmp_path / "irr", ("aligned", "unaligned", "finetuned"), removal_fraction=0.6)
     a, u, f = _weights(models["aligned"]), _weights(models["unaligned"]), _weights(models["finetuned"])
     for name in ("model.layers.0.self_attn.k_proj.weight", "model.layers.1.mlp.up_proj.weight"):
-        want = _reference_irr(a[name], u[name], f[name], stats.fisher(name), stats.xtx(name), 0.4, 0.01)
+        want = _reference_irr(a[name], u[name], f[name], stats.fisher(name), stats.xtx(name), 0.6, 0.01)
         assert torch.allclose(out[name], want, atol=1e-6, rtol=0), name
         assert not torch.equal(out[name], f[name])
     assert torch.equal(out["model.norm.weight"], f["model.norm.weight"])
+
+
+def test_irr_blocks_default_fraction_and_no_recalibration() -> None:
+    """Three 128-column blocks, every conflict removed (the authors' default), and recalibrate=False."""
+    from realign_methods.methods.irr import irr
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 300, generator=gen)
+    u = a - 0.1 * torch.randn(4, 300, generator=gen)
+    f = a + 0.1 * torch.randn(4, 300, generator=gen)
+    fisher = torch.rand(4, 300, generator=gen)
+    x = torch.randn(400, 300, generator=gen)
+    xtx = x.T @ x
+    got = irr(a, u, f, fisher, xtx, 1.0, 0.01)
+    assert torch.allclose(got, _reference_irr(a, u, f, fisher, xtx, 1.0, 0.01), atol=1e-6, rtol=0)
+    plain = irr(a, u, f, fisher, xtx, 1.0, 0.01, recalibrate=False)
+    conflict = torch.sign(f - a) != torch.sign(a - u)
+    assert torch.equal(plain, torch.where(conflict, a, f))
 
 
 def test_lora_finetune_is_read_merged(models, cache, tmp_path: Path) -> None:
@@ -274,7 +344,7 @@ def test_lora_finetune_is_read_merged(models, cache, tmp_path: Path) -> None:
         target_modules=["q_proj", "v_proj", "down_proj"],
     )
     dense = merge_adapter(CheckpointReader(models["aligned"]), LoraAdapter.load(adapter), tmp_path / "dense")
-    params = {"calibration_examples": 6, "calibration_max_length": 64, "budget": 0.2}
+    params = {"calibration_examples": 6, "calibration_max_length": 64, "scale": 0.2}
     for finetuned, out in ((adapter, tmp_path / "from_lora"), (Path(dense), tmp_path / "from_dense")):
         merge(
             MergeSpec(
