@@ -25,17 +25,19 @@ from leaderboards import Store, build_leaderboard, render_leaderboard
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
-#: `make demo QUICK=1`: one fine-tune (math), one method of each family, 4 items per benchmark, 32-token
+#: `make demo QUICK=1`: one fine-tune (math), one method of each family, 3 items per benchmark, 16-token
 #: answers, a token SOMF mask training. Measured from clean caches on the idle 2-core box: every method
-#: of the file at 5 items took 663 s (17 checkpoints); these 7 methods at 5 items 310 s, over the 5 min aim.
+#: of the file at 5 items and 32 tokens took 663 s (17 checkpoints); these 7 methods at 5 items 310 s,
+#: at 4 items 273 s and 307 s, at 3-4 items and 24 tokens 282-285 s: too close to the 5 min aim. Items
+#: barely matter (a decode step reads every weight: ~110 ms per step at batch 3 here); steps do.
 QUICK_OVERRIDES: dict[str, Any] = {
     "finetuned": ["math"],
     # entries by leaderboard key (label, else name): the two references, a task-vector method, the
     # subspace projection, SOMF, a data-free and a calibrated later method
     "methods": ["sft", "aligned", "resta", "safe_lora", "somf_ta", "localize_stitch", "safe_delta"],
     "grid": {"resta": {"gamma": [1.0]}},  # one grid point: the papers' default
-    "items": 4,
-    "max_new_tokens": 32,
+    "items": 3,
+    "max_new_tokens": 16,
     "somf": {"steps": 2, "max_pairs": 8},
     # calibrated methods: a token calibration (the full demo's sizes are in configs/demo.yaml)
     "calibration": {"calibration_examples": 4, "calibration_max_length": 64, "icv_examples": 8, "icv_max_length": 64},
