@@ -50,13 +50,13 @@ class SafeDeltaParams(MethodParams):
     calibration_max_length: int = Field(128, ge=8, le=8192, description="tokens per calibration example")
 
 
-def keep_mask(delta: torch.Tensor, inv_u2: torch.Tensor, scale: float, rows: int) -> torch.Tensor:
+def keep_mask(delta: torch.Tensor, inv_u2: torch.Tensor, scale: float) -> torch.Tensor:
     """One block's kept entries: cheapest 1/U_jj² first, within Σ δ²/U_jj² ≤ mean(1/U_jj²)·scale/2·rows/4096."""
     per_entry = inv_u2.reshape(1, -1).expand_as(delta).reshape(-1)
     loss = (delta.double() ** 2).reshape(-1) * per_entry
     order = torch.sort(per_entry, stable=True).indices
     order = order[: order.numel() - int(NEVER_KEPT * order.numel())]
-    budget = float(per_entry.mean()) * scale / 2 * rows / 4096
+    budget = float(per_entry.mean()) * scale / 2 * delta.shape[0] / 4096
     keep = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
     keep[order[torch.cumsum(loss[order], 0) <= budget]] = True
     return keep.reshape(delta.shape)
@@ -71,7 +71,7 @@ def safe_delta(
     inv_u2 = 1.0 / torch.diagonal(u) ** 2
 
     def select(cols: slice, current: torch.Tensor) -> torch.Tensor:
-        return keep_mask(target[:, cols] - current, inv_u2[cols], scale, target.shape[0])
+        return keep_mask(target[:, cols] - current, inv_u2[cols], scale)
 
     return sequential_obs(aligned, target, u, select, BLOCK, SUB_BLOCK, compensate).float()
 
