@@ -86,8 +86,11 @@ def run_job_cells(
     if not pending:
         return
     model = stages.materialize(exp, workspace, job, stats)
+    items = {c.cell_id: stages.cell_items(exp, c) for c in pending}
+    generating = [(c, items[c.cell_id]) for c in pending if c.resolved_benchmark.reads == "generations"]
+    stages.generate(exp, workspace, generating, model, stats)
     for cell in pending:
-        stages.run_cell(exp, workspace, store, run_id, cell, model, stats)
+        stages.run_cell(exp, workspace, store, run_id, cell, model, stats, items[cell.cell_id])
         stats.counts["cell_stored"] += 1
         crash_point("store")
         if on_cell:

@@ -21,7 +21,7 @@ from harness.core.records import GenerationRecord, ItemScore, Score, Verdict, de
 from harness.experiment._faults import crash_point
 from harness.experiment._plan import Cell, CheckpointJob, ResolvedModel, data_path_for
 from harness.experiment._workspace import RunStats, Workspace, done_marker, mark_done
-from harness.generate import check_model_weights, generate_items, get_backend
+from harness.generate import GenerationFile, check_model_weights, generate_files, get_backend
 from leaderboards import CellRecord
 from realign_methods import MergeSpec, merge
 
@@ -178,31 +178,41 @@ def _items(exp: Experiment, bench: Any, cell: Cell) -> list[Any]:
 
 
 def generate(
-    exp: Experiment, workspace: Workspace, cell: Cell, model: Materialized, items: list[Any], stats: RunStats
-) -> Path:
-
-    out = workspace.generations(cell.generation_key)
-    if done_marker(out).exists():
-        stats.counts["generate_cached"] += 1
-        return out
-    stats.counts["generate_resumed" if out.exists() else "generate_done"] += 1
-    started = time.perf_counter()
-    config = exp.generation.decoding(exp.seed)
-    backend = backend_for(exp, model)
-    generate_items(
+    exp: Experiment,
+    workspace: Workspace,
+    cells: list[tuple[Cell, list[Any]]],
+    model: Materialized,
+    stats: RunStats,
+) -> None:
+    """Fill the generations file of every (cell, items) given that is not done yet, all in one pass:
+    the checkpoint's benchmarks share its decode batches (one batch of ``batch_size`` prompts spans
+    benchmarks, which a CPU decodes several times faster per prompt than many small batches)."""
+    todo = []
+    seen: set[Path] = set()
+    for cell, items in cells:
+        out = workspace.generations(cell.generation_key)
+        if out in seen:  # cells that differ only past generation (judges, pairwise) share one file
+            continue
+        seen.add(out)
+        if done_marker(out).exists():
+            stats.counts["generate_cached"] += 1
+            continue
+        stats.counts["generate_resumed" if out.exists() else "generate_done"] += 1
+        todo.append(GenerationFile(items, out, cell.benchmark.system_prompt))
+    if not todo:
+        return
+    seconds = generate_files(
         model.path,
-        items,
-        backend=backend,
-        config=config,
-        out_path=out,
+        todo,
+        backend=backend_for(exp, model),
+        config=exp.generation.decoding(exp.seed),
         adapter=model.adapter,
-        system_prompt=cell.benchmark.system_prompt,
         progress=False,
     )
     crash_point("generate")
     # a resumed file records the resuming pass only: the killed pass's time is lost with it
-    mark_done(out, {"items": len(items), "seconds": time.perf_counter() - started})
-    return out
+    for file, spent in zip(todo, seconds, strict=True):
+        mark_done(file.out_path, {"items": len(file.items), "seconds": spent})
 
 
 _backends: dict[tuple[str, str, str | None], Any] = {}
@@ -264,7 +274,9 @@ def judge_pairwise(
     assert cell.reference is not None and exp.pairwise is not None
     ref = cell.reference
     # the same benchmark entry: the cell's own items, in their order
-    ref_path = generate(exp, workspace, ref, materialize(exp, workspace, ref.job, stats), list(items.values()), stats)
+    ref_path = workspace.generations(ref.generation_key)
+    if not done_marker(ref_path).exists():
+        generate(exp, workspace, [(ref, list(items.values()))], materialize(exp, workspace, ref.job, stats), stats)
     reference = dedupe_by_key(
         read_jsonl(ref_path, GenerationRecord),
         lambda g: (g.item_id, g.sample_index),
@@ -335,12 +347,24 @@ def model_scores(
     return scores, per_item, seconds
 
 
-def run_cell(
-    exp: Experiment, workspace: Workspace, store: Any, run_id: str, cell: Cell, model: Materialized, stats: RunStats
-) -> None:
+def cell_items(exp: Experiment, cell: Cell) -> list[Any]:
+    """The benchmark items of ``cell`` (its sample, languages and categories)."""
+    return _items(exp, cell.resolved_benchmark, cell)
 
+
+def run_cell(
+    exp: Experiment,
+    workspace: Workspace,
+    store: Any,
+    run_id: str,
+    cell: Cell,
+    model: Materialized,
+    stats: RunStats,
+    items: list[Any] | None = None,
+) -> None:
+    """Generate (unless done), judge, score and store one cell; ``items``: its :func:`cell_items`."""
     bench = cell.resolved_benchmark
-    items = _items(exp, bench, cell)
+    items = items if items is not None else _items(exp, bench, cell)
     by_id = {item.id: item for item in items}
     generations: list[GenerationRecord] = []
     verdicts: dict[str, list[Verdict]] = {}
@@ -358,7 +382,9 @@ def run_cell(
         "tokens_generated": 0,
     }
     if bench.reads == "generations":
-        gen_path = generate(exp, workspace, cell, model, items, stats)
+        gen_path = workspace.generations(cell.generation_key)
+        if not done_marker(gen_path).exists():  # not filled by the checkpoint's shared pass (run_job_cells)
+            generate(exp, workspace, [(cell, items)], model, stats)
         costs["generate_seconds"] = marker_seconds(gen_path)
         # one record per (item, sample) whatever the file holds: n never exceeds the item count
         generations = dedupe_by_key(

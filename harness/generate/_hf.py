@@ -13,19 +13,25 @@ import torch
 from harness.core.errors import CheckpointError, ConfigError
 from harness.generate._adapter import adapter_hash
 from harness.generate._config import Completion, FinishReason, GenerationConfig, truncate_at_stop
+from harness.generate._greedy import DECODE_ATTENTION, greedy_decode, register_decode_attention, supports_greedy_loop
 from harness.generate._seeds import prompt_seed
 from harness.generate._weights import check_model_weights
 
 log = logging.getLogger(__name__)
 
+DECODERS = ("harness", "generate")
+
 
 class HFBackend:
     """``transformers`` generation on CPU or GPU.
 
-    Prompts are sorted by length and generated ``config.batch_size`` at a time with left padding
-    (outputs are returned in the caller's order). Greedy decoding is batched; sampled decoding runs
-    one prompt at a time (its ``num_samples`` together) with a per-prompt seed, so a prompt's samples
-    do not depend on which other prompts share its batch. LoRA adapters are applied with PEFT and
+    Greedy decoding runs ``config.batch_size`` prompts as one decode batch through the harness's own
+    loop (:mod:`harness.generate._greedy`: shared prompt prefix computed once, length-sorted prefill
+    chunks of ``prefill_batch``, finished rows leave the batch); ``decoder="generate"`` uses
+    ``model.generate`` instead (left padding, length-sorted batches), as does a model whose KV cache
+    the loop does not handle. Sampled decoding runs one prompt at a time (its ``num_samples``
+    together) with a per-prompt seed, so a prompt's samples do not depend on which other prompts share
+    its batch. Outputs are returned in the caller's order. LoRA adapters are applied with PEFT and
     switched with ``set_adapter`` without reloading the base model.
     """
 
@@ -40,6 +46,8 @@ class HFBackend:
         dtype: str = "auto",
         device: str | None = None,
         num_threads: int | None = None,
+        decoder: str = "harness",
+        prefill_batch: int = 16,
         allow_pickle: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -55,6 +63,11 @@ class HFBackend:
         torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype, None)
         if torch_dtype is None:
             raise ConfigError(f"dtype {dtype!r} is not a torch dtype (expected e.g. float32, bfloat16)")
+        if decoder not in DECODERS:
+            raise ConfigError(f"hf backend option decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
+        if prefill_batch < 1:
+            raise ConfigError(f"hf backend option prefill_batch={prefill_batch}: expected a positive integer")
+        self.prefill_batch = prefill_batch
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(tokenizer_dir or self.model_dir))
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -63,6 +76,10 @@ class HFBackend:
             str(self.model_dir), dtype=torch_dtype, use_safetensors=None if allow_pickle else True
         )
         self.base: Any = loaded.to(self.device).eval()
+        self.greedy_loop = decoder == "harness" and supports_greedy_loop(self.base)
+        if self.greedy_loop and self.base.config._attn_implementation == "sdpa":
+            register_decode_attention()  # sdpa for prefill; one-query steps without K/V copies
+            self.base.set_attn_implementation(DECODE_ATTENTION)
         self.model: Any = self.base
         self.adapter: Path | None = None
         self.allow_pickle = allow_pickle
@@ -123,13 +140,12 @@ class HFBackend:
             kwargs |= {"stop_strings": list(config.stop), "tokenizer": self.tokenizer}
         return kwargs
 
-    def _decode(self, new_tokens: torch.Tensor, config: GenerationConfig) -> Completion:
-        ids = new_tokens.tolist()
+    def _decode(self, ids: list[int], config: GenerationConfig, *, padded: bool = True) -> Completion:
         finish: FinishReason = "length"
         end = next((i for i, t in enumerate(ids) if t in self._eos_ids), None)
         if end is not None:
             ids, finish = ids[: end + 1], "stop"
-        else:  # a row stopped early by a stop string is padded after it
+        elif padded:  # generate pads a row stopped early by a stop string
             while ids and ids[-1] == self.tokenizer.pad_token_id:
                 ids.pop()
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -137,6 +153,26 @@ class HFBackend:
         if stopped:
             finish = "stop"
         return Completion(text=text, finish_reason=finish, num_tokens=len(ids))
+
+    def _run_greedy(self, prompts: list[str], config: GenerationConfig) -> list[list[Completion]]:
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        stops = config.stop
+
+        def stopped(_: int, tokens: list[int]) -> bool:
+            # a stop string can span tokens: check the decoded text of the row so far
+            return any(stop in self.tokenizer.decode(tokens, skip_special_tokens=True) for stop in stops)
+
+        with self._active_model() as model:
+            decoded = greedy_decode(
+                model,
+                ids,
+                max_new_tokens=config.max_new_tokens,
+                eos_ids=self._eos_ids,
+                pad_id=self.tokenizer.pad_token_id,
+                prefill_batch=self.prefill_batch,
+                stopped=stopped if stops else None,
+            )
+        return [[self._decode(tokens, config, padded=False)] for tokens in decoded]
 
     @torch.inference_mode()
     def _run(self, prompts: list[str], config: GenerationConfig) -> list[list[Completion]]:
@@ -146,11 +182,15 @@ class HFBackend:
             out = model.generate(**batch, **self._generation_kwargs(config))
         new = out[:, batch["input_ids"].shape[1] :]
         n = config.num_samples
-        return [[self._decode(new[i * n + j], config) for j in range(n)] for i in range(len(prompts))]
+        return [[self._decode(new[i * n + j].tolist(), config) for j in range(n)] for i in range(len(prompts))]
 
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[Completion]]:
         results: list[list[Completion] | None] = [None] * len(prompts)
-        if config.greedy:
+        if config.greedy and self.greedy_loop:  # the loop sorts by length itself
+            for start in range(0, len(prompts), config.batch_size):
+                texts = list(prompts[start : start + config.batch_size])
+                results[start : start + len(texts)] = self._run_greedy(texts, config)
+        elif config.greedy:
             lengths = [len(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
             order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # similar lengths share a batch
             for start in range(0, len(order), config.batch_size):

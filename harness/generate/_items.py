@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,15 @@ def _existing(path: Path, *, expected: dict[str, str], prompt_hashes: dict[str, 
     return done
 
 
+@dataclass(frozen=True)
+class GenerationFile:
+    """One generations file to fill: its items, and the system prompt their chat prompts get."""
+
+    items: Sequence[Item]
+    out_path: Path
+    system_prompt: str | None = None
+
+
 def generate_items(
     model_dir: str | Path | None,
     items: Sequence[Item],
@@ -112,13 +123,43 @@ def generate_items(
     overwritten). ``backend`` is a name (the backend is created and closed here) or a live Backend
     for ``model_dir`` (reused; its adapter is set to ``adapter``, None = the base model).
     """
+    generate_files(
+        model_dir,
+        [GenerationFile(items, Path(out_path), system_prompt)],
+        backend=backend,
+        config=config,
+        adapter=adapter,
+        tokenizer_dir=tokenizer_dir,
+        progress=progress,
+        backend_options=backend_options,
+        allow_pickle=allow_pickle,
+    )
+    return Path(out_path)
+
+
+def generate_files(
+    model_dir: str | Path | None,
+    files: Sequence[GenerationFile],
+    *,
+    backend: str | Backend,
+    config: GenerationConfig | None = None,
+    adapter: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    progress: bool = True,
+    backend_options: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+) -> list[float]:
+    """:func:`generate_items` for several files with one model and config (a checkpoint's benchmarks):
+    their prompts share the backend's batches, so one decode batch spans benchmarks. Each file is
+    checked, resumed and written as :func:`generate_items` does. Returns the generation seconds spent
+    on each file (a shared batch's time split by the file's share of its prompts)."""
     config = config or GenerationConfig()
-    out_path = Path(out_path)
     model_path = Path(model_dir) if model_dir is not None else None
-    if len({item.id for item in items}) != len(items):
-        seen: set[str] = set()
-        dup = next(item.id for item in items if item.id in seen or seen.add(item.id))  # type: ignore[func-returns-value]
-        raise DataError(f"item id {dup!r} occurs more than once in the items to generate")
+    for file in files:
+        if len({item.id for item in file.items}) != len(file.items):
+            seen: set[str] = set()
+            dup = next(item.id for item in file.items if item.id in seen or seen.add(item.id))  # type: ignore[func-returns-value]
+            raise DataError(f"{file.out_path}: item id {dup!r} occurs more than once in the items to generate")
     if not isinstance(backend, str):
         owner = getattr(backend, "model_dir", None)
         if owner is not None and model_path is not None and Path(owner).resolve() != model_path.resolve():
@@ -131,24 +172,33 @@ def generate_items(
     )
     if tokenizer is None and backend_name != "dummy":
         raise ConfigError(f"{tok_dir}: no tokenizer found (tokenizer_config.json); pass tokenizer_dir")
-    prompts = {item.id: build_prompt(item, tokenizer, system_prompt) for item in items}
-    prompt_hashes = {item_id: hash_text(text) for item_id, text in prompts.items()}
     expected = {
         "model_hash": model_hash(model_path, adapter),
         "gen_config_hash": config.hash(),
         "backend": backend_name,
     }
-
-    done: set[tuple[str, int]] = set()
-    if out_path.exists():
-        _drop_truncated_tail(out_path)
-        done = _existing(out_path, expected=expected, prompt_hashes=prompt_hashes)
-    todo = [item for item in items if any((item.id, i) not in done for i in range(config.num_samples))]
-    log.info("%s: %d of %d items to generate (%d done)", out_path, len(todo), len(items), len(items) - len(todo))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.touch()
-    if not todo:
-        return out_path
+    pending: list[_Pending] = []
+    for index, file in enumerate(files):
+        prompts = {item.id: build_prompt(item, tokenizer, file.system_prompt) for item in file.items}
+        prompt_hashes = {item_id: hash_text(text) for item_id, text in prompts.items()}
+        done: set[tuple[str, int]] = set()
+        if file.out_path.exists():
+            _drop_truncated_tail(file.out_path)
+            done = _existing(file.out_path, expected=expected, prompt_hashes=prompt_hashes)
+        todo = [item for item in file.items if any((item.id, i) not in done for i in range(config.num_samples))]
+        log.info(
+            "%s: %d of %d items to generate (%d done)",
+            file.out_path,
+            len(todo),
+            len(file.items),
+            len(file.items) - len(todo),
+        )
+        file.out_path.parent.mkdir(parents=True, exist_ok=True)
+        file.out_path.touch()
+        pending += [_Pending(index, item, prompts[item.id], prompt_hashes[item.id], done) for item in todo]
+    seconds = [0.0] * len(files)
+    if not pending:
+        return seconds
 
     owned = isinstance(backend, str)
     engine: Backend
@@ -161,21 +211,30 @@ def generate_items(
         engine = backend
         engine.set_adapter(adapter)
     try:
-        _generate_batches(engine, todo, prompts, prompt_hashes, done, config, out_path, expected, progress)
+        _generate_batches(engine, pending, [f.out_path for f in files], seconds, config, expected, progress)
     finally:
         if owned:
             engine.close()
-    return out_path
+    return seconds
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An item still to generate, with the file it goes to."""
+
+    file: int
+    item: Item
+    prompt: str
+    prompt_hash: str
+    done: set[tuple[str, int]]  # the samples its file already holds
 
 
 def _generate_batches(
     engine: Backend,
-    todo: list[Item],
-    prompts: dict[str, str],
-    prompt_hashes: dict[str, str],
-    done: set[tuple[str, int]],
+    pending: list[_Pending],
+    paths: list[Path],
+    seconds: list[float],
     config: GenerationConfig,
-    out_path: Path,
     expected: dict[str, str],
     progress: bool,
 ) -> None:
@@ -183,30 +242,36 @@ def _generate_batches(
 
     # A backend batches internally; writing every batch_size items bounds what a kill can lose.
     chunk_size = max(config.batch_size, 1)
-    bar = tqdm(total=len(todo), desc=f"generate ({engine.name})", unit="item", disable=not progress)
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start : start + chunk_size]
-        outputs = engine.generate([prompts[item.id] for item in chunk], config)
-        records = [
-            GenerationRecord(
-                item_id=item.id,
-                benchmark=item.benchmark,
-                sample_index=index,
-                prompt_text=prompts[item.id],
-                prompt_hash=prompt_hashes[item.id],
-                completion=completion.text,
-                finish_reason=completion.finish_reason,
-                num_tokens=completion.num_tokens,
-                language=item.language,
-                category=item.category,
-                **expected,
+    bar = tqdm(total=len(pending), desc=f"generate ({engine.name})", unit="item", disable=not progress)
+    for start in range(0, len(pending), chunk_size):
+        chunk = pending[start : start + chunk_size]
+        started = time.perf_counter()
+        outputs = engine.generate([p.prompt for p in chunk], config)
+        by_file: dict[int, list[GenerationRecord]] = {}
+        for p, completions in zip(chunk, outputs, strict=True):
+            by_file.setdefault(p.file, []).extend(
+                GenerationRecord(
+                    item_id=p.item.id,
+                    benchmark=p.item.benchmark,
+                    sample_index=index,
+                    prompt_text=p.prompt,
+                    prompt_hash=p.prompt_hash,
+                    completion=completion.text,
+                    finish_reason=completion.finish_reason,
+                    num_tokens=completion.num_tokens,
+                    language=p.item.language,
+                    category=p.item.category,
+                    **expected,
+                )
+                for index, completion in enumerate(completions)
+                if (p.item.id, index) not in p.done
             )
-            for item, completions in zip(chunk, outputs, strict=True)
-            for index, completion in enumerate(completions)
-            if (item.id, index) not in done
-        ]
-        append_jsonl(out_path, records)
-        with open(out_path, "rb") as handle:
-            os.fsync(handle.fileno())
+        for file, records in by_file.items():
+            append_jsonl(paths[file], records)
+            with open(paths[file], "rb") as handle:
+                os.fsync(handle.fileno())
+        spent = time.perf_counter() - started
+        for p in chunk:
+            seconds[p.file] += spent / len(chunk)
         bar.update(len(chunk))
     bar.close()
